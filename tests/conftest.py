@@ -1,0 +1,118 @@
+"""Session-wide fixtures: one real Apache Pulsar broker for the whole test run.
+
+The broker comes from, in order: ``PULSAR_SERVICE_URL`` (an external broker, with
+``PULSAR_ADMIN_URL`` for its admin API), the ``apachepulsar/pulsar`` image through
+testcontainers when a Docker engine answers, else ``scripts/pulsar`` (jars from Maven
+Central). A broker that cannot be started fails the session; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Broker:
+    service_url: str
+    admin_url: str
+    # Only a broker started by scripts/pulsar can be restarted by a test.
+    script: Path | None = None
+
+    def restart(self) -> None:
+        if self.script is None:
+            raise RuntimeError("this broker was not started by scripts/pulsar")
+        subprocess.run([str(self.script), "stop"], check=True)
+        subprocess.run([str(self.script), "start"], check=True, stdout=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self.script is None:
+            raise RuntimeError("this broker was not started by scripts/pulsar")
+        subprocess.run([str(self.script), "stop"], check=True)
+
+    def start(self) -> None:
+        if self.script is None:
+            raise RuntimeError("this broker was not started by scripts/pulsar")
+        subprocess.run([str(self.script), "start"], check=True, stdout=subprocess.DEVNULL)
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env().ping()
+    except Exception:
+        return False
+    return True
+
+
+def _wait_admin(admin_url: str, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            r = requests.get(f"{admin_url}/admin/v2/namespaces/public/default", timeout=5)
+            if r.status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"Pulsar admin at {admin_url} not ready after {timeout:.0f}s")
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[Broker]:
+    external = os.environ.get("PULSAR_SERVICE_URL")
+    if external:
+        admin = os.environ.get("PULSAR_ADMIN_URL", "http://127.0.0.1:8080")
+        _wait_admin(admin)
+        yield Broker(external, admin)
+        return
+    if _docker_answers():
+        from testcontainers.core.container import DockerContainer
+        from testcontainers.core.wait_strategies import HttpWaitStrategy
+
+        container = (
+            DockerContainer("apachepulsar/pulsar:4.0.7")
+            .with_bind_ports(6650, 6650)
+            .with_exposed_ports(8080)
+            .with_env("PULSAR_MEM", "-Xms512m -Xmx512m -XX:MaxDirectMemorySize=512m")
+            .with_command(["bin/pulsar", "standalone", "--no-functions-worker", "--no-stream-storage"])
+            .waiting_for(
+                HttpWaitStrategy(8080, "/admin/v2/namespaces/public/default")
+                .for_status_code(200)
+                .with_startup_timeout(180)
+            )
+        )
+        with container:
+            host = container.get_container_host_ip()
+            yield Broker(
+                f"pulsar://{host}:6650", f"http://{host}:{container.get_exposed_port(8080)}"
+            )
+        return
+    script = ROOT / "scripts" / "pulsar"
+    was_running = subprocess.run([str(script), "status"], capture_output=True).returncode == 0
+    started = subprocess.run([str(script), "start"], capture_output=True, text=True)
+    if started.returncode != 0:
+        pytest.fail(f"could not start the Pulsar broker with scripts/pulsar:\n{started.stderr}")
+    web_port = os.environ.get("PULSAR_WEB_PORT", "8080")
+    try:
+        yield Broker(started.stdout.strip(), f"http://127.0.0.1:{web_port}", script)
+    finally:
+        if not was_running:
+            subprocess.run([str(script), "stop"], check=False)
+
+
+@pytest.fixture
+def topic(broker: Broker) -> str:
+    """A fresh topic name per test, so tests sharing the broker never see each other's messages."""
+    return f"persistent://public/default/t-{uuid.uuid4().hex[:12]}"
