@@ -86,7 +86,9 @@ def broker() -> Iterator[Broker]:
             .with_bind_ports(6650, 6650)
             .with_exposed_ports(8080)
             .with_env("PULSAR_MEM", "-Xms512m -Xmx512m -XX:MaxDirectMemorySize=512m")
-            .with_command(["bin/pulsar", "standalone", "--no-functions-worker", "--no-stream-storage"])
+            .with_command(
+                ["bin/pulsar", "standalone", "--no-functions-worker", "--no-stream-storage"]
+            )
             .waiting_for(
                 HttpWaitStrategy(8080, "/admin/v2/namespaces/public/default")
                 .for_status_code(200)

@@ -1,0 +1,39 @@
+# asrd developer entry points. Everything the project needs is installed from here:
+# .venv from PyPI, the Pulsar broker jars from Maven Central (scripts/pulsar).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv lint test demo bench broker-start broker-stop clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+lint: venv
+	$(BIN)/ruff check daemon tests benchmarks
+	$(BIN)/ruff format --check daemon tests benchmarks
+	$(BIN)/mypy --strict daemon/asrd
+
+test: lint
+	$(BIN)/pytest -q
+
+demo: venv
+	$(BIN)/python scripts/demo.py
+
+bench: venv
+	$(BIN)/python benchmarks/run.py
+
+broker-start:
+	scripts/pulsar start
+
+broker-stop:
+	scripts/pulsar stop
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

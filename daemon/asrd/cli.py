@@ -1,0 +1,190 @@
+"""The ``asrd`` command line: one function per subcommand.
+
+Exit status: 0 clean stop, 78 configuration error (EX_CONFIG), 1 any other fatal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from . import __version__, config, observability
+from .ci import CiClient, CiError
+from .config import ConfigError, Settings
+from .consumer import Consumer, make_client
+from .ledger import SqliteLedger
+from .pipeline import Pipeline
+from .result import InvalidResult, normalise
+from .sinks import build_routes
+from .submit import submit
+
+EX_OK, EX_FATAL, EX_CONFIG = 0, 1, 78
+
+log = structlog.get_logger("asrd")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = config.load(Path(args.config))
+    observability.configure(settings.log.level, settings.log.format)
+    return settings
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    try:
+        routes = build_routes(settings.sinks)
+        ledger = SqliteLedger(settings.ledger.path)
+    except OSError as exc:
+        raise ConfigError(f"config error: cannot prepare {exc.filename}: {exc.strerror}") from None
+    counters = observability.Counters()
+    pipeline = Pipeline(
+        CiClient(settings.ci), routes, ledger, counters, settings.pulsar.max_message_bytes
+    )
+    consumer = Consumer(settings.pulsar, pipeline.handle, ledger, counters)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _: FrameType | None) -> None:
+        if stop.is_set():
+            # Second signal: leave now; nothing unfinished was acknowledged, so nothing is lost.
+            os._exit(EX_FATAL)
+        log.info("signal received, stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("asrd starting", version=__version__, sinks=[r.sink.name for r in routes])
+    consumer.run(stop)
+    for route in routes:
+        route.sink.close()
+    ledger.close()
+    log.info("asrd stopped", counters=counters.snapshot())
+    sys.stderr.flush()
+    # Worker threads stuck past the deadline must not hold the exit; their messages are unacked.
+    os._exit(EX_OK)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    try:
+        detail = submit(
+            CiClient(settings.ci),
+            settings.ci,
+            input_object=args.input,
+            input_url=args.url,
+            output_object=args.output,
+            user_data=args.user_data,
+            job_level=args.job_level,
+        )
+    except ValueError as exc:
+        print(f"asrd submit: {exc}", file=sys.stderr)
+        return 2
+    print(detail["JobId"])
+    return EX_OK
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    client = CiClient(settings.ci)
+    status = EX_OK
+    for job_id in args.job_id:
+        detail = client.get_job(job_id)
+        if detail is None:
+            print(f"asrd get: no job {job_id}", file=sys.stderr)
+            status = EX_FATAL
+            continue
+        try:
+            print(json.dumps(normalise(detail).to_dict(), ensure_ascii=False, indent=2))
+        except InvalidResult as exc:
+            print(f"asrd get: {job_id}: {exc}", file=sys.stderr)
+            status = EX_FATAL
+    return status
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    client = CiClient(settings.ci)
+    for d in client.list_jobs(queue_id=settings.ci.queue_id, states=args.states, limit=args.limit):
+        obj = (d.get("Input") or {}).get("Object") or (d.get("Input") or {}).get("Url") or ""
+        print(f"{d.get('JobId', '')}\t{d.get('State', '')}\t{d.get('CreationTime', '')}\t{obj}")
+    return EX_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    print(f"config ok: {args.config}")
+    if args.connect:
+        next(iter(CiClient(settings.ci).list_jobs(limit=1)), None)
+        print(f"CI reachable: bucket {settings.ci.bucket}")
+        client = make_client(settings.pulsar)
+        try:
+            client.get_topic_partitions(settings.pulsar.topic)
+        finally:
+            client.close()
+        print(f"Pulsar reachable: {settings.pulsar.topic}")
+    return EX_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="asrd", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    p.add_argument("--version", action="version", version=f"asrd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        name: str, fn: Callable[[argparse.Namespace], int], help_: str
+    ) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--config", "-c", required=True, help="TOML configuration file")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    add("run", cmd_run, "consume callbacks and deliver results (the daemon)")
+    sp = add("submit", cmd_submit, "submit one ASR job with a TDMQ callback; prints its JobId")
+    src = sp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", help="input object key in the configured bucket")
+    src.add_argument("--url", help="public URL of the input audio")
+    sp.add_argument("--output", help="result object key (default: <output_prefix><input>.<type>)")
+    sp.add_argument("--user-data", help="free text echoed back in the result (printable ASCII)")
+    sp.add_argument("--job-level", type=int, choices=(0, 1, 2), help="priority, 2 = soonest")
+    sp = add("get", cmd_get, "print the normalised record of jobs as CI has them now")
+    sp.add_argument("job_id", nargs="+")
+    sp = add("list", cmd_list, "list jobs of the configured queue")
+    sp.add_argument("--states", default="All", help="comma list of states (default All)")
+    sp.add_argument("--limit", type=int, default=100)
+    sp = add("check", cmd_check, "validate the configuration")
+    sp.add_argument("--connect", action="store_true", help="also reach CI and the broker")
+    sub.add_parser("emulator", help="run the local CI emulator (asrd emulator --help)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["emulator"]:
+        # The emulator is an independent implementation of the service with its own options.
+        from .emulator.cli import main as emulator_main
+
+        return emulator_main(args_list[1:])
+    args = _parser().parse_args(args_list)
+    try:
+        code: int = args.fn(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EX_CONFIG
+    except CiError as exc:
+        print(f"asrd {args.command}: CI error: {exc}", file=sys.stderr)
+        return EX_FATAL
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""Typed configuration: one TOML file, overridden by ``ASRD_SECTION__KEY`` environment variables.
+
+Secrets are ``SecretStr`` (never printed) and may come from ``*_file`` keys instead, which is how
+systemd credentials (``$CREDENTIALS_DIRECTORY``) reach the daemon. Any problem raises
+``ConfigError`` with one line naming the key; the CLI turns it into exit status 78.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+ENV_PREFIX = "ASRD_"
+JobState = Literal["Submitted", "Running", "Success", "Failed", "Pause", "Cancel"]
+OutputFormat = Literal["json", "txt", "srt", "vtt"]
+
+
+def _terminal_states() -> list[JobState]:
+    return ["Success", "Failed"]
+
+
+def _json_only() -> list[OutputFormat]:
+    return ["json"]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message is one line naming the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _read_secret_file(path: Path, key: str) -> SecretStr:
+    try:
+        return SecretStr(path.read_text(encoding="utf-8").strip())
+    except OSError as exc:
+        raise ValueError(f"cannot read {key} {str(path)!r}: {exc.strerror}") from None
+
+
+def _resolve_secret(data: dict[str, Any], key: str, info: ValidationInfo) -> dict[str, Any]:
+    """Fill ``key`` from ``key_file`` (relative paths resolve in $CREDENTIALS_DIRECTORY)."""
+    file_key = f"{key}_file"
+    file_value = data.get(file_key)
+    if file_value and not data.get(key):
+        path = Path(str(file_value))
+        creds = (info.context or {}).get("CREDENTIALS_DIRECTORY")
+        if not path.is_absolute() and creds:
+            path = Path(creds) / path
+        data[key] = _read_secret_file(path, file_key)
+    return data
+
+
+class CallbackSettings(_Section):
+    """What every submitted job asks CI for: a TDMQ message when it ends."""
+
+    format: Literal["JSON", "XML"] = "JSON"
+    mq_region: Literal["sh", "bj", "gz", "cd", "hk"] = "gz"
+    mq_mode: Literal["Queue", "Topic"] = "Queue"
+    mq_name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_\-=:.]+$")
+
+
+class RecognitionSettings(_Section):
+    """Inline ``SpeechRecognition`` parameters of each job (unless ``template_id`` is set)."""
+
+    engine_model_type: str = "16k_zh"
+    channel_num: int = Field(default=1, ge=1, le=2)
+    res_text_format: int = Field(default=0, ge=0, le=3)
+    speaker_diarization: int = Field(default=0, ge=0, le=1)
+    filter_dirty: int = Field(default=0, ge=0, le=2)
+    filter_modal: int = Field(default=0, ge=0, le=2)
+    convert_num_mode: int = Field(default=0, ge=0, le=3)
+    output_file_type: Literal["txt", "srt"] = "txt"
+
+
+class CiSettings(_Section):
+    region: str = Field(pattern=r"^[a-z]+-[a-z0-9-]+$")
+    bucket: str = Field(pattern=r"^[a-z0-9-]+-\d+$", description="name-appid")
+    queue_id: str = ""
+    secret_id: SecretStr | None = None
+    secret_id_file: Path | None = None
+    secret_key: SecretStr | None = None
+    secret_key_file: Path | None = None
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    endpoint: str = ""
+    timeout_s: float = Field(default=10.0, gt=0)
+    output_prefix: str = "asr-results/"
+    template_id: str = ""
+    recognition: RecognitionSettings = RecognitionSettings()
+    callback: CallbackSettings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, dict):
+            for key in ("secret_id", "secret_key", "token"):
+                data = _resolve_secret(dict(data), key, info)
+        return data
+
+    @model_validator(mode="after")
+    def _need_credentials(self) -> CiSettings:
+        if self.secret_id is None or not self.secret_id.get_secret_value():
+            raise ValueError("secret_id (or secret_id_file) is required")
+        if self.secret_key is None or not self.secret_key.get_secret_value():
+            raise ValueError("secret_key (or secret_key_file) is required")
+        return self
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_form(cls, value: str) -> str:
+        if value and not re.fullmatch(r"https?://[^/:]+(:\d+)?/?", value):
+            raise ValueError("must look like http://HOST:PORT (or be empty for Tencent Cloud)")
+        return value.rstrip("/")
+
+
+class PulsarSettings(_Section):
+    service_url: str = Field(
+        default="pulsar://127.0.0.1:6650", pattern=r"^(pulsar(\+ssl)?|https?)://"
+    )
+    topic: str = Field(min_length=1)
+    subscription: str = Field(default="asrd", min_length=1)
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    dead_letter_topic: str = ""
+    max_in_flight: int = Field(default=256, ge=1, le=100_000)
+    concurrency: int = Field(default=32, ge=1, le=1024)
+    receiver_queue_size: int = Field(default=100, ge=1, le=50_000)
+    nack_delay_ms: int = Field(default=10_000, ge=100)
+    max_attempts: int = Field(default=10, ge=1, le=1000)
+    max_message_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    shutdown_deadline_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any, info: ValidationInfo) -> Any:
+        return _resolve_secret(dict(data), "token", info) if isinstance(data, dict) else data
+
+    @property
+    def dlq_topic(self) -> str:
+        # TDMQ names the auto-created DLQ <topic>-<subscription>-DLQ; always name it explicitly.
+        return self.dead_letter_topic or f"{self.topic}-{self.subscription}-DLQ"
+
+
+class LedgerSettings(_Section):
+    url: str = Field(default="sqlite:///var/lib/asrd/ledger.db", pattern=r"^sqlite:///")
+
+    @property
+    def path(self) -> Path:
+        return Path(self.url.removeprefix("sqlite:///"))
+
+
+class HttpSettings(_Section):
+    listen: str = Field(default="127.0.0.1:8080", pattern=r"^[^:]+:\d+$")
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+class When(_Section):
+    """Route selector: a sink receives a record only if every listed field matches."""
+
+    state: list[JobState] = Field(default_factory=_terminal_states)
+
+
+class _SinkBase(_Section):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    when: When = When()
+
+
+class FileSinkSettings(_SinkBase):
+    type: Literal["file"]
+    dir: Path
+    formats: list[OutputFormat] = Field(default_factory=_json_only)
+
+
+class StdoutSinkSettings(_SinkBase):
+    type: Literal["stdout"]
+
+
+SinkSettings = Annotated[FileSinkSettings | StdoutSinkSettings, Field(discriminator="type")]
+
+
+class Settings(_Section):
+    ci: CiSettings
+    pulsar: PulsarSettings
+    ledger: LedgerSettings = LedgerSettings()
+    http: HttpSettings = HttpSettings()
+    log: LogSettings = LogSettings()
+    sinks: list[SinkSettings] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_sink_names(self) -> Settings:
+        names = [s.name for s in self.sinks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"sink names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+
+def _env_value(raw: str) -> Any:
+    # Lists and tables can be given as JSON (ASRD_SINKS__0__FORMATS='["json","txt"]').
+    if raw[:1] in "[{":
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+    return raw
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any, var: str) -> None:
+    node: Any = tree
+    for i, part in enumerate(path[:-1]):
+        nxt = path[i + 1]
+        if isinstance(node, list):
+            index = int(part)
+            while len(node) <= index:
+                node.append({})
+            node = node[index]
+            continue
+        if part not in node or not isinstance(node[part], dict | list):
+            node[part] = [] if nxt.isdigit() else {}
+        node = node[part]
+    last = path[-1]
+    if isinstance(node, list):
+        if not last.isdigit():
+            raise ConfigError(f"config error: {var}: expected a list index after {path[-2]}")
+        while len(node) <= int(last):
+            node.append({})
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def apply_env(tree: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Overlay ``ASRD_A__B__C=value`` onto ``tree["a"]["b"]["c"]``; sinks by index."""
+    for var in sorted(environ):
+        if not var.startswith(ENV_PREFIX) or "__" not in var:
+            continue
+        path = [p.lower() for p in var[len(ENV_PREFIX) :].split("__")]
+        if any(not p for p in path):
+            raise ConfigError(f"config error: {var}: empty path segment")
+        _set_path(tree, path, _env_value(environ[var]), var)
+    return tree
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
+    # Discriminated unions put the tag in the location (sinks.0.file.dir); keep it readable.
+    loc = re.sub(r"\.(file|stdout)\.", ".", loc)
+    extra = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"config error: {source}: {loc or '<top>'}: {msg}{extra}"
+
+
+def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read ``path``, apply the environment, validate. Raises ``ConfigError``."""
+    env = os.environ if environ is None else environ
+    try:
+        tree = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"config error: {path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config error: {path}: not valid TOML: {exc}") from None
+    tree = apply_env(tree, env)
+    try:
+        context = {"CREDENTIALS_DIRECTORY": env.get("CREDENTIALS_DIRECTORY")}
+        return Settings.model_validate(tree, context=context)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(str(path), exc)) from None

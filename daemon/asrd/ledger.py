@@ -1,0 +1,89 @@
+"""The delivery ledger: per job and sink, whether the record was delivered; per message, attempts.
+
+It is what makes redeliveries, duplicate callbacks and restarts harmless: a sink already
+recorded for a job is skipped. Attempt counts live here because the broker's redelivery
+count resets when a consumer crashes. The default is SQLite in WAL mode (one replica).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Protocol
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    job_id TEXT NOT NULL,
+    sink TEXT NOT NULL,
+    delivered_at REAL NOT NULL,
+    PRIMARY KEY (job_id, sink)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS attempts (
+    message_key TEXT PRIMARY KEY,
+    count INTEGER NOT NULL,
+    last_reason TEXT NOT NULL,
+    updated_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+class Ledger(Protocol):
+    def delivered(self, job_id: str) -> set[str]:
+        """Names of the sinks that already have this job."""
+        ...
+
+    def mark_delivered(self, job_id: str, sink: str) -> None: ...
+
+    def add_attempt(self, message_key: str, reason: str) -> int:
+        """Record one more failed attempt for a message; returns the count so far."""
+        ...
+
+    def clear_attempts(self, message_key: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SqliteLedger:
+    """One connection shared by the worker threads under a lock; writes are short."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        # WAL + NORMAL survives a process crash (SIGKILL); only an OS crash can drop the tail.
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def delivered(self, job_id: str) -> set[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT sink FROM deliveries WHERE job_id = ?", (job_id,))
+            return {r[0] for r in rows}
+
+    def mark_delivered(self, job_id: str, sink: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO deliveries (job_id, sink, delivered_at) VALUES (?, ?, ?)",
+                (job_id, sink, time.time()),
+            )
+
+    def add_attempt(self, message_key: str, reason: str) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "INSERT INTO attempts (message_key, count, last_reason, updated_at)"
+                " VALUES (?, 1, ?, ?) ON CONFLICT(message_key) DO UPDATE SET"
+                " count = count + 1, last_reason = excluded.last_reason,"
+                " updated_at = excluded.updated_at RETURNING count",
+                (message_key, reason[:500], time.time()),
+            ).fetchone()
+            return int(row[0])
+
+    def clear_attempts(self, message_key: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM attempts WHERE message_key = ?", (message_key,))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,52 @@
+"""File sink: ``<dir>/<job_id>.<format>``, written atomically (temp file, fsync, rename)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from ..config import FileSinkSettings
+from ..formats import render
+from ..result import ResultRecord
+from .base import SinkError
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Readers see the old file or the whole new one, never a part; durable on return."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class FileSink:
+    def __init__(self, settings: FileSinkSettings) -> None:
+        self.name = settings.name
+        self.dir = settings.dir
+        self.formats = list(dict.fromkeys(settings.formats))
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def deliver(self, record: ResultRecord) -> None:
+        # job_id was checked against CI's id pattern, so it is a safe file name.
+        try:
+            # json last: its presence means every other format is already in place.
+            for fmt in sorted(self.formats, key=lambda f: f == "json"):
+                write_atomic(self.dir / f"{record.job_id}.{fmt}", render(record, fmt))
+        except OSError as exc:
+            # A full or read-only disk may recover; keep the message and retry later.
+            raise SinkError(f"cannot write to {self.dir}: {exc.strerror}") from None
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,95 @@
+"""Configuration: TOML + environment + secret files, and one clear line with exit 78 when wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from asrd import config
+
+from .support import asrd, write_config
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "asrd.example.toml"
+
+
+@pytest.fixture
+def creds(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "secret_id").write_text("AKIDexample\n")
+    (tmp_path / "secret_key").write_text("keyexample\n")
+    return {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+
+
+def test_example_config_is_valid_and_reads_systemd_credentials(creds: dict[str, str]) -> None:
+    settings = config.load(EXAMPLE, creds)
+    assert settings.ci.secret_key is not None
+    assert settings.ci.secret_key.get_secret_value() == "keyexample"
+    assert "keyexample" not in repr(settings)
+    assert settings.pulsar.dlq_topic == "persistent://public/default/asr-callbacks-asrd-DLQ"
+    assert settings.sinks[0].name == "files"
+
+
+def test_environment_overrides_nested_keys_and_sinks(creds: dict[str, str]) -> None:
+    env = {
+        **creds,
+        "ASRD_PULSAR__MAX_IN_FLIGHT": "7",
+        "ASRD_CI__CALLBACK__FORMAT": "XML",
+        "ASRD_SINKS__0__DIR": "/srv/results",
+        "ASRD_SINKS__0__FORMATS": '["json", "srt"]',
+        "ASRD_CI__SECRET_KEY": "from-env",
+    }
+    settings = config.load(EXAMPLE, env)
+    assert settings.pulsar.max_in_flight == 7
+    assert settings.ci.callback.format == "XML"
+    assert str(settings.sinks[0].dir) == "/srv/results"  # type: ignore[union-attr]
+    assert settings.sinks[0].formats == ["json", "srt"]  # type: ignore[union-attr]
+    assert settings.ci.secret_key is not None
+    assert settings.ci.secret_key.get_secret_value() == "from-env"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"ASRD_PULSAR__MAX_IN_FLIGHT": "lots"}, "pulsar.max_in_flight"),
+        ({"ASRD_CI__BUCKET": "no_appid"}, "ci.bucket"),
+        ({"ASRD_CI__CALLBACK__MQ_REGION": "mars"}, "ci.callback.mq_region"),
+        ({"ASRD_SINKS__0__TYPE": "carrier-pigeon"}, "sinks.0"),
+        ({"ASRD_CI__ENDPOINT": "ftp://x"}, "ci.endpoint"),
+        ({"ASRD_CI__SECRET_KEY_FILE": "/nonexistent/key"}, "ci"),
+    ],
+)
+def test_bad_values_name_the_key(creds: dict[str, str], env: dict[str, str], expected: str) -> None:
+    with pytest.raises(config.ConfigError) as err:
+        config.load(EXAMPLE, {**creds, **env})
+    line = str(err.value)
+    assert "\n" not in line
+    assert f": {expected}" in line
+    assert str(EXAMPLE) in line
+
+
+def test_unknown_key_is_refused(tmp_path: Path, creds: dict[str, str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(EXAMPLE.read_text().replace("[pulsar]", "[pulsar]\nmax_inflight = 3"))
+    with pytest.raises(config.ConfigError, match=r"pulsar\.max_inflight: Extra inputs"):
+        config.load(bad, creds)
+
+
+def test_cli_exits_78_with_one_line(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, "http://127.0.0.1:1", "pulsar://127.0.0.1:6650")
+    out = asrd("check", "--config", str(cfg.path), env={"ASRD_PULSAR__CONCURRENCY": "0"})
+    assert out.returncode == 78
+    assert out.stderr.count("\n") == 1
+    assert "pulsar.concurrency" in out.stderr
+    missing = asrd("run", "--config", str(tmp_path / "nope.toml"))
+    assert missing.returncode == 78
+    assert "cannot read" in missing.stderr
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[ci\n")
+    out = asrd("run", "--config", str(broken))
+    assert out.returncode == 78 and "not valid TOML" in out.stderr
+
+
+def test_secrets_never_reach_output(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, "http://127.0.0.1:1", "pulsar://127.0.0.1:6650")
+    out = asrd("check", "--config", str(cfg.path), env={"ASRD_PULSAR__CONCURRENCY": "0"})
+    assert "asrdtestsecretkey" not in out.stderr + out.stdout

@@ -1,0 +1,76 @@
+"""The walking skeleton, every part real and in its own process: the emulator (CI), the broker,
+``asrd submit`` and ``asrd run``."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pulsar
+import pytest
+
+from asrd import config
+from asrd.ci import CiClient
+
+from .conftest import Broker
+from .support import Emulator, asrd, start_daemon, start_emulator, wait_for, write_config
+
+SENTENCES = ["今天天气很好。", "我们去公园散步吧。", "The end."]
+
+
+@pytest.fixture
+def emulator(tmp_path: Path, broker: Broker) -> Iterator[Emulator]:
+    emu = start_emulator(tmp_path / "emulator", broker.service_url, "--job-delay", "0.3")
+    yield emu
+    assert emu.stop() == 0
+
+
+@pytest.mark.parametrize("callback_format", ["JSON", "XML"])
+def test_submit_callback_get_sink_ack(
+    tmp_path: Path, broker: Broker, emulator: Emulator, callback_format: str
+) -> None:
+    cfg = write_config(tmp_path, emulator.endpoint, broker.service_url, callback_format)
+    ci = CiClient(config.load(cfg.path).ci)
+    ci.put_object("media/meeting.mp3", b"ID3 not really audio")
+    ci.put_object("media/meeting.mp3.transcript.txt", "\n".join(SENTENCES).encode())
+
+    daemon = start_daemon(cfg, tmp_path / "daemon.log")
+    try:
+        submitted = asrd("submit", "--config", str(cfg.path), "--input", "media/meeting.mp3")
+        assert submitted.returncode == 0, submitted.stderr
+        job_id = submitted.stdout.strip()
+        assert job_id.startswith("s") and len(job_id) == 33
+
+        result = cfg.results / f"{job_id}.json"
+        wait_for(result.exists, 60, f"{result}")
+        record = json.loads(result.read_text())
+        assert record["schema_version"] == 1
+        assert record["job_id"] == job_id
+        assert record["state"] == "Success"
+        assert record["code"] == "Success"
+        assert record["input"]["object"] == "media/meeting.mp3"
+        assert record["output"]["bucket"] == "asrd-test-1250000000"
+        assert record["transcript"] == "\n".join(SENTENCES)
+        assert [s["text"] for s in record["segments"]] == SENTENCES
+        ends = [s["end_ms"] for s in record["segments"]]
+        assert ends == sorted(ends) and ends[-1] <= record["audio_time"] * 1000 + 1
+        assert record["raw"]["JobId"] == job_id
+        assert (cfg.results / f"{job_id}.txt").read_text() == "\n".join(SENTENCES) + "\n"
+        assert not list(cfg.results.glob(".*.tmp")), "temporary files left behind"
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=40) == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+
+    # Acknowledged: a fresh consumer on the same subscription gets nothing.
+    client = pulsar.Client(broker.service_url)
+    try:
+        consumer = client.subscribe(
+            cfg.topic, cfg.subscription, consumer_type=pulsar.ConsumerType.Shared
+        )
+        with pytest.raises(pulsar.Timeout):
+            consumer.receive(timeout_millis=3000)
+        consumer.close()
+    finally:
+        client.close()
