@@ -1,0 +1,157 @@
+"""`make demo`: the whole pipeline on this machine — broker, emulator, daemon, a few jobs.
+
+Starts what is not running, submits sample jobs with `asrd submit`, waits for their records in
+var/results/, prints a table, and stops what it started.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VAR = ROOT / "var"
+DEMO = VAR / "demo"
+RESULTS = VAR / "results"
+ASRD = [sys.executable, "-m", "asrd.cli"]
+PULSAR = str(ROOT / "scripts" / "pulsar")
+SECRET_ID, SECRET_KEY = "AKIDdemo00000000000000000000000000", "demosecretkey0000000000000000000"
+
+SAMPLES = {
+    "media/weather.mp3": ["今天天气很好。", "我们去公园散步吧。"],
+    "media/standup.wav": ["Yesterday I fixed the ledger.", "Today I review the consumer."],
+    "media/lecture.m4a": ["Speech recognition turns audio into text.", "asrd delivers it."],
+}
+
+CONFIG = """\
+[ci]
+region = "ap-guangzhou"
+bucket = "demo-1250000000"
+secret_id = "{secret_id}"
+secret_key_file = "{demo}/secret_key"
+endpoint = "{endpoint}"
+
+[ci.callback]
+format = "JSON"
+mq_name = "asr-demo"
+
+[pulsar]
+service_url = "{pulsar}"
+topic = "persistent://public/default/asr-demo"
+subscription = "asrd-demo"
+
+[ledger]
+url = "sqlite:///{demo}/ledger.db"
+
+[log]
+format = "console"
+
+[[sinks]]
+name = "files"
+type = "file"
+dir = "{results}"
+formats = ["json", "txt", "srt"]
+"""
+
+
+def step(text: str) -> None:
+    print(f"==> {text}", flush=True)
+
+
+def stop(proc: subprocess.Popen[str] | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main() -> int:
+    DEMO.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    broker_was_running = subprocess.run([PULSAR, "status"], capture_output=True).returncode == 0
+    emulator = daemon = None
+    try:
+        step("starting the Apache Pulsar broker (scripts/pulsar; first run downloads its jars)")
+        started = subprocess.run([PULSAR, "start"], capture_output=True, text=True)
+        if started.returncode != 0:
+            print(started.stderr, file=sys.stderr)
+            return 1
+        pulsar_url = started.stdout.strip()
+
+        step("starting the CI emulator")
+        emulator = subprocess.Popen(
+            [*ASRD, "emulator", "--listen", "127.0.0.1:0", "--pulsar-url", pulsar_url,
+             "--data-dir", str(DEMO / "emulator"), "--key", f"{SECRET_ID}:{SECRET_KEY}",
+             "--job-delay", "1.5"],
+            stdout=subprocess.PIPE, stderr=(DEMO / "emulator.log").open("w"), text=True,
+        )  # fmt: skip
+        assert emulator.stdout is not None
+        endpoint = emulator.stdout.readline().strip().rsplit(" ", 1)[-1]
+        if not endpoint.startswith("http://"):
+            print(f"emulator did not start; see {DEMO / 'emulator.log'}", file=sys.stderr)
+            return 1
+
+        (DEMO / "secret_key").write_text(SECRET_KEY + "\n")
+        cfg = DEMO / "asrd.toml"
+        cfg.write_text(
+            CONFIG.format(
+                secret_id=SECRET_ID, demo=DEMO, endpoint=endpoint, pulsar=pulsar_url, results=RESULTS
+            )
+        )
+        from asrd import config
+        from asrd.ci import CiClient
+
+        ci = CiClient(config.load(cfg).ci)
+        for key, sentences in SAMPLES.items():
+            ci.put_object(key, b"not really audio")
+            ci.put_object(f"{key}.transcript.txt", "\n".join(sentences).encode())
+
+        step("starting the daemon: asrd run --config var/demo/asrd.toml")
+        daemon = subprocess.Popen(
+            [*ASRD, "run", "--config", str(cfg)], stderr=(DEMO / "daemon.log").open("w"), text=True
+        )
+
+        step(f"submitting {len(SAMPLES)} jobs with asrd submit (CallBackType=TDMQ)")
+        jobs = {}
+        for key in SAMPLES:
+            out = subprocess.run(
+                [*ASRD, "submit", "--config", str(cfg), "--input", key],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if out.returncode != 0:
+                print(out.stderr, file=sys.stderr)
+                return 1
+            jobs[out.stdout.strip()] = key
+            print(f"    {out.stdout.strip()}  {key}")
+
+        step("waiting for the results in var/results/")
+        deadline = time.monotonic() + 60
+        while not all((RESULTS / f"{j}.json").exists() for j in jobs):
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                print(f"results did not arrive; see {DEMO / 'daemon.log'}", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+
+        print(f"\n{'job id':34} {'state':8} {'audio s':>7}  {'input':18} transcript")
+        for job_id, key in jobs.items():
+            rec = json.loads((RESULTS / f"{job_id}.json").read_text())
+            text = rec["transcript"].replace("\n", " ")
+            print(f"{job_id:34} {rec['state']:8} {rec['audio_time']:7.2f}  {key:18} {text[:60]}")
+        print(f"\nrecords: {RESULTS}/<job id>.json (also .txt and .srt)")
+        return 0
+    finally:
+        step("stopping what the demo started")
+        stop(daemon)
+        stop(emulator)
+        if not broker_was_running:
+            subprocess.run([PULSAR, "stop"], capture_output=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
