@@ -1,0 +1,111 @@
+"""TaskFinish notifications: bodies (XML/JSON), Pulsar publishing (TDMQ) and URL POSTs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from asrd.emulator import xmlio
+
+log = logging.getLogger("asrd.emulator.notify")
+
+
+def _prune(node: Any) -> Any:
+    """JSON form: empty XML elements are omitted, leaves stay strings (reference §4.1)."""
+    if isinstance(node, dict):
+        out = {k: _prune(v) for k, v in node.items() if v is not None}
+        return {k: v for k, v in out.items() if v is not None}
+    if isinstance(node, list):
+        return [_prune(v) for v in node if v is not None]
+    return node
+
+
+def callback_body(detail: dict[str, Any], fmt: str) -> tuple[bytes, str]:
+    """``(body, content type)`` of the TaskFinish message for one job."""
+    if fmt == "JSON":
+        # UNCONFIRMED: JobsDetail as an object (some doc examples show an array of one).
+        doc = {"EventName": "TaskFinish", "JobsDetail": _prune(detail)}
+        return json.dumps(doc, ensure_ascii=False).encode(), "application/json"
+    body = xmlio.document("Response", {"EventName": "TaskFinish", "JobsDetail": detail})
+    return body, "application/xml"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Where one notification goes: a Pulsar topic (TDMQ) or a URL."""
+
+    kind: str  # "TDMQ" | "Url"
+    target: str  # topic or URL
+    fmt: str
+    properties: dict[str, str]
+
+
+class Notifier:
+    """One long-lived Pulsar client, one producer per topic (batching off), URL POSTs.
+
+    Blocking client calls run on a small thread pool so the event loop never waits on them.
+    """
+
+    def __init__(self, pulsar_url: str, topic_template: str, url_timeout: float = 10.0) -> None:
+        self.pulsar_url = pulsar_url
+        self.topic_template = topic_template
+        self.url_timeout = url_timeout
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="notify")
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._producers: dict[str, Any] = {}
+
+    def topic_for(self, mq_name: str) -> str:
+        return self.topic_template.format(MqName=mq_name)
+
+    def _producer(self, topic: str) -> Any:
+        with self._lock:
+            producer = self._producers.get(topic)
+            if producer is None:
+                import pulsar  # imported lazily: only emulators with TDMQ jobs need the C++ client
+
+                if self._client is None:
+                    plog = logging.getLogger("pulsar")
+                    plog.setLevel(logging.WARNING)
+                    self._client = pulsar.Client(
+                        self.pulsar_url, logger=plog, operation_timeout_seconds=10
+                    )
+                producer = self._client.create_producer(
+                    topic, batching_enabled=False, send_timeout_millis=10000
+                )
+                self._producers[topic] = producer
+            return producer
+
+    def deliver(self, delivery: Delivery, body: bytes, content_type: str) -> None:
+        """Blocking; raises on failure (the caller counts and retries)."""
+        if delivery.kind == "TDMQ":
+            self._producer(delivery.target).send(body, properties=delivery.properties)
+            return
+        req = urllib.request.Request(  # noqa: S310 - the job owner chose this URL
+            delivery.target, data=body, method="POST", headers={"Content-Type": content_type}
+        )
+        with urllib.request.urlopen(req, timeout=self.url_timeout) as resp:  # noqa: S310
+            resp.read()
+
+    def close(self) -> None:
+        """Wait for pending deliveries, then flush and close producers and the client."""
+        self.pool.shutdown(wait=True)
+        with self._lock:
+            for producer in self._producers.values():
+                try:
+                    producer.flush()
+                    producer.close()
+                except Exception as exc:  # noqa: BLE001 - shutting down anyway
+                    log.warning("closing producer failed: %s", exc)
+            self._producers.clear()
+            if self._client is not None:
+                try:
+                    self._client.close()
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("closing pulsar client failed: %s", exc)
+                self._client = None

@@ -1,0 +1,304 @@
+"""HTTP routing: CI asr routes, COS objects, and the unsigned admin API under ``/-/``."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import os
+import re
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import Any
+
+from asrd.emulator import xmlio
+from asrd.emulator.errors import ApiError, invalid
+from asrd.emulator.faults import Faults
+from asrd.emulator.http import Request, Response
+from asrd.emulator.jobs import (
+    JobStore,
+    Template,
+    apply_queue_update,
+    now,
+    parse_create,
+    parse_list_query,
+    parse_template,
+)
+from asrd.emulator.lifecycle import JobRunner
+from asrd.emulator.signature import Verifier
+from asrd.emulator.storage import BUCKET_RE, BadKey, ObjectStore
+
+# <bucket>.cos.<region>.myqcloud.com (SDK with IP/Port) or <bucket>.ci.<region>.myqcloud.com
+HOST_RE = re.compile(
+    r"^(?P<bucket>[a-z0-9-]+-\d+)\.(?:cos|ci)\.(?P<region>[a-z0-9-]+)\.myqcloud\.com(?::\d+)?$"
+)
+MALFORMED = (
+    "The XML you provided was not well-formed or did not validate against our published schema."
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    bucket: str | None
+    region: str
+    host: str
+
+
+def _target(req: Request) -> Target:
+    host = req.headers.get("host", "")
+    m = HOST_RE.match(host.lower())
+    if m:
+        return Target(m["bucket"], m["region"], host)
+    return Target(None, "", host)
+
+
+class App:
+    def __init__(
+        self,
+        verifier: Verifier,
+        store: JobStore,
+        objects: ObjectStore,
+        runner: JobRunner,
+        faults: Faults,
+        stats: Counter[str],
+    ) -> None:
+        self.verifier = verifier
+        self.store = store
+        self.objects = objects
+        self.runner = runner
+        self.faults = faults
+        self.stats = stats
+        self._ids = itertools.count(1)
+        self._id_prefix = f"{os.getpid():x}_{uuid.uuid4().hex[:8]}"
+
+    def _request_id(self) -> str:
+        raw = f"{int(time.time()):x}_{self._id_prefix}_{next(self._ids)}"
+        return base64.b64encode(raw.encode()).decode().rstrip("=")
+
+    async def handle(self, req: Request) -> Response:
+        if req.path.startswith("/-/") and "authorization" not in req.headers:
+            # Unsigned admin calls only: a signed request to /-/... is an ordinary object call.
+            return self._admin(req)
+        rid = self._request_id()
+        target = _target(req)
+        try:
+            delay = self.faults.latency()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            t = now()
+            injected = self.faults.request_error(t)
+            if injected is not None:
+                raise ApiError(*injected)
+            failure = self.verifier.verify(req.method, req.path, req.query, req.headers, t)
+            if failure is not None:
+                raise ApiError(failure.status, failure.code, failure.message)
+            resp = self._route(req, target)
+        except ApiError as err:
+            self.stats[f"http_{err.status}"] += 1
+            body = xmlio.error_body(err.code, err.message, target.host + req.path, rid)
+            resp = Response(err.status, body, head=req.method == "HEAD")
+        resp.headers.append(("x-ci-request-id", rid))
+        resp.headers.append(("x-cos-request-id", rid))
+        return resp
+
+    # ---- routing ---------------------------------------------------------------------------
+
+    def _route(self, req: Request, target: Target) -> Response:
+        path, method = req.path, req.method
+        if path == "/asr_jobs":
+            bucket = self._ci_bucket(target)
+            if method == "POST":
+                return self._create(req, bucket, target.region)
+            if method == "GET":
+                return self._list(req, bucket)
+            raise _not_allowed(method)
+        if path.startswith("/asr_jobs/"):
+            if method != "GET":
+                raise _not_allowed(method)
+            return self._get(path[len("/asr_jobs/") :], self._ci_bucket(target))
+        if path == "/asrqueue":
+            if method != "GET":
+                raise _not_allowed(method)
+            return self._queues(req, self._ci_bucket(target))
+        if path.startswith("/asrqueue/"):
+            if method != "PUT":
+                raise _not_allowed(method)
+            return self._update_queue(req, path[len("/asrqueue/") :], self._ci_bucket(target))
+        if path == "/template":
+            if method != "POST":
+                raise _not_allowed(method)
+            return self._create_template(req, self._ci_bucket(target))
+        return self._object(req, target)
+
+    @staticmethod
+    def _ci_bucket(target: Target) -> str:
+        if target.bucket is None:
+            raise ApiError(404, "NoSuchBucket", "The bucket is not named by the Host header.")
+        return target.bucket
+
+    # ---- CI asr jobs -----------------------------------------------------------------------
+
+    def _create(self, req: Request, bucket: str, region: str) -> Response:
+        root, body = _parse_body(req)
+        spec = parse_create(root, body, self.store.templates)
+        if not BUCKET_RE.match(spec.output_bucket):
+            raise invalid(f"invalid Operation.Output.Bucket {spec.output_bucket!r}")
+        job = self.store.add(bucket, region, spec, now())
+        self.runner.start(job)
+        self.stats["jobs_created"] += 1
+        return Response(200, xmlio.wrap("Response", job.detail_xml()))
+
+    def _get(self, ids_text: str, bucket: str) -> Response:
+        ids = [i.strip() for i in ids_text.split(",") if i.strip()]
+        if not ids:
+            raise invalid("no job id given")
+        found: list[bytes] = []
+        missing: list[bytes] = []
+        for job_id in ids:
+            job = self.store.get(bucket, job_id)
+            if job is None:
+                missing.append(xmlio.fragment("NonExistJobIds", job_id))
+            else:
+                found.append(job.detail_xml())
+        return Response(200, xmlio.wrap("Response", b"".join(found + missing)))
+
+    def _list(self, req: Request, bucket: str) -> Response:
+        query = parse_list_query(req.query)
+        page, token = self.store.list(bucket, query)
+        parts = [job.detail_xml() for job in page]
+        parts.append(xmlio.fragment("NextToken", token or None))
+        return Response(200, xmlio.wrap("Response", b"".join(parts)))
+
+    # ---- queues and templates --------------------------------------------------------------
+
+    def _queues(self, req: Request, bucket: str) -> Response:
+        t = now()
+        self.store.queue(bucket, None, t)  # every bucket has its default queue
+        wanted = [q for q in (req.query.get("queueIds") or "").split(",") if q]
+        state = req.query.get("state") or "All"
+        if state not in ("All", "Active", "Paused"):
+            raise invalid("state must be All, Active or Paused")
+        try:
+            number = int(req.query.get("pageNumber") or "1")
+            size = int(req.query.get("pageSize") or "10")
+        except ValueError as exc:
+            raise invalid("pageNumber and pageSize must be integers") from exc
+        if number < 1 or not 1 <= size <= 100:
+            raise invalid("pageNumber must be >= 1 and pageSize 1..100")
+        queues = [q for q in self.store.queues.values() if q.bucket == bucket]
+        if wanted:
+            queues = [q for q in queues if q.queue_id in wanted]
+        if state != "All":
+            queues = [q for q in queues if q.state == state]
+        page = queues[(number - 1) * size : number * size]
+        content: dict[str, Any] = {
+            "RequestId": self._request_id(),
+            "TotalCount": str(len(queues)),
+            "PageNumber": str(number),
+            "PageSize": str(size),
+            "QueueList": [q.to_xml_dict() for q in page] or None,
+        }
+        missing = [q for q in wanted if q not in self.store.queues]
+        if missing:
+            content["NonExistPIDs"] = missing
+        return Response(200, xmlio.document("Response", content))
+
+    def _update_queue(self, req: Request, queue_id: str, bucket: str) -> Response:
+        if not re.fullmatch(r"p[0-9a-zA-Z]{1,64}", queue_id):
+            raise invalid(f"invalid queue id {queue_id!r}")
+        root, body = _parse_body(req)
+        if root != "Request" or not isinstance(body, dict):
+            raise invalid("root element must be Request")
+        t = now()
+        queue = self.store.queue(bucket, queue_id, t)
+        apply_queue_update(queue, body, t)
+        content = {"RequestId": self._request_id(), "Queue": queue.to_xml_dict()}
+        return Response(200, xmlio.document("Response", content))
+
+    def _create_template(self, req: Request, bucket: str) -> Response:
+        root, body = _parse_body(req)
+        name, params = parse_template(root, body)
+        template = Template("t1" + uuid.uuid4().hex, name, bucket, params, now())
+        self.store.templates[template.template_id] = template
+        content = {"RequestId": self._request_id(), "Template": template.to_xml_dict()}
+        return Response(200, xmlio.document("Response", content))
+
+    # ---- COS objects -----------------------------------------------------------------------
+
+    def _object(self, req: Request, target: Target) -> Response:
+        bucket, key = target.bucket, req.path.lstrip("/")
+        if bucket is None:
+            # Path-style fallback (/<bucket>/<key>) when the Host does not name the bucket.
+            bucket, _, key = key.partition("/")
+        try:
+            if req.method == "PUT":
+                etag = self.objects.put(bucket, key, req.body)
+                return Response(200, headers=[("ETag", f'"{etag}"')])
+            if req.method in ("GET", "HEAD"):
+                obj = self.objects.get(bucket, key)
+                if obj is None:
+                    raise ApiError(404, "NoSuchKey", "The specified key does not exist.")
+                headers = [
+                    ("ETag", f'"{obj.etag}"'),
+                    ("Last-Modified", formatdate(obj.mtime, usegmt=True)),
+                ]
+                return Response(
+                    200,
+                    obj.data,
+                    headers=headers,
+                    content_type="application/octet-stream",
+                    head=req.method == "HEAD",
+                )
+            if req.method == "DELETE":
+                self.objects.delete(bucket, key)
+                return Response(204)
+        except BadKey as exc:
+            raise invalid(str(exc)) from exc
+        raise _not_allowed(req.method)
+
+    # ---- admin -----------------------------------------------------------------------------
+
+    def _admin(self, req: Request) -> Response:
+        if req.path == "/-/healthz" and req.method == "GET":
+            return _json(200, {"status": "ok", "jobs": len(self.store)})
+        if req.path == "/-/faults":
+            if req.method == "GET":
+                return _json(200, self._fault_state())
+            if req.method == "PUT":
+                try:
+                    values = json.loads(req.body or b"{}")
+                    if not isinstance(values, dict):
+                        raise ValueError("expected a JSON object")
+                    reset = bool(values.pop("reset_counts", False))
+                    self.faults.config.update(values)
+                except ValueError as exc:
+                    return _json(400, {"error": str(exc)})
+                if reset:
+                    self.faults.counts.clear()
+                return _json(200, self._fault_state())
+            return _json(405, {"error": "use GET or PUT"})
+        return _json(404, {"error": "unknown admin path"})
+
+    def _fault_state(self) -> dict[str, Any]:
+        return {**self.faults.snapshot(), "stats": dict(sorted(self.stats.items()))}
+
+
+def _json(status: int, doc: dict[str, Any]) -> Response:
+    return Response(status, json.dumps(doc).encode(), content_type="application/json")
+
+
+def _not_allowed(method: str) -> ApiError:
+    return ApiError(405, "MethodNotAllowed", f"The specified method {method} is not allowed.")
+
+
+def _parse_body(req: Request) -> tuple[str, Any]:
+    if not req.body.strip():
+        raise ApiError(400, "MalformedXML", MALFORMED)
+    try:
+        return xmlio.parse(req.body)
+    except xmlio.MalformedXML as exc:
+        raise ApiError(400, "MalformedXML", MALFORMED) from exc

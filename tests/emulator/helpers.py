@@ -1,0 +1,55 @@
+"""Constants and helpers shared by the emulator tests."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import xmltodict
+from qcloud_cos import CosS3Client
+from qcloud_cos.cos_auth import CosS3Auth
+
+SECRET_ID = "AKIDemulatortest"
+SECRET_KEY = "emulator-secret-key"
+TOKEN_ID = "AKIDtemporary"
+TOKEN_KEY = "temporary-secret"
+TOKEN = "session-token-123"
+REGION = "ap-guangzhou"
+BUCKET = "examplebucket-1250000000"
+
+
+def unique(prefix: str = "k") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def create_job_raw(client: CosS3Client, request: dict[str, Any]) -> dict[str, Any]:
+    """POST /asr_jobs with a body we build ourselves (the SDK drops CallBackType), signed by the
+    SDK's own signer, sent through the SDK's request path (errors become CosServiceError)."""
+    body = xmltodict.unparse({"Request": request})
+    url = client._conf.uri(bucket=BUCKET, path="/asr_jobs", endpoint=client._conf._endpoint_ci)
+    rt = client.send_request(
+        method="POST",
+        url=url,
+        bucket=BUCKET,
+        data=body.encode(),
+        auth=CosS3Auth(client._conf, "/asr_jobs", params={}),
+        params={},
+        headers={"Content-Type": "application/xml"},
+        ci_request=True,
+    )
+    return dict(xmltodict.parse(rt.content)["Response"])
+
+
+def wait_state(
+    client: CosS3Client,
+    job_id: str,
+    states: tuple[str, ...] = ("Success", "Failed"),
+    timeout: float = 10,
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        detail = client.ci_get_asr_job(Bucket=BUCKET, JobID=job_id)["JobsDetail"][0]
+        if detail["State"] in states or time.monotonic() > deadline:
+            return dict(detail)
+        time.sleep(0.05)
