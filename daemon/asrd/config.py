@@ -139,11 +139,16 @@ class PulsarSettings(_Section):
     token: SecretStr | None = None
     token_file: Path | None = None
     dead_letter_topic: str = ""
+    retry_topic: str = ""
     max_in_flight: int = Field(default=256, ge=1, le=100_000)
     concurrency: int = Field(default=32, ge=1, le=1024)
     receiver_queue_size: int = Field(default=100, ge=1, le=50_000)
     nack_delay_ms: int = Field(default=10_000, ge=100)
     max_attempts: int = Field(default=10, ge=1, le=1000)
+    retry_base_s: float = Field(default=1.0, gt=0)
+    retry_max_s: float = Field(default=300.0, gt=0)
+    retry_window_s: float = Field(default=6 * 3600.0, gt=0)
+    foreign_messages: Literal["ack", "dead-letter"] = "ack"
     max_message_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     shutdown_deadline_s: float = Field(default=30.0, gt=0)
 
@@ -156,6 +161,11 @@ class PulsarSettings(_Section):
     def dlq_topic(self) -> str:
         # TDMQ names the auto-created DLQ <topic>-<subscription>-DLQ; always name it explicitly.
         return self.dead_letter_topic or f"{self.topic}-{self.subscription}-DLQ"
+
+    @property
+    def retry_letter_topic(self) -> str:
+        # TDMQ's retry-letter naming; retries wait there (deliver_after) instead of in memory.
+        return self.retry_topic or f"{self.topic}-{self.subscription}-RETRY"
 
 
 class LedgerSettings(_Section):
@@ -196,7 +206,25 @@ class StdoutSinkSettings(_SinkBase):
     type: Literal["stdout"]
 
 
-SinkSettings = Annotated[FileSinkSettings | StdoutSinkSettings, Field(discriminator="type")]
+class WebhookSinkSettings(_SinkBase):
+    """POST the record as JSON; ``Idempotency-Key`` is the job id, the body is HMAC-signed."""
+
+    type: Literal["webhook"]
+    url: str = Field(pattern=r"^https?://[^\s]+$")
+    secret: SecretStr | None = None
+    secret_file: Path | None = None
+    timeout_s: float = Field(default=10.0, gt=0)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any, info: ValidationInfo) -> Any:
+        return _resolve_secret(dict(data), "secret", info) if isinstance(data, dict) else data
+
+
+SinkSettings = Annotated[
+    FileSinkSettings | StdoutSinkSettings | WebhookSinkSettings, Field(discriminator="type")
+]
 
 
 class Settings(_Section):
@@ -266,7 +294,7 @@ def _format_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
     # Discriminated unions put the tag in the location (sinks.0.file.dir); keep it readable.
-    loc = re.sub(r"\.(file|stdout)\.", ".", loc)
+    loc = re.sub(r"\.(file|stdout|webhook)\.", ".", loc)
     extra = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     msg = first["msg"].removeprefix("Value error, ")
     return f"config error: {source}: {loc or '<top>'}: {msg}{extra}"
