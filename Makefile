@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LINT_PATHS := daemon tests scripts $(wildcard benchmarks)
 
 .PHONY: venv lint test demo bench broker-start broker-stop clean
 
@@ -16,8 +17,8 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 lint: venv
-	$(BIN)/ruff check daemon tests benchmarks
-	$(BIN)/ruff format --check daemon tests benchmarks
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy --strict daemon/asrd
 
 test: lint
