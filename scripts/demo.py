@@ -99,11 +99,8 @@ def main() -> int:
 
         (DEMO / "secret_key").write_text(SECRET_KEY + "\n")
         cfg = DEMO / "asrd.toml"
-        cfg.write_text(
-            CONFIG.format(
-                secret_id=SECRET_ID, demo=DEMO, endpoint=endpoint, pulsar=pulsar_url, results=RESULTS
-            )
-        )
+        values = {"secret_id": SECRET_ID, "demo": DEMO, "endpoint": endpoint, "results": RESULTS}
+        cfg.write_text(CONFIG.format(pulsar=pulsar_url, **values))
         from asrd import config
         from asrd.ci import CiClient
 
