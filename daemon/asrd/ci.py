@@ -8,7 +8,6 @@ permanent (dead-letter), and not found.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from qcloud_cos.cos_auth import CosS3Auth
 from qcloud_cos.cos_comm import format_xml, xml_to_dict
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
+from . import backoff
 from .config import CiSettings
 
 # The SDK logs request headers (Authorization, security token) at DEBUG: never let that through.
@@ -83,7 +83,11 @@ def _short(text: str, limit: int = 300) -> str:
 
 @dataclass(frozen=True)
 class Backoff:
-    """Exponential backoff with full jitter, bounded by attempts and by total time."""
+    """In-process retries of one call: bounded by attempts and by total sleep.
+
+    Kept short on purpose: longer waits belong to the redelivery path, which does not hold a
+    worker thread.
+    """
 
     attempts: int = 3
     base_s: float = 0.2
@@ -92,12 +96,12 @@ class Backoff:
 
     def delays(self) -> Iterator[float]:
         spent = 0.0
-        for attempt in range(self.attempts - 1):
-            delay = random.uniform(0, min(self.cap_s, self.base_s * 2**attempt))  # noqa: S311
-            if spent + delay > self.budget_s:
+        for attempt in range(1, self.attempts):
+            wait = backoff.delay(attempt, self.base_s, self.cap_s)
+            if spent + wait > self.budget_s:
                 return
-            spent += delay
-            yield delay
+            spent += wait
+            yield wait
 
 
 def with_retry(

@@ -13,23 +13,29 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pulsar
 import structlog
 
+from . import backoff
 from .config import PulsarSettings
-from .ledger import Ledger
+from .ledger import Attempt, Ledger
 from .observability import Counters, pulsar_logger
 from .pipeline import Outcome, Verdict
 
 log = structlog.get_logger("asrd.consumer")
 
-# Properties on dead letters; ORIGIN_MESSAGE_ID and REAL_TOPIC mirror the Java client's DLQ.
+# Message properties. ORIGIN_MESSAGE_ID, REAL_TOPIC, RECONSUMETIMES and DELAY_TIME mirror the Java
+# client's retry-letter and dead-letter conventions, which TDMQ documents.
 REASON = "ASRD_DLQ_REASON"
 ATTEMPTS = "ASRD_ATTEMPTS"
 ORIGIN_MESSAGE_ID = "ORIGIN_MESSAGE_ID"
 REAL_TOPIC = "REAL_TOPIC"
+RECONSUMETIMES = "RECONSUMETIMES"
+DELAY_TIME = "DELAY_TIME"
+INTERNAL_PROPERTIES = (REASON, ATTEMPTS, ORIGIN_MESSAGE_ID, REAL_TOPIC, RECONSUMETIMES, DELAY_TIME)
 
 Handler = Callable[[bytes], Verdict]
 
@@ -77,24 +83,24 @@ class Consumer:
         self.health = Health()
         self._consumer: Any = None
         self._dlq: Any = None
+        self._retry: Any = None
 
     # -- connection ---------------------------------------------------------------------
     def _subscribe(self, stop: threading.Event) -> bool:
         delay = 0.5
         while not stop.is_set():
             try:
+                # Retries wait on the retry-letter topic (deliver_after), owned by the broker.
+                topics = [self._settings.topic, self._settings.retry_letter_topic]
                 self._consumer = self._client.subscribe(
-                    self._settings.topic,
+                    topics,
                     self._settings.subscription,
                     consumer_type=pulsar.ConsumerType.Shared,
                     receiver_queue_size=self._settings.receiver_queue_size,
                     negative_ack_redelivery_delay_ms=self._settings.nack_delay_ms,
                 )
-                self._dlq = self._client.create_producer(
-                    self._settings.dlq_topic,
-                    batching_enabled=False,
-                    send_timeout_millis=10_000,
-                )
+                self._dlq = self._producer(self._settings.dlq_topic)
+                self._retry = self._producer(self._settings.retry_letter_topic)
             except pulsar.PulsarException as exc:
                 log.warning("subscribe failed, retrying", error=str(exc), retry_in_s=delay)
                 stop.wait(delay)
@@ -109,6 +115,12 @@ class Consumer:
             )
             return True
         return False
+
+    def _producer(self, topic: str) -> Any:
+        # Batching off: delayed delivery needs it, and a result of one send is one message.
+        return self._client.create_producer(
+            topic, batching_enabled=False, send_timeout_millis=10_000
+        )
 
     # -- main loop ----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -169,69 +181,108 @@ class Consumer:
 
     def close(self) -> None:
         self.health.subscribed = self.health.connected = False
-        for closable in (self._consumer, self._dlq):
+        for closable in (self._consumer, self._dlq, self._retry):
             if closable is not None:
                 try:
                     closable.close()  # flushes queued acknowledgements
                 except pulsar.PulsarException as exc:
                     log.warning("close failed", error=str(exc))
-        self._consumer = self._dlq = None
+        self._consumer = self._dlq = self._retry = None
         if self._owns_client:
             self._client.close()
 
     # -- one message ----------------------------------------------------------------------
     def _process(self, msg: Any) -> None:
-        message_key = f"{self._settings.topic}|{msg.message_id()}"
-        try:
-            verdict = self._handle(msg.data())
-        except Exception as exc:
-            log.exception("pipeline error", message_id=str(msg.message_id()))
-            verdict = Verdict(Outcome.RETRY, f"internal error: {type(exc).__name__}: {exc}")
-        self._settle(msg, message_key, verdict)
-
-    def _settle(self, msg: Any, message_key: str, verdict: Verdict) -> None:
+        props = msg.properties()
+        origin_topic = props.get(REAL_TOPIC) or msg.topic_name()
+        origin_id = props.get(ORIGIN_MESSAGE_ID) or str(msg.message_id())
+        key = f"{origin_topic}|{origin_id}"
+        attempt = self._ledger.begin_attempt(key)
+        fields = {"message_id": origin_id, "attempt": attempt.count}
+        if attempt.count > self._settings.max_attempts:
+            # Processing started this often without settling: the process died on it each time.
+            reason = attempt.last_reason or "processing never finished (the daemon died on it)"
+            verdict = Verdict(Outcome.DEAD, f"gave up after {attempt.count - 1} attempts: {reason}")
+        else:
+            try:
+                verdict = self._handle(msg.data())
+            except Exception as exc:  # a bug must not kill the worker or lose the message
+                log.exception("pipeline error", **fields)
+                verdict = Verdict(Outcome.RETRY, f"internal error: {type(exc).__name__}: {exc}")
         self._counters.inc(f"messages.{verdict.outcome.value}")
-        fields = {"message_id": str(msg.message_id()), "job_id": verdict.job_id or None}
-        if verdict.outcome in (Outcome.DONE, Outcome.IGNORED):
-            self._consumer.acknowledge(msg)
-            if msg.redelivery_count() > 0:
-                self._ledger.clear_attempts(message_key)
-            log.info("message " + verdict.outcome.value, reason=verdict.reason or None, **fields)
-            return
-        attempts = 1
+        fields["job_id"] = verdict.job_id or None
+        origin = (origin_topic, origin_id)
+        if verdict.outcome is Outcome.IGNORED and self._settings.foreign_messages == "dead-letter":
+            verdict = Verdict(Outcome.DEAD, verdict.reason, verdict.job_id)
         if verdict.outcome is Outcome.RETRY:
-            attempts = self._ledger.add_attempt(message_key, verdict.reason)
-            if attempts < self._settings.max_attempts:
-                log.warning(
-                    "message will be retried", reason=verdict.reason, attempt=attempts, **fields
-                )
-                self._consumer.negative_acknowledge(msg)
-                return
-            verdict = Verdict(
-                Outcome.DEAD, f"gave up after {attempts} attempts: {verdict.reason}", verdict.job_id
+            self._retry_later(msg, key, attempt, verdict, origin, fields)
+        elif verdict.outcome is Outcome.DEAD:
+            self._dead_letter(msg, key, attempt.count, verdict, origin, fields)
+        else:
+            self._consumer.acknowledge(msg)
+            self._ledger.clear_attempts(key)
+            log.info(f"message {verdict.outcome.value}", reason=verdict.reason or None, **fields)
+
+    def _retry_later(
+        self,
+        msg: Any,
+        key: str,
+        attempt: Attempt,
+        verdict: Verdict,
+        origin: tuple[str, str],
+        fields: dict[str, Any],
+    ) -> None:
+        s = self._settings
+        age = time.time() - attempt.first_at
+        if attempt.count >= s.max_attempts or age > s.retry_window_s:
+            reason = f"gave up after {attempt.count} attempts in {age:.0f}s: {verdict.reason}"
+            self._dead_letter(
+                msg, key, attempt.count, Verdict(Outcome.DEAD, reason), origin, fields
             )
-        self._dead_letter(msg, message_key, verdict, attempts, fields)
+            return
+        self._ledger.note_failure(key, verdict.reason)
+        wait_s = backoff.delay(attempt.count, s.retry_base_s, s.retry_max_s)
+        props = self._carry(msg, origin)
+        props.update({RECONSUMETIMES: str(attempt.count), DELAY_TIME: str(int(wait_s * 1000))})
+        try:
+            self._retry.send(msg.data(), properties=props, deliver_after=timedelta(seconds=wait_s))
+        except pulsar.PulsarException as exc:
+            # Fall back to the client's fixed-delay redelivery; the message stays with the broker.
+            log.warning("retry publish failed; negative ack instead", error=str(exc), **fields)
+            self._consumer.negative_acknowledge(msg)
+            return
+        self._consumer.acknowledge(msg)
+        self._counters.inc("messages.retried")
+        log.warning(
+            "message will be retried", reason=verdict.reason, retry_in_s=round(wait_s, 2), **fields
+        )
 
     def _dead_letter(
-        self, msg: Any, message_key: str, verdict: Verdict, attempts: int, fields: dict[str, Any]
+        self,
+        msg: Any,
+        key: str,
+        attempts: int,
+        verdict: Verdict,
+        origin: tuple[str, str],
+        fields: dict[str, Any],
     ) -> None:
-        props = dict(msg.properties())
-        props.update(
-            {
-                REASON: verdict.reason[:1000],
-                ATTEMPTS: str(attempts),
-                ORIGIN_MESSAGE_ID: str(msg.message_id()),
-                REAL_TOPIC: msg.topic_name(),
-            }
-        )
+        props = self._carry(msg, origin)
+        props.update({REASON: verdict.reason[:1000], ATTEMPTS: str(attempts)})
         try:
             self._dlq.send(msg.data(), properties=props)
         except pulsar.PulsarException as exc:
-            # Not parked, so not acknowledged: the broker keeps it and we try again later.
+            # Not parked, so not acknowledged: the broker keeps it and it comes back.
             log.error("dead-letter publish failed; message kept", error=str(exc), **fields)
             self._consumer.negative_acknowledge(msg)
             return
         self._consumer.acknowledge(msg)
-        self._ledger.clear_attempts(message_key)
+        self._ledger.clear_attempts(key)
         self._counters.inc("messages.dead_lettered")
-        log.error("message dead-lettered", reason=verdict.reason, attempts=attempts, **fields)
+        log.error("message dead-lettered", reason=verdict.reason, **fields)
+
+    @staticmethod
+    def _carry(msg: Any, origin: tuple[str, str]) -> dict[str, str]:
+        """The message's own properties plus where it first came from."""
+        props = {k: v for k, v in msg.properties().items() if k not in INTERNAL_PROPERTIES}
+        props.update({REAL_TOPIC: origin[0], ORIGIN_MESSAGE_ID: origin[1]})
+        return props

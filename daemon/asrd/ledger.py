@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -24,9 +25,18 @@ CREATE TABLE IF NOT EXISTS attempts (
     message_key TEXT PRIMARY KEY,
     count INTEGER NOT NULL,
     last_reason TEXT NOT NULL,
-    updated_at REAL NOT NULL
+    first_at REAL NOT NULL
 ) WITHOUT ROWID;
 """
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """How many times processing of one message has started, since when, and why it last failed."""
+
+    count: int
+    first_at: float
+    last_reason: str
 
 
 class Ledger(Protocol):
@@ -36,9 +46,11 @@ class Ledger(Protocol):
 
     def mark_delivered(self, job_id: str, sink: str) -> None: ...
 
-    def add_attempt(self, message_key: str, reason: str) -> int:
-        """Record one more failed attempt for a message; returns the count so far."""
+    def begin_attempt(self, message_key: str) -> Attempt:
+        """Count one more start of processing (before any work, so crashes count too)."""
         ...
+
+    def note_failure(self, message_key: str, reason: str) -> None: ...
 
     def clear_attempts(self, message_key: str) -> None: ...
 
@@ -69,16 +81,22 @@ class SqliteLedger:
                 (job_id, sink, time.time()),
             )
 
-    def add_attempt(self, message_key: str, reason: str) -> int:
+    def begin_attempt(self, message_key: str) -> Attempt:
         with self._lock:
             row = self._db.execute(
-                "INSERT INTO attempts (message_key, count, last_reason, updated_at)"
-                " VALUES (?, 1, ?, ?) ON CONFLICT(message_key) DO UPDATE SET"
-                " count = count + 1, last_reason = excluded.last_reason,"
-                " updated_at = excluded.updated_at RETURNING count",
-                (message_key, reason[:500], time.time()),
+                "INSERT INTO attempts (message_key, count, last_reason, first_at)"
+                " VALUES (?, 1, '', ?) ON CONFLICT(message_key) DO UPDATE SET"
+                " count = count + 1 RETURNING count, first_at, last_reason",
+                (message_key, time.time()),
             ).fetchone()
-            return int(row[0])
+            return Attempt(int(row[0]), float(row[1]), str(row[2]))
+
+    def note_failure(self, message_key: str, reason: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE attempts SET last_reason = ? WHERE message_key = ?",
+                (reason[:500], message_key),
+            )
 
     def clear_attempts(self, message_key: str) -> None:
         with self._lock:
