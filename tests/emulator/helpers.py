@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 import uuid
 from typing import Any
+from urllib.parse import quote
 
+import requests
 import xmltodict
 from qcloud_cos import CosS3Client
 from qcloud_cos.cos_auth import CosS3Auth
@@ -53,3 +55,36 @@ def wait_state(
         if detail["State"] in states or time.monotonic() > deadline:
             return dict(detail)
         time.sleep(0.05)
+
+
+def signed_request(
+    client: CosS3Client,
+    base_url: str,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    params: dict[str, str] | None = None,
+) -> requests.Response:
+    """A raw request signed with the SDK's signer, for bodies the SDK would never send."""
+    host = f"{BUCKET}.cos.{REGION}.myqcloud.com"
+    prepared = requests.Request(
+        method,
+        base_url + quote(path),
+        params=params,
+        data=body,
+        headers={"Host": host, "Content-Type": "application/xml"},
+    ).prepare()
+    CosS3Auth(client._conf, path, params=params or {})(prepared)
+    with requests.Session() as s:
+        return s.send(prepared, timeout=10)
+
+
+def error_fields(resp: requests.Response) -> dict[str, str]:
+    """The error document's fields; asserts the shape the SDK needs (all four non-empty)."""
+    assert resp.headers["Content-Type"] == "application/xml"
+    assert resp.headers["x-ci-request-id"]
+    doc = xmltodict.parse(resp.content)["Error"]
+    for name in ("Code", "Message", "Resource", "RequestId"):
+        assert doc[name], name
+    assert doc["RequestId"] == resp.headers["x-ci-request-id"]
+    return dict(doc)
