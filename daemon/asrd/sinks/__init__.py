@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import FileSinkSettings, SinkSettings, StdoutSinkSettings, When
+from ..config import (
+    FileSinkSettings,
+    SinkSettings,
+    StdoutSinkSettings,
+    WebhookSinkSettings,
+    When,
+)
 from ..result import ResultRecord
 from .base import Sink, SinkError
 from .file import FileSink
 from .stdout import StdoutSink
+from .webhook import WebhookSink
 
 __all__ = ["Route", "Sink", "SinkError", "build_routes"]
 
@@ -27,6 +34,8 @@ def build(settings: SinkSettings) -> Sink:
         return FileSink(settings)
     if isinstance(settings, StdoutSinkSettings):
         return StdoutSink(settings)
+    if isinstance(settings, WebhookSinkSettings):
+        return WebhookSink(settings)
     raise TypeError(f"no sink for {type(settings).__name__}")
 
 

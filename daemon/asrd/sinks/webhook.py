@@ -1,0 +1,168 @@
+"""Webhook sink: POST each record as JSON to an HTTP(S) endpoint, signed with HMAC-SHA256.
+
+Request, one per delivery::
+
+    POST <url>
+    Content-Type: application/json
+    Idempotency-Key: <job_id>
+    X-Asrd-Job-Id: <job_id>
+    X-Asrd-Timestamp: <unix seconds>
+    X-Asrd-Signature: sha256=<hex>        (only when a secret is configured)
+    <configured extra headers>
+
+    <record.to_dict() as UTF-8 JSON>
+
+Signature: ``hex(HMAC-SHA256(key=secret as UTF-8, msg=timestamp + "." + body))`` where
+``timestamp`` is the ``X-Asrd-Timestamp`` value and ``body`` the raw request bytes exactly as
+received. A receiver recomputes it over the raw body, compares in constant time
+(``hmac.compare_digest``), rejects timestamps too far from its clock (replays), and dedupes
+on ``Idempotency-Key``: asrd delivers at least once, so the same job can arrive again (after a
+crash, or a retry whose earlier attempt did arrive), each time with a fresh timestamp,
+signature and ``delivered_at``.
+
+Answers: 2xx is delivered. 408, 425, 429, 5xx, connection failures and timeouts are
+transient (the message is retried later). Any other status, including 3xx (redirects are
+not followed: the signed body is never sent anywhere but ``url``), is permanent and the
+message is dead-lettered. Error texts name the URL without userinfo or query and never the
+secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from .. import __version__
+from ..config import ConfigError, WebhookSinkSettings
+from ..result import ResultRecord
+from .base import SinkError
+
+TRANSIENT_STATUS = frozenset({408, 425, 429})
+# Headers asrd sets itself; configuring them would break signing, framing or dedupe.
+RESERVED_HEADERS = frozenset(
+    {"content-type", "content-length", "transfer-encoding", "host", "idempotency-key"}
+)
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Keep-alive connections for every worker thread (the daemon runs up to 32 by default).
+_POOL_SIZE = 64
+_MAX_ANSWER_BYTES = 64 * 1024
+
+
+def safe_url(url: str) -> str:
+    """``url`` without userinfo, query or fragment: fit for logs and dead-letter reasons."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = f"{host}:{port}" if port is not None else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def signature(secret: bytes, timestamp: str, body: bytes) -> str:
+    """The ``X-Asrd-Signature`` value for ``body`` sent at ``timestamp``."""
+    digest = hmac.new(secret, timestamp.encode("ascii") + b"." + body, hashlib.sha256)
+    return "sha256=" + digest.hexdigest()
+
+
+def _checked_headers(name: str, headers: dict[str, str]) -> dict[str, str]:
+    for key, value in headers.items():
+        where = f"config error: sinks.{name}.headers"
+        if not _TOKEN.fullmatch(key):
+            raise ConfigError(f"{where}: {key!r} is not a valid header name")
+        if key.lower() in RESERVED_HEADERS or key.lower().startswith("x-asrd-"):
+            raise ConfigError(f"{where}: {key} is set by asrd and cannot be configured")
+        if _BAD_VALUE.search(value) or value != value.strip():
+            raise ConfigError(f"{where}: the value of {key} has control characters or padding")
+    return dict(headers)
+
+
+def _cause(exc: BaseException) -> str:
+    """The innermost OS-level reason (``Connection refused``) without URLs or object reprs."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        item = stack.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, OSError) and item.strerror:
+            return item.strerror
+        stack.extend([item.__cause__, item.__context__, getattr(item, "reason", None)])
+        stack.extend(a for a in item.args if isinstance(a, BaseException))
+    return type(exc).__name__
+
+
+class WebhookSink:
+    def __init__(self, settings: WebhookSinkSettings) -> None:
+        self.name = settings.name
+        self.url = settings.url
+        self.display_url = safe_url(settings.url)
+        self._secret = settings.secret.get_secret_value().encode() if settings.secret else None
+        self._timeout = settings.timeout_s
+        self._headers = _checked_headers(settings.name, settings.headers)
+        self._session = requests.Session()
+        self._session.headers["User-Agent"] = f"asrd/{__version__}"
+        # Never read proxies, .netrc credentials or CA bundles from the environment silently.
+        self._session.trust_env = False
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=_POOL_SIZE, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+
+    def request_headers(self, job_id: str, body: bytes, timestamp: str) -> dict[str, str]:
+        headers = {
+            **self._headers,
+            "Content-Type": "application/json",
+            "Idempotency-Key": job_id,
+            "X-Asrd-Job-Id": job_id,
+            "X-Asrd-Timestamp": timestamp,
+        }
+        if self._secret:
+            headers["X-Asrd-Signature"] = signature(self._secret, timestamp, body)
+        return headers
+
+    def deliver(self, record: ResultRecord) -> None:
+        body = json.dumps(record.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
+        timestamp = str(int(time.time()))
+        headers = self.request_headers(record.job_id, body, timestamp)
+        where = f"POST {self.display_url}"
+        try:
+            with self._session.post(
+                self.url,
+                data=body,
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+                stream=True,
+            ) as resp:
+                status, reason = resp.status_code, (resp.reason or "")[:80]
+                # Read a bounded answer so the connection can be reused; a huge one closes it.
+                read = 0
+                for chunk in resp.iter_content(8192):
+                    read += len(chunk)
+                    if read > _MAX_ANSWER_BYTES:
+                        break
+        except requests.Timeout:
+            raise SinkError(f"{where}: no answer within {self._timeout:g}s") from None
+        except requests.RequestException as exc:
+            # Refused, reset, DNS, TLS, broken chunked answer: the receiver may come back.
+            raise SinkError(f"{where}: connection failed: {_cause(exc)}") from None
+        if 200 <= status < 300:
+            return
+        message = f"{where}: HTTP {status} {reason}".rstrip()
+        transient = status in TRANSIENT_STATUS or status >= 500
+        raise SinkError(message, permanent=not transient)
+
+    def close(self) -> None:
+        self._session.close()
