@@ -59,6 +59,10 @@ class Notifier:
         self._lock = threading.Lock()
         self._client: Any = None
         self._producers: dict[str, Any] = {}
+        self.used_pulsar = False
+        # Closed client objects stay referenced: their C++ destructors must not run on
+        # an arbitrary thread (see cli.main).
+        self._closed: list[Any] = []
 
     def topic_for(self, mq_name: str) -> str:
         return self.topic_template.format(MqName=mq_name)
@@ -70,6 +74,7 @@ class Notifier:
                 import pulsar  # imported lazily: only emulators with TDMQ jobs need the C++ client
 
                 if self._client is None:
+                    self.used_pulsar = True
                     plog = logging.getLogger("pulsar")
                     plog.setLevel(logging.WARNING)
                     self._client = pulsar.Client(
@@ -102,10 +107,12 @@ class Notifier:
                     producer.close()
                 except Exception as exc:  # noqa: BLE001 - shutting down anyway
                     log.warning("closing producer failed: %s", exc)
+                self._closed.append(producer)
             self._producers.clear()
             if self._client is not None:
                 try:
                     self._client.close()
                 except Exception as exc:  # noqa: BLE001
                     log.warning("closing pulsar client failed: %s", exc)
+                self._closed.append(self._client)
                 self._client = None
