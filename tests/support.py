@@ -141,14 +141,29 @@ formats = ["json", "txt"]
     return DaemonConfig(path, topic, "asrd", results, mq_name)
 
 
-def start_daemon(cfg: DaemonConfig, log_path: Path) -> subprocess.Popen[bytes]:
+def start_daemon(
+    cfg: DaemonConfig, log_path: Path, wait_subscribed: bool = True
+) -> subprocess.Popen[bytes]:
+    """``asrd run`` as its own process; by default returns once it has subscribed."""
     env = {**os.environ, **cfg.env}
-    return subprocess.Popen(
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    proc = subprocess.Popen(
         [*ASRD, "run", "--config", str(cfg.path)],
         stdout=subprocess.DEVNULL,
         stderr=log_path.open("ab"),
         env=env,
     )
+    if wait_subscribed:
+
+        def subscribed() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"daemon exited {proc.returncode}; see {log_path}")
+            with log_path.open("rb") as fh:
+                fh.seek(offset)
+                return b'"event": "subscribed"' in fh.read()
+
+        wait_for(subscribed, 30, "the daemon to subscribe")
+    return proc
 
 
 def asrd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -159,3 +174,73 @@ def asrd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         timeout=60,
         env={**os.environ, **(env or {})},
     )
+
+
+def set_faults(endpoint: str, **values: object) -> None:
+    """Change the running emulator's fault injection (PUT /-/faults)."""
+    import requests
+
+    r = requests.put(f"{endpoint}/-/faults", json=values, timeout=10)
+    r.raise_for_status()
+
+
+def create_jobs(cfg: DaemonConfig, count: int, threads: int = 8) -> list[str]:
+    """Submit ``count`` jobs through asrd's own client (CallBackType=TDMQ); returns their ids."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from asrd import config
+    from asrd.ci import CiClient
+    from asrd.submit import build_request
+
+    settings = config.load(cfg.path).ci
+    client = CiClient(settings)
+    client.put_object("media/bulk.mp3", b"not audio")
+    client.put_object("media/bulk.mp3.transcript.txt", "第一句。\nsecond sentence".encode())
+    request = build_request(settings, input_object="media/bulk.mp3")
+    with ThreadPoolExecutor(threads) as pool:
+        details = list(pool.map(lambda _: client.create_job(request), range(count)))
+    return [str(d["JobId"]) for d in details]
+
+
+def result_ids(cfg: DaemonConfig) -> set[str]:
+    if not cfg.results.exists():
+        return set()
+    return {p.stem for p in cfg.results.glob("s*.json")}
+
+
+def ledger_rows(cfg: DaemonConfig) -> list[tuple[str, str]]:
+    import sqlite3
+
+    db = sqlite3.connect(cfg.path.parent / "ledger.db")
+    try:
+        return [(r[0], r[1]) for r in db.execute("SELECT job_id, sink FROM deliveries")]
+    finally:
+        db.close()
+
+
+def read_topic(pulsar_url: str, topic: str, timeout_ms: int = 2000) -> list[Any]:
+    """Every message on ``topic`` from the start (a reader: nothing is acknowledged)."""
+    import pulsar
+
+    client = quiet_client(pulsar_url)
+    try:
+        reader = client.create_reader(topic, pulsar.MessageId.earliest)
+        found = []
+        while True:
+            try:
+                found.append(reader.read_next(timeout_millis=timeout_ms))
+            except pulsar.Timeout:
+                return found
+    finally:
+        client.close()
+
+
+def quiet_client(pulsar_url: str) -> Any:
+    """A pulsar client whose C++ INFO chatter stays out of test output."""
+    import logging
+
+    import pulsar
+
+    logger = logging.getLogger("tests.pulsar")
+    logger.setLevel(logging.WARNING)
+    return pulsar.Client(pulsar_url, logger=logger)

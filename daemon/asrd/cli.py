@@ -17,7 +17,7 @@ from types import FrameType
 
 import structlog
 
-from . import __version__, config, observability
+from . import __version__, config, dlq, observability
 from .ci import CiClient, CiError
 from .config import ConfigError, Settings
 from .consumer import Consumer, make_client
@@ -118,6 +118,31 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    parked = dlq.list_dead_letters(settings.pulsar, limit=args.limit)
+    print(f"{len(parked)} message(s) on {settings.pulsar.dlq_topic}")
+    for d in parked:
+        print(f"{d.message_id}\t{d.job_id}\t{d.published_at}\tattempts={d.attempts}\t{d.reason}")
+    return EX_OK
+
+
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if not args.all and not args.id:
+        print("asrd dlq replay: give --all or at least one --id", file=sys.stderr)
+        return 2
+    done = dlq.replay(settings.pulsar, None if args.all else set(args.id))
+    for d in done:
+        print(f"replayed {d.message_id}\t{d.job_id}")
+    print(f"{len(done)} message(s) put back on {settings.pulsar.topic}")
+    missing = set(args.id or ()) - {d.message_id for d in done} - {d.job_id for d in done}
+    if missing:
+        print(f"asrd dlq replay: not found: {', '.join(sorted(missing))}", file=sys.stderr)
+        return EX_FATAL
+    return EX_OK
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     print(f"config ok: {args.config}")
@@ -163,6 +188,20 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=int, default=100)
     sp = add("check", cmd_check, "validate the configuration")
     sp.add_argument("--connect", action="store_true", help="also reach CI and the broker")
+    dlq_parser = sub.add_parser("dlq", help="dead letters: list | replay")
+    dlq_sub = dlq_parser.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    for name, fn, help_ in (
+        ("list", cmd_dlq_list, "show parked messages with their reasons"),
+        ("replay", cmd_dlq_replay, "put parked messages back on the main topic"),
+    ):
+        sp = dlq_sub.add_parser(name, help=help_)
+        sp.add_argument("--config", "-c", required=True, help="TOML configuration file")
+        sp.set_defaults(fn=fn)
+        if name == "list":
+            sp.add_argument("--limit", type=int, default=1000)
+        else:
+            sp.add_argument("--id", action="append", help="DLQ message id or job id (repeatable)")
+            sp.add_argument("--all", action="store_true", help="replay every parked message")
     sub.add_parser("emulator", help="run the local CI emulator (asrd emulator --help)")
     return p
 

@@ -96,6 +96,9 @@ class Consumer:
                     topics,
                     self._settings.subscription,
                     consumer_type=pulsar.ConsumerType.Shared,
+                    # Only matters when this call creates the subscription: then start with the
+                    # oldest message, so callbacks published before the first start are kept.
+                    initial_position=pulsar.InitialPosition.Earliest,
                     receiver_queue_size=self._settings.receiver_queue_size,
                     negative_ack_redelivery_delay_ms=self._settings.nack_delay_ms,
                 )

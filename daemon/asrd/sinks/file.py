@@ -14,7 +14,9 @@ from .base import SinkError
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Readers see the old file or the whole new one, never a part; durable on return."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The writer's pid in the name lets a later start remove what a killed process left.
+    prefix = f".{path.name}.{os.getpid()}."
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=_TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -31,12 +33,39 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+_TMP_SUFFIX = ".tmp"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_orphans(directory: Path) -> int:
+    """Remove temp files of writers that no longer run (killed mid-write); returns how many."""
+    removed = 0
+    for tmp in directory.glob(f".*{_TMP_SUFFIX}"):
+        parts = tmp.name.split(".")
+        # ".<job>.<fmt>.<pid>.<random>.tmp" -> pid is the third part from the end
+        pid = parts[-3] if len(parts) >= 5 else ""
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 class FileSink:
     def __init__(self, settings: FileSinkSettings) -> None:
         self.name = settings.name
         self.dir = settings.dir
         self.formats = list(dict.fromkeys(settings.formats))
         self.dir.mkdir(parents=True, exist_ok=True)
+        sweep_orphans(self.dir)
 
     def deliver(self, record: ResultRecord) -> None:
         # job_id was checked against CI's id pattern, so it is a safe file name.
