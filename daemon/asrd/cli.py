@@ -17,7 +17,8 @@ from types import FrameType
 
 import structlog
 
-from . import __version__, config, dlq, observability
+from . import __version__, config, dlq, observability, systemd
+from .api import ApiContext, serve
 from .ci import CiClient, CiError
 from .config import ConfigError, Settings
 from .consumer import Consumer, make_client
@@ -46,11 +47,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError(f"config error: cannot prepare {exc.filename}: {exc.strerror}") from None
     counters = observability.Counters()
-    pipeline = Pipeline(
-        CiClient(settings.ci), routes, ledger, counters, settings.pulsar.max_message_bytes
+    ci = CiClient(settings.ci)
+    pipeline = Pipeline(ci, routes, ledger, counters, settings.pulsar.max_message_bytes)
+    consumer = Consumer(
+        settings.pulsar,
+        pipeline.handle,
+        ledger,
+        counters,
+        on_ready=lambda: systemd.notify("READY=1"),
     )
-    consumer = Consumer(settings.pulsar, pipeline.handle, ledger, counters)
     stop = threading.Event()
+    api = None
+    if settings.http.listen:
+        ctx = ApiContext(ci, settings.ci, lambda: consumer.health.ready, counters.snapshot)
+        try:
+            api = serve(settings.http.listen, ctx)
+        except OSError as exc:
+            listen = settings.http.listen
+            raise ConfigError(
+                f"config error: http.listen: cannot listen on {listen}: {exc.strerror}"
+            ) from None
+    systemd.start_watchdog(systemd.loop_alive(lambda: consumer.health.last_tick, 30.0), stop)
 
     def on_signal(signum: int, _: FrameType | None) -> None:
         if stop.is_set():
@@ -63,6 +80,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     log.info("asrd starting", version=__version__, sinks=[r.sink.name for r in routes])
     consumer.run(stop)
+    systemd.notify("STOPPING=1")
+    if api is not None:
+        api.shutdown()
     for route in routes:
         route.sink.close()
     ledger.close()

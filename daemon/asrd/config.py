@@ -177,7 +177,8 @@ class LedgerSettings(_Section):
 
 
 class HttpSettings(_Section):
-    listen: str = Field(default="127.0.0.1:8080", pattern=r"^[^:]+:\d+$")
+    # Empty = no HTTP API (the local broker's admin API already has 8080).
+    listen: str = Field(default="", pattern=r"^$|^[^:]+:\d+$")
 
 
 class LogSettings(_Section):

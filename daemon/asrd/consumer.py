@@ -59,6 +59,7 @@ class Health:
 
     subscribed: bool = False
     connected: bool = False
+    last_tick: float = 0.0  # monotonic time of the receive loop's latest turn
 
     @property
     def ready(self) -> bool:
@@ -73,7 +74,9 @@ class Consumer:
         ledger: Ledger,
         counters: Counters,
         client: pulsar.Client | None = None,
+        on_ready: Callable[[], object] | None = None,
     ) -> None:
+        self._on_ready = on_ready
         self._settings = settings
         self._handle = handle
         self._ledger = ledger
@@ -110,6 +113,8 @@ class Consumer:
                 delay = min(delay * 2, 30.0)
                 continue
             self.health.subscribed = self.health.connected = True
+            if self._on_ready is not None:
+                self._on_ready()
             log.info(
                 "subscribed",
                 topic=self._settings.topic,
@@ -144,7 +149,7 @@ class Consumer:
         last_health = 0.0
         try:
             while not stop.is_set():
-                now = time.monotonic()
+                now = self.health.last_tick = time.monotonic()
                 if now - last_health > 1.0:
                     self.health.connected = bool(self._consumer.is_connected())
                     last_health = now
