@@ -24,7 +24,8 @@ Answers: 2xx is delivered. 408, 425, 429, 5xx, connection failures and timeouts 
 transient (the message is retried later). Any other status, including 3xx (redirects are
 not followed: the signed body is never sent anywhere but ``url``), is permanent and the
 message is dead-lettered. Error texts name the URL without userinfo or query and never the
-secret.
+secret. ``timeout_s`` bounds connecting and each wait for the answer. Proxies and CA bundles
+come from the usual environment (``HTTPS_PROXY``, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``).
 """
 
 from __future__ import annotations
@@ -114,8 +115,6 @@ class WebhookSink:
         self._headers = _checked_headers(settings.name, settings.headers)
         self._session = requests.Session()
         self._session.headers["User-Agent"] = f"asrd/{__version__}"
-        # Never read proxies, .netrc credentials or CA bundles from the environment silently.
-        self._session.trust_env = False
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=_POOL_SIZE, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
