@@ -97,7 +97,7 @@ def test_tdmq_callback_xml(
     key = put_audio(client, SENTENCES)
     created = create_job_raw(client, tdmq_request(key, mq_name(topic), None))
     job_id = created["JobsDetail"]["JobId"]
-    msg = consumer.receive(timeout_millis=10000)
+    msg = consumer.receive(timeout_millis=30000)
     consumer.acknowledge(msg)
     props = msg.properties()
     assert props["MqRegion"] == "gz" and props["MqMode"] == "Queue"
@@ -123,7 +123,7 @@ def test_tdmq_callback_json(
     key = put_audio(client, SENTENCES)
     created = create_job_raw(client, tdmq_request(key, mq_name(topic), "JSON"))
     job_id = created["JobsDetail"]["JobId"]
-    msg = consumer.receive(timeout_millis=10000)
+    msg = consumer.receive(timeout_millis=30000)
     consumer.acknowledge(msg)
     assert msg.properties()["JobId"] == job_id
     doc = json.loads(msg.data())

@@ -116,7 +116,7 @@ def test_jobs_fail_with_given_code(
         "AudioBroken",
         "injected failure",
     )
-    msg = consumer.receive(timeout_millis=10000)
+    msg = consumer.receive(timeout_millis=30000)
     import xmltodict
 
     detail = xmltodict.parse(msg.data())["Response"]["JobsDetail"]
@@ -145,8 +145,8 @@ def test_callback_duplicated(
     emu.faults(callback_duplicate_rate=1.0)
     consumer = consumer_for(pulsar_client, topic)
     job_id = tdmq_job(emu, topic)
-    first = consumer.receive(timeout_millis=10000)
-    second = consumer.receive(timeout_millis=10000)
+    first = consumer.receive(timeout_millis=30000)
+    second = consumer.receive(timeout_millis=30000)
     assert first.properties()["JobId"] == second.properties()["JobId"] == job_id
     assert first.data() == second.data()
     assert first.message_id() != second.message_id()
@@ -165,7 +165,7 @@ def test_callback_delayed(
     visible = time.monotonic()
     with pytest.raises(pulsar.Timeout):
         consumer.receive(timeout_millis=500)
-    msg = consumer.receive(timeout_millis=10000)
+    msg = consumer.receive(timeout_millis=30000)
     assert msg.properties()["JobId"] == job_id
     assert time.monotonic() - visible >= 0.9
     assert emu.state()["counts"]["callback_delayed"] == 1
@@ -180,7 +180,7 @@ def test_callback_before_job_is_visible(
     )
     consumer = consumer_for(pulsar_client, topic)
     job_id = tdmq_job(emu, topic)
-    msg = consumer.receive(timeout_millis=10000)
+    msg = consumer.receive(timeout_millis=30000)
     import xmltodict
 
     announced = xmltodict.parse(msg.data())["Response"]["JobsDetail"]
@@ -211,7 +211,7 @@ def test_sigint_after_publishing_exits_zero(
     emu = make_emulator("--job-delay", "0")
     consumer = consumer_for(pulsar_client, topic)
     tdmq_job(emu, topic)
-    consumer.receive(timeout_millis=10000)
+    consumer.receive(timeout_millis=30000)
     emu.proc.send_signal(signal.SIGINT)
     assert emu.proc.wait(timeout=15) == 0
     assert emu.proc.stdout is not None

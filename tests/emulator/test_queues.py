@@ -131,7 +131,7 @@ def test_queue_notify_tdmq_applies_to_jobs_without_callback_type(
         xml_job = create(client, f"in/{unique()}.mp3", QueueId=qid, CallBackFormat="XML")
         bodies = {}
         for _ in range(2):
-            msg = consumer.receive(timeout_millis=10000)
+            msg = consumer.receive(timeout_millis=30000)
             consumer.acknowledge(msg)
             assert msg.properties()["MqRegion"] == "sh"
             bodies[msg.properties()["JobId"]] = msg.data()
@@ -144,14 +144,14 @@ def test_queue_notify_tdmq_applies_to_jobs_without_callback_type(
 def test_url_callback_xml_and_json(emulator: Emulator, receiver: Receiver) -> None:
     client = emulator.client()
     xml_job = create(client, f"in/{unique()}.mp3", CallBack=receiver.url)
-    ctype, body = receiver.got.get(timeout=10)
+    ctype, body = receiver.got.get(timeout=30)
     assert ctype == "application/xml"
     doc = xmltodict.parse(body)["Response"]
     assert doc["EventName"] == "TaskFinish"
     assert doc["JobsDetail"]["JobId"] == xml_job
     assert doc["JobsDetail"]["State"] == "Success"
     json_job = create(client, f"in/{unique()}.mp3", CallBack=receiver.url, CallBackFormat="JSON")
-    ctype, body = receiver.got.get(timeout=10)
+    ctype, body = receiver.got.get(timeout=30)
     assert ctype == "application/json"
     assert json.loads(body)["JobsDetail"]["JobId"] == json_job
 
@@ -171,7 +171,7 @@ def test_queue_url_notify_and_callback_no(emulator: Emulator, receiver: Receiver
     silent = create(client, f"in/{unique()}.mp3", QueueId=qid, CallBack="no")
     loud = create(client, f"in/{unique()}.mp3", QueueId=qid)
     assert wait_state(client, silent)["State"] == "Success"
-    _, body = receiver.got.get(timeout=10)
+    _, body = receiver.got.get(timeout=30)
     assert xmltodict.parse(body)["Response"]["JobsDetail"]["JobId"] == loud
     assert wait_state(client, loud)["State"] == "Success"
     with pytest.raises(queue.Empty):

@@ -140,7 +140,7 @@ async def run(args: argparse.Namespace, notifier: Notifier) -> int:
         await stop.wait()
     finally:
         server.close()
-        await runner.drain(timeout=10.0)
+        await runner.drain(timeout=5.0)
         try:
             await asyncio.wait_for(loop.run_in_executor(None, notifier.close), timeout=20)
         except TimeoutError:

@@ -21,7 +21,9 @@ log = logging.getLogger("asrd.emulator.jobs")
 # UNCONFIRMED: the real failure code/message for a missing input object is not documented.
 INPUT_MISSING = ("InputFileNotExist", "The input object does not exist.")
 OUTPUT_INVALID = ("InvalidOutput", "The output object cannot be written.")
-DELIVERY_ATTEMPTS = 3
+# UNCONFIRMED: CI's own retry policy for callbacks is not documented; a broker restart of a
+# few seconds must not lose a notification, so retry with a growing pause (1+2+4+8 s).
+DELIVERY_ATTEMPTS = 5
 
 
 def resolve_delivery(job: Job, queue: Queue, topic_for: Callable[[str], str]) -> Delivery | None:
@@ -177,12 +179,14 @@ class JobRunner:
                 if attempt == DELIVERY_ATTEMPTS:
                     self.stats["callback_failed"] += 1
                     return
-                await asyncio.sleep(0.5 * attempt)
+                await asyncio.sleep(2 ** (attempt - 1))
             else:
                 self.stats[f"callback_sent_{delivery.kind.lower()}"] += 1
                 return
 
     async def drain(self, timeout: float) -> None:
-        """Wait (bounded) for deliveries already under way."""
+        """Wait (bounded) for deliveries already under way, then give up on the rest."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
+        for task in list(self._tasks):
+            task.cancel()

@@ -81,7 +81,7 @@ class Notifier:
                         self.pulsar_url, logger=plog, operation_timeout_seconds=10
                     )
                 producer = self._client.create_producer(
-                    topic, batching_enabled=False, send_timeout_millis=10000
+                    topic, batching_enabled=False, send_timeout_millis=30000
                 )
                 self._producers[topic] = producer
             return producer
@@ -98,8 +98,9 @@ class Notifier:
             resp.read()
 
     def close(self) -> None:
-        """Wait for pending deliveries, then flush and close producers and the client."""
-        self.pool.shutdown(wait=True)
+        """Flush and close producers and the client (the caller drained deliveries first)."""
+        # A send still blocked on an unreachable broker fails once its producer is closed.
+        self.pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             for producer in self._producers.values():
                 try:
