@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -66,10 +67,21 @@ class Receiver:
         self.reply: Reply = reply or (lambda _: (200, 0.0))
         self.received: list[Received] = []
         self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                with receiver._lock:
+                    receiver._open.add(self.connection)
+
+            def finish(self) -> None:
+                with receiver._lock:
+                    receiver._open.discard(self.connection)
+                super().finish()
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
@@ -113,8 +125,14 @@ class Receiver:
             return out
 
     def close(self) -> None:
+        """Gone for good: stop listening and cut kept-alive connections (whose handler threads
+        would otherwise go on answering)."""
         self.server.shutdown()
         self.server.server_close()
+        with self._lock:
+            for conn in self._open:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
 
 
 @pytest.fixture
@@ -273,6 +291,19 @@ def test_connection_refused_is_transient_and_hides_userinfo() -> None:
     assert "refused" in text.lower()
     for leaked in ("pa55word", "user", "q1", SECRET):
         assert leaked not in text
+
+
+def test_receiver_gone_after_keep_alive_is_transient() -> None:
+    r = Receiver()
+    s = sink(r.url())
+    s.deliver(record())
+    r.close()  # the pooled connection is now dead, and nothing listens any more
+    for _ in range(3):
+        with pytest.raises(SinkError) as err:
+            s.deliver(record())
+        assert err.value.permanent is False
+    s.close()
+    assert len(r.received) == 1
 
 
 def test_timeout_is_transient() -> None:
