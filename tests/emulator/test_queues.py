@@ -193,3 +193,18 @@ def test_bad_notify_config(emulator: Emulator, notify: dict[str, str]) -> None:
         set_notify(emulator.client(), "p" + uuid.uuid4().hex, **notify)
     assert err.value.get_status_code() == 400
     assert err.value.get_error_code() == "InvalidArgument"
+
+
+def test_paused_queue_holds_jobs_until_active(emulator: Emulator) -> None:
+    client = emulator.client()
+    qid = "p" + uuid.uuid4().hex
+    client.ci_update_asr_queue(
+        Bucket=BUCKET, QueueId=qid, Request={"Name": "paused", "QueueID": qid, "State": "Paused"}
+    )
+    job_id = create(client, f"in/{unique()}.mp3", QueueId=qid)
+    assert wait_state(client, job_id, states=("Success",), timeout=0.8)["State"] == "Pause"
+    assert client.ci_list_asr_jobs(Bucket=BUCKET, QueueId=qid, States="Pause")["JobsDetail"]
+    client.ci_update_asr_queue(
+        Bucket=BUCKET, QueueId=qid, Request={"Name": "paused", "QueueID": qid, "State": "Active"}
+    )
+    assert wait_state(client, job_id)["State"] == "Success"

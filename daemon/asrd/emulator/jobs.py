@@ -560,9 +560,14 @@ class JobStore:
             mq=req.mq,
             created=now,
         )
+        if queue.state == "Paused":
+            job.state = "Pause"  # waits until the queue is active again
         self._jobs[job.job_id] = job
         self._order.append(job)
         return job
+
+    def paused(self, queue_id: str) -> list[Job]:
+        return [j for j in self._order if j.queue_id == queue_id and j.state == "Pause"]
 
     def get(self, bucket: str, job_id: str) -> Job | None:
         job = self._jobs.get(job_id)

@@ -148,7 +148,8 @@ class App:
         if not BUCKET_RE.match(spec.output_bucket):
             raise invalid(f"invalid Operation.Output.Bucket {spec.output_bucket!r}")
         job = self.store.add(bucket, region, spec, now())
-        self.runner.start(job)
+        if job.state != "Pause":
+            self.runner.start(job)
         self.stats["jobs_created"] += 1
         return Response(200, xmlio.wrap("Response", job.detail_xml()))
 
@@ -216,6 +217,10 @@ class App:
         t = now()
         queue = self.store.queue(bucket, queue_id, t)
         apply_queue_update(queue, body, t)
+        if queue.state == "Active":
+            for job in self.store.paused(queue.queue_id):
+                job.set_state("Submitted", t)
+                self.runner.start(job)
         content = {"RequestId": self._request_id(), "Queue": queue.to_xml_dict()}
         return Response(200, xmlio.document("Response", content))
 
