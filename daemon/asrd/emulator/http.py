@@ -99,6 +99,7 @@ class HttpProtocol(asyncio.Protocol):
         self._buf = bytearray()
         self._busy = False
         self._closed = False
+        self._continued = False  # "100 Continue" already sent for the request being read
         self._transport: asyncio.Transport | None = None
         self._peer = ""
 
@@ -190,13 +191,15 @@ class HttpProtocol(asyncio.Protocol):
             if length < 0 or length > MAX_BODY_BYTES:
                 raise BadRequest("bad Content-Length")
             if len(self._buf) < body_start + length:
-                if headers.get("expect", "").lower() == "100-continue" and self._transport:
+                expects = headers.get("expect", "").lower() == "100-continue"
+                if expects and not self._continued and self._transport:
                     self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    headers.pop("expect")
+                    self._continued = True
                 return None
             body = bytes(self._buf[body_start : body_start + length])
             consumed = body_start + length
         del self._buf[:consumed]
+        self._continued = False
         conn = headers.get("connection", "").lower()
         keep_alive = conn != "close" if version == "HTTP/1.1" else conn == "keep-alive"
         raw_path, _, raw_query = target.partition("?")

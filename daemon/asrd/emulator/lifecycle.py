@@ -157,10 +157,9 @@ class JobRunner:
 
     @staticmethod
     def _commit(job: Job, final: Job) -> None:
-        for f in ("state", "code", "message", "result", "started", "ended"):
-            setattr(job, f, getattr(final, f))
+        job.code, job.message, job.result = final.code, final.message, final.result
+        job.started = final.started
         job.set_state(final.state, final.ended or now())
-        job.ended = final.ended
 
     def _spawn_delivery(self, delivery: Delivery, body: bytes, ctype: str) -> None:
         task = asyncio.ensure_future(self._deliver(delivery, body, ctype))

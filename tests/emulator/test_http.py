@@ -1,0 +1,75 @@
+"""HTTP/1.1 details: pipelined keep-alive requests, chunked uploads, 100-continue."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import requests
+from qcloud_cos.cos_auth import CosS3Auth
+
+from .conftest import Emulator
+from .helpers import BUCKET, REGION, unique
+
+
+def read_responses(sock: socket.socket, count: int) -> list[bytes]:
+    data = b""
+    out: list[bytes] = []
+    while len(out) < count:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed early"
+        data += chunk
+        while b"\r\n\r\n" in data:
+            head, rest = data.split(b"\r\n\r\n", 1)
+            length = int(
+                next(
+                    line.split(b":", 1)[1]
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+            )
+            if len(rest) < length:
+                break
+            out.append(head + b"\r\n\r\n" + rest[:length])
+            data = rest[length:]
+    return out
+
+
+def test_pipelined_keep_alive(emulator: Emulator) -> None:
+    with socket.create_connection(("127.0.0.1", emulator.port), timeout=5) as sock:
+        req = b"GET /-/healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        sock.sendall(req * 3 + b"GET /-/nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        responses = read_responses(sock, 4)
+        assert [r.split(b" ", 2)[1] for r in responses] == [b"200", b"200", b"200", b"404"]
+        assert b"Connection: keep-alive" in responses[0]
+        assert b"Connection: close" in responses[3]
+        assert sock.recv(10) == b""  # closed after the Connection: close request
+
+
+def test_garbage_request_line_gets_400(emulator: Emulator) -> None:
+    with socket.create_connection(("127.0.0.1", emulator.port), timeout=5) as sock:
+        sock.sendall(b"HELLO\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 400 ")
+
+
+def test_chunked_upload_with_expect_continue(emulator: Emulator) -> None:
+    client = emulator.client()
+    key = f"chunked/{unique()}.bin"
+    parts = [b"a" * 1000, b"b" * 70000, b"c"]
+
+    def body() -> Iterator[bytes]:
+        yield from parts
+
+    prepared = requests.Request(
+        "PUT",
+        f"{emulator.url}/{key}",
+        data=body(),
+        headers={"Host": f"{BUCKET}.cos.{REGION}.myqcloud.com", "Expect": "100-continue"},
+    ).prepare()
+    assert prepared.headers["Transfer-Encoding"] == "chunked"
+    CosS3Auth(client._conf, key)(prepared)
+    with requests.Session() as s:
+        r = s.send(prepared, timeout=10)
+    assert r.status_code == 200, r.text
+    got = client.get_object(Bucket=BUCKET, Key=key)["Body"].get_raw_stream().read()
+    assert got == b"".join(parts)
