@@ -26,7 +26,17 @@ from asrd.sinks import SinkError, build_routes
 from asrd.sinks.webhook import WebhookSink
 
 from .conftest import Broker
-from .support import Emulator, asrd, start_daemon, start_emulator, wait_for, write_config
+from .support import (
+    DaemonConfig,
+    Emulator,
+    asrd,
+    ledger_rows,
+    read_topic,
+    start_daemon,
+    start_emulator,
+    wait_for,
+    write_config,
+)
 
 JOB = "s886c0a7c2a6611ed847a618901112dcf"
 SECRET = "s3cret-Zq9"
@@ -433,3 +443,104 @@ def test_daemon_delivers_each_job_once_to_webhook_and_file(
         on_disk = json.loads((cfg.results / f"{job_id}.json").read_text())
         assert on_disk["transcript"] == body["transcript"]
     assert SECRET not in log.read_text()
+
+
+def submit_jobs(cfg: DaemonConfig, count: int) -> dict[str, str]:
+    """Submit ``count`` jobs with ``asrd submit``; returns job id → transcript."""
+    ci = CiClient(config.load(cfg.path).ci)
+    jobs = {}
+    for i in range(count):
+        key = f"media/clip{i}.mp3"
+        ci.put_object(key, b"ID3 not really audio")
+        ci.put_object(f"{key}.transcript.txt", f"第{i}句。".encode())
+        done = asrd("submit", "--config", str(cfg.path), "--input", key)
+        assert done.returncode == 0, done.stderr
+        jobs[done.stdout.strip()] = f"第{i}句。"
+    return jobs
+
+
+def webhook_table(url: str) -> str:
+    return f'\n[[sinks]]\nname = "app"\ntype = "webhook"\nurl = "{url}"\nsecret = "{SECRET}"\n'
+
+
+FAST_RETRY = "max_attempts = 5\nretry_base_s = 0.3\nretry_max_s = 0.6"
+
+
+def test_daemon_retries_a_503_and_the_receiver_can_dedupe(
+    tmp_path: Path, broker: Broker, emulator: Emulator
+) -> None:
+    seen: set[str] = set()
+
+    def first_503(got: Received) -> tuple[int, float]:
+        key = got.headers["idempotency-key"]
+        if key in seen:
+            return 200, 0.0
+        seen.add(key)
+        return 503, 0.0
+
+    hook = Receiver(first_503)
+    cfg = write_config(
+        tmp_path,
+        emulator.endpoint,
+        broker.service_url,
+        extra_pulsar=FAST_RETRY,
+        extra_sinks=webhook_table(hook.url()),
+    )
+    log = tmp_path / "daemon.log"
+    daemon = start_daemon(cfg, log)
+    try:
+        jobs = submit_jobs(cfg, 2)
+        wait_for(lambda: all(len(hook.by_job().get(j, [])) >= 2 for j in jobs), 60, "redeliveries")
+        time.sleep(1.0)
+        assert daemon.poll() is None
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=40) == 0, log.read_text()[-3000:]
+        hook.close()
+    got = hook.by_job()
+    assert set(got) == set(jobs)
+    for job_id, text in jobs.items():
+        first, second = got[job_id]  # refused once, then accepted: exactly two requests
+        assert first.json()["transcript"] == second.json()["transcript"] == text
+        assert second.headers["x-asrd-signature"] == expected_signature(SECRET, second)
+    # The file sink was written once per job, not again on the webhook's retry.
+    assert sorted(ledger_rows(cfg)) == sorted((j, s) for j in jobs for s in ("app", "files"))
+    assert read_topic(broker.service_url, f"{cfg.topic}-asrd-DLQ", timeout_ms=1000) == []
+    assert "HTTP 503" in log.read_text()
+
+
+def test_daemon_dead_letters_a_422_without_leaking_secrets(
+    tmp_path: Path, broker: Broker, emulator: Emulator
+) -> None:
+    hook = Receiver(lambda _: (422, 0.0))
+    cfg = write_config(
+        tmp_path,
+        emulator.endpoint,
+        broker.service_url,
+        extra_pulsar=FAST_RETRY,
+        extra_sinks=webhook_table(hook.url("/asr?token=qsecret")),
+    )
+    log = tmp_path / "daemon.log"
+    daemon = start_daemon(cfg, log)
+    try:
+        (job_id,) = submit_jobs(cfg, 1)
+        letters = wait_for(
+            lambda: read_topic(broker.service_url, f"{cfg.topic}-asrd-DLQ", timeout_ms=300),
+            60,
+            "the dead letter",
+        )
+        assert daemon.poll() is None
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=40) == 0, log.read_text()[-3000:]
+        hook.close()
+    (letter,) = letters
+    reason = letter.properties()["ASRD_DLQ_REASON"]
+    assert f"sink app: POST http://127.0.0.1:{hook.port}/asr: HTTP 422" in reason
+    assert letter.properties()["ASRD_ATTEMPTS"] == "1", "a permanent failure is not retried"
+    assert len(hook.received) == 1
+    # The file sink has it; only the webhook is missing, so a replay would only POST.
+    assert (cfg.results / f"{job_id}.json").exists()
+    assert ledger_rows(cfg) == [(job_id, "files")]
+    for text in (reason, log.read_text()):
+        assert "qsecret" not in text and SECRET not in text
