@@ -1,0 +1,308 @@
+"""Targets as ratios with PASS/MISS, and the JSON, Markdown and PNG summaries of one run."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks import metrics
+from benchmarks.harness import ROOT
+from benchmarks.scenarios import Baseline, DaemonRun, DeepTopicRun, SteadyRun
+
+RSS_LIMIT_MB = 200.0
+GROWTH_LIMIT = 0.10
+IDLE_LIMIT = 0.02
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    requirement: str
+    measured: str
+    ratio: float  # measured / bound
+    bound: float  # the ratio must be >= bound (at_least) or < bound
+    at_least: bool
+    note: str = ""
+
+    @property
+    def passed(self) -> bool:
+        if math.isnan(self.ratio):
+            return False
+        return self.ratio >= self.bound if self.at_least else self.ratio < self.bound
+
+    @property
+    def verdict(self) -> str:
+        return "PASS" if self.passed else "MISS"
+
+    def shortfall(self) -> str:
+        """How far from the bound, in words (empty when passed)."""
+        if self.passed or math.isnan(self.ratio):
+            return "" if self.passed else "not measured"
+        if self.at_least:
+            return f"short by {(1 - self.ratio / self.bound) * 100:.0f}% of the target"
+        return f"over by {(self.ratio / self.bound - 1) * 100:.0f}%"
+
+
+@dataclass
+class Results:
+    """Everything one ``make bench`` measured."""
+
+    machine: dict[str, Any]
+    jobs: int
+    raw_backlog: Baseline
+    raw_latency: Baseline
+    backlog: DaemonRun
+    latency: DaemonRun
+    steady: SteadyRun
+    deep: DeepTopicRun
+    wall_s: float
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True
+    ).stdout.strip()
+    mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gb": round(int(mem) / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "commit": commit,
+    }
+
+
+def _cores_note(run: DaemonRun) -> str:
+    daemon = run.cores(run.samples)
+    emulator = run.cores(run.emulator_samples)
+    per_job = run.cpu_per_1000
+    return (
+        f"asrd used {daemon:.2f} cores ({per_job:.2f} CPU-s per 1,000 jobs), the emulator "
+        f"{emulator:.2f}; one Python process is held to about one core by the GIL, so the "
+        f"daemon is CPU-bound at about {1000 / per_job:.0f} jobs/s (profile: "
+        "benchmarks/PROFILE.md)"
+    )
+
+
+def targets(r: Results) -> list[Target]:
+    a, b, s = r.backlog, r.latency, r.steady
+    ideal = b.concurrency / (b.latency_ms / 1000)
+    ceiling = min(ideal, r.raw_latency.rate)
+    bound_ms = 3 * s.run.latency_ms + 50
+    p99 = s.run.latency_ms_at(99)
+    growth = a.rss_growth
+    out = [
+        Target(
+            "backlog_throughput",
+            f"backlog of {a.expected:,}, latency off: throughput >= 50% of raw consume-and-ack",
+            f"{a.rate:.0f} jobs/s vs raw {r.raw_backlog.rate:.0f} msg/s",
+            a.rate / r.raw_backlog.rate,
+            0.5,
+            True,
+        ),
+        Target(
+            "backlog_latency_throughput",
+            f"backlog of {b.expected:,}, latency {b.latency_ms:.0f} ms, concurrency "
+            f"{b.concurrency}: >= 85% of min(ideal {ideal:.0f}/s, raw)",
+            f"{b.rate:.0f} jobs/s vs {ceiling:.0f}/s (raw {r.raw_latency.rate:.0f} msg/s)",
+            b.rate / ceiling,
+            0.85,
+            True,
+        ),
+        Target(
+            "steady_p99",
+            f"steady {s.rate:.0f}/s (half of the measured maximum), latency "
+            f"{s.run.latency_ms:.0f} ms: p99 < {bound_ms:.0f} ms",
+            f"p50 {s.run.latency_ms_at(50):.0f} / p95 {s.run.latency_ms_at(95):.0f} / "
+            f"p99 {p99:.0f} ms",
+            p99 / bound_ms,
+            1.0,
+            False,
+        ),
+        Target(
+            "deep_topic_peak_rss",
+            f"peak RSS < {RSS_LIMIT_MB:.0f} MB with {r.deep.messages:,} messages waiting",
+            f"{r.deep.run.peak_rss_mb:.0f} MB ({r.deep.consumed:,} consumed in "
+            f"{r.deep.run.samples[-1].t - r.deep.run.started:.0f} s)",
+            r.deep.run.peak_rss_mb / RSS_LIMIT_MB,
+            1.0,
+            False,
+        ),
+        Target(
+            "rss_growth",
+            f"RSS growth < {GROWTH_LIMIT:.0%} between first and last quarter of the "
+            f"{a.expected:,}-job run",
+            f"{growth:+.1%}",
+            growth / GROWTH_LIMIT,
+            1.0,
+            False,
+        ),
+        Target(
+            "idle_cpu",
+            f"idle daemon < {IDLE_LIMIT:.0%} of one core (empty topic, {s.idle_seconds:.0f} s)",
+            f"{s.idle_share:.2%} of one core",
+            s.idle_share / IDLE_LIMIT,
+            1.0,
+            False,
+        ),
+    ]
+    notes = {
+        "backlog_throughput": _cores_note(a),
+        "backlog_latency_throughput": _cores_note(b),
+        "steady_p99": (
+            f"{len(s.run.delivered):,} of {s.run.expected:,} delivered; latency is queueing "
+            "behind the CPU-bound pipeline when the offered rate nears its maximum"
+        ),
+    }
+    return [t if t.passed else Target(**{**asdict(t), "note": notes.get(t.key, "")}) for t in out]
+
+
+def _run_dict(run: DaemonRun) -> dict[str, Any]:
+    return {
+        "name": run.name,
+        "expected": run.expected,
+        "delivered": len(run.delivered),
+        "complete": run.complete,
+        "concurrency": run.concurrency,
+        "emulator_latency_ms": run.latency_ms,
+        "jobs_per_s": round(run.rate, 1),
+        "drain_s": round(run.last - run.first, 2) if run.delivered else None,
+        "latency_ms": {f"p{q}": round(run.latency_ms_at(q), 1) for q in (50, 95, 99)},
+        "peak_rss_mb": round(run.peak_rss_mb, 1),
+        "cpu_s_per_1000_jobs": round(run.cpu_per_1000, 2),
+        "rss_growth": round(run.rss_growth, 4),
+    }
+
+
+def to_json(r: Results, ts: list[Target]) -> dict[str, Any]:
+    return {
+        "machine": r.machine,
+        "wall_s": round(r.wall_s, 1),
+        "baselines": {
+            "raw_consume_ack_backlog_msg_per_s": round(r.raw_backlog.rate, 1),
+            "raw_consume_ack_latency_topic_msg_per_s": round(r.raw_latency.rate, 1),
+            "ideal_fetch_rate_per_s": r.latency.concurrency / (r.latency.latency_ms / 1000),
+        },
+        "runs": {
+            "backlog": _run_dict(r.backlog),
+            "backlog_latency": _run_dict(r.latency),
+            "steady": {
+                **_run_dict(r.steady.run),
+                "offered_per_s": round(r.steady.rate, 1),
+                "idle_cpu_share": round(r.steady.idle_share, 5),
+            },
+            "deep_topic": {
+                **_run_dict(r.deep.run),
+                "messages": r.deep.messages,
+                "consumed": r.deep.consumed,
+                "publish_s": round(r.deep.publish_s, 1),
+            },
+        },
+        "targets": [{**asdict(t), "ratio": round(t.ratio, 3), "verdict": t.verdict} for t in ts],
+    }
+
+
+def to_markdown(r: Results, ts: list[Target]) -> str:
+    m = r.machine
+    lines = [
+        "# asrd benchmark summary",
+        "",
+        f"Machine: {m['cores']} cores, {m['cpu_model']}, {m['memory_gb']} GB; Python "
+        f"{m['python']}; commit {m['commit']}; whole run {r.wall_s:.0f} s. Broker, emulator, "
+        "daemon and load generator share the machine; every figure is a ratio against a "
+        "baseline measured in the same run.",
+        "",
+        "## Targets",
+        "",
+        "| | target | measured | ratio | |",
+        "|---|---|---|---|---|",
+    ]
+    for t in ts:
+        cmp = ">=" if t.at_least else "<"
+        lines.append(
+            f"| {t.verdict} | {t.requirement} | {t.measured} | {t.ratio:.2f} "
+            f"({cmp} {t.bound:g}) | {t.shortfall()} |"
+        )
+    misses = [t for t in ts if not t.passed]
+    if misses:
+        lines += ["", "Why the misses:", ""]
+        lines += [f"- {t.key}: {t.shortfall()}; {t.note}" for t in misses]
+    lines += [
+        "",
+        "## Runs",
+        "",
+        "| run | jobs | jobs/s | p50 ms | p95 ms | p99 ms | peak RSS MB | CPU s / 1k jobs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in (r.backlog, r.latency, r.steady.run, r.deep.run):
+        lines.append(
+            f"| {run.name} (concurrency {run.concurrency}, CI latency {run.latency_ms:.0f} ms) "
+            f"| {len(run.delivered):,} | {run.rate:.0f} | {run.latency_ms_at(50):.0f} | "
+            f"{run.latency_ms_at(95):.0f} | {run.latency_ms_at(99):.0f} | "
+            f"{run.peak_rss_mb:.0f} | {run.cpu_per_1000:.2f} |"
+        )
+    lines += [
+        "",
+        f"Baselines: raw consume-and-ack {r.raw_backlog.rate:.0f} msg/s (backlog topic), "
+        f"{r.raw_latency.rate:.0f} msg/s (latency topic); ideal CI fetch rate "
+        f"{r.latency.concurrency} / {r.latency.latency_ms / 1000:g} s = "
+        f"{r.latency.concurrency / (r.latency.latency_ms / 1000):.0f} jobs/s.",
+        "",
+        "Backlog latency is publish-to-file time, so it includes the wait in the backlog. "
+        "The deep-topic run repeats job ids, so its files count distinct jobs; see "
+        "`consumed` in summary.json.",
+        "",
+        "![throughput, latency and RSS over time](backlog.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(runs: list[DaemonRun], path: Path) -> None:
+    """Throughput, latency and RSS per second for the backlog runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    for run in runs:
+        bins = metrics.per_second(run.delivered, run.latency, run.samples)
+        label = f"{run.name} (CI latency {run.latency_ms:.0f} ms)"
+        xs = [b.t for b in bins]
+        axes[0].plot(xs, [b.jobs for b in bins], label=label)
+        axes[1].plot(xs, [b.p99_ms / 1000 for b in bins], label=f"{run.name} p99")
+        axes[1].plot(xs, [b.p50_ms / 1000 for b in bins], "--", label=f"{run.name} p50")
+        axes[2].plot(xs, [b.rss_mb for b in bins], label=run.name)
+    axes[0].set_ylabel("jobs delivered / s")
+    axes[1].set_ylabel("publish → file (s)")
+    axes[2].set_ylabel("daemon RSS (MB)")
+    axes[2].set_xlabel("seconds since the first delivery")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("asrd draining a backlog")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write(r: Results, out: Path) -> list[Target]:
+    out.mkdir(parents=True, exist_ok=True)
+    ts = targets(r)
+    (out / "summary.json").write_text(json.dumps(to_json(r, ts), indent=2) + "\n")
+    (out / "summary.md").write_text(to_markdown(r, ts))
+    plot([r.backlog, r.latency], out / "backlog.png")
+    return ts
