@@ -28,6 +28,7 @@ demo: venv
 	$(BIN)/python scripts/demo.py
 
 bench: venv
+	$(BIN)/pip install -q -r benchmarks/requirements.txt
 	$(BIN)/python benchmarks/run.py
 
 broker-start:
