@@ -115,6 +115,7 @@ def main() -> int:
         for k, v in headers.items():
             cmd += ["-H", f"{k}: {v}"]
         cmd.append(prepared.url)
+        load_before = os.getloadavg()[0]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         print(out)
         rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -136,6 +137,8 @@ def main() -> int:
                 "cpu": cpu_model(),
                 "python": platform.python_version(),
                 "kernel": platform.release(),
+                # other work on the machine competes for the 2 cores; recorded for context
+                "loadavg_1m_before": round(load_before, 2),
             },
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }

@@ -71,7 +71,7 @@ class JobRunner:
 
     def start(self, job: Job) -> None:
         loop = asyncio.get_running_loop()
-        # call_soon even with no delay: the create answer must still show Submitted.
+        # Scheduled even with no delay, so the create answer still shows Submitted.
         half = self.job_delay / 2
         loop.call_later(half, self._run, job)
         loop.call_later(self.job_delay, self._finish, job)
