@@ -1,0 +1,80 @@
+"""A webhook target down for 30 s mid-run: the backlog waits on the broker (not in memory) and
+drains once it is back; the file sink is not written again; nothing is dead-lettered."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+from .conftest import Broker
+from .receiver import Receiver
+from .support import (
+    create_jobs,
+    ledger_rows,
+    read_topic,
+    result_ids,
+    start_daemon,
+    start_emulator,
+    wait_for,
+    write_config,
+)
+
+OUTAGE_S = 30
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_webhook_down_30s_backlog_drains_memory_bounded(tmp_path: Path, broker: Broker) -> None:
+    emu = start_emulator(tmp_path / "emulator", broker.service_url, "--job-delay", "0.1")
+    hook = Receiver(lambda _: (200, 0.05))  # a slowish target, so the outage hits mid-run
+    port = hook.port
+    cfg = write_config(
+        tmp_path,
+        emu.endpoint,
+        broker.service_url,
+        extra_pulsar="concurrency = 8\nmax_in_flight = 32\nmax_attempts = 1000\n"
+        "retry_base_s = 0.5\nretry_max_s = 4.0",
+        extra_sinks=f'[[sinks]]\nname = "app"\ntype = "webhook"\nurl = "{hook.url()}"\n'
+        "timeout_s = 2",
+    )
+    jobs = create_jobs(cfg, 600)
+    daemon = start_daemon(cfg, tmp_path / "daemon.log")
+    samples: list[int] = []
+    try:
+        wait_for(lambda: len(hook.by_job()) >= 40, 60, "the first webhook deliveries")
+        hook.close()  # the target goes away
+        before = set(hook.by_job())
+        assert len(before) < len(jobs) / 2, "the outage came too late to test anything"
+        down_at = time.monotonic()
+        while time.monotonic() - down_at < OUTAGE_S:
+            samples.append(rss_kib(daemon.pid))
+            time.sleep(1)
+        # During the outage the file sink kept going; the webhook got nothing.
+        assert result_ids(cfg) == set(jobs)
+        assert daemon.poll() is None
+        assert set(hook.by_job()) == before, "the target was not really down"
+        hook = Receiver(port=port)  # back, on the same address
+        wait_for(
+            lambda: before | set(hook.by_job()) >= set(jobs), 120, "the webhook backlog to drain"
+        )
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=40) == 0
+        hook.close()
+        emu.stop()
+
+    rows = Counter(ledger_rows(cfg))
+    assert set(rows) == {(j, s) for j in jobs for s in ("files", "app")}
+    assert max(rows.values()) == 1, "a sink was recorded twice for a job"
+    assert read_topic(broker.service_url, f"{cfg.topic}-asrd-DLQ", timeout_ms=1000) == []
+    # Memory: waiting messages live on the broker, so RSS stays flat through the outage.
+    first, peak = samples[0], max(samples)
+    assert peak < first * 1.25, f"RSS grew from {first} KiB to {peak} KiB during the outage"
+    assert peak < 300 * 1024
