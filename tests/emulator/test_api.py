@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import re
 import time
+from unittest import mock
 
 import pytest
+import requests
 from qcloud_cos import CosS3Client
+from qcloud_cos.cos_auth import CosS3Auth
 from qcloud_cos.cos_exception import CosServiceError
 
 from .conftest import Emulator
 from .helpers import (
     BUCKET,
     REGION,
-    SECRET_ID,
     TOKEN,
     TOKEN_ID,
     TOKEN_KEY,
     create_job_raw,
+    error_fields,
     unique,
     wait_state,
 )
@@ -184,15 +187,26 @@ def test_objects_put_get_head_delete(client: CosS3Client) -> None:
 
 
 def test_objects_live_in_the_data_dir_and_traversal_is_refused(emulator: Emulator) -> None:
-    import requests
-
     client = emulator.client()
     client.put_object(Bucket=BUCKET, Body=b"x", Key="a/b.txt")
     assert (emulator.data_dir / BUCKET / "a" / "b.txt").read_bytes() == b"x"
-    # The SDK cannot produce '..' segments; a raw (unsigned) request still gets no further
-    # than the signature check, and a signed one would be refused as InvalidArgument.
-    r = requests.get(f"{emulator.url}/../../etc/passwd", timeout=5)
-    assert r.status_code in (400, 403)
+    (emulator.data_dir / "secret.txt").write_bytes(b"outside the bucket")
+    host = f"{BUCKET}.cos.{REGION}.myqcloud.com"
+    for method, key in [
+        ("GET", "a/../../secret.txt"),
+        ("PUT", "../other-1250000000/x.txt"),
+        ("GET", "a/./b.txt"),
+        ("GET", "a//b.txt"),
+    ]:
+        # Dots percent-encoded so no client-side URL normalisation removes them.
+        url = emulator.url + "/" + key.replace(".", "%2E")
+        prepared = requests.Request(method, url, data=b"y", headers={"Host": host}).prepare()
+        CosS3Auth(client._conf, key)(prepared)
+        with requests.Session() as s:
+            r = s.send(prepared, timeout=5)
+        assert r.status_code == 400, (method, key, r.status_code)
+        assert error_fields(r)["Code"] == "InvalidArgument"
+    assert not (emulator.data_dir / "other-1250000000").exists()
 
 
 def test_signature_failures(emulator: Emulator) -> None:
@@ -213,19 +227,26 @@ def test_signature_failures(emulator: Emulator) -> None:
 
 
 def test_expired_signature(emulator: Emulator) -> None:
-    import requests
-
-    from asrd.emulator.signature import authorization  # our signer, to back-date the key time
-
-    start = int(time.time()) - 7200
-    headers = {"host": f"{BUCKET}.cos.{REGION}.myqcloud.com"}
-    auth = authorization(
-        SECRET_ID, "emulator-secret-key", f"{start};{start + 60}", "get", "/x", {}, headers
-    )
-    r = requests.get(f"{emulator.url}/x", headers={**headers, "Authorization": auth}, timeout=5)
-    assert r.status_code == 403
-    assert "<Code>AccessDenied</Code>" in r.text and "Request has expired" in r.text
-    assert r.headers["x-ci-request-id"]
+    # The SDK signs with key time [now - 60, now + 10000]; back-date its clock by more than that.
+    client = emulator.client()
+    clock = time.time() - 20000
+    with (
+        mock.patch("qcloud_cos.cos_auth.time.time", return_value=clock),
+        pytest.raises(CosServiceError) as err,
+    ):
+        client.ci_get_asr_job(Bucket=BUCKET, JobID="s" + "1" * 32)
+    assert err.value.get_status_code() == 403
+    assert err.value.get_error_code() == "AccessDenied"
+    assert err.value.get_error_msg() == "Request has expired"
+    assert err.value.get_request_id()
+    # Signed for the future is refused the same way.
+    clock = time.time() + 3600
+    with (
+        mock.patch("qcloud_cos.cos_auth.time.time", return_value=clock),
+        pytest.raises(CosServiceError) as err,
+    ):
+        client.ci_get_asr_job(Bucket=BUCKET, JobID="s" + "1" * 32)
+    assert err.value.get_error_code() == "AccessDenied"
 
 
 def test_temporary_credentials(emulator: Emulator) -> None:
