@@ -96,7 +96,7 @@ class App:
             failure = self.verifier.verify(req.method, req.path, req.query, req.headers, t)
             if failure is not None:
                 raise ApiError(failure.status, failure.code, failure.message)
-            resp = self._route(req, target)
+            resp = self._route(req, target, rid)
         except ApiError as err:
             self.stats[f"http_{err.status}"] += 1
             body = xmlio.error_body(err.code, err.message, target.host + req.path, rid)
@@ -107,7 +107,7 @@ class App:
 
     # ---- routing ---------------------------------------------------------------------------
 
-    def _route(self, req: Request, target: Target) -> Response:
+    def _route(self, req: Request, target: Target, rid: str) -> Response:
         path, method = req.path, req.method
         if path == "/asr_jobs":
             bucket = self._ci_bucket(target)
@@ -123,15 +123,15 @@ class App:
         if path == "/asrqueue":
             if method != "GET":
                 raise _not_allowed(method)
-            return self._queues(req, self._ci_bucket(target))
+            return self._queues(req, self._ci_bucket(target), rid)
         if path.startswith("/asrqueue/"):
             if method != "PUT":
                 raise _not_allowed(method)
-            return self._update_queue(req, path[len("/asrqueue/") :], self._ci_bucket(target))
+            return self._update_queue(req, path[len("/asrqueue/") :], self._ci_bucket(target), rid)
         if path == "/template":
             if method != "POST":
                 raise _not_allowed(method)
-            return self._create_template(req, self._ci_bucket(target))
+            return self._create_template(req, self._ci_bucket(target), rid)
         return self._object(req, target)
 
     @staticmethod
@@ -176,7 +176,7 @@ class App:
 
     # ---- queues and templates --------------------------------------------------------------
 
-    def _queues(self, req: Request, bucket: str) -> Response:
+    def _queues(self, req: Request, bucket: str, rid: str) -> Response:
         t = now()
         self.store.queue(bucket, None, t)  # every bucket has its default queue
         wanted = [q for q in (req.query.get("queueIds") or "").split(",") if q]
@@ -197,7 +197,7 @@ class App:
             queues = [q for q in queues if q.state == state]
         page = queues[(number - 1) * size : number * size]
         content: dict[str, Any] = {
-            "RequestId": self._request_id(),
+            "RequestId": rid,
             "TotalCount": str(len(queues)),
             "PageNumber": str(number),
             "PageSize": str(size),
@@ -208,7 +208,7 @@ class App:
             content["NonExistPIDs"] = missing
         return Response(200, xmlio.document("Response", content))
 
-    def _update_queue(self, req: Request, queue_id: str, bucket: str) -> Response:
+    def _update_queue(self, req: Request, queue_id: str, bucket: str, rid: str) -> Response:
         if not re.fullmatch(r"p[0-9a-zA-Z]{1,64}", queue_id):
             raise invalid(f"invalid queue id {queue_id!r}")
         root, body = _parse_body(req)
@@ -221,15 +221,15 @@ class App:
             for job in self.store.paused(queue.queue_id):
                 job.set_state("Submitted", t)
                 self.runner.start(job)
-        content = {"RequestId": self._request_id(), "Queue": queue.to_xml_dict()}
+        content = {"RequestId": rid, "Queue": queue.to_xml_dict()}
         return Response(200, xmlio.document("Response", content))
 
-    def _create_template(self, req: Request, bucket: str) -> Response:
+    def _create_template(self, req: Request, bucket: str, rid: str) -> Response:
         root, body = _parse_body(req)
         name, params = parse_template(root, body)
         template = Template("t1" + uuid.uuid4().hex, name, bucket, params, now())
         self.store.templates[template.template_id] = template
-        content = {"RequestId": self._request_id(), "Template": template.to_xml_dict()}
+        content = {"RequestId": rid, "Template": template.to_xml_dict()}
         return Response(200, xmlio.document("Response", content))
 
     # ---- COS objects -----------------------------------------------------------------------
