@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
@@ -10,9 +9,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,7 @@ from asrd.sinks import SinkError, build_routes
 from asrd.sinks.webhook import WebhookSink
 
 from .conftest import Broker
+from .receiver import Received, Receiver
 from .support import (
     DaemonConfig,
     Emulator,
@@ -54,95 +52,6 @@ def record(job_id: str = JOB, text: str = "你好世界。") -> ResultRecord:
             "Tag": "SpeechRecognition",
         }
     )
-
-
-@dataclass(frozen=True)
-class Received:
-    path: str
-    headers: dict[str, str]  # lower-case names
-    body: bytes
-    client_port: int
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-Reply = Callable[[Received], tuple[int, float]]  # → (status, seconds to wait before answering)
-
-
-class Receiver:
-    """A real HTTP/1.1 keep-alive server on 127.0.0.1; every response goes out in one send."""
-
-    def __init__(self, reply: Reply | None = None) -> None:
-        self.reply: Reply = reply or (lambda _: (200, 0.0))
-        self.received: list[Received] = []
-        self._lock = threading.Lock()
-        self._open: set[socket.socket] = set()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def setup(self) -> None:
-                super().setup()
-                with receiver._lock:
-                    receiver._open.add(self.connection)
-
-            def finish(self) -> None:
-                with receiver._lock:
-                    receiver._open.discard(self.connection)
-                super().finish()
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                got = Received(
-                    self.path,
-                    {k.lower(): v for k, v in self.headers.items()},
-                    body,
-                    self.client_address[1],
-                )
-                with receiver._lock:
-                    receiver.received.append(got)
-                status, delay = receiver.reply(got)
-                if delay:
-                    time.sleep(delay)
-                answer = b'{"ok":true}' if status < 300 else b'{"error":"no"}'
-                head = (
-                    f"HTTP/1.1 {status} Whatever\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(answer)}\r\n\r\n"
-                ).encode()
-                self.wfile.write(head + answer)  # one send: no Nagle/delayed-ACK stall
-
-            def log_message(self, *args: Any) -> None:
-                return None
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-
-    def url(self, path: str = "/asr") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def by_job(self) -> dict[str, list[Received]]:
-        with self._lock:
-            out: dict[str, list[Received]] = {}
-            for r in self.received:
-                out.setdefault(r.headers.get("idempotency-key", ""), []).append(r)
-            return out
-
-    def close(self) -> None:
-        """Gone for good: stop listening and cut kept-alive connections (whose handler threads
-        would otherwise go on answering)."""
-        self.server.shutdown()
-        self.server.server_close()
-        with self._lock:
-            for conn in self._open:
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
 
 
 @pytest.fixture

@@ -201,9 +201,12 @@ class Consumer:
 
     # -- one message ----------------------------------------------------------------------
     def _process(self, msg: Any) -> None:
-        props = msg.properties()
-        origin_topic = props.get(REAL_TOPIC) or msg.topic_name()
-        origin_id = props.get(ORIGIN_MESSAGE_ID) or str(msg.message_id())
+        origin_topic, origin_id = msg.topic_name(), str(msg.message_id())
+        if self._is_retry(origin_topic):
+            # Only our own retry copies say where they came from; anyone can set properties.
+            props = msg.properties()
+            origin_topic = props.get(REAL_TOPIC) or origin_topic
+            origin_id = props.get(ORIGIN_MESSAGE_ID) or origin_id
         key = f"{origin_topic}|{origin_id}"
         attempt = self._ledger.begin_attempt(key)
         fields = {"message_id": origin_id, "attempt": attempt.count}
@@ -230,6 +233,10 @@ class Consumer:
             self._consumer.acknowledge(msg)
             self._ledger.clear_attempts(key)
             log.info(f"message {verdict.outcome.value}", reason=verdict.reason or None, **fields)
+
+    def _is_retry(self, topic: str) -> bool:
+        retry = self._settings.retry_letter_topic
+        return topic == retry or topic == f"persistent://{retry}" or topic.endswith("/" + retry)
 
     def _retry_later(
         self,
