@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -24,8 +25,9 @@ from .config import ConfigError, Settings
 from .consumer import Consumer, make_client
 from .ledger import SqliteLedger
 from .pipeline import Pipeline
+from .reconcile import Report, reconcile, run_periodically
 from .result import InvalidResult, normalise
-from .sinks import build_routes
+from .sinks import Route, build_routes
 from .submit import submit
 
 EX_OK, EX_FATAL, EX_CONFIG = 0, 1, 78
@@ -39,8 +41,34 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+@dataclass
+class Stages:
+    """What both the daemon and a one-off reconcile deliver through."""
+
+    ci: CiClient
+    routes: list[Route]
+    ledger: SqliteLedger
+    counters: observability.Counters
+    pipeline: Pipeline
+
+    def reconcile(self, settings: Settings, lookback_s: float, grace_s: float) -> Report:
+        return reconcile(
+            self.ci,
+            self.pipeline,
+            self.routes,
+            self.ledger,
+            settings.ci.queue_id,
+            lookback_s,
+            grace_s,
+        )
+
+    def close(self) -> None:
+        for route in self.routes:
+            route.sink.close()
+        self.ledger.close()
+
+
+def _stages(settings: Settings) -> Stages:
     try:
         routes = build_routes(settings.sinks)
         ledger = SqliteLedger(settings.ledger.path)
@@ -49,9 +77,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     counters = observability.Counters()
     ci = CiClient(settings.ci)
     pipeline = Pipeline(ci, routes, ledger, counters, settings.pulsar.max_message_bytes)
+    return Stages(ci, routes, ledger, counters, pipeline)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    stages = _stages(settings)
+    ci, routes, ledger, counters = stages.ci, stages.routes, stages.ledger, stages.counters
     consumer = Consumer(
         settings.pulsar,
-        pipeline.handle,
+        stages.pipeline.handle,
         ledger,
         counters,
         on_ready=lambda: systemd.notify("READY=1"),
@@ -68,6 +103,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"config error: http.listen: cannot listen on {listen}: {exc.strerror}"
             ) from None
     systemd.start_watchdog(systemd.loop_alive(lambda: consumer.health.last_tick, 30.0), stop)
+    rc = settings.reconcile
+    reconciler = None
+    if rc.interval_s > 0:
+        reconciler = run_periodically(
+            rc.interval_s, stop, lambda: stages.reconcile(settings, rc.lookback_s, rc.grace_s)
+        )
 
     def on_signal(signum: int, _: FrameType | None) -> None:
         if stop.is_set():
@@ -83,9 +124,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     systemd.notify("STOPPING=1")
     if api is not None:
         api.shutdown()
-    for route in routes:
-        route.sink.close()
-    ledger.close()
+    if reconciler is not None:
+        reconciler.join(timeout=settings.pulsar.shutdown_deadline_s)
+    stages.close()
     log.info("asrd stopped", counters=counters.snapshot())
     sys.stderr.flush()
     # Worker threads stuck past the deadline must not hold the exit; their messages are unacked.
@@ -163,6 +204,24 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    stages = _stages(settings)
+    try:
+        report = stages.reconcile(settings, args.lookback, args.grace)
+    finally:
+        stages.close()
+    print(
+        f"checked {report.checked} finished job(s): {report.already} already delivered, "
+        f"{len(report.delivered)} delivered now, {len(report.failed)} failed"
+    )
+    for job_id in report.delivered:
+        print(f"delivered {job_id}")
+    for job_id, reason in report.failed.items():
+        print(f"failed {job_id}: {reason}", file=sys.stderr)
+    return EX_FATAL if report.failed else EX_OK
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     print(f"config ok: {args.config}")
@@ -206,6 +265,9 @@ def _parser() -> argparse.ArgumentParser:
     sp = add("list", cmd_list, "list jobs of the configured queue")
     sp.add_argument("--states", default="All", help="comma list of states (default All)")
     sp.add_argument("--limit", type=int, default=100)
+    sp = add("reconcile", cmd_reconcile, "deliver finished jobs whose callback never came")
+    sp.add_argument("--lookback", type=float, default=86_400.0, help="seconds back (default 1 day)")
+    sp.add_argument("--grace", type=float, default=0.0, help="skip jobs created this recently")
     sp = add("check", cmd_check, "validate the configuration")
     sp.add_argument("--connect", action="store_true", help="also reach CI and the broker")
     dlq_parser = sub.add_parser("dlq", help="dead letters: list | replay")

@@ -181,6 +181,14 @@ class HttpSettings(_Section):
     listen: str = Field(default="", pattern=r"^$|^[^:]+:\d+$")
 
 
+class ReconcileSettings(_Section):
+    """Periodic pass over finished jobs whose callback never came (0 = only ``asrd reconcile``)."""
+
+    interval_s: float = Field(default=600.0, ge=0)
+    lookback_s: float = Field(default=86_400.0, gt=0)
+    grace_s: float = Field(default=300.0, ge=0)
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -234,6 +242,7 @@ class Settings(_Section):
     ledger: LedgerSettings = LedgerSettings()
     http: HttpSettings = HttpSettings()
     log: LogSettings = LogSettings()
+    reconcile: ReconcileSettings = ReconcileSettings()
     sinks: list[SinkSettings] = Field(min_length=1)
 
     @model_validator(mode="after")

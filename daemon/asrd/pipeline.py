@@ -7,6 +7,7 @@ says so.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from enum import Enum
 
@@ -50,6 +51,7 @@ class Pipeline:
         self._ledger = ledger
         self._counters = counters
         self._max_bytes = max_message_bytes
+        self._job_locks = [threading.Lock() for _ in range(64)]
 
     def handle(self, body: bytes) -> Verdict:
         try:
@@ -82,6 +84,12 @@ class Pipeline:
         return self._dispatch(stamped(record))
 
     def _dispatch(self, record: ResultRecord) -> Verdict:
+        # Duplicate callbacks (or the reconciler) may race on one job in this process: let one
+        # deliver and the other find it in the ledger. Across replicas, sinks stay idempotent.
+        with self._job_locks[hash(record.job_id) % len(self._job_locks)]:
+            return self._deliver(record)
+
+    def _deliver(self, record: ResultRecord) -> Verdict:
         done = self._ledger.delivered(record.job_id)
         failures: list[str] = []
         permanent = False

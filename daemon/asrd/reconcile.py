@@ -1,0 +1,101 @@
+"""The reconciler: finds finished jobs whose callback never arrived and delivers them through the
+same fetch-and-dispatch path as a callback would.
+
+CI can drop a notification (or it can expire unread on the broker); listing the queue's
+terminal jobs and checking the ledger closes that gap. Jobs that ended moments ago are left
+alone for ``grace_s``, since their callback is probably on its way.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import structlog
+
+from .ci import CiClient, CiError
+from .ledger import Ledger
+from .pipeline import Outcome, Pipeline
+from .result import InvalidResult, normalise
+from .sinks import Route
+
+log = structlog.get_logger("asrd.reconcile")
+
+CI_TIME = "%Y-%m-%dT%H:%M:%S%z"
+# CI's own timestamps are Beijing time; any offset works for the filter.
+_CST = timezone(timedelta(hours=8))
+
+
+@dataclass
+class Report:
+    checked: int = 0
+    already: int = 0
+    delivered: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def _missing_sinks(routes: list[Route], ledger: Ledger, detail: dict[str, object]) -> bool:
+    try:
+        record = normalise(detail)
+    except InvalidResult:
+        return True  # let the pipeline say why, as it would for a callback
+    wanted = {r.sink.name for r in routes if r.selects(record)}
+    return not wanted <= ledger.delivered(record.job_id)
+
+
+def reconcile(
+    ci: CiClient,
+    pipeline: Pipeline,
+    routes: list[Route],
+    ledger: Ledger,
+    queue_id: str,
+    lookback_s: float,
+    grace_s: float,
+    now: datetime | None = None,
+) -> Report:
+    """One pass over jobs created in ``[now - lookback_s, now - grace_s]`` that have ended."""
+    now = now or datetime.now(_CST)
+    start = (now - timedelta(seconds=lookback_s)).astimezone(_CST).strftime(CI_TIME)
+    end = (now - timedelta(seconds=grace_s)).astimezone(_CST).strftime(CI_TIME)
+    report = Report()
+    jobs = ci.list_jobs(queue_id=queue_id or None, states="Success,Failed", start=start, end=end)
+    for detail in jobs:
+        report.checked += 1
+        job_id = str(detail.get("JobId", ""))
+        if not _missing_sinks(routes, ledger, detail):
+            report.already += 1
+            continue
+        verdict = pipeline.deliver_job(job_id)
+        if verdict.outcome is Outcome.DONE:
+            report.delivered.append(job_id)
+            log.info("reconciled a job whose callback never came", job_id=job_id)
+        else:
+            report.failed[job_id] = verdict.reason
+            log.warning("reconcile could not deliver", job_id=job_id, reason=verdict.reason)
+    return report
+
+
+def run_periodically(
+    interval_s: float, stop: threading.Event, once: Callable[[], Report]
+) -> threading.Thread:
+    """Call ``once`` every ``interval_s`` until ``stop``; errors are logged, never fatal."""
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            try:
+                report = once()
+            except CiError as exc:
+                log.warning("reconcile pass failed", error=str(exc))
+                continue
+            log.info(
+                "reconcile pass",
+                checked=report.checked,
+                delivered=len(report.delivered),
+                failed=len(report.failed),
+            )
+
+    thread = threading.Thread(target=loop, name="asrd-reconcile", daemon=True)
+    thread.start()
+    return thread
