@@ -108,22 +108,27 @@ def test_filters_queue_and_states(emulator: Emulator, jobs: dict[str, Any]) -> N
 
 def test_creation_time_window(emulator: Emulator) -> None:
     client = emulator.client()
+
+    def created(job_id: str) -> str:
+        return str(
+            client.ci_get_asr_job(Bucket=TIME_BUCKET, JobID=job_id)["JobsDetail"][0]["CreationTime"]
+        )
+
     first = [create(client, TIME_BUCKET, "a.mp3") for _ in range(3)]
-    t_first = client.ci_get_asr_job(Bucket=TIME_BUCKET, JobID=first[-1])["JobsDetail"][0]
-    time.sleep(1.1)
+    time.sleep(1.1)  # creation times have 1 s resolution
     second = [create(client, TIME_BUCKET, "a.mp3") for _ in range(2)]
-    t_second = client.ci_get_asr_job(Bucket=TIME_BUCKET, JobID=second[0])["JobsDetail"][0]
-    assert t_first["CreationTime"] < t_second["CreationTime"]
+    assert created(first[-1]) < created(second[0])
 
     def ids(**kw: Any) -> list[str]:
         r = client.ci_list_asr_jobs(Bucket=TIME_BUCKET, OrderByTime="Asc", Size=100, **kw)
         return [d["JobId"] for d in r.get("JobsDetail", [])]
 
-    assert ids(StartCreationTime=t_second["CreationTime"]) == second
-    assert ids(EndCreationTime=t_first["CreationTime"]) == first
-    both = ids(StartCreationTime=t_first["CreationTime"], EndCreationTime=t_second["CreationTime"])
-    assert both == first + second
+    assert ids(StartCreationTime=created(second[0])) == second
+    assert ids(EndCreationTime=created(first[-1])) == first
+    window = ids(StartCreationTime=created(first[0]), EndCreationTime=created(second[-1]))
+    assert window == first + second
     assert ids(StartCreationTime="2100-01-01T00:00:00+0800") == []
+    assert ids(EndCreationTime="2000-01-01T00:00:00+0800") == []
 
 
 @pytest.mark.parametrize(
