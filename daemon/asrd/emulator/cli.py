@@ -14,6 +14,7 @@ from pathlib import Path
 from asrd.emulator.faults import FaultConfig, Faults
 from asrd.emulator.http import serve
 from asrd.emulator.jobs import JobStore
+from asrd.emulator.journal import Journal
 from asrd.emulator.lifecycle import JobRunner
 from asrd.emulator.notify import Notifier
 from asrd.emulator.server import App
@@ -126,10 +127,14 @@ async def run(args: argparse.Namespace, notifier: Notifier) -> int:
         loop.add_signal_handler(sig, stop.set)
     stats: Counter[str] = Counter()
     faults = Faults(fault_config(args), seed=args.fault_seed)
-    store = JobStore()
+    journal = Journal(args.data_dir)
+    store = JobStore(journal)
+    unfinished = store.restore()
     objects = ObjectStore(args.data_dir)
     runner = JobRunner(store, objects, notifier, faults, max(0.0, args.job_delay), stats)
     app = App(Verifier(args.key), store, objects, runner, faults, stats)
+    for job in unfinished:  # jobs cut short by the last stop run again from the start
+        runner.start(job)
     host, port = args.listen
     server = await serve(app.handle, host, port)
     bound = server.sockets[0].getsockname()
@@ -145,6 +150,7 @@ async def run(args: argparse.Namespace, notifier: Notifier) -> int:
             await asyncio.wait_for(loop.run_in_executor(None, notifier.close), timeout=20)
         except TimeoutError:
             log.warning("closing the Pulsar client took too long; exiting anyway")
+        journal.close()
     return 0
 
 
@@ -158,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     notifier = Notifier(args.pulsar_url, args.topic_template)
     try:
         rc = asyncio.run(run(args, notifier))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # port taken, data dir unusable, journal unreadable
         log.error("cannot start: %s", exc)
         return 1
     if notifier.used_pulsar:

@@ -6,12 +6,13 @@ import hashlib
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from asrd.emulator import xmlio
 from asrd.emulator.errors import invalid
+from asrd.emulator.journal import Journal
 
 CST = timezone(timedelta(hours=8))  # the service prints every time in +0800
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
@@ -356,6 +357,19 @@ class Job:
             "Tag": "SpeechRecognition",
         }
 
+    def to_record(self) -> dict[str, Any]:
+        rec = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_cache"}
+        rec["template"] = self.template.template_id if self.template else None
+        rec["mq"] = asdict(self.mq) if self.mq else None
+        return {"kind": "job", **rec}
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any], templates: dict[str, Template]) -> Job:
+        values = {f.name: rec[f.name] for f in fields(cls) if f.name in rec}
+        values["template"] = templates.get(rec["template"]) if rec.get("template") else None
+        values["mq"] = MqConfig(**rec["mq"]) if rec.get("mq") else None
+        return cls(**values)
+
     def detail_xml(self) -> bytes:
         """Rendered ``<JobsDetail>`` fragment, cached until the job changes (hot get path)."""
         if self._cache is None:
@@ -518,12 +532,62 @@ def parse_list_query(params: dict[str, str]) -> ListQuery:
 class JobStore:
     """Jobs in creation order; all access happens on the event loop thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, journal: Journal | None = None) -> None:
         self._jobs: dict[str, Job] = {}
         self._order: list[Job] = []
         self._seq = 0
         self.queues: dict[str, Queue] = {}
         self.templates: dict[str, Template] = {}
+        self._journal = journal
+
+    def restore(self) -> list[Job]:
+        """Replay the journal; returns the jobs that had not finished (to be run again)."""
+        if self._journal is None:
+            return []
+        jobs: dict[str, Job] = {}
+        for rec in self._journal.records():
+            kind = rec.pop("kind", None)
+            try:
+                if kind == "template":
+                    t = Template(**rec)
+                    self.templates[t.template_id] = t
+                elif kind == "queue":
+                    notify = NotifyConfig(**rec.pop("notify"))
+                    q = Queue(**rec, notify=notify)
+                    self.queues[q.queue_id] = q
+                elif kind == "job":
+                    job = Job.from_record(rec, self.templates)
+                    jobs[job.job_id] = job
+            except (TypeError, KeyError) as exc:
+                raise ValueError(f"journal record of kind {kind!r} unreadable: {exc}") from exc
+        self._order = sorted(jobs.values(), key=lambda j: j.seq)
+        # seq n must sit at index n-1 (list paging relies on it); renumber after gaps.
+        for i, job in enumerate(self._order, start=1):
+            job.seq = i
+        self._jobs = {j.job_id: j for j in self._order}
+        self._seq = len(self._order)
+        # Keep only the latest record per id, so the journal does not grow across restarts.
+        self._journal.rewrite(
+            [{"kind": "template", **asdict(t)} for t in self.templates.values()]
+            + [{"kind": "queue", **asdict(q)} for q in self.queues.values()]
+            + [j.to_record() for j in self._order]
+        )
+        return [j for j in self._order if j.state in ("Submitted", "Running")]
+
+    def save(self, job: Job) -> None:
+        """Record a job's new state (called after every change)."""
+        if self._journal is not None:
+            self._journal.write(job.to_record())
+
+    def save_queue(self, queue: Queue) -> None:
+        if self._journal is not None:
+            rec = asdict(queue)
+            self._journal.write({"kind": "queue", **rec})
+
+    def add_template(self, template: Template) -> None:
+        self.templates[template.template_id] = template
+        if self._journal is not None:
+            self._journal.write({"kind": "template", **asdict(template)})
 
     def queue(self, bucket: str, queue_id: str | None, now: float) -> Queue:
         """The job's queue; unknown ids are created on first use like buckets are."""
@@ -534,6 +598,7 @@ class JobStore:
             # queue-creation API, so any id is accepted and materialised here.
             q = Queue(qid, bucket, "queue-" + qid[1:9], created=now, updated=now)
             self.queues[qid] = q
+            self.save_queue(q)
         return q
 
     def add(self, bucket: str, region: str, req: CreateRequest, now: float) -> Job:
@@ -564,6 +629,7 @@ class JobStore:
             job.state = "Pause"  # waits until the queue is active again
         self._jobs[job.job_id] = job
         self._order.append(job)
+        self.save(job)
         return job
 
     def paused(self, queue_id: str) -> list[Job]:

@@ -78,6 +78,7 @@ class JobRunner:
 
     def _run(self, job: Job) -> None:
         if job.state == "Submitted":
+            # Not journaled: a job cut short by a restart runs again from the start anyway.
             job.set_state("Running", now())
 
     def _transcribe(self, job: Job) -> tuple[str, str] | None:
@@ -155,11 +156,11 @@ class JobRunner:
             else:
                 self._spawn_delivery(delivery, body, ctype)
 
-    @staticmethod
-    def _commit(job: Job, final: Job) -> None:
+    def _commit(self, job: Job, final: Job) -> None:
         job.code, job.message, job.result = final.code, final.message, final.result
         job.started = final.started
         job.set_state(final.state, final.ended or now())
+        self.store.save(job)
 
     def _spawn_delivery(self, delivery: Delivery, body: bytes, ctype: str) -> None:
         task = asyncio.ensure_future(self._deliver(delivery, body, ctype))

@@ -217,9 +217,11 @@ class App:
         t = now()
         queue = self.store.queue(bucket, queue_id, t)
         apply_queue_update(queue, body, t)
+        self.store.save_queue(queue)
         if queue.state == "Active":
             for job in self.store.paused(queue.queue_id):
                 job.set_state("Submitted", t)
+                self.store.save(job)
                 self.runner.start(job)
         content = {"RequestId": rid, "Queue": queue.to_xml_dict()}
         return Response(200, xmlio.document("Response", content))
@@ -228,7 +230,7 @@ class App:
         root, body = _parse_body(req)
         name, params = parse_template(root, body)
         template = Template("t1" + uuid.uuid4().hex, name, bucket, params, now())
-        self.store.templates[template.template_id] = template
+        self.store.add_template(template)
         content = {"RequestId": rid, "Template": template.to_xml_dict()}
         return Response(200, xmlio.document("Response", content))
 
