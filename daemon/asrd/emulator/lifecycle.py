@@ -12,7 +12,8 @@ from urllib.parse import urlparse
 
 from asrd.emulator import transcript
 from asrd.emulator.faults import Faults
-from asrd.emulator.jobs import Job, JobStore, Queue, now
+from asrd.emulator.jobs import JobStore
+from asrd.emulator.model import Job, Queue, now
 from asrd.emulator.notify import Delivery, Notifier, callback_body
 from asrd.emulator.storage import BadKey, ObjectStore
 

@@ -19,18 +19,17 @@ from asrd.emulator import xmlio
 from asrd.emulator.errors import ApiError, invalid
 from asrd.emulator.faults import Faults
 from asrd.emulator.http import Request, Response
-from asrd.emulator.jobs import (
-    JobStore,
-    Template,
+from asrd.emulator.jobs import JobStore
+from asrd.emulator.lifecycle import JobRunner
+from asrd.emulator.model import Template, now
+from asrd.emulator.signature import Verifier
+from asrd.emulator.storage import BUCKET_RE, BadKey, ObjectStore
+from asrd.emulator.validate import (
     apply_queue_update,
-    now,
     parse_create,
     parse_list_query,
     parse_template,
 )
-from asrd.emulator.lifecycle import JobRunner
-from asrd.emulator.signature import Verifier
-from asrd.emulator.storage import BUCKET_RE, BadKey, ObjectStore
 
 # <bucket>.cos.<region>.myqcloud.com (SDK with IP/Port) or <bucket>.ci.<region>.myqcloud.com
 HOST_RE = re.compile(
