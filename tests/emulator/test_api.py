@@ -184,6 +184,9 @@ def test_objects_put_get_head_delete(client: CosS3Client) -> None:
         client.get_object(Bucket=BUCKET, Key=key)
     assert err.value.get_status_code() == 404
     assert err.value.get_error_code() == "NoSuchKey"
+    with pytest.raises(CosServiceError) as err:
+        client.head_object(Bucket=BUCKET, Key=key)
+    assert err.value.get_status_code() == 404  # HEAD: status only, no error body
 
 
 def test_objects_live_in_the_data_dir_and_traversal_is_refused(emulator: Emulator) -> None:
