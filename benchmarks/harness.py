@@ -30,20 +30,22 @@ def run_id() -> str:
 
 
 class Broker:
-    """``scripts/pulsar``: reuse a running broker, or start one and stop it at the end."""
+    """A healthy broker on the default ports is reused (whoever started it); otherwise
+    ``scripts/pulsar start`` starts one, and ``release`` stops only that one."""
 
     def __init__(self) -> None:
         self.started_here = False
 
     @staticmethod
-    def running() -> bool:
-        status = subprocess.run(
-            [str(ROOT / "scripts" / "pulsar"), "status"], capture_output=True, text=True
-        )
-        return status.returncode == 0 and "running" in (status.stdout + status.stderr)
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(f"{ADMIN_URL}/admin/v2/brokers/health", timeout=10) as r:
+                return r.read().strip() == b"ok"
+        except OSError:
+            return False
 
     def ensure(self) -> None:
-        if self.running():
+        if self.healthy():
             return
         subprocess.run([str(ROOT / "scripts" / "pulsar"), "start"], check=True)
         self.started_here = True
@@ -218,9 +220,31 @@ def read_proc(pid: int) -> ProcSample | None:
     )
 
 
+def read_system() -> ProcSample:
+    """The whole machine as one sample: CPU seconds busy on all cores, no memory figures."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    jiffies = [int(v) for v in fields]
+    idle = jiffies[3] + jiffies[4]  # idle + iowait
+    return ProcSample(time.time(), 0, 0, (sum(jiffies[:8]) - idle) / CLK_TCK)
+
+
+def broker_pid() -> int | None:
+    """The standalone broker's pid (found by its main class), if one runs."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"PulsarStandaloneStarter" in cmdline:
+            return int(entry.name)
+    return None
+
+
 @dataclass
 class Sampler:
-    """Samples a process's memory and CPU on a thread until stopped."""
+    """Samples a process's memory and CPU (pid 0: the whole machine) on a thread until stopped."""
 
     pid: int
     interval: float = 0.25
@@ -235,7 +259,7 @@ class Sampler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            sample = read_proc(self.pid)
+            sample = read_system() if self.pid == 0 else read_proc(self.pid)
             if sample is None:
                 return
             self.samples.append(sample)

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             time.monotonic() - t0,
         )
         targets = report.write(results, args.out)
-    _step(f"done; summary in {args.out.relative_to(ROOT)}/summary.md", t0)
+    _step(f"done; summary in {args.out}/summary.md", t0)
     for t in targets:
         print(f"  {t.verdict}  {t.key}: {t.measured} (ratio {t.ratio:.2f})")
     return 0

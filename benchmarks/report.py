@@ -84,16 +84,27 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _cores_note(run: DaemonRun) -> str:
-    daemon = run.cores(run.samples)
-    emulator = run.cores(run.emulator_samples)
-    per_job = run.cpu_per_1000
-    return (
-        f"asrd used {daemon:.2f} cores ({per_job:.2f} CPU-s per 1,000 jobs), the emulator "
-        f"{emulator:.2f}; one Python process is held to about one core by the GIL, so the "
-        f"daemon is CPU-bound at about {1000 / per_job:.0f} jobs/s (profile: "
-        "benchmarks/PROFILE.md)"
-    )
+def _cores_note(run: DaemonRun, cores: int) -> str:
+    """Where the CPU went while the backlog drained, and what that allows on this machine."""
+    busy = run.cores("machine")
+    parts = [
+        f"asrd {run.cores():.2f} cores ({run.cpu_per_1000:.2f} CPU-s per 1,000 jobs)",
+        f"emulator {run.cores('emulator'):.2f}",
+        f"broker {run.cores('broker'):.2f}",
+        f"whole machine {busy:.2f} of {cores}",
+    ]
+    note = "CPU while draining: " + ", ".join(parts)
+    if busy >= 0.8 * cores:
+        note += (
+            f"; the machine is CPU-bound, so at this cost per job {cores} cores allow about "
+            f"{run.rate * cores / busy:.0f} jobs/s"
+        )
+    if run.stalled_s:
+        note += (
+            f"; {run.stalled_s} s with no delivery at all (the shared broker restarted? see "
+            "the reconnects in daemon.log)"
+        )
+    return note + "; profile: benchmarks/PROFILE.md"
 
 
 def targets(r: Results) -> list[Target]:
@@ -159,8 +170,8 @@ def targets(r: Results) -> list[Target]:
         ),
     ]
     notes = {
-        "backlog_throughput": _cores_note(a),
-        "backlog_latency_throughput": _cores_note(b),
+        "backlog_throughput": _cores_note(a, r.machine["cores"]),
+        "backlog_latency_throughput": _cores_note(b, r.machine["cores"]),
         "steady_p99": (
             f"{len(s.run.delivered):,} of {s.run.expected:,} delivered; latency is queueing "
             "behind the CPU-bound pipeline when the offered rate nears its maximum"
@@ -183,6 +194,8 @@ def _run_dict(run: DaemonRun) -> dict[str, Any]:
         "peak_rss_mb": round(run.peak_rss_mb, 1),
         "cpu_s_per_1000_jobs": round(run.cpu_per_1000, 2),
         "rss_growth": round(run.rss_growth, 4),
+        "stalled_s": run.stalled_s,
+        "cores": {who: round(run.cores(who), 2) for who in ("asrd", *run.peers)},
     }
 
 
@@ -299,10 +312,22 @@ def plot(runs: list[DaemonRun], path: Path) -> None:
     plt.close(fig)
 
 
+def _finite(value: Any) -> Any:
+    """NaN (a figure that could not be measured) as JSON null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write(r: Results, out: Path) -> list[Target]:
     out.mkdir(parents=True, exist_ok=True)
     ts = targets(r)
-    (out / "summary.json").write_text(json.dumps(to_json(r, ts), indent=2) + "\n")
+    doc = _finite(to_json(r, ts))
+    (out / "summary.json").write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
     (out / "summary.md").write_text(to_markdown(r, ts))
     plot([r.backlog, r.latency], out / "backlog.png")
     return ts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from benchmarks.harness import (
     Emulator,
     ProcSample,
     Sampler,
+    broker_pid,
     count_files,
     daemon_counters,
     delivery_times,
@@ -68,7 +70,7 @@ class DaemonRun:
     delivered: dict[str, float]
     latency: dict[str, float]
     samples: list[ProcSample]
-    emulator_samples: list[ProcSample]
+    peers: dict[str, list[ProcSample]]  # emulator, broker, machine (all cores)
     complete: bool
 
     @property
@@ -101,9 +103,16 @@ class DaemonRun:
     def rss_growth(self) -> float:
         return metrics.rss_growth(self.samples, self.first, self.last)
 
-    def cores(self, samples: list[ProcSample]) -> float:
-        """Mean cores a process used between the first and the last delivery."""
+    def cores(self, who: str = "asrd") -> float:
+        """Mean cores ``who`` (asrd or a peer) used between the first and the last delivery."""
+        samples = self.samples if who == "asrd" else self.peers.get(who, [])
         return metrics.cpu_between(samples, self.first, self.last) / (self.last - self.first)
+
+    @property
+    def stalled_s(self) -> int:
+        """Whole seconds without any delivery between the first and the last one."""
+        seconds = {int(t - self.first) for t in self.delivered.values()}
+        return int(self.last - self.first) + 1 - len(seconds) if seconds else 0
 
 
 def run_daemon(
@@ -121,7 +130,10 @@ def run_daemon(
     started = time.time()
     proc = start_daemon(setup)
     daemon = Sampler(proc.pid).start()
-    emulator = Sampler(ctx.emulator.proc.pid).start()
+    peers = {"emulator": Sampler(ctx.emulator.proc.pid).start(), "machine": Sampler(0).start()}
+    broker = broker_pid()
+    if broker is not None:
+        peers["broker"] = Sampler(broker).start()
     complete = False
     try:
         seen, progress = 0, time.monotonic()
@@ -137,10 +149,11 @@ def run_daemon(
             elif time.monotonic() - progress > stall_s:
                 break
         time.sleep(0.5)  # one more sample after the last delivery
+        _check_alive(proc, setup)
     finally:
         samples = daemon.stop()
         stop_process(proc)
-        emulator_samples = emulator.stop()
+        peer_samples = {name: sampler.stop() for name, sampler in peers.items()}
     delivered = delivery_times(setup.results)
     return DaemonRun(
         name,
@@ -151,9 +164,18 @@ def run_daemon(
         delivered,
         metrics.latencies(published, delivered),
         samples,
-        emulator_samples,
+        peer_samples,
         complete,
     )
+
+
+def _check_alive(proc: subprocess.Popen[bytes], setup: DaemonSetup) -> None:
+    """Fail the benchmark when the daemon exited by itself (crash, bad config)."""
+    if proc.poll() is not None:
+        tail = setup.log.read_text(errors="replace").splitlines()[-5:]
+        raise RuntimeError(
+            f"asrd run exited with status {proc.returncode}; {setup.log}:\n" + "\n".join(tail)
+        )
 
 
 def preload(ctx: Context, jobs: int) -> tuple[DaemonSetup, Baseline, dict[str, float]]:
@@ -225,7 +247,7 @@ def steady(
     sampler = Sampler(proc.pid, interval=0.5).start()
     started = time.time()
     try:
-        _wait_subscribed(setup, timeout=30)
+        _wait_subscribed(proc, setup, timeout=30)
         time.sleep(2.0)  # let start-up work settle before measuring idle
         idle_from = time.time()
         time.sleep(idle_s)
@@ -235,6 +257,7 @@ def steady(
         expected = len(bodies)
         deadline = time.monotonic() + 60
         while count_files(setup.results) < expected and time.monotonic() < deadline:
+            _check_alive(proc, setup)
             time.sleep(0.5)
         time.sleep(0.5)
     finally:
@@ -252,16 +275,17 @@ def steady(
         delivered,
         metrics.latencies(tap.published, delivered),
         samples,
-        [],
+        {},
         len(delivered) >= expected,
     )
     idle_cpu = metrics.cpu_between(samples, idle_from, idle_to)
     return SteadyRun(rate, idle_to - idle_from, idle_cpu, run)
 
 
-def _wait_subscribed(setup: DaemonSetup, timeout: float) -> None:
+def _wait_subscribed(proc: subprocess.Popen[bytes], setup: DaemonSetup, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        _check_alive(proc, setup)
         if setup.log.exists() and '"subscribed"' in setup.log.read_text(errors="replace"):
             return
         time.sleep(0.2)
@@ -283,5 +307,6 @@ def deep_topic(ctx: Context, messages: int, seconds: float) -> DeepTopicRun:
     load.subscribe(setup.topic, setup.subscription)
     publish_s = load.publish_bulk(setup.topic, ctx.bodies, messages, batching=True)
     run = run_daemon(setup, "deep", ctx, messages, {}, 0.0, 32, limit_s=seconds)
-    consumed = sum(v for k, v in daemon_counters(setup).items() if k.startswith("messages."))
+    counters = daemon_counters(setup)
+    consumed = sum(counters.get(f"messages.{o}", 0) for o in ("done", "ignored", "retry", "dead"))
     return DeepTopicRun(messages, publish_s, consumed, run)
