@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+import pulsar
 import structlog
 
 from . import __version__, config, dlq, observability, systemd
@@ -245,45 +246,42 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(
-        name: str, fn: Callable[[argparse.Namespace], int], help_: str
+        subs: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        fn: Callable[[argparse.Namespace], int],
+        help_: str,
     ) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_)
+        sp: argparse.ArgumentParser = subs.add_parser(name, help=help_)
         sp.add_argument("--config", "-c", required=True, help="TOML configuration file")
         sp.set_defaults(fn=fn)
         return sp
 
-    add("run", cmd_run, "consume callbacks and deliver results (the daemon)")
-    sp = add("submit", cmd_submit, "submit one ASR job with a TDMQ callback; prints its JobId")
+    add(sub, "run", cmd_run, "consume callbacks and deliver results (the daemon)")
+    sp = add(sub, "submit", cmd_submit, "submit one ASR job with a TDMQ callback; prints its JobId")
     src = sp.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help="input object key in the configured bucket")
     src.add_argument("--url", help="public URL of the input audio")
     sp.add_argument("--output", help="result object key (default: <output_prefix><input>.<type>)")
     sp.add_argument("--user-data", help="free text echoed back in the result (printable ASCII)")
     sp.add_argument("--job-level", type=int, choices=(0, 1, 2), help="priority, 2 = soonest")
-    sp = add("get", cmd_get, "print the normalised record of jobs as CI has them now")
+    sp = add(sub, "get", cmd_get, "print the normalised record of jobs as CI has them now")
     sp.add_argument("job_id", nargs="+")
-    sp = add("list", cmd_list, "list jobs of the configured queue")
+    sp = add(sub, "list", cmd_list, "list jobs of the configured queue")
     sp.add_argument("--states", default="All", help="comma list of states (default All)")
     sp.add_argument("--limit", type=int, default=100)
-    sp = add("reconcile", cmd_reconcile, "deliver finished jobs whose callback never came")
+    sp = add(sub, "reconcile", cmd_reconcile, "deliver finished jobs whose callback never came")
     sp.add_argument("--lookback", type=float, default=86_400.0, help="seconds back (default 1 day)")
     sp.add_argument("--grace", type=float, default=0.0, help="skip jobs created this recently")
-    sp = add("check", cmd_check, "validate the configuration")
+    sp = add(sub, "check", cmd_check, "validate the configuration")
     sp.add_argument("--connect", action="store_true", help="also reach CI and the broker")
-    dlq_parser = sub.add_parser("dlq", help="dead letters: list | replay")
-    dlq_sub = dlq_parser.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
-    for name, fn, help_ in (
-        ("list", cmd_dlq_list, "show parked messages with their reasons"),
-        ("replay", cmd_dlq_replay, "put parked messages back on the main topic"),
-    ):
-        sp = dlq_sub.add_parser(name, help=help_)
-        sp.add_argument("--config", "-c", required=True, help="TOML configuration file")
-        sp.set_defaults(fn=fn)
-        if name == "list":
-            sp.add_argument("--limit", type=int, default=1000)
-        else:
-            sp.add_argument("--id", action="append", help="DLQ message id or job id (repeatable)")
-            sp.add_argument("--all", action="store_true", help="replay every parked message")
+    dlq_cmds = sub.add_parser("dlq", help="dead letters: list | replay").add_subparsers(
+        dest="dlq_command", required=True, metavar="ACTION"
+    )
+    sp = add(dlq_cmds, "list", cmd_dlq_list, "show parked messages with their reasons")
+    sp.add_argument("--limit", type=int, default=1000)
+    sp = add(dlq_cmds, "replay", cmd_dlq_replay, "put parked messages back on the main topic")
+    sp.add_argument("--id", action="append", help="DLQ message id or job id (repeatable)")
+    sp.add_argument("--all", action="store_true", help="replay every parked message")
     sub.add_parser("emulator", help="run the local CI emulator (asrd emulator --help)")
     return p
 
@@ -303,6 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_CONFIG
     except CiError as exc:
         print(f"asrd {args.command}: CI error: {exc}", file=sys.stderr)
+        return EX_FATAL
+    except pulsar.PulsarException as exc:
+        print(f"asrd {args.command}: broker error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EX_FATAL
     return code
 
