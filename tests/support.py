@@ -244,3 +244,20 @@ def quiet_client(pulsar_url: str) -> Any:
     logger = logging.getLogger("tests.pulsar")
     logger.setLevel(logging.WARNING)
     return pulsar.Client(pulsar_url, logger=logger)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def readyz(port: int) -> int:
+    import requests
+
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code
+    except requests.RequestException:
+        return 0

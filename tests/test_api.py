@@ -10,13 +10,7 @@ from pathlib import Path
 import requests
 
 from .conftest import Broker
-from .support import start_daemon, start_emulator, wait_for, write_config
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .support import free_port, start_daemon, start_emulator, wait_for, write_config
 
 
 def test_api_health_metrics_submit_get_and_sd_notify(tmp_path: Path, broker: Broker) -> None:

@@ -20,8 +20,10 @@ from .support import (
     Emulator,
     asrd,
     create_jobs,
+    free_port,
     ledger_rows,
     read_topic,
+    readyz,
     result_ids,
     set_faults,
     start_daemon,
@@ -209,6 +211,8 @@ def test_broker_restart_mid_run(tmp_path: Path, broker: Broker, emulator: Emulat
         broker.service_url,
         extra_pulsar=f"concurrency = 8\n{FAST_RETRY}",
     )
+    port = free_port()
+    cfg.path.write_text(cfg.path.read_text() + f'\n[http]\nlisten = "127.0.0.1:{port}"\n')
     jobs = create_jobs(cfg, 500)
     set_faults(emulator.endpoint, latency_ms=50, latency_max_ms=100)
     log = tmp_path / "daemon.log"
@@ -218,9 +222,10 @@ def test_broker_restart_mid_run(tmp_path: Path, broker: Broker, emulator: Emulat
         broker.stop()
         delivered_while_down = len(result_ids(cfg))
         assert delivered_while_down < len(jobs), "the broker went down too late to test anything"
-        time.sleep(2)
+        wait_for(lambda: readyz(port) == 503, 15, "/readyz to report not ready")
         broker.start()
         assert daemon.poll() is None, "the daemon must survive a broker restart"
+        wait_for(lambda: readyz(port) == 200, 60, "/readyz to report ready again")
         set_faults(emulator.endpoint, latency_ms=0, latency_max_ms=0)
         wait_for(lambda: result_ids(cfg) >= set(jobs), 180, "all 500 results after the restart")
     finally:
