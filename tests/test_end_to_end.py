@@ -74,3 +74,18 @@ def test_submit_callback_get_sink_ack(
         consumer.close()
     finally:
         client.close()
+
+
+def test_check_connect_reaches_ci_and_broker(
+    tmp_path: Path, broker: Broker, emulator: Emulator
+) -> None:
+    cfg = write_config(tmp_path, emulator.endpoint, broker.service_url)
+    ok = asrd("check", "--config", str(cfg.path), "--connect")
+    assert ok.returncode == 0, ok.stderr
+    assert "CI reachable" in ok.stdout and "Pulsar reachable" in ok.stdout
+    wrong_key = asrd(
+        "check", "--config", str(cfg.path), "--connect", env={"ASRD_CI__SECRET_KEY": "Zx9notTheKey"}
+    )
+    assert wrong_key.returncode == 1
+    assert "SignatureDoesNotMatch" in wrong_key.stderr
+    assert "Zx9notTheKey" not in wrong_key.stderr + wrong_key.stdout
