@@ -108,7 +108,9 @@ class Consumer:
                 self._dlq = self._producer(self._settings.dlq_topic)
                 self._retry = self._producer(self._settings.retry_letter_topic)
             except pulsar.PulsarException as exc:
+                # e.g. a TDMQ topic, retry or DLQ topic not created yet, or no permission on it
                 log.warning("subscribe failed, retrying", error=str(exc), retry_in_s=delay)
+                self._close_handles()  # a half-made subscription must not linger as a consumer
                 stop.wait(delay)
                 delay = min(delay * 2, 30.0)
                 continue
@@ -187,15 +189,18 @@ class Consumer:
             )
         self.close()
 
-    def close(self) -> None:
-        self.health.subscribed = self.health.connected = False
+    def _close_handles(self) -> None:
         for closable in (self._consumer, self._dlq, self._retry):
             if closable is not None:
                 try:
-                    closable.close()  # flushes queued acknowledgements
+                    closable.close()  # the consumer's close flushes queued acknowledgements
                 except pulsar.PulsarException as exc:
                     log.warning("close failed", error=str(exc))
         self._consumer = self._dlq = self._retry = None
+
+    def close(self) -> None:
+        self.health.subscribed = self.health.connected = False
+        self._close_handles()
         if self._owns_client:
             self._client.close()
 
