@@ -275,7 +275,7 @@ timeout_s = 2.5
 headers = { "X-Tenant" = "t1" }
 """
     )
-    (route,) = build_routes(config.load(path, environ={}).sinks)
+    (route,) = build_routes(config.load(path, environ={}))
     assert isinstance(route.sink, WebhookSink)
     assert route.sink.name == "app"
     assert route.sink.url == "https://hooks.example.com/asr"

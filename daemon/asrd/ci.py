@@ -245,11 +245,15 @@ class CiClient:
                 return
 
     def put_object(
-        self, key: str, body: bytes, content_type: str = "application/octet-stream"
+        self,
+        key: str,
+        body: bytes,
+        content_type: str = "application/octet-stream",
+        bucket: str | None = None,
     ) -> None:
         self._call(
             lambda: self._client.put_object(
-                Bucket=self.bucket, Key=key, Body=body, ContentType=content_type
+                Bucket=bucket or self.bucket, Key=key, Body=body, ContentType=content_type
             )
         )
 

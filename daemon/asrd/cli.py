@@ -71,7 +71,7 @@ class Stages:
 
 def _stages(settings: Settings) -> Stages:
     try:
-        routes = build_routes(settings.sinks)
+        routes = build_routes(settings)
         ledger = SqliteLedger(settings.ledger.path)
     except OSError as exc:
         raise ConfigError(f"config error: cannot prepare {exc.filename}: {exc.strerror}") from None

@@ -231,8 +231,48 @@ class WebhookSinkSettings(_SinkBase):
         return _resolve_secret(dict(data), "secret", info) if isinstance(data, dict) else data
 
 
+class PulsarSinkSettings(_SinkBase):
+    """Publish the record as JSON to a Pulsar topic; empty connection keys reuse [pulsar]'s."""
+
+    type: Literal["pulsar"]
+    topic: str = Field(min_length=1)
+    service_url: str = Field(default="", pattern=r"^$|^(pulsar(\+ssl)?|https?)://")
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    send_timeout_ms: int = Field(default=30_000, ge=1000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any, info: ValidationInfo) -> Any:
+        return _resolve_secret(dict(data), "token", info) if isinstance(data, dict) else data
+
+
+class CosSinkSettings(_SinkBase):
+    """Put ``<prefix><job_id>.<format>`` objects into a COS bucket with the [ci] credentials."""
+
+    type: Literal["cos"]
+    bucket: str = Field(default="", pattern=r"^$|^[a-z0-9-]+-\d+$")  # empty = [ci] bucket
+    prefix: str = "asr-records/"
+    formats: list[OutputFormat] = Field(default_factory=_json_only)
+
+
+class PluginSinkSettings(_SinkBase):
+    """A sink from another package: ``factory`` is ``module:callable``, called with
+    ``(name, options)`` and returning an object with ``name``, ``deliver`` and ``close``."""
+
+    type: Literal["plugin"]
+    factory: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 SinkSettings = Annotated[
-    FileSinkSettings | StdoutSinkSettings | WebhookSinkSettings, Field(discriminator="type")
+    FileSinkSettings
+    | StdoutSinkSettings
+    | WebhookSinkSettings
+    | PulsarSinkSettings
+    | CosSinkSettings
+    | PluginSinkSettings,
+    Field(discriminator="type"),
 ]
 
 
@@ -304,7 +344,7 @@ def _format_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
     # Discriminated unions put the tag in the location (sinks.0.file.dir); keep it readable.
-    loc = re.sub(r"\.(file|stdout|webhook)\.", ".", loc)
+    loc = re.sub(r"\.(file|stdout|webhook|pulsar|cos|plugin)\.", ".", loc)
     extra = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     msg = first["msg"].removeprefix("Value error, ")
     return f"config error: {source}: {loc or '<top>'}: {msg}{extra}"

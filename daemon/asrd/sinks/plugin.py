@@ -1,0 +1,22 @@
+"""Plugin sinks: ``factory = "module:callable"`` builds a sink from another package."""
+
+from __future__ import annotations
+
+import importlib
+from typing import cast
+
+from ..config import ConfigError, PluginSinkSettings
+from .base import Sink
+
+
+def load(settings: PluginSinkSettings) -> Sink:
+    module_name, _, attr = settings.factory.partition(":")
+    where = f"sinks.{settings.name}.factory"
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"config error: {where}: cannot load {settings.factory}: {exc}") from None
+    sink = factory(settings.name, dict(settings.options))
+    if not all(callable(getattr(sink, m, None)) for m in ("deliver", "close")):
+        raise ConfigError(f"config error: {where}: {settings.factory} gave no deliver/close")
+    return cast(Sink, sink)

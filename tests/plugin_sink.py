@@ -1,0 +1,25 @@
+"""A plugin sink for the tests: appends ``<job_id> <state>`` lines to ``options["path"]``."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+
+class LineSink:
+    def __init__(self, name: str, path: Path) -> None:
+        self.name = name
+        self.path = path
+        self._lock = threading.Lock()
+
+    def deliver(self, record: Any) -> None:
+        with self._lock, self.path.open("a") as fh:
+            fh.write(f"{record.job_id} {record.state}\n")
+
+    def close(self) -> None:
+        return None
+
+
+def make(name: str, options: dict[str, Any]) -> LineSink:
+    return LineSink(name, Path(options["path"]))
