@@ -69,7 +69,7 @@ def test_bad_values_name_the_key(creds: dict[str, str], env: dict[str, str], exp
 
 def test_unknown_key_is_refused(tmp_path: Path, creds: dict[str, str]) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text(EXAMPLE.read_text().replace("[pulsar]", "[pulsar]\nmax_inflight = 3"))
+    bad.write_text(EXAMPLE.read_text().replace("\n[pulsar]", "\n[pulsar]\nmax_inflight = 3"))
     with pytest.raises(config.ConfigError, match=r"pulsar\.max_inflight: Extra inputs"):
         config.load(bad, creds)
 
