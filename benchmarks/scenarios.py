@@ -130,10 +130,7 @@ def run_daemon(
     started = time.time()
     proc = start_daemon(setup)
     daemon = Sampler(proc.pid).start()
-    peers = {"emulator": Sampler(ctx.emulator.proc.pid).start(), "machine": Sampler(0).start()}
-    broker = broker_pid()
-    if broker is not None:
-        peers["broker"] = Sampler(broker).start()
+    peers = _peer_samplers(ctx)
     complete = False
     try:
         seen, progress = 0, time.monotonic()
@@ -167,6 +164,15 @@ def run_daemon(
         peer_samples,
         complete,
     )
+
+
+def _peer_samplers(ctx: Context) -> dict[str, Sampler]:
+    """CPU samplers of the emulator, the broker and the whole machine, started."""
+    peers = {"emulator": Sampler(ctx.emulator.proc.pid).start(), "machine": Sampler(0).start()}
+    broker = broker_pid()
+    if broker is not None:
+        peers["broker"] = Sampler(broker).start()
+    return peers
 
 
 def _check_alive(proc: subprocess.Popen[bytes], setup: DaemonSetup) -> None:
@@ -245,6 +251,7 @@ def steady(
     ctx.emulator.set_faults(latency_ms=latency_ms)
     proc = start_daemon(setup)
     sampler = Sampler(proc.pid, interval=0.5).start()
+    peers = _peer_samplers(ctx)
     started = time.time()
     try:
         _wait_subscribed(proc, setup, timeout=30)
@@ -263,6 +270,7 @@ def steady(
     finally:
         samples = sampler.stop()
         stop_process(proc)
+        peer_samples = {name: peer.stop() for name, peer in peers.items()}
         ctx.emulator.set_faults(latency_ms=0)
     tap = load.consume_all(setup.topic, "tap", expected, keep_bodies=False, idle_timeout=5)
     delivered = delivery_times(setup.results)
@@ -275,7 +283,7 @@ def steady(
         delivered,
         metrics.latencies(tap.published, delivered),
         samples,
-        {},
+        peer_samples,
         len(delivered) >= expected,
     )
     idle_cpu = metrics.cpu_between(samples, idle_from, idle_to)
