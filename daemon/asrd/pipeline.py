@@ -52,6 +52,7 @@ class Pipeline:
         self._counters = counters
         self._max_bytes = max_message_bytes
         self._job_locks = [threading.Lock() for _ in range(64)]
+        self._all_sinks = {r.sink.name for r in routes}
 
     def handle(self, body: bytes) -> Verdict:
         try:
@@ -67,6 +68,9 @@ class Pipeline:
 
     def deliver_job(self, job_id: str) -> Verdict:
         """Fetch the job from CI (the truth) and deliver it; also used by the reconciler."""
+        if self._all_sinks <= self._ledger.delivered(job_id):
+            # A duplicate callback or a redelivery after a crash: no need to ask CI again.
+            return Verdict(Outcome.DONE, "already delivered to every sink", job_id)
         try:
             detail = self._ci.get_job(job_id)
         except CiError as exc:
