@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import Broker
+from .receiver import Receiver
 from .support import (
     DaemonConfig,
     Emulator,
@@ -232,3 +233,27 @@ def test_broker_restart_mid_run(tmp_path: Path, broker: Broker, emulator: Emulat
         assert stop(daemon) == 0
     check_delivered_once(cfg, jobs)
     assert dead_letters(broker, cfg) == []
+
+
+def test_duplicate_callbacks_reach_a_sink_once(
+    tmp_path: Path, broker: Broker, emulator: Emulator
+) -> None:
+    hook = Receiver()
+    cfg = write_config(
+        tmp_path,
+        emulator.endpoint,
+        broker.service_url,
+        extra_sinks=f'[[sinks]]\nname = "app"\ntype = "webhook"\nurl = "{hook.url()}"',
+    )
+    set_faults(emulator.endpoint, callback_duplicate_rate=1.0)
+    daemon = start_daemon(cfg, tmp_path / "daemon.log")
+    try:
+        jobs = create_jobs(cfg, 50)
+        wait_for(lambda: set(hook.by_job()) >= set(jobs), 60, "every job at the webhook")
+        time.sleep(2)  # let the duplicates arrive and be settled
+    finally:
+        assert stop(daemon) == 0
+        hook.close()
+    assert {k: len(v) for k, v in hook.by_job().items()} == dict.fromkeys(jobs, 1)
+    # Both copies of every callback were settled; only one of each had an effect.
+    assert '"messages.done": 100' in (tmp_path / "daemon.log").read_text()
