@@ -101,6 +101,8 @@ class CiSettings(_Section):
     token_file: Path | None = None
     endpoint: str = ""
     timeout_s: float = Field(default=10.0, gt=0)
+    max_connections: int = Field(default=8, ge=1, le=256)
+    get_batch_size: int = Field(default=10, ge=1, le=100)
     output_prefix: str = "asr-results/"
     template_id: str = ""
     recognition: RecognitionSettings = RecognitionSettings()

@@ -8,7 +8,7 @@ into a record raises ``InvalidResult`` (permanent: retrying will not change CI's
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +42,14 @@ class Segment:
     speaker: str | None = None
     words: list[Word] | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"start_ms": self.start_ms, "end_ms": self.end_ms, "text": self.text}
+        if self.speaker is not None:
+            out["speaker"] = self.speaker
+        if self.words is not None:
+            out["words"] = [asdict(w) for w in self.words]
+        return out
+
 
 @dataclass(frozen=True)
 class ResultRecord:
@@ -69,12 +77,9 @@ class ResultRecord:
         return self.state in TERMINAL_STATES
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        for seg in data["segments"]:
-            if seg["speaker"] is None:
-                del seg["speaker"]
-            if seg["words"] is None:
-                del seg["words"]
+        """The JSON form. ``raw`` is shared, not copied (``asdict`` would deep-copy it)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["segments"] = [s.to_dict() for s in self.segments]
         # Field order: the schema version first, the raw answer last, for people reading files.
         return {"schema_version": data.pop("schema_version"), **data, "raw": data.pop("raw")}
 

@@ -1,0 +1,72 @@
+"""GetBatcher (pure logic, fake describe): concurrent lookups share requests, errors reach
+every waiter, and one bad id cannot fail its neighbours."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from asrd.ci import CiError, ErrorKind, GetBatcher, JobsDetail
+
+
+class FakeDescribe:
+    def __init__(self, delay: float = 0.05, poison: str = "", fail: CiError | None = None):
+        self.calls: list[list[str]] = []
+        self.delay, self.poison, self.fail = delay, poison, fail
+        self._lock = threading.Lock()
+
+    def __call__(self, ids: list[str]) -> dict[str, JobsDetail]:
+        with self._lock:
+            self.calls.append(ids)
+        time.sleep(self.delay)
+        if self.fail is not None:
+            raise self.fail
+        if self.poison in ids:
+            raise CiError(ErrorKind.PERMANENT, "InvalidArgument", "bad id in the list", 400)
+        return {i: {"JobId": i} for i in ids if not i.startswith("missing")}
+
+
+def test_concurrent_lookups_are_batched() -> None:
+    describe = FakeDescribe()
+    batcher = GetBatcher(describe, lanes=2, max_ids=10)
+    ids = [f"s{i:032x}" for i in range(60)]
+    with ThreadPoolExecutor(60) as pool:
+        got = list(pool.map(batcher.get, ids))
+    assert [g["JobId"] if g else None for g in got] == ids
+    assert sorted(i for call in describe.calls for i in call) == sorted(ids)
+    assert max(len(c) for c in describe.calls) == 10
+    assert len(describe.calls) <= 12  # 60 ids in about 6 requests, never 60
+
+
+def test_a_lone_lookup_goes_at_once_and_unknown_ids_are_none() -> None:
+    describe = FakeDescribe(delay=0)
+    batcher = GetBatcher(describe, lanes=4, max_ids=10)
+    assert batcher.get("missing-1") is None
+    assert describe.calls == [["missing-1"]]
+
+
+def test_transient_error_reaches_every_waiter() -> None:
+    describe = FakeDescribe(fail=CiError(ErrorKind.TRANSIENT, "SlowDown", "busy", 503))
+    batcher = GetBatcher(describe, lanes=1, max_ids=10)
+    with ThreadPoolExecutor(5) as pool:
+        futures = [pool.submit(batcher.get, f"s{i}") for i in range(5)]
+        for fut in futures:
+            with pytest.raises(CiError, match="SlowDown"):
+                fut.result(timeout=10)
+
+
+def test_refused_batch_falls_back_to_single_lookups() -> None:
+    describe = FakeDescribe(delay=0.05, poison="bad")
+    batcher = GetBatcher(describe, lanes=1, max_ids=10)
+    with ThreadPoolExecutor(6) as pool:
+        futures = {i: pool.submit(batcher.get, i) for i in ["a", "b", "c", "d", "e"]}
+        time.sleep(0.01)
+        futures["bad"] = pool.submit(batcher.get, "bad")
+        results = {i: f.result(timeout=10) for i, f in futures.items() if i != "bad"}
+        with pytest.raises(CiError, match="InvalidArgument"):
+            futures["bad"].result(timeout=10)
+    assert all(r is not None and r["JobId"] == i for i, r in results.items())
+    assert ["bad"] in describe.calls  # it was asked for alone after its batch was refused
