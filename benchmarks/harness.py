@@ -40,9 +40,10 @@ class Broker:
     def healthy() -> bool:
         try:
             with urllib.request.urlopen(f"{ADMIN_URL}/admin/v2/brokers/health", timeout=10) as r:
-                return r.read().strip() == b"ok"
+                body: bytes = r.read()
         except OSError:
             return False
+        return body.strip() == b"ok"
 
     def ensure(self) -> None:
         if self.healthy():

@@ -61,10 +61,6 @@ class Drained:
     count: int
     seconds: float  # first receive to last acknowledgement
 
-    @property
-    def rate(self) -> float:
-        return self.count / self.seconds if self.seconds > 0 else 0.0
-
 
 def consume_all(
     topic: str, subscription: str, expected: int, keep_bodies: bool, idle_timeout: float = 20.0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _delete_topics(ctx: scenarios.Context) -> None:
+    for topic in ctx.topics:
+        load.delete_topic(topic)
+
+
 def _step(text: str, since: float) -> None:
     print(f"[{time.monotonic() - since:6.1f}s] {text}", flush=True)
 
@@ -46,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         emulator = start_emulator(base / "emulator")
         cleanup.callback(emulator.stop)
         ctx = scenarios.Context(base, rid, emulator)
-        cleanup.callback(lambda: [load.delete_topic(t) for t in ctx.topics])
+        cleanup.callback(_delete_topics, ctx)
 
         _step(f"preloading {args.jobs:,} finished jobs and their callbacks", t0)
         setup, raw_a, published = scenarios.preload(ctx, args.jobs)
@@ -83,4 +90,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
+    # SIGTERM unwinds like Ctrl-C, so the emulator and daemons are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return run(_parser().parse_args())

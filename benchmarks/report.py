@@ -94,7 +94,13 @@ def _cores_note(run: DaemonRun, cores: int) -> str:
         f"whole machine {busy:.2f} of {cores}",
     ]
     note = "CPU while draining: " + ", ".join(parts)
-    if busy >= 0.8 * cores:
+    if run.cores() >= 0.85:
+        note += (
+            "; asrd is one Python process and its workers share one interpreter lock, so "
+            f"about one core caps it at {1000 / run.cpu_per_1000:.0f} jobs/s at this cost "
+            "per job, whatever the concurrency"
+        )
+    elif busy >= 0.8 * cores:
         note += (
             f"; the machine is CPU-bound, so at this cost per job {cores} cores allow about "
             f"{run.rate * cores / busy:.0f} jobs/s"
