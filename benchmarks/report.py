@@ -237,6 +237,7 @@ def to_json(r: Results, ts: list[Target]) -> dict[str, Any]:
                 "messages": r.deep.messages,
                 "consumed": r.deep.consumed,
                 "publish_s": round(r.deep.publish_s, 1),
+                "profile_gil_share": {f: round(v, 3) for f, v in r.deep.profile},
             },
         },
         "targets": [{**asdict(t), "ratio": round(t.ratio, 3), "verdict": t.verdict} for t in ts],
@@ -268,6 +269,16 @@ def to_markdown(r: Results, ts: list[Target]) -> str:
     if misses:
         lines += ["", "Why the misses:", ""]
         lines += [f"- {t.key}: {t.shortfall()}; {t.note}" for t in misses]
+    if r.deep.profile:
+        lines += [
+            "",
+            "Where asrd's Python time goes (py-spy `--gil` during the deep-topic run, latency "
+            "off; inclusive share of samples):",
+            "",
+            "| share | function |",
+            "|---|---|",
+        ]
+        lines += [f"| {share:.0%} | `{frame}` |" for frame, share in r.deep.profile]
     lines += [
         "",
         "## Runs",

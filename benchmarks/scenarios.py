@@ -22,6 +22,7 @@ from benchmarks.harness import (
     stop_process,
     write_config,
 )
+from benchmarks.profile import Profiler, top_functions
 
 
 @dataclass
@@ -125,12 +126,15 @@ def run_daemon(
     concurrency: int,
     stall_s: float = 30.0,
     limit_s: float = 240.0,
+    profile_to: Path | None = None,
 ) -> DaemonRun:
-    """Run ``asrd run`` until ``expected`` result files exist, progress stalls or time runs out."""
+    """Run ``asrd run`` until ``expected`` result files exist, progress stalls or time runs out;
+    with ``profile_to``, py-spy samples it from the first delivery on."""
     started = time.time()
     proc = start_daemon(setup)
     daemon = Sampler(proc.pid).start()
     peers = _peer_samplers(ctx)
+    profiler: Profiler | None = None
     complete = False
     try:
         seen, progress = 0, time.monotonic()
@@ -143,12 +147,16 @@ def run_daemon(
                 break
             if now > seen:
                 seen, progress = now, time.monotonic()
+                if profile_to is not None and profiler is None:
+                    profiler = Profiler(proc.pid, profile_to)
             elif time.monotonic() - progress > stall_s:
                 break
         time.sleep(0.5)  # one more sample after the last delivery
         _check_alive(proc, setup)
     finally:
         samples = daemon.stop()
+        if profiler is not None:
+            profiler.stop()
         stop_process(proc)
         peer_samples = {name: sampler.stop() for name, sampler in peers.items()}
     delivered = delivery_times(setup.results)
@@ -306,15 +314,22 @@ class DeepTopicRun:
     publish_s: float
     consumed: int  # acknowledged by the daemon while it ran
     run: DaemonRun
+    profile: list[tuple[str, float]]  # py-spy: (function, share of GIL samples), maybe empty
 
 
 def deep_topic(ctx: Context, messages: int, seconds: float) -> DeepTopicRun:
     """``messages`` callbacks (the preloaded jobs, repeated) waiting before the daemon starts;
-    the daemon consumes for ``seconds`` while its memory is sampled."""
+    the daemon consumes for ``seconds`` while its memory is sampled (and, when py-spy is
+    installed, where its Python time goes: its throughput is no target, so sampling may
+    cost it a little)."""
     setup = ctx.setup("deep", concurrency=32, max_in_flight=256)
     load.subscribe(setup.topic, setup.subscription)
     publish_s = load.publish_bulk(setup.topic, ctx.bodies, messages, batching=True)
-    run = run_daemon(setup, "deep", ctx, messages, {}, 0.0, 32, limit_s=seconds)
+    raw_profile = setup.dir / "py-spy.txt"
+    run = run_daemon(
+        setup, "deep", ctx, messages, {}, 0.0, 32, limit_s=seconds, profile_to=raw_profile
+    )
     counters = daemon_counters(setup)
     consumed = sum(counters.get(f"messages.{o}", 0) for o in ("done", "ignored", "retry", "dead"))
-    return DeepTopicRun(messages, publish_s, consumed, run)
+    profile = top_functions(raw_profile) if raw_profile.exists() else []
+    return DeepTopicRun(messages, publish_s, consumed, run, profile)
