@@ -132,15 +132,19 @@ def _session(pool_size: int) -> requests.Session:
     adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    # requests re-reads proxy variables from the environment on every call (a measurable share
-    # of a describe's CPU); read them once here instead, and only honour them if they are set.
-    session.trust_env = any(os.environ.get(v) for v in _PROXY_ENV)
+    # requests re-reads the environment on every call (a measurable share of a describe's
+    # CPU). Without proxy variables, read the CA bundle once and stop it; with them, keep the
+    # per-call look-up, which is what honours NO_PROXY.
+    if not any(os.environ.get(v) for v in _PROXY_ENV):
+        session.trust_env = False
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if bundle:
+            session.verify = bundle
     return session
 
 
 _PROXY_ENV = (
-    "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy",
-    "all_proxy", "no_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+    "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
 )  # fmt: skip
 
 
@@ -149,16 +153,23 @@ class GetBatcher:
 
     CI's describe takes comma-separated ids. At most ``lanes`` requests are in flight; while
     they are, new ids queue, and the next request takes up to ``max_ids`` of them, so HTTP,
-    signing and connection costs are shared under load. A lone id on an idle daemon is sent at
-    once. If a multi-id request is refused as a whole (4xx), each id is asked for on its own, so
-    one bad id cannot fail its neighbours.
+    signing and connection costs are shared under load. When other requests are in flight
+    (a backlog), a short batch waits up to ``linger_s`` for more ids; a lone id on an idle
+    daemon is sent at once. If a multi-id request is refused as a whole (4xx), each id is asked
+    for on its own, so one bad id cannot fail its neighbours.
     """
 
     def __init__(
-        self, describe: Callable[[list[str]], dict[str, JobsDetail]], lanes: int, max_ids: int
+        self,
+        describe: Callable[[list[str]], dict[str, JobsDetail]],
+        lanes: int,
+        max_ids: int,
+        linger_s: float = 0.002,
     ) -> None:
         self._describe = describe
         self._max_ids = max_ids
+        self._linger_s = linger_s
+        self._busy = 0  # requests in flight; guarded by _ready
         self._queue: deque[tuple[str, Future[JobsDetail | None]]] = deque()
         self._ready = threading.Condition()
         self._lanes = threading.BoundedSemaphore(lanes)
@@ -178,8 +189,16 @@ class GetBatcher:
             with self._ready:
                 while not self._queue:
                     self._ready.wait()
+                if self._busy and len(self._queue) < self._max_ids:
+                    deadline = time.monotonic() + self._linger_s
+                    while (
+                        len(self._queue) < self._max_ids
+                        and (left := deadline - time.monotonic()) > 0
+                    ):
+                        self._ready.wait(left)
                 take = min(self._max_ids, len(self._queue))
                 batch = [self._queue.popleft() for _ in range(take)]
+                self._busy += 1
             self._pool.submit(self._run, batch)
 
     def _run(self, batch: list[tuple[str, Future[JobsDetail | None]]]) -> None:
@@ -202,6 +221,8 @@ class GetBatcher:
                 if not fut.done():
                     fut.set_exception(exc)
         finally:
+            with self._ready:
+                self._busy -= 1
             self._lanes.release()
 
     def _describe_one(self, job_id: str) -> JobsDetail | CiError | None:
