@@ -185,7 +185,14 @@ def wait_backlog(topic: str, subscription: str, expected: int, timeout: float) -
     return seen
 
 
-def delete_topic(topic: str) -> None:
-    """Remove a run's topic and its data from the broker (best effort)."""
+def delete_topics(prefix: str, namespace: str = "public/default") -> int:
+    """Remove every topic whose name starts with ``prefix`` (a run's topics and the retry and
+    dead-letter topics the daemon made for them), best effort; returns how many went."""
+    deleted = 0
     with contextlib.suppress(OSError, ValueError):
-        _admin("DELETE", f"{_topic_path(topic)}?force=true")
+        for topic in _admin("GET", f"persistent/{namespace}"):
+            if str(topic).startswith(f"persistent://{namespace}/{prefix}"):
+                with contextlib.suppress(OSError, ValueError):
+                    _admin("DELETE", f"{_topic_path(str(topic))}?force=true")
+                    deleted += 1
+    return deleted

@@ -30,11 +30,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _delete_topics(ctx: scenarios.Context) -> None:
-    for topic in ctx.topics:
-        load.delete_topic(topic)
-
-
 def _step(text: str, since: float) -> None:
     print(f"[{time.monotonic() - since:6.1f}s] {text}", flush=True)
 
@@ -53,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         emulator = start_emulator(base / "emulator")
         cleanup.callback(emulator.stop)
         ctx = scenarios.Context(base, rid, emulator)
-        cleanup.callback(_delete_topics, ctx)
+        cleanup.callback(load.delete_topics, scenarios.topic_prefix(rid))
 
         _step(f"preloading {args.jobs:,} finished jobs and their callbacks", t0)
         setup, raw_a, published = scenarios.preload(ctx, args.jobs)

@@ -25,6 +25,11 @@ from benchmarks.harness import (
 from benchmarks.profile import Profiler, top_functions
 
 
+def topic_prefix(rid: str) -> str:
+    """Every topic of run ``rid`` starts with this."""
+    return f"asrd-bench-{rid}-"
+
+
 @dataclass
 class Context:
     """What every scenario shares: the run's directory and id, the emulator, the callbacks."""
@@ -32,18 +37,16 @@ class Context:
     base: Path
     rid: str
     emulator: Emulator
-    topics: list[str] = field(default_factory=list)
     bodies: list[tuple[str, bytes]] = field(default_factory=list)  # (job id, callback body)
 
     def setup(self, name: str, concurrency: int, max_in_flight: int) -> DaemonSetup:
         setup = write_config(
             self.base / name,
             self.emulator.endpoint,
-            f"asrd-bench-{self.rid}-{name}",
+            topic_prefix(self.rid) + name,
             concurrency,
             max_in_flight,
         )
-        self.topics.append(setup.topic)
         return setup
 
 
