@@ -55,14 +55,14 @@ def top_functions(raw: Path, count: int = 15) -> list[tuple[str, float]]:
     inclusive: Counter[str] = Counter()
     total = 0
     for line in raw.read_text(errors="replace").splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not n.isdigit():
+        stack, _, samples = line.rpartition(" ")
+        if not samples.isdigit():
             continue
-        total += int(n)
+        total += int(samples)
         frames = {re.sub(r":\d+\)$", ")", f) for f in stack.split(";")[1:]}
         for frame in frames:
             if any(p in frame for p in _OURS) and not any(p in frame for p in _PLUMBING):
-                inclusive[frame] += int(n)
+                inclusive[frame] += int(samples)
     if not total:
         return []
     out: list[tuple[str, float]] = []
