@@ -37,6 +37,7 @@ def _step(text: str, since: float) -> None:
 def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     rid = run_id()
+    host = report.machine()  # before the run: the commit that is measured
     base = ROOT / "var" / "bench" / rid
     broker = Broker()
     with contextlib.ExitStack() as cleanup:
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         _step(f"steady p99 {steady.run.latency_ms_at(99):.0f} ms; deep topic {args.deep:,}", t0)
         deep = scenarios.deep_topic(ctx, args.deep, args.deep_seconds)
         results = report.Results(
-            report.machine(),
+            host,
             args.jobs,
             raw_a,
             raw_b,
