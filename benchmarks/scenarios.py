@@ -40,14 +40,11 @@ class Context:
     bodies: list[tuple[str, bytes]] = field(default_factory=list)  # (job id, callback body)
 
     def setup(self, name: str, concurrency: int, max_in_flight: int) -> DaemonSetup:
-        setup = write_config(
-            self.base / name,
-            self.emulator.endpoint,
-            topic_prefix(self.rid) + name,
-            concurrency,
-            max_in_flight,
+        """A daemon directory and config for scenario ``name``, on a topic of its own."""
+        mq_name = topic_prefix(self.rid) + name
+        return write_config(
+            self.base / name, self.emulator.endpoint, mq_name, concurrency, max_in_flight
         )
-        return setup
 
 
 @dataclass
