@@ -25,8 +25,9 @@ from .ci import CiClient, CiError
 from .config import ConfigError, Settings
 from .consumer import Consumer, make_client
 from .ledger import SqliteLedger
+from .periodic import every
 from .pipeline import Pipeline
-from .reconcile import Report, reconcile, run_periodically
+from .reconcile import Report, reconcile
 from .result import InvalidResult, normalise
 from .sinks import Route, build_routes
 from .submit import submit
@@ -105,10 +106,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             ) from None
     systemd.start_watchdog(systemd.loop_alive(lambda: consumer.health.last_tick, 30.0), stop)
     rc = settings.reconcile
-    reconciler = None
+    retention_s = settings.ledger.retention_days * 86_400
+    ledger.prune(retention_s)
+    chores = [every(6 * 3600.0, stop, lambda: ledger.prune(retention_s), "prune-ledger")]
     if rc.interval_s > 0:
-        reconciler = run_periodically(
-            rc.interval_s, stop, lambda: stages.reconcile(settings, rc.lookback_s, rc.grace_s)
+        chores.append(
+            every(
+                rc.interval_s,
+                stop,
+                lambda: stages.reconcile(settings, rc.lookback_s, rc.grace_s),
+                "reconcile",
+            )
         )
 
     def on_signal(signum: int, _: FrameType | None) -> None:
@@ -125,8 +133,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     systemd.notify("STOPPING=1")
     if api is not None:
         api.shutdown()
-    if reconciler is not None:
-        reconciler.join(timeout=settings.pulsar.shutdown_deadline_s)
+    for chore in chores:
+        chore.join(timeout=settings.pulsar.shutdown_deadline_s)
     stages.close()
     log.info("asrd stopped", counters=counters.snapshot())
     sys.stderr.flush()

@@ -172,6 +172,8 @@ class PulsarSettings(_Section):
 
 class LedgerSettings(_Section):
     url: str = Field(default="sqlite:///var/lib/asrd/ledger.db", pattern=r"^sqlite:///")
+    # How long a delivery is remembered: the window in which a duplicate is recognised.
+    retention_days: float = Field(default=30.0, gt=0)
 
     @property
     def path(self) -> Path:

@@ -54,6 +54,10 @@ class Ledger(Protocol):
 
     def clear_attempts(self, message_key: str) -> None: ...
 
+    def prune(self, older_than_s: float) -> int:
+        """Forget deliveries and attempts older than this; returns the rows removed."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -101,6 +105,13 @@ class SqliteLedger:
     def clear_attempts(self, message_key: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM attempts WHERE message_key = ?", (message_key,))
+
+    def prune(self, older_than_s: float) -> int:
+        cutoff = time.time() - older_than_s
+        with self._lock:
+            gone = self._db.execute("DELETE FROM deliveries WHERE delivered_at < ?", (cutoff,))
+            stale = self._db.execute("DELETE FROM attempts WHERE first_at < ?", (cutoff,))
+            return int(gone.rowcount) + int(stale.rowcount)
 
     def close(self) -> None:
         with self._lock:

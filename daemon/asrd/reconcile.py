@@ -8,14 +8,12 @@ alone for ``grace_s``, since their callback is probably on its way.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import structlog
 
-from .ci import CiClient, CiError
+from .ci import CiClient
 from .ledger import Ledger
 from .pipeline import Outcome, Pipeline
 from .result import InvalidResult, normalise
@@ -74,28 +72,10 @@ def reconcile(
         else:
             report.failed[job_id] = verdict.reason
             log.warning("reconcile could not deliver", job_id=job_id, reason=verdict.reason)
+    log.info(
+        "reconcile pass",
+        checked=report.checked,
+        delivered=len(report.delivered),
+        failed=len(report.failed),
+    )
     return report
-
-
-def run_periodically(
-    interval_s: float, stop: threading.Event, once: Callable[[], Report]
-) -> threading.Thread:
-    """Call ``once`` every ``interval_s`` until ``stop``; errors are logged, never fatal."""
-
-    def loop() -> None:
-        while not stop.wait(interval_s):
-            try:
-                report = once()
-            except CiError as exc:
-                log.warning("reconcile pass failed", error=str(exc))
-                continue
-            log.info(
-                "reconcile pass",
-                checked=report.checked,
-                delivered=len(report.delivered),
-                failed=len(report.failed),
-            )
-
-    thread = threading.Thread(target=loop, name="asrd-reconcile", daemon=True)
-    thread.start()
-    return thread
