@@ -316,5 +316,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def entry() -> None:
+    """The console script: ``main`` and then a hard exit.
+
+    pulsar-client's C++ side can abort (SIGABRT) during interpreter teardown after a client was
+    used; every client is closed explicitly by then, so skipping the teardown loses nothing.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

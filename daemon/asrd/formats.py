@@ -19,7 +19,9 @@ def _cues(segments: list[Segment]) -> list[Segment]:
 
 
 def to_json(record: ResultRecord) -> bytes:
-    return json.dumps(record.to_dict(), ensure_ascii=False, indent=2).encode() + b"\n"
+    # Compact on purpose: with ``indent`` the json module falls back to its pure-Python encoder,
+    # several times slower on a full JobsDetail (use ``jq`` to read the files).
+    return json.dumps(record.to_dict(), ensure_ascii=False).encode() + b"\n"
 
 
 def to_txt(record: ResultRecord) -> bytes:

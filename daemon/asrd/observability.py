@@ -27,6 +27,18 @@ def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableM
     return event
 
 
+class _NamedWriteLogger(structlog.WriteLogger):
+    """structlog's plain writer with a name, so ``add_logger_name`` works without stdlib."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(sys.stderr)
+        self.name = name
+
+
+def _named_writer(*args: Any) -> _NamedWriteLogger:
+    return _NamedWriteLogger(str(args[0]) if args else "asrd")
+
+
 def configure(level: str = "info", fmt: str = "json") -> None:
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -40,10 +52,15 @@ def configure(level: str = "info", fmt: str = "json") -> None:
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    # asrd's own lines go straight to stderr (a line per message is on the hot path, and the
+    # stdlib hop costs as much as the rest of the logging); the C++ client's and the SDK's
+    # stdlib records get the same processors through the handler below.
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        logger_factory=_named_writer,
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)

@@ -20,6 +20,10 @@ KNOWN_STATES = TERMINAL_STATES | {"Submitted", "Running", "Pause"}
 
 # [m:s.mmm,m:s.mmm] text — minutes:seconds from the audio start; an optional third field is a
 # speaker id (seen from the raw ASR engine, UNCONFIRMED for CI).
+_CI_TIME = re.compile(
+    r"(?P<y>\d{4})-(?P<mo>\d{2})-(?P<d>\d{2})T(?P<h>\d{2}):(?P<mi>\d{2}):(?P<s>\d{2})"
+    r"(?P<frac>\.\d{1,6})?(?P<off>Z|[+-]\d{2}:?\d{2})"
+)
 _LINE = re.compile(r"^\[(\d+):(\d+(?:\.\d+)?),(\d+):(\d+(?:\.\d+)?)(?:,(\d+))?\]\s*(.*)$")
 
 
@@ -111,12 +115,17 @@ def ci_time(value: Any) -> str | None:
     text = _str(value).strip()
     if not text or text == "-":
         return None
-    for fmt in ("%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z"):
-        try:
-            return datetime.strptime(text, fmt).isoformat()
-        except ValueError:
-            continue
-    raise InvalidResult(f"time {text!r} is not in CI's format")
+    # A regular expression and a range check instead of strptime, which is slow enough to show
+    # in a profile of the daemon.
+    m = _CI_TIME.fullmatch(text)
+    if m is None:
+        raise InvalidResult(f"time {text!r} is not in CI's format")
+    try:
+        datetime(int(m["y"]), int(m["mo"]), int(m["d"]), int(m["h"]), int(m["mi"]), int(m["s"]))
+    except ValueError:
+        raise InvalidResult(f"time {text!r} is not a real date and time") from None
+    offset = "Z" if m["off"] == "Z" else f"{m['off'][:3]}:{m['off'][-2:]}"
+    return f"{m['y']}-{m['mo']}-{m['d']}T{m['h']}:{m['mi']}:{m['s']}{m['frac'] or ''}{offset}"
 
 
 def _ms(minutes: str, seconds: str) -> int:
