@@ -42,3 +42,29 @@ def test_prune_forgets_only_old_rows(tmp_path: Path) -> None:
     assert ledger.delivered("s-new") == {"files"}
     assert ledger.begin_attempt("new").count == 2
     ledger.close()
+
+
+def test_a_version_1_ledger_is_migrated_and_keeps_its_deliveries(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "ledger.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        """
+        CREATE TABLE deliveries (job_id TEXT NOT NULL, sink TEXT NOT NULL,
+            delivered_at REAL NOT NULL, PRIMARY KEY (job_id, sink)) WITHOUT ROWID;
+        CREATE TABLE attempts (message_key TEXT PRIMARY KEY, count INTEGER NOT NULL,
+            last_reason TEXT NOT NULL, updated_at REAL NOT NULL) WITHOUT ROWID;
+        """
+    )
+    old.execute("INSERT INTO deliveries VALUES ('s1', 'files', ?)", (time.time(),))
+    old.execute("INSERT INTO attempts VALUES ('k', 3, 'x', 0)")
+    old.commit()
+    old.close()
+
+    ledger = SqliteLedger(path)
+    assert ledger.delivered("s1") == {"files"}
+    assert ledger.begin_attempt("k").count == 1
+    assert ledger.prune(older_than_s=3600) == 0
+    ledger.close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2

@@ -74,6 +74,7 @@ def _stages(settings: Settings) -> Stages:
     try:
         routes = build_routes(settings)
         ledger = SqliteLedger(settings.ledger.path)
+        ledger.prune(settings.ledger.retention_days * 86_400)
     except OSError as exc:
         raise ConfigError(f"config error: cannot prepare {exc.filename}: {exc.strerror}") from None
     counters = observability.Counters()
@@ -107,7 +108,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     systemd.start_watchdog(systemd.loop_alive(lambda: consumer.health.last_tick, 30.0), stop)
     rc = settings.reconcile
     retention_s = settings.ledger.retention_days * 86_400
-    ledger.prune(retention_s)
     chores = [every(6 * 3600.0, stop, lambda: ledger.prune(retention_s), "prune-ledger")]
     if rc.interval_s > 0:
         chores.append(

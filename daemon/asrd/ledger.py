@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
     job_id TEXT NOT NULL,
@@ -71,7 +72,19 @@ class SqliteLedger:
         # WAL + NORMAL survives a process crash (SIGKILL); only an OS crash can drop the tail.
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a ledger written by an older asrd to this schema (``PRAGMA user_version``)."""
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version < SCHEMA_VERSION:
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(attempts)")}
+            if columns and "first_at" not in columns:
+                # Version 1 kept no first-attempt time. Attempt counts are only retry
+                # bookkeeping: starting them again costs a few retries, never a delivery.
+                self._db.execute("DROP TABLE attempts")
         self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def delivered(self, job_id: str) -> set[str]:
         with self._lock:
