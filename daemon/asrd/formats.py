@@ -19,9 +19,13 @@ def _cues(segments: list[Segment]) -> list[Segment]:
 
 
 def to_json(record: ResultRecord) -> bytes:
-    # Compact on purpose: with ``indent`` the json module falls back to its pure-Python encoder,
-    # several times slower on a full JobsDetail (use ``jq`` to read the files).
-    return json.dumps(record.to_dict(), ensure_ascii=False).encode() + b"\n"
+    """The record as one line of compact UTF-8 JSON, the same bytes for every sink.
+
+    Compact on purpose: with ``indent`` the json module falls back to its pure-Python encoder,
+    several times slower on a full JobsDetail (use ``jq`` to read the files).
+    """
+    body = json.dumps(record.to_dict(), ensure_ascii=False, separators=(",", ":"))
+    return body.encode() + b"\n"
 
 
 def to_txt(record: ResultRecord) -> bytes:

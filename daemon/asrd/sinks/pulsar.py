@@ -6,12 +6,12 @@ the ``job_id`` property (asrd delivers at least once).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pulsar
 
 from ..config import PulsarSinkSettings
+from ..formats import to_json
 from ..observability import pulsar_logger
 from ..result import ResultRecord
 from .base import SinkError
@@ -40,7 +40,7 @@ class PulsarSink:
         return self._producer
 
     def deliver(self, record: ResultRecord) -> None:
-        body = json.dumps(record.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
+        body = to_json(record)
         props = {"job_id": record.job_id, "state": record.state, "schema_version": "1"}
         try:
             self._ensure_producer().send(body, properties=props, partition_key=record.job_id)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 
 from ..config import StdoutSinkSettings
+from ..formats import to_json
 from ..result import ResultRecord
 from .base import SinkError
 
@@ -17,7 +17,7 @@ class StdoutSink:
         self._lock = threading.Lock()
 
     def deliver(self, record: ResultRecord) -> None:
-        line = json.dumps(record.to_dict(), ensure_ascii=False, separators=(",", ":")) + "\n"
+        line = to_json(record).decode()
         try:
             with self._lock:
                 sys.stdout.write(line)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 import time
 from urllib.parse import urlsplit, urlunsplit
@@ -42,6 +41,7 @@ from requests.adapters import HTTPAdapter
 
 from .. import __version__
 from ..config import ConfigError, WebhookSinkSettings
+from ..formats import to_json
 from ..result import ResultRecord
 from .base import SinkError
 
@@ -132,7 +132,7 @@ class WebhookSink:
         return headers
 
     def deliver(self, record: ResultRecord) -> None:
-        body = json.dumps(record.to_dict(), ensure_ascii=False, separators=(",", ":")).encode()
+        body = to_json(record)
         timestamp = str(int(time.time()))
         headers = self.request_headers(record.job_id, body, timestamp)
         where = f"POST {self.display_url}"
