@@ -136,3 +136,14 @@ def test_subtitle_formats() -> None:
     assert formats.to_vtt(rec).decode().startswith("WEBVTT\n\n00:00:01.000 --> 00:00:02.500\none\n")
     assert formats.to_txt(rec) == b"one\ntwo\n"
     assert json.loads(formats.to_json(rec))["job_id"] == JOB
+
+
+def test_stdout_sink_writes_one_json_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from asrd.config import StdoutSinkSettings
+    from asrd.sinks.stdout import StdoutSink
+
+    sink = StdoutSink(StdoutSinkSettings(name="out", type="stdout"))
+    sink.deliver(normalise(detail(Result="[0:1.000,0:2.000] 你好")))
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    assert json.loads(out)["transcript"] == "你好"

@@ -89,3 +89,24 @@ def test_check_connect_reaches_ci_and_broker(
     assert wrong_key.returncode == 1
     assert "SignatureDoesNotMatch" in wrong_key.stderr
     assert "Zx9notTheKey" not in wrong_key.stderr + wrong_key.stdout
+
+
+def test_get_and_list_commands(tmp_path: Path, broker: Broker, emulator: Emulator) -> None:
+    cfg = write_config(tmp_path, emulator.endpoint, broker.service_url)
+    ci = CiClient(config.load(cfg.path).ci)
+    ci.put_object("media/a.mp3", b"x")
+    ci.put_object("media/a.mp3.transcript.txt", b"hello there")
+    job_id = asrd("submit", "--config", str(cfg.path), "--input", "media/a.mp3").stdout.strip()
+
+    def finished() -> bool:
+        out = asrd("get", "--config", str(cfg.path), job_id)
+        return out.returncode == 0 and json.loads(out.stdout)["state"] == "Success"
+
+    wait_for(finished, 30, "the job to finish")
+    got = json.loads(asrd("get", "--config", str(cfg.path), job_id).stdout)
+    assert got["job_id"] == job_id and got["transcript"] == "hello there"
+    listed = asrd("list", "--config", str(cfg.path), "--states", "Success")
+    assert listed.returncode == 0
+    assert any(line.startswith(f"{job_id}\tSuccess\t") for line in listed.stdout.splitlines())
+    unknown = asrd("get", "--config", str(cfg.path), "s" + "0" * 32)
+    assert unknown.returncode == 1 and "no job" in unknown.stderr
