@@ -70,3 +70,26 @@ def test_refused_batch_falls_back_to_single_lookups() -> None:
             futures["bad"].result(timeout=10)
     assert all(r is not None and r["JobId"] == i for i, r in results.items())
     assert ["bad"] in describe.calls  # it was asked for alone after its batch was refused
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "transient"),
+    [
+        (503, "SlowDown", True),
+        (500, "InternalError", True),
+        (429, "TooManyRequests", True),
+        (403, "SignatureDoesNotMatch", True),  # our key is wrong, not the message
+        (403, "InvalidAccessKeyId", True),
+        (404, "NoSuchBucket", True),
+        (400, "InvalidArgument", False),
+        (400, "MalformedXML", False),
+    ],
+)
+def test_sdk_errors_are_classified(status: int, code: str, transient: bool) -> None:
+    from qcloud_cos.cos_exception import CosServiceError
+
+    from asrd.ci import classify
+
+    info = {"code": code, "message": "m", "resource": "r", "requestid": "id"}
+    err = classify(CosServiceError("GET", info, status))
+    assert (err.code, err.status, err.transient) == (code, status, transient)

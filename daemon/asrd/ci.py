@@ -59,6 +59,12 @@ class CiError(Exception):
 
 # 4xx codes that mean "slow down" rather than "your request is wrong".
 _RETRYABLE_CODES = {"SlowDown", "RequestTimeout", "TooManyRequests", "ServiceUnavailable"}
+# 4xx codes that say asrd's own credentials or settings are wrong, not the message: retried
+# (with backoff) so a bad key or clock does not dead-letter every message while it is fixed.
+_SETUP_CODES = {
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+    "RequestTimeTooSkewed", "NoSuchBucket",
+}  # fmt: skip
 
 
 def classify(exc: Exception) -> CiError:
@@ -70,7 +76,7 @@ def classify(exc: Exception) -> CiError:
             msg = str(exc.get_error_msg())
         except (KeyError, TypeError):
             msg = "no message"
-        transient = status >= 500 or status == 429 or code in _RETRYABLE_CODES
+        transient = status >= 500 or status == 429 or code in _RETRYABLE_CODES | _SETUP_CODES
         return CiError(ErrorKind.TRANSIENT if transient else ErrorKind.PERMANENT, code, msg, status)
     if isinstance(exc, CosClientError):
         # Network failures (refused, reset, timeout) after the SDK's own attempts.
