@@ -30,6 +30,10 @@ demo: venv
 bench: venv
 	$(BIN)/pip install -q -r benchmarks/requirements.txt
 	$(BIN)/python benchmarks/run.py
+	@# The emulator's own load test needs Debian's wrk as its separate load generator.
+	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; } \
+		|| { echo "bench: install wrk (Debian package) for benchmarks/emulator_get.py"; exit 1; }
+	$(BIN)/python benchmarks/emulator_get.py
 
 broker-start:
 	scripts/pulsar start
