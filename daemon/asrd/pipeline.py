@@ -11,16 +11,12 @@ import threading
 from dataclasses import dataclass
 from enum import Enum
 
-import structlog
-
 from . import callback
 from .ci import CiClient, CiError
 from .ledger import Ledger
 from .observability import Counters
 from .result import InvalidResult, ResultRecord, normalise, stamped
 from .sinks import Route, SinkError
-
-log = structlog.get_logger("asrd.pipeline")
 
 
 class Outcome(Enum):
