@@ -147,3 +147,49 @@ def test_stdout_sink_writes_one_json_line(capsys: pytest.CaptureFixture[str]) ->
     out = capsys.readouterr().out
     assert out.count("\n") == 1
     assert json.loads(out)["transcript"] == "你好"
+
+
+def test_what_ci_really_sends_json_wrapped_in_response_with_message_success() -> None:
+    body = json.dumps(
+        {
+            "Response": {
+                "EventName": "TaskFinish",
+                "JobsDetail": [
+                    {"JobId": JOB, "Tag": "SpeechRecognition", "State": "Success", "Message": "Success"}
+                ],
+            }
+        }
+    ).encode()
+    event = callback.parse(body)
+    assert (event.job_id, event.state, event.is_asr_task_finish) == (JOB, "Success", True)
+
+
+def test_workflow_triggered_job_and_workflow_finish() -> None:
+    xml = XML_CALLBACK.replace(
+        b"<State>Success</State>",
+        b"<State>Success</State><Input><BucketId>b-1250000000</BucketId><Object>a.mp3</Object>"
+        b"<CosHeaders><Key>Content-Type</Key><Value>audio/mpeg</Value></CosHeaders>"
+        b"<CosHeaders><Key>Size</Key><Value>12</Value></CosHeaders></Input>"
+        b"<Workflow><Name>asr_1</Name><RunId>r1</RunId><WorkflowId>w1</WorkflowId>"
+        b"<WorkflowName>wf</WorkflowName></Workflow>",
+    )
+    event = callback.parse(xml)
+    assert event.is_asr_task_finish and event.job_id == JOB
+    d = detail(Result="[0:0.000,0:1.000] hi")
+    d["Input"] = {**d["Input"], "CosHeaders": [{"Key": "Size", "Value": "12"}]}  # type: ignore[dict-item]
+    d["Workflow"] = {"Name": "asr_1", "RunId": "r1", "WorkflowId": "w1", "WorkflowName": "wf"}
+    record = normalise(d)
+    assert record.input == {"bucket": "b-1250000000", "region": "ap-chongqing", "object": "16k.mp3"}
+    assert record.raw["Workflow"]["RunId"] == "r1"
+    finish = callback.parse(
+        b"<Response><EventName>WorkflowFinish</EventName><WorkflowExecution><RunId>r1</RunId>"
+        b"</WorkflowExecution></Response>"
+    )
+    assert finish.event_name == "WorkflowFinish" and not finish.is_asr_task_finish
+
+
+def test_repeated_result_elements_are_joined_in_order() -> None:
+    record = normalise(detail(Result=["[0:0.000,0:1.000] 第一句。", "[0:1.000,0:2.500] second"]))
+    assert [s.text for s in record.segments] == ["第一句。", "second"]
+    assert record.transcript == "第一句。\nsecond"
+    assert [(s.start_ms, s.end_ms) for s in record.segments] == [(0, 1000), (1000, 2500)]

@@ -93,3 +93,47 @@ def test_secrets_never_reach_output(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, "http://127.0.0.1:1", "pulsar://127.0.0.1:6650")
     out = asrd("check", "--config", str(cfg.path), env={"ASRD_PULSAR__CONCURRENCY": "0"})
     assert "asrdtestsecretkey" not in out.stderr + out.stdout
+
+
+def test_intake_defaults_to_the_ci_key_and_has_its_own(creds: dict[str, str]) -> None:
+    settings = config.load(EXAMPLE, creds)
+    cmq = settings.intake.cmq
+    assert cmq is not None and cmq.queue == "asr-callbacks"
+    assert cmq.secret_key is not None and cmq.secret_key.get_secret_value() == "keyexample"
+    own = config.load(
+        EXAMPLE,
+        {**creds, "ASRD_INTAKE__CMQ__SECRET_ID": "AKIDcmq", "ASRD_INTAKE__CMQ__SECRET_KEY": "k2"},
+    ).intake.cmq
+    assert own is not None and own.secret_key is not None
+    assert own.secret_key.get_secret_value() == "k2"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"ASRD_CI__CALLBACK__MQ_NAME": "asr_callbacks"}, "ci.callback.mq_name"),
+        ({"ASRD_CI__CALLBACK__MQ_NAME": "9asr"}, "ci.callback.mq_name"),
+        ({"ASRD_CI__CALLBACK__TYPE": "url"}, "ci.callback: url is required"),
+        ({"ASRD_INTAKE__CMQ__QUEUE": "a" * 65}, "intake.cmq.queue"),
+        ({"ASRD_INTAKE__CMQ__POLLING_WAIT_S": "31"}, "intake.cmq.polling_wait_s"),
+        ({"ASRD_INTAKE__CMQ__BATCH_SIZE": "17"}, "intake.cmq.batch_size"),
+        ({"ASRD_INTAKE__CMQ__ENDPOINT": "gz.mqadapter"}, "intake.cmq.endpoint"),
+        ({"ASRD_INTAKE__URL__TOKEN": "short"}, "intake.url: token"),
+    ],
+)
+def test_callback_and_intake_values_name_the_key(
+    creds: dict[str, str], env: dict[str, str], expected: str
+) -> None:
+    with pytest.raises(config.ConfigError) as err:
+        config.load(EXAMPLE, {**creds, **env})
+    assert f": {expected}" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_submit_refuses_a_bad_queue_name_with_78(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, "http://127.0.0.1:1", "pulsar://127.0.0.1:6650")
+    out = asrd(
+        "submit", "--config", str(cfg.path), "--input", "a.mp3",
+        env={"ASRD_CI__CALLBACK__MQ_NAME": "asr.callbacks"},
+    )  # fmt: skip
+    assert out.returncode == 78
+    assert out.stderr.count("\n") == 1 and "ci.callback.mq_name" in out.stderr

@@ -1,7 +1,8 @@
 """The sidecar HTTP API: health, readiness, metrics, and job submission / lookup for local apps.
 
 ``GET /healthz`` (process up), ``GET /readyz`` (subscribed and connected to the broker),
-``GET /metrics`` (Prometheus text), ``POST /v1/jobs`` (submit), ``GET /v1/jobs/{id}``.
+``GET /metrics`` (Prometheus text), ``POST /v1/jobs`` (submit), ``GET /v1/jobs/{id}``,
+``POST /v1/callbacks/{token}`` (URL callbacks onto the Pulsar topic, when ``[intake.url]`` is set).
 Each response goes out in one send with TCP_NODELAY: a header-then-body pair of sends stalls
 keep-alive clients ~40 ms per request (Nagle + delayed ACK).
 """
@@ -20,6 +21,7 @@ import structlog
 from .callback import JOB_ID
 from .ci import CiClient, CiError
 from .config import CiSettings
+from .intake.url import UrlReceiver
 from .result import InvalidResult, normalise
 from .submit import submit
 
@@ -33,10 +35,15 @@ class ApiContext:
     ci_settings: CiSettings
     ready: Callable[[], bool]
     counters: Callable[[], dict[str, int]]
+    callbacks: UrlReceiver | None = None
+    gauges: Callable[[], dict[str, float]] = dict
 
 
-def prometheus(counters: dict[str, int], ready: bool) -> str:
-    lines = [
+def prometheus(counters: dict[str, int], ready: bool, gauges: dict[str, float]) -> str:
+    lines = []
+    for name, value in sorted(gauges.items()):
+        lines += [f"# TYPE asrd_{name} gauge", f"asrd_{name} {value:g}"]
+    lines += [
         "# HELP asrd_ready 1 when subscribed and connected to the broker.",
         "# TYPE asrd_ready gauge",
         f"asrd_ready {int(ready)}",
@@ -75,7 +82,7 @@ class Handler(BaseHTTPRequestHandler):
             ready = self.ctx.ready()
             self._send(200 if ready else 503, {"ready": ready})
         elif self.path == "/metrics":
-            text = prometheus(self.ctx.counters(), self.ctx.ready())
+            text = prometheus(self.ctx.counters(), self.ctx.ready(), self.ctx.gauges())
             self._send(200, text, "text/plain; version=0.0.4")
         elif self.path.startswith("/v1/jobs/"):
             self._get_job(self.path.removeprefix("/v1/jobs/"))
@@ -97,7 +104,37 @@ class Handler(BaseHTTPRequestHandler):
         except InvalidResult as exc:
             self._send(502, {"error": str(exc)})
 
+    def _refuse(self, status: int, error: str) -> None:
+        self.close_connection = True  # the body, if any, is left unread
+        self._send(status, {"error": error})
+
+    def _callback(self, token: str) -> None:
+        receiver = self.ctx.callbacks
+        if receiver is None or not receiver.token_matches(token):
+            self._refuse(404, "no such callback endpoint")
+            return
+        length = self._length()
+        if length is None:
+            self._refuse(411, "a Content-Length header is required")
+            return
+        if length > receiver.max_bytes:
+            self._refuse(413, f"body larger than {receiver.max_bytes} bytes")
+            return
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        answer = receiver.accept(token, self.rfile.read(length), headers)
+        self._send(answer.status, answer.body)
+
+    def _length(self) -> int | None:
+        try:
+            length = int(self.headers.get("Content-Length") or "")
+        except ValueError:
+            return None
+        return length if length >= 0 else None
+
     def do_POST(self) -> None:
+        if self.path.startswith("/v1/callbacks/"):
+            self._callback(self.path.removeprefix("/v1/callbacks/"))
+            return
         if self.path != "/v1/jobs":
             self._send(404, {"error": f"no route {self.path}"})
             return

@@ -147,6 +147,9 @@ def parse(body: bytes, max_bytes: int = 5 * 1024 * 1024) -> CallbackEvent:
         raise BadMessage("body is neither XML nor JSON")
     if _depth(root) > _MAX_DEPTH:
         raise BadMessage(f"body nested deeper than {_MAX_DEPTH} levels")
+    wrapped = root.get("Response")
+    if fmt == "json" and isinstance(wrapped, dict) and "JobsDetail" not in root:
+        root = wrapped  # a JSON body wrapped in a top-level Response, as the XML is
     detail = root.get("JobsDetail")
     # Some CI examples wrap JobsDetail in a one-element array.
     if isinstance(detail, list):

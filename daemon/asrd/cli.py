@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 
@@ -22,8 +23,12 @@ import structlog
 from . import __version__, config, dlq, observability, systemd
 from .api import ApiContext, serve
 from .ci import CiClient, CiError
+from .cmq import CmqError
 from .config import ConfigError, Settings
 from .consumer import Consumer, make_client
+from .intake.forward import Forwarder
+from .intake.queue import QueueIntake, cmq_client
+from .intake.url import UrlReceiver
 from .ledger import SqliteLedger
 from .periodic import every
 from .pipeline import Pipeline
@@ -83,28 +88,104 @@ def _stages(settings: Settings) -> Stages:
     return Stages(ci, routes, ledger, counters, pipeline)
 
 
+@dataclass
+class Feeds:
+    """The intake: what puts CI's notifications on the Pulsar topic (either part optional)."""
+
+    forwarder: Forwarder
+    queue: QueueIntake | None
+    url: UrlReceiver | None
+    thread: threading.Thread | None = None
+
+    @classmethod
+    def build(
+        cls, settings: Settings, client: pulsar.Client, counters: observability.Counters
+    ) -> Feeds:
+        forwarder = Forwarder(client, settings.pulsar.topic)
+        cmq = settings.intake.cmq
+        queue = QueueIntake(cmq, cmq_client(cmq), forwarder, counters) if cmq else None
+        url = settings.intake.url
+        receiver = UrlReceiver(url, forwarder, counters) if url else None
+        return cls(forwarder, queue, receiver)
+
+    def start(self, stop: threading.Event) -> None:
+        if self.queue is not None:
+            # A daemon thread: a long poll in flight at stop is abandoned, its messages stay in
+            # CMQ and come back after the visibility timeout.
+            self.thread = threading.Thread(
+                target=self.queue.run, args=(stop,), name="asrd-intake", daemon=True
+            )
+            self.thread.start()
+
+    def reachable(self, settings: Settings) -> bool:
+        cmq = settings.intake.cmq
+        return (
+            self.queue is None
+            or cmq is None
+            or self.queue.health.reachable(cmq.unreachable_after_s)
+        )
+
+    def gauges(self) -> dict[str, float]:
+        if self.queue is None:
+            return {}
+        return {"intake_seconds_since_last_poll": round(self.queue.health.since_ok(), 3)}
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout=1.0)
+        self.forwarder.close()
+
+
+def _serve_api(settings: Settings, ctx: ApiContext) -> ThreadingHTTPServer | None:
+    if not settings.http.listen:
+        return None
+    try:
+        return serve(settings.http.listen, ctx)
+    except OSError as exc:
+        listen = settings.http.listen
+        raise ConfigError(
+            f"config error: http.listen: cannot listen on {listen}: {exc.strerror}"
+        ) from None
+
+
+def _on_signals(stop: threading.Event) -> None:
+    def on_signal(signum: int, _: FrameType | None) -> None:
+        if stop.is_set():
+            # Second signal: leave now; nothing unfinished was acknowledged, so nothing is lost.
+            os._exit(EX_FATAL)
+        log.info("signal received, stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     stages = _stages(settings)
     ci, routes, ledger, counters = stages.ci, stages.routes, stages.ledger, stages.counters
+    client = make_client(settings.pulsar)
     consumer = Consumer(
         settings.pulsar,
         stages.pipeline.handle,
         ledger,
         counters,
+        client=client,
         on_ready=lambda: systemd.notify("READY=1"),
     )
+    feeds = Feeds.build(settings, client, counters)
     stop = threading.Event()
-    api = None
-    if settings.http.listen:
-        ctx = ApiContext(ci, settings.ci, lambda: consumer.health.ready, counters.snapshot)
-        try:
-            api = serve(settings.http.listen, ctx)
-        except OSError as exc:
-            listen = settings.http.listen
-            raise ConfigError(
-                f"config error: http.listen: cannot listen on {listen}: {exc.strerror}"
-            ) from None
+    api = _serve_api(
+        settings,
+        ApiContext(
+            ci,
+            settings.ci,
+            lambda: consumer.health.ready and feeds.reachable(settings),
+            counters.snapshot,
+            callbacks=feeds.url,
+            gauges=feeds.gauges,
+        ),
+    )
     systemd.start_watchdog(systemd.loop_alive(lambda: consumer.health.last_tick, 30.0), stop)
     rc = settings.reconcile
     retention_s = settings.ledger.retention_days * 86_400
@@ -119,27 +200,58 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         )
 
-    def on_signal(signum: int, _: FrameType | None) -> None:
-        if stop.is_set():
-            # Second signal: leave now; nothing unfinished was acknowledged, so nothing is lost.
-            os._exit(EX_FATAL)
-        log.info("signal received, stopping", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    _on_signals(stop)
     log.info("asrd starting", version=__version__, sinks=[r.sink.name for r in routes])
+    feeds.start(stop)
     consumer.run(stop)
     systemd.notify("STOPPING=1")
     if api is not None:
         api.shutdown()
+    feeds.stop()
     for chore in chores:
         chore.join(timeout=settings.pulsar.shutdown_deadline_s)
     stages.close()
+    client.close()
     log.info("asrd stopped", counters=counters.snapshot())
     sys.stderr.flush()
     # Worker threads stuck past the deadline must not hold the exit; their messages are unacked.
     os._exit(EX_OK)
+
+
+def cmd_intake(args: argparse.Namespace) -> int:
+    """The CMQ intake alone, for operators who run it apart from the consumers."""
+    settings = _settings(args)
+    if settings.intake.cmq is None:
+        raise ConfigError(f"config error: {args.config}: intake.cmq: section required")
+    counters = observability.Counters()
+    client = make_client(settings.pulsar)
+    feeds = Feeds.build(settings, client, counters)
+    queue = feeds.queue
+    assert queue is not None  # built from intake.cmq above
+    stop = threading.Event()
+    api = _serve_api(
+        settings,
+        ApiContext(
+            CiClient(settings.ci),
+            settings.ci,
+            lambda: feeds.reachable(settings),
+            counters.snapshot,
+            callbacks=feeds.url,
+            gauges=feeds.gauges,
+        ),
+    )
+    _on_signals(stop)
+    systemd.start_watchdog(systemd.loop_alive(lambda: queue.health.last_tick, 90.0), stop)
+    feeds.start(stop)
+    systemd.notify("READY=1")
+    stop.wait()
+    systemd.notify("STOPPING=1")
+    if api is not None:
+        api.shutdown()
+    feeds.stop()
+    client.close()
+    log.info("asrd intake stopped", counters=counters.snapshot())
+    return EX_OK
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -243,7 +355,42 @@ def cmd_check(args: argparse.Namespace) -> int:
         finally:
             client.close()
         print(f"Pulsar reachable: {settings.pulsar.topic}")
+        if settings.intake.cmq is not None:
+            return _check_cmq(settings)
     return EX_OK
+
+
+def _check_cmq(settings: Settings) -> int:
+    """Prove the queue exists and the key may receive from it: one receive without waiting. A
+    message it gets is moved to Pulsar as the intake would, so the check loses nothing."""
+    cmq = settings.intake.cmq
+    assert cmq is not None
+    client = make_client(settings.pulsar)
+    feeds = Feeds.build(settings, client, observability.Counters())
+    assert feeds.queue is not None
+    try:
+        report = feeds.queue.move_once(wait_s=0)
+    except CmqError as exc:
+        print(f"asrd check: CMQ: {_cmq_problem(cmq.endpoint, cmq.queue, exc)}", file=sys.stderr)
+        return EX_FATAL
+    finally:
+        feeds.stop()
+        client.close()
+    print(
+        f"CMQ reachable: queue {cmq.queue} at {cmq.endpoint} "
+        f"(moved {report.moved} waiting message(s) to Pulsar)"
+    )
+    return EX_OK
+
+
+def _cmq_problem(endpoint: str, queue: str, exc: CmqError) -> str:
+    if exc.code == 4100:
+        return f"{endpoint} refused the key (code 4100): check intake.cmq or ci credentials"
+    if exc.code == 4440:
+        return f"queue {queue!r} does not exist at {endpoint} (code 4440)"
+    if exc.code == 0:
+        return f"cannot reach {endpoint}: {exc.message}"
+    return f"receive from {queue!r} at {endpoint} failed: {exc}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -265,6 +412,7 @@ def _parser() -> argparse.ArgumentParser:
         return sp
 
     add(sub, "run", cmd_run, "consume callbacks and deliver results (the daemon)")
+    add(sub, "intake", cmd_intake, "only move CMQ notifications onto the Pulsar topic")
     sp = add(sub, "submit", cmd_submit, "submit one ASR job with a TDMQ callback; prints its JobId")
     src = sp.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help="input object key in the configured bucket")

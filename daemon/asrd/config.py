@@ -67,13 +67,40 @@ def _resolve_secret(data: dict[str, Any], key: str, info: ValidationInfo) -> dic
     return data
 
 
-class CallbackSettings(_Section):
-    """What every submitted job asks CI for: a TDMQ message when it ends."""
+# CMQ's queue and topic name rule (reference tdmq-cmq.md §4.6): CI writes into that queue.
+CMQ_NAME = r"^[A-Za-z][A-Za-z0-9-]{0,63}$"
+CMQ_NAME_RULE = "at most 64 characters: a letter, then letters, digits and '-'"
 
+
+def _cmq_name(value: str) -> str:
+    if not re.fullmatch(CMQ_NAME, value):
+        raise ValueError(f"{value!r} is not a CMQ queue or topic name ({CMQ_NAME_RULE})")
+    return value
+
+
+class CallbackSettings(_Section):
+    """What every submitted job asks CI for when it ends: a message in a TDMQ-CMQ queue or topic
+    (``type = "tdmq"``, moved to Pulsar by ``[intake.cmq]``) or a POST to ``url``."""
+
+    type: Literal["tdmq", "url"] = "tdmq"
     format: Literal["JSON", "XML"] = "JSON"
     mq_region: Literal["sh", "bj", "gz", "cd", "hk"] = "gz"
     mq_mode: Literal["Queue", "Topic"] = "Queue"
-    mq_name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_\-=:.]+$")
+    mq_name: str = ""
+    url: str = Field(default="", pattern=r"^$|^https?://[^\s]+$")
+
+    @field_validator("mq_name")
+    @classmethod
+    def _mq_name_rule(cls, value: str) -> str:
+        return _cmq_name(value) if value else value
+
+    @model_validator(mode="after")
+    def _target(self) -> CallbackSettings:
+        if self.type == "tdmq" and not self.mq_name:
+            raise ValueError('mq_name is required when type is "tdmq"')
+        if self.type == "url" and not self.url:
+            raise ValueError('url is required when type is "url"')
+        return self
 
 
 class RecognitionSettings(_Section):
@@ -193,6 +220,69 @@ class ReconcileSettings(_Section):
     grace_s: float = Field(default=300.0, ge=0)
 
 
+class CmqIntakeSettings(_Section):
+    """The CMQ queue CI writes its notifications into; the intake moves them onto [pulsar] topic.
+
+    Credentials default to [ci]'s (the same Tencent Cloud key usually may do both).
+    """
+
+    endpoint: str = Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    queue: str
+    polling_wait_s: int = Field(default=10, ge=0, le=30)
+    batch_size: int = Field(default=16, ge=1, le=16)
+    secret_id: SecretStr | None = None
+    secret_id_file: Path | None = None
+    secret_key: SecretStr | None = None
+    secret_key_file: Path | None = None
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    signature_method: Literal["HmacSHA256", "HmacSHA1"] = "HmacSHA256"
+    timeout_s: float = Field(default=10.0, gt=0)
+    # /readyz fails once no poll has succeeded for this long.
+    unreachable_after_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, dict):
+            for key in ("secret_id", "secret_key", "token"):
+                data = _resolve_secret(dict(data), key, info)
+        return data
+
+    @field_validator("queue")
+    @classmethod
+    def _queue_rule(cls, value: str) -> str:
+        return _cmq_name(value)
+
+
+class UrlIntakeSettings(_Section):
+    """``POST /v1/callbacks/<token>`` on [http] listen: URL callbacks (``CallBackType=Url``) or a
+    CMQ topic's HTTP push, produced onto [pulsar] topic before the answer."""
+
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=5 * 1024 * 1024)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any, info: ValidationInfo) -> Any:
+        return _resolve_secret(dict(data), "token", info) if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _need_token(self) -> UrlIntakeSettings:
+        token = self.token.get_secret_value() if self.token is not None else ""
+        if len(token) < 16:
+            raise ValueError("token (or token_file) of at least 16 characters is required")
+        return self
+
+
+class IntakeSettings(_Section):
+    """What feeds the Pulsar topic. Either part may be absent."""
+
+    cmq: CmqIntakeSettings | None = None
+    url: UrlIntakeSettings | None = None
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -287,7 +377,33 @@ class Settings(_Section):
     http: HttpSettings = HttpSettings()
     log: LogSettings = LogSettings()
     reconcile: ReconcileSettings = ReconcileSettings()
+    intake: IntakeSettings = IntakeSettings()
     sinks: list[SinkSettings] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _intake_credentials(self) -> Settings:
+        cmq = self.intake.cmq
+        if cmq is None or (cmq.secret_id is not None and cmq.secret_key is not None):
+            return self
+        # Frozen sections: fill the defaults from [ci] into a copy.
+        filled = cmq.model_copy(
+            update={
+                "secret_id": cmq.secret_id or self.ci.secret_id,
+                "secret_key": cmq.secret_key or self.ci.secret_key,
+                "token": cmq.token if cmq.secret_id else (cmq.token or self.ci.token),
+            }
+        )
+        intake = self.intake.model_copy(update={"cmq": filled})
+        object.__setattr__(self, "intake", intake)
+        return self
+
+    @model_validator(mode="after")
+    def _url_receiver_needs_listener(self) -> Settings:
+        if self.intake.url is not None and not self.http.listen:
+            raise ValueError(
+                "intake.url needs [http] listen (the callback endpoint is served there)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_sink_names(self) -> Settings:

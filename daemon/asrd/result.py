@@ -237,7 +237,8 @@ def normalise(detail: dict[str, Any]) -> ResultRecord:
     result = operation.get("SpeechRecognitionResult") or {}
     if not isinstance(result, dict):
         raise InvalidResult(f"job {job_id} SpeechRecognitionResult is not a structure")
-    text = _str(result.get("Result"))
+    # CI can repeat <Result> (several elements, or a list in JSON): one text, in order.
+    text = "\n".join(_str(part) for part in as_list(result.get("Result")))
     segments = (
         _detail_segments(as_list(result.get("ResultDetail")))
         or _flash_segments(as_list(result.get("FlashResult")))

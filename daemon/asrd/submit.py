@@ -1,4 +1,5 @@
-"""Build and send the create-job request: every job asks CI for a TDMQ callback."""
+"""Build and send the create-job request: every job asks CI to notify a TDMQ-CMQ queue or topic
+(``[ci.callback] type = "tdmq"``, the default) or to POST to a URL (``type = "url"``)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,9 @@ def build_request(
     }
     if settings.queue_id:
         request["QueueId"] = settings.queue_id
+    if cb.type == "url":
+        request.update({"CallBack": cb.url, "CallBackFormat": cb.format, "CallBackType": "Url"})
+        return request
     request["CallBackFormat"] = cb.format
     request["CallBackType"] = "TDMQ"
     request["CallBackMqConfig"] = {

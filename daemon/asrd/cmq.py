@@ -1,0 +1,199 @@
+"""A small client of the TDMQ-CMQ data-flow HTTP API: batch receive (long poll) and batch delete.
+
+Why our own and not the official ``qcloud-cmq-sdk-py3``: that SDK (last changed 2020) signs a body
+starting with ``@`` without it, sends a non-API ``UserpollingWaitSeconds`` parameter, has no STS
+token support, writes a log file into the working directory the moment an account exists, shares
+one non-thread-safe connection, and re-sends keep-alive GET retries without their query string
+(reference ``tdmq-cmq.md`` §6). ``tencentcloud-sdk-python-common``'s ``AbstractClient`` adds API 3.0
+parameters and expects API 3.0 envelopes, so only its ``Sign.sign`` (the HMAC step) is reused; the
+request shape (§2.2) is the few lines below.
+
+Every request is a signed form POST to the endpoint copied from the console. Answers are HTTP 200
+with a JSON ``code``; ``7000`` ("no message") is the normal idle answer and comes back as an empty
+list, never as an error.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from tencentcloud.common.sign import Sign
+
+__all__ = [
+    "QUEUE_NAME",
+    "CmqClient",
+    "CmqError",
+    "CmqMessage",
+    "string_to_sign",
+]
+
+# CMQ's queue and topic name rule (tdmq-cmq.md §4.6).
+QUEUE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,63}$")
+MAX_BATCH = 16
+MAX_POLL_S = 30
+NO_MESSAGE = 7000
+# Codes that mean "try again later": throttled, server error, partial batch delete.
+_TRANSIENT = {4420, 6000}
+_PARTIAL_DELETE = 6010
+
+
+class CmqError(Exception):
+    """A CMQ call failed. ``code`` is CMQ's (0 for transport failures); ``transient`` says whether
+    waiting and retrying can help (network, 5xx, throttling) or not (signature, unknown queue)."""
+
+    def __init__(self, code: int, message: str, transient: bool, request_id: str = "") -> None:
+        super().__init__(f"CMQ code {code}: {message}" if code else message)
+        self.code = code
+        self.message = message
+        self.transient = transient
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class CmqMessage:
+    msg_id: str
+    body: str
+    receipt_handle: str
+    enqueue_time: int
+    dequeue_count: int
+
+
+def string_to_sign(method: str, host: str, path: str, params: Mapping[str, str]) -> str:
+    """``METHOD host path ? k=v&...`` with keys sorted by byte order and ``_`` in keys as ``.``;
+    values raw, not URL-encoded (tdmq-cmq.md §2.2)."""
+    pairs = "&".join(f"{k.replace('_', '.')}={params[k]}" for k in sorted(params))
+    return f"{method.upper()}{host}{path}?{pairs}"
+
+
+class CmqClient:
+    """Thread-safe enough for one caller per instance (the intake has one loop)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        secret_id: str,
+        secret_key: str,
+        token: str = "",
+        signature_method: str = "HmacSHA256",
+        timeout_s: float = 10.0,
+    ) -> None:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"CMQ endpoint {endpoint!r} is not an http(s) URL")
+        self._url = f"{parts.scheme}://{parts.netloc}{parts.path or '/'}"
+        self._host = parts.netloc  # what the server sees in Host, port included
+        self._path = parts.path or "/"
+        self._secret_id = secret_id
+        self._secret_key = secret_key
+        self._token = token
+        self._method = signature_method
+        self._timeout = timeout_s
+        self._session = requests.Session()
+        self._session.trust_env = False  # the queue endpoint is configuration, never a proxy guess
+
+    @property
+    def endpoint(self) -> str:
+        return self._url
+
+    def close(self) -> None:
+        self._session.close()
+
+    def _signed(self, action: str, params: Mapping[str, str]) -> dict[str, str]:
+        form = {
+            **params,
+            "Action": action,
+            "SecretId": self._secret_id,
+            "Nonce": str(random.randint(1, 2**31 - 1)),  # noqa: S311 - replay nonce, not a key
+            "Timestamp": str(int(time.time())),
+            "SignatureMethod": self._method,
+            "RequestClient": "asrd",
+        }
+        if self._token:
+            form["Token"] = self._token
+        sign_str = string_to_sign("POST", self._host, self._path, form)
+        form["Signature"] = Sign.sign(self._secret_key, sign_str, self._method)
+        return form
+
+    def call(
+        self,
+        action: str,
+        params: Mapping[str, str],
+        wait_s: float = 0.0,
+        accept: tuple[int, ...] = (0,),
+    ) -> dict[str, Any]:
+        """One signed call; returns the JSON answer when ``code`` is in ``accept``."""
+        try:
+            resp = self._session.post(
+                self._url, data=self._signed(action, params), timeout=self._timeout + wait_s
+            )
+        except requests.RequestException as exc:
+            # The exception text can carry the URL but never the form, which holds the signature.
+            raise CmqError(0, f"{action}: {type(exc).__name__}", transient=True) from None
+        if resp.status_code != 200:
+            raise CmqError(0, f"{action}: HTTP {resp.status_code}", transient=True)
+        try:
+            answer = resp.json()
+            code = int(answer["code"])
+        except (ValueError, KeyError, TypeError):
+            raise CmqError(0, f"{action}: answer is not CMQ JSON", transient=True) from None
+        if code not in accept:
+            raise CmqError(
+                code,
+                f"{action}: {answer.get('message', '')}",
+                transient=code in _TRANSIENT,
+                request_id=str(answer.get("requestId", "")),
+            )
+        return dict(answer)
+
+    def batch_receive(self, queue: str, count: int, wait_s: int) -> list[CmqMessage]:
+        """Up to ``count`` messages, long-polling up to ``wait_s``; ``[]`` when none came."""
+        answer = self.call(
+            "BatchReceiveMessage",
+            {
+                "queueName": queue,
+                "numOfMsg": str(max(1, min(count, MAX_BATCH))),
+                "pollingWaitSeconds": str(max(0, min(wait_s, MAX_POLL_S))),
+            },
+            wait_s=wait_s,
+            accept=(0, NO_MESSAGE),
+        )
+        if answer["code"] == NO_MESSAGE:
+            return []
+        return [
+            CmqMessage(
+                msg_id=str(m.get("msgId", "")),
+                body=str(m.get("msgBody", "")),
+                receipt_handle=str(m["receiptHandle"]),
+                enqueue_time=int(m.get("enqueueTime") or 0),
+                dequeue_count=int(m.get("dequeueCount") or 0),
+            )
+            for m in answer.get("msgInfoList") or []
+        ]
+
+    def batch_delete(self, queue: str, handles: Sequence[str]) -> dict[str, str]:
+        """Delete by receipt handle; returns ``{handle: reason}`` for those CMQ refused.
+
+        A refused handle (4430: expired or superseded) means CMQ will redeliver that message; the
+        copy already on Pulsar is then a duplicate the ledger absorbs.
+        """
+        if not handles:
+            return {}
+        params = {f"receiptHandle.{i}": h for i, h in enumerate(handles, start=1)}
+        params["queueName"] = queue
+        answer = self.call("BatchDeleteMessage", params, accept=(0, _PARTIAL_DELETE))
+        if answer["code"] == 0:
+            return {}
+        refused = {
+            str(e.get("receiptHandle", "")): f"code {e.get('code')}: {e.get('message', '')}"
+            for e in answer.get("errorList") or []
+        }
+        # Without a usable errorList every handle counts as refused: they come back and are
+        # absorbed as duplicates, which is safe; treating them as deleted would not be.
+        return refused or {h: str(answer.get("message", "")) for h in handles}
