@@ -155,7 +155,12 @@ def test_what_ci_really_sends_json_wrapped_in_response_with_message_success() ->
             "Response": {
                 "EventName": "TaskFinish",
                 "JobsDetail": [
-                    {"JobId": JOB, "Tag": "SpeechRecognition", "State": "Success", "Message": "Success"}
+                    {
+                        "JobId": JOB,
+                        "Tag": "SpeechRecognition",
+                        "State": "Success",
+                        "Message": "Success",
+                    }
                 ],
             }
         }

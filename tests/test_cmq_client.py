@@ -56,7 +56,7 @@ def test_queue_name_rule() -> None:
 
 
 def test_push_envelope_is_unwrapped_and_raw_bodies_pass() -> None:
-    inner = '<Response><EventName>TaskFinish</EventName></Response>'
+    inner = "<Response><EventName>TaskFinish</EventName></Response>"
     envelope = {
         "TopicOwner": 100015036,
         "topicName": "asr",
