@@ -36,6 +36,31 @@ class Emulator:
     proc: subprocess.Popen[str]
     endpoint: str
     data_dir: Path
+    cmq_endpoint: str = ""
+
+    def declare_queue(self, name: str, region: str = "gz", **attrs: int) -> None:
+        """Create a CMQ queue at run time, as the console would (``visibility``, ``maxsize``)."""
+        import requests
+
+        r = requests.put(f"{self.endpoint}/-/cmq/queues/{region}/{name}", json=attrs, timeout=10)
+        r.raise_for_status()
+
+    def declare_topic(self, name: str, queues: list[str], region: str = "gz") -> None:
+        import requests
+
+        r = requests.put(
+            f"{self.endpoint}/-/cmq/topics/{region}/{name}", json={"queues": queues}, timeout=10
+        )
+        r.raise_for_status()
+
+    def stats(self) -> dict[str, Any]:
+        import requests
+
+        return dict(requests.get(f"{self.endpoint}/-/faults", timeout=10).json())
+
+    def callbacks_sent(self) -> int:
+        counts = self.stats().get("counts", {})
+        return sum(v for k, v in counts.items() if k.startswith("callback_sent"))
 
     @property
     def port(self) -> int:
@@ -67,6 +92,8 @@ def start_emulator(data_dir: Path, pulsar_url: str, *extra: str) -> Emulator:
             str(data_dir),
             "--key",
             f"{SECRET_ID}:{SECRET_KEY}",
+            "--cmq-listen",
+            "127.0.0.1:0",
             *extra,
         ],
         stdout=subprocess.PIPE,
@@ -74,11 +101,11 @@ def start_emulator(data_dir: Path, pulsar_url: str, *extra: str) -> Emulator:
         text=True,
     )
     assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    if "listening on" not in line:
+    lines = [proc.stdout.readline().strip() for _ in range(2)]
+    if not lines[0].startswith("asrd emulator listening on ") or "CMQ listening on" not in lines[1]:
         proc.kill()
-        raise AssertionError(f"emulator did not start: {line!r}; see {data_dir / 'emulator.log'}")
-    return Emulator(proc, line.rsplit(" ", 1)[1], data_dir)
+        raise AssertionError(f"emulator did not start: {lines!r}; see {data_dir / 'emulator.log'}")
+    return Emulator(proc, lines[0].rsplit(" ", 1)[1], data_dir, lines[1].rsplit(" ", 1)[1])
 
 
 @dataclass
@@ -93,16 +120,26 @@ class DaemonConfig:
 
 def write_config(
     tmp: Path,
-    endpoint: str,
+    emulator: Emulator | str,
     pulsar_url: str,
     callback_format: str = "JSON",
     extra_pulsar: str = "",
     extra_sinks: str = "",
+    queue_attrs: dict[str, int] | None = None,
+    extra: str = "",
 ) -> DaemonConfig:
+    """The daemon's config wired as in production: CI notifies a CMQ queue (declared here in the
+    emulator), ``[intake.cmq]`` moves it onto the run's Pulsar topic. A plain endpoint string
+    (no emulator running) gets a placeholder CMQ endpoint, for tests that never connect."""
     mq_name = f"asr-{uuid.uuid4().hex[:10]}"
     topic = f"persistent://public/default/{mq_name}"
     results = tmp / "results"
     path = tmp / "asrd.toml"
+    if isinstance(emulator, Emulator):
+        endpoint, cmq_endpoint = emulator.endpoint, emulator.cmq_endpoint
+        emulator.declare_queue(mq_name, **(queue_attrs or {"visibility": 5}))
+    else:
+        endpoint, cmq_endpoint = emulator, "http://127.0.0.1:1"
     path.write_text(
         f"""
 [ci]
@@ -115,6 +152,12 @@ endpoint = "{endpoint}"
 [ci.callback]
 format = "{callback_format}"
 mq_name = "{mq_name}"
+
+[intake.cmq]
+endpoint = "{cmq_endpoint}"
+queue = "{mq_name}"
+polling_wait_s = 5
+unreachable_after_s = 10
 
 [pulsar]
 service_url = "{pulsar_url}"
@@ -135,6 +178,7 @@ type = "file"
 dir = "{results}"
 formats = ["json", "txt"]
 {extra_sinks}
+{extra}
 """
     )
     (tmp / "secret_key").write_text(SECRET_KEY + "\n")
@@ -261,3 +305,15 @@ def readyz(port: int) -> int:
         return requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code
     except requests.RequestException:
         return 0
+
+
+def official_cmq_queue(cmq_endpoint: str, name: str) -> Any:
+    """A queue handle from Tencent's own CMQ SDK (``qcloud-cmq-sdk-py3``): a client nobody here
+    wrote, to put messages into and check the emulator's queues from outside asrd."""
+    import logging
+
+    # Without a handler of its own the SDK opens CMQ_python_sdk.log in the working directory.
+    logging.getLogger("CMQ_python_sdk").addHandler(logging.NullHandler())
+    from cmq.account import Account
+
+    return Account(cmq_endpoint, SECRET_ID, SECRET_KEY).get_queue(name)

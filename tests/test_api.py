@@ -16,7 +16,7 @@ from .support import free_port, start_daemon, start_emulator, wait_for, write_co
 def test_api_health_metrics_submit_get_and_sd_notify(tmp_path: Path, broker: Broker) -> None:
     emu = start_emulator(tmp_path / "emulator", broker.service_url, "--job-delay", "0.2")
     port = free_port()
-    cfg = write_config(tmp_path, emu.endpoint, broker.service_url)
+    cfg = write_config(tmp_path, emu, broker.service_url)
     cfg.path.write_text(cfg.path.read_text() + f'\n[http]\nlisten = "127.0.0.1:{port}"\n')
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify.sock"))

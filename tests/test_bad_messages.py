@@ -110,7 +110,7 @@ def test_daemon_dead_letters_or_ignores_every_file_and_keeps_working(
     home.mkdir()
     cfg = write_config(
         home,
-        emulator.endpoint,
+        emulator,
         broker.service_url,
         extra_pulsar=f"max_attempts = {MAX_ATTEMPTS}\nretry_base_s = 0.2\nretry_max_s = 0.5",
     )

@@ -31,7 +31,7 @@ def emulator(tmp_path: Path, broker: Broker) -> Iterator[Emulator]:
 def test_submit_callback_get_sink_ack(
     tmp_path: Path, broker: Broker, emulator: Emulator, callback_format: str
 ) -> None:
-    cfg = write_config(tmp_path, emulator.endpoint, broker.service_url, callback_format)
+    cfg = write_config(tmp_path, emulator, broker.service_url, callback_format)
     ci = CiClient(config.load(cfg.path).ci)
     ci.put_object("media/meeting.mp3", b"ID3 not really audio")
     ci.put_object("media/meeting.mp3.transcript.txt", "\n".join(SENTENCES).encode())
@@ -79,7 +79,7 @@ def test_submit_callback_get_sink_ack(
 def test_check_connect_reaches_ci_and_broker(
     tmp_path: Path, broker: Broker, emulator: Emulator
 ) -> None:
-    cfg = write_config(tmp_path, emulator.endpoint, broker.service_url)
+    cfg = write_config(tmp_path, emulator, broker.service_url)
     ok = asrd("check", "--config", str(cfg.path), "--connect")
     assert ok.returncode == 0, ok.stderr
     assert "CI reachable" in ok.stdout and "Pulsar reachable" in ok.stdout
@@ -92,7 +92,7 @@ def test_check_connect_reaches_ci_and_broker(
 
 
 def test_get_and_list_commands(tmp_path: Path, broker: Broker, emulator: Emulator) -> None:
-    cfg = write_config(tmp_path, emulator.endpoint, broker.service_url)
+    cfg = write_config(tmp_path, emulator, broker.service_url)
     ci = CiClient(config.load(cfg.path).ci)
     ci.put_object("media/a.mp3", b"x")
     ci.put_object("media/a.mp3.transcript.txt", b"hello there")

@@ -43,7 +43,7 @@ type = "plugin"
 factory = "tests.plugin_sink:make"
 options = {{ path = "{lines}" }}
 """
-    cfg = write_config(tmp_path, emu.endpoint, broker.service_url, extra_sinks=sinks)
+    cfg = write_config(tmp_path, emu, broker.service_url, extra_sinks=sinks)
     daemon = start_daemon(cfg, tmp_path / "daemon.log")
     try:
         jobs = create_jobs(cfg, 3)

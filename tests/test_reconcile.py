@@ -26,7 +26,7 @@ from .support import (
 def test_reconcile_delivers_jobs_whose_callback_was_dropped(tmp_path: Path, broker: Broker) -> None:
     emu = start_emulator(tmp_path / "emulator", broker.service_url, "--job-delay", "0")
     try:
-        cfg = write_config(tmp_path, emu.endpoint, broker.service_url)
+        cfg = write_config(tmp_path, emu, broker.service_url)
         set_faults(emu.endpoint, callback_drop_rate=1.0)
         jobs = create_jobs(cfg, 30)
         ci = CiClient(config.load(cfg.path).ci)
@@ -46,7 +46,7 @@ def test_reconcile_delivers_jobs_whose_callback_was_dropped(tmp_path: Path, brok
 
 def test_daemon_reconciles_periodically(tmp_path: Path, broker: Broker) -> None:
     emu = start_emulator(tmp_path / "emulator", broker.service_url, "--job-delay", "0")
-    cfg = write_config(tmp_path, emu.endpoint, broker.service_url)
+    cfg = write_config(tmp_path, emu, broker.service_url)
     cfg.path.write_text(cfg.path.read_text() + "\n[reconcile]\ninterval_s = 1\ngrace_s = 0\n")
     set_faults(emu.endpoint, callback_drop_rate=0.5)
     daemon = start_daemon(cfg, tmp_path / "daemon.log")

@@ -70,7 +70,7 @@ def dead_letters(broker: Broker, cfg: DaemonConfig) -> list[object]:
 def test_callback_before_job_is_visible_is_retried_not_lost(
     tmp_path: Path, broker: Broker, emulator: Emulator
 ) -> None:
-    cfg = write_config(tmp_path, emulator.endpoint, broker.service_url, extra_pulsar=FAST_RETRY)
+    cfg = write_config(tmp_path, emulator, broker.service_url, extra_pulsar=FAST_RETRY)
     set_faults(emulator.endpoint, callback_early_rate=1.0, callback_early_s=1.5)
     log = tmp_path / "daemon.log"
     daemon = start_daemon(cfg, log)
@@ -87,7 +87,7 @@ def test_callback_before_job_is_visible_is_retried_not_lost(
 def test_dead_letter_then_replay(tmp_path: Path, broker: Broker, emulator: Emulator) -> None:
     cfg = write_config(
         tmp_path,
-        emulator.endpoint,
+        emulator,
         broker.service_url,
         extra_pulsar=f"max_attempts = 2\n{FAST_RETRY}",
     )
@@ -121,7 +121,7 @@ def test_ci_faults_5xx_throttling_latency(
 ) -> None:
     cfg = write_config(
         tmp_path,
-        emulator.endpoint,
+        emulator,
         broker.service_url,
         extra_pulsar=f"concurrency = 16\n{FAST_RETRY}",
     )
@@ -149,7 +149,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
 ) -> None:
     cfg = write_config(
         tmp_path,
-        emulator.endpoint,
+        emulator,
         broker.service_url,
         extra_pulsar=f"concurrency = 8\n{FAST_RETRY}",
     )
@@ -184,7 +184,7 @@ def test_sigterm_under_load_drains_within_deadline(
     deadline = 5.0
     cfg = write_config(
         tmp_path,
-        emulator.endpoint,
+        emulator,
         broker.service_url,
         extra_pulsar=f"concurrency = 8\nshutdown_deadline_s = {deadline}\n{FAST_RETRY}",
     )
@@ -212,7 +212,7 @@ def test_broker_restart_mid_run(tmp_path: Path, broker: Broker, emulator: Emulat
         pytest.fail("this test restarts the broker: run it against scripts/pulsar")
     cfg = write_config(
         tmp_path,
-        emulator.endpoint,
+        emulator,
         broker.service_url,
         extra_pulsar=f"concurrency = 8\n{FAST_RETRY}",
     )
@@ -245,7 +245,7 @@ def test_duplicate_callbacks_reach_a_sink_once(
     hook = Receiver()
     cfg = write_config(
         tmp_path,
-        emulator.endpoint,
+        emulator,
         broker.service_url,
         extra_sinks=f'[[sinks]]\nname = "app"\ntype = "webhook"\nurl = "{hook.url()}"',
     )

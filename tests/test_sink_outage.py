@@ -37,7 +37,7 @@ def test_webhook_down_30s_backlog_drains_memory_bounded(tmp_path: Path, broker: 
     port = hook.port
     cfg = write_config(
         tmp_path,
-        emu.endpoint,
+        emu,
         broker.service_url,
         extra_pulsar="concurrency = 8\nmax_in_flight = 32\nmax_attempts = 1000\n"
         "retry_base_s = 0.5\nretry_max_s = 4.0",

@@ -301,7 +301,7 @@ def test_daemon_delivers_each_job_once_to_webhook_and_file(
 ) -> None:
     cfg = write_config(
         tmp_path,
-        emulator.endpoint,
+        emulator,
         broker.service_url,
         extra_sinks=(
             f'\n[[sinks]]\nname = "app"\ntype = "webhook"\nurl = "{receiver.url()}"\n'
@@ -390,7 +390,7 @@ def test_daemon_retries_a_503_and_the_receiver_can_dedupe(
     hook = Receiver(first_503)
     cfg = write_config(
         tmp_path,
-        emulator.endpoint,
+        emulator,
         broker.service_url,
         extra_pulsar=FAST_RETRY,
         extra_sinks=webhook_table(hook.url()),
@@ -424,7 +424,7 @@ def test_daemon_dead_letters_a_422_without_leaking_secrets(
     hook = Receiver(lambda _: (422, 0.0))
     cfg = write_config(
         tmp_path,
-        emulator.endpoint,
+        emulator,
         broker.service_url,
         extra_pulsar=FAST_RETRY,
         extra_sinks=webhook_table(hook.url("/asr?token=qsecret")),
