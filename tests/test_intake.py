@@ -171,7 +171,7 @@ def test_callback_too_big_for_the_queue_is_delivered_by_the_reconciler(
         queue_attrs={"visibility": 5, "maxsize": 1024},
         extra=f"[reconcile]\ninterval_s = {interval}\ngrace_s = 0\nlookback_s = 3600\n",
     )
-    long_talk = [f"第{i}句话，这是一段很长的录音内容。" for i in range(60)]
+    long_talk = [f"第{i}句话这是一段很长的录音内容。" for i in range(60)]
     put_audio(cfg, "media/long.mp3", long_talk)
     daemon = start_daemon(cfg, tmp_path / "daemon.log")
     try:
