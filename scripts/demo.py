@@ -1,6 +1,8 @@
-"""`make demo`: the whole pipeline on this machine — broker, emulator, daemon, a few jobs.
+"""`make demo`: the whole pipeline on this machine, wired as in production — broker, emulator
+(CI + its TDMQ-CMQ queue), daemon (CMQ intake → Pulsar → consumer → sinks), a few jobs.
 
-Starts what is not running, submits sample jobs with `asrd submit`, waits for their records in
+Starts what is not running, submits sample jobs with `asrd submit` (CallBackType=TDMQ, so CI
+writes each TaskFinish message into the CMQ queue `asr-demo`), waits for their records in
 var/results/, prints a table, and stops what it started.
 """
 
@@ -36,8 +38,15 @@ secret_key_file = "{demo}/secret_key"
 endpoint = "{endpoint}"
 
 [ci.callback]
+type = "tdmq"
 format = "JSON"
+mq_region = "gz"
+mq_mode = "Queue"
 mq_name = "asr-demo"
+
+[intake.cmq]
+endpoint = "{cmq_endpoint}"
+queue = "asr-demo"
 
 [pulsar]
 service_url = "{pulsar}"
@@ -84,22 +93,29 @@ def main() -> int:
             return 1
         pulsar_url = started.stdout.strip()
 
-        step("starting the CI emulator")
+        step("starting the emulator: CI + COS, and TDMQ-CMQ with the queue gz:asr-demo")
         emulator = subprocess.Popen(
-            [*ASRD, "emulator", "--listen", "127.0.0.1:0", "--pulsar-url", pulsar_url,
-             "--data-dir", str(DEMO / "emulator"), "--key", f"{SECRET_ID}:{SECRET_KEY}",
-             "--job-delay", "1.5"],
+            [*ASRD, "emulator", "--listen", "127.0.0.1:0", "--data-dir", str(DEMO / "emulator"),
+             "--key", f"{SECRET_ID}:{SECRET_KEY}", "--job-delay", "1.5",
+             "--cmq-listen", "127.0.0.1:0", "--cmq-queue", "gz:asr-demo"],
             stdout=subprocess.PIPE, stderr=(DEMO / "emulator.log").open("w"), text=True,
         )  # fmt: skip
         assert emulator.stdout is not None
         endpoint = emulator.stdout.readline().strip().rsplit(" ", 1)[-1]
-        if not endpoint.startswith("http://"):
+        cmq_endpoint = emulator.stdout.readline().strip().rsplit(" ", 1)[-1]
+        if not endpoint.startswith("http://") or not cmq_endpoint.startswith("http://"):
             print(f"emulator did not start; see {DEMO / 'emulator.log'}", file=sys.stderr)
             return 1
 
         (DEMO / "secret_key").write_text(SECRET_KEY + "\n")
         cfg = DEMO / "asrd.toml"
-        values = {"secret_id": SECRET_ID, "demo": DEMO, "endpoint": endpoint, "results": RESULTS}
+        values = {
+            "secret_id": SECRET_ID,
+            "demo": DEMO,
+            "endpoint": endpoint,
+            "cmq_endpoint": cmq_endpoint,
+            "results": RESULTS,
+        }
         cfg.write_text(CONFIG.format(pulsar=pulsar_url, **values))
         from asrd import config
         from asrd.ci import CiClient
@@ -109,12 +125,12 @@ def main() -> int:
             ci.put_object(key, b"not really audio")
             ci.put_object(f"{key}.transcript.txt", "\n".join(sentences).encode())
 
-        step("starting the daemon: asrd run --config var/demo/asrd.toml")
+        step("starting the daemon: asrd run --config var/demo/asrd.toml (CMQ intake + consumer)")
         daemon = subprocess.Popen(
             [*ASRD, "run", "--config", str(cfg)], stderr=(DEMO / "daemon.log").open("w"), text=True
         )
 
-        step(f"submitting {len(SAMPLES)} jobs with asrd submit (CallBackType=TDMQ)")
+        step(f"submitting {len(SAMPLES)} jobs with asrd submit (CallBackType=TDMQ → CMQ asr-demo)")
         jobs = {}
         for key in SAMPLES:
             out = subprocess.run(
