@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
+from pydantic import SecretStr
 
 from .. import backoff
 from ..cmq import CmqClient, CmqError, CmqMessage
@@ -33,15 +34,16 @@ CMQ_MSG_ID = "CMQ_MSG_ID"
 CMQ_DEQUEUE_COUNT = "CMQ_DEQUEUE_COUNT"
 
 
-def cmq_client(settings: CmqIntakeSettings) -> CmqClient:
-    def secret(value: object) -> str:
-        return value.get_secret_value() if hasattr(value, "get_secret_value") else ""
+def _secret(value: SecretStr | None) -> str:
+    return value.get_secret_value() if value is not None else ""
 
+
+def cmq_client(settings: CmqIntakeSettings) -> CmqClient:
     return CmqClient(
         settings.endpoint,
-        secret(settings.secret_id),
-        secret(settings.secret_key),
-        token=secret(settings.token),
+        _secret(settings.secret_id),
+        _secret(settings.secret_key),
+        token=_secret(settings.token),
         signature_method=settings.signature_method,
         timeout_s=settings.timeout_s,
     )
