@@ -11,6 +11,17 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from asrd.emulator.cmq import (
+    HARD_MAX_BYTES,
+    MAX_POLL_S,
+    MAX_VISIBILITY_S,
+    NAME_RE,
+    REGION_RE,
+    Cmq,
+    QueueSpec,
+    TopicSpec,
+)
+from asrd.emulator.cmq_api import CmqApi
 from asrd.emulator.faults import FaultConfig, Faults
 from asrd.emulator.http import serve
 from asrd.emulator.jobs import JobStore
@@ -38,6 +49,59 @@ def _key(value: str) -> Credential:
     return Credential(parts[0], parts[1], parts[2] if len(parts) == 3 and parts[2] else None)
 
 
+def _region_and_name(region: str, name: str) -> None:
+    if not REGION_RE.match(region):
+        raise argparse.ArgumentTypeError(f"region {region!r} must be a short code such as gz")
+    if not NAME_RE.match(name):
+        raise argparse.ArgumentTypeError(
+            f"name {name!r}: up to 64 letters, digits or '-', starting with a letter"
+        )
+
+
+def _option(text: str, allowed: dict[str, tuple[int, int]]) -> tuple[str, int]:
+    key, sep, raw = text.partition("=")
+    if not sep or key not in allowed:
+        raise argparse.ArgumentTypeError(f"unknown option {text!r} (expected {', '.join(allowed)})")
+    low, high = allowed[key]
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise argparse.ArgumentTypeError(f"{key} must be an integer from {low} to {high}")
+    return key, int(raw)
+
+
+def _cmq_queue(value: str) -> QueueSpec:
+    """``REGION:NAME[:visibility=S][:maxsize=B][:polling=S]``"""
+    region, _, rest = value.partition(":")
+    name, *options = rest.split(":")
+    _region_and_name(region, name)
+    allowed = {
+        "visibility": (1, MAX_VISIBILITY_S),
+        "maxsize": (1024, HARD_MAX_BYTES),
+        "polling": (0, MAX_POLL_S),
+    }
+    settings = dict(_option(o, allowed) for o in options)
+    return QueueSpec(region, name, **settings)
+
+
+def _cmq_topic(value: str) -> TopicSpec:
+    """``REGION:NAME:QUEUE[,QUEUE...][:maxsize=B]``"""
+    parts = value.split(":")
+    if len(parts) < 3 or not parts[2]:
+        raise argparse.ArgumentTypeError("expected REGION:NAME:QUEUE[,QUEUE...][:maxsize=B]")
+    region, name, queues, *options = parts
+    _region_and_name(region, name)
+    names = tuple(queues.split(","))
+    for queue in names:
+        _region_and_name(region, queue)
+    settings = dict(_option(o, {"maxsize": (1024, HARD_MAX_BYTES)}) for o in options)
+    return TopicSpec(region, name, names, **settings)
+
+
+def _region(value: str) -> str:
+    if not REGION_RE.match(value):
+        raise argparse.ArgumentTypeError("expected a short region code such as gz")
+    return value
+
+
 def _latency(value: str) -> tuple[float, float]:
     low, _, high = value.partition(":")
     try:
@@ -60,7 +124,8 @@ def _rate(value: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="asrd emulator",
-        description="Local Tencent CI speech-recognition (asr_jobs) + COS object emulator.",
+        description="Local Tencent CI speech-recognition (asr_jobs), COS object and TDMQ-CMQ"
+        " emulator.",
     )
     p.add_argument("--listen", type=_listen, default=("127.0.0.1", 9000), metavar="HOST:PORT")
     p.add_argument("--pulsar-url", default="pulsar://127.0.0.1:6650")
@@ -73,7 +138,46 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECRET_ID:SECRET_KEY[:TOKEN]",
         help="accepted key pair (repeatable); with TOKEN the security-token header is required",
     )
-    p.add_argument("--topic-template", default="persistent://public/default/{MqName}")
+    c = p.add_argument_group("TDMQ-CMQ (where CallBackType=TDMQ notifications go)")
+    c.add_argument(
+        "--cmq-listen",
+        type=_listen,
+        metavar="HOST:PORT",
+        help="serve the CMQ data-flow API on this address as well",
+    )
+    c.add_argument(
+        "--cmq-default-region",
+        type=_region,
+        default="gz",
+        help="region of a CMQ request whose Host header names none (default gz)",
+    )
+    c.add_argument(
+        "--cmq-queue",
+        type=_cmq_queue,
+        action="append",
+        default=[],
+        metavar="REGION:NAME[:visibility=S][:maxsize=B][:polling=S]",
+        help="declare a queue (repeatable; kept in the journal)",
+    )
+    c.add_argument(
+        "--cmq-topic",
+        type=_cmq_topic,
+        action="append",
+        default=[],
+        metavar="REGION:NAME:QUEUE[,QUEUE...][:maxsize=B]",
+        help="declare a topic with queue subscriptions (repeatable; kept in the journal)",
+    )
+    c.add_argument(
+        "--tdmq-to-pulsar",
+        action="store_true",
+        help="legacy: publish TDMQ notifications to the Pulsar topic --topic-template instead"
+        " of CMQ (for setups that forward CMQ to Pulsar themselves)",
+    )
+    c.add_argument(
+        "--topic-template",
+        default="persistent://public/default/{MqName}",
+        help="with --tdmq-to-pulsar: the Pulsar topic for an MqName",
+    )
     p.add_argument(
         "--job-delay", type=float, default=1.0, help="seconds from create to terminal state"
     )
@@ -129,22 +233,45 @@ async def run(args: argparse.Namespace, notifier: Notifier) -> int:
     faults = Faults(fault_config(args), seed=args.fault_seed)
     journal = Journal(args.data_dir)
     store = JobStore(journal)
-    unfinished = store.restore()
+    cmq = Cmq(journal, stats)
+    records = list(journal.records())
+    unfinished = store.restore(records)
+    cmq.restore(records)
+    del records
+    journal.rewrite(store.snapshot() + cmq.snapshot())
+    for spec in args.cmq_queue:
+        cmq.declare_queue(spec)
+    for topic in args.cmq_topic:
+        cmq.declare_topic(topic)
     objects = ObjectStore(args.data_dir)
-    runner = JobRunner(store, objects, notifier, faults, max(0.0, args.job_delay), stats)
-    app = App(Verifier(args.key), store, objects, runner, faults, stats)
+    runner = JobRunner(
+        store,
+        objects,
+        notifier,
+        faults,
+        max(0.0, args.job_delay),
+        stats,
+        cmq,
+        tdmq_to_pulsar=args.tdmq_to_pulsar,
+    )
+    app = App(Verifier(args.key), store, objects, runner, faults, stats, cmq)
     for job in unfinished:  # jobs cut short by the last stop run again from the start
         runner.start(job)
-    host, port = args.listen
-    server = await serve(app.handle, host, port)
-    bound = server.sockets[0].getsockname()
-    shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-    sys.stdout.write(f"asrd emulator listening on http://{shown}:{bound[1]}\n")
-    sys.stdout.flush()
+    servers = [await serve(app.handle, *args.listen)]
+    if args.cmq_listen is not None:
+        api = CmqApi(cmq, args.key, args.cmq_default_region, stats)
+        servers.append(await serve(api.handle, *args.cmq_listen))
+    names = ["asrd emulator", "asrd emulator CMQ"]
+    for name, server in zip(names, servers, strict=False):
+        bound = server.sockets[0].getsockname()
+        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        sys.stdout.write(f"{name} listening on http://{shown}:{bound[1]}\n")
+        sys.stdout.flush()
     try:
         await stop.wait()
     finally:
-        server.close()
+        for server in servers:
+            server.close()
         await runner.drain(timeout=5.0)
         try:
             await asyncio.wait_for(loop.run_in_executor(None, notifier.close), timeout=20)
@@ -155,7 +282,16 @@ async def run(args: argparse.Namespace, notifier: Notifier) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    declared = {(q.region, q.name) for q in args.cmq_queue}
+    for topic in args.cmq_topic:
+        for queue in topic.queues:
+            if (topic.region, queue) not in declared:
+                parser.error(
+                    f"argument --cmq-topic: topic {topic.name} subscribes queue {queue!r},"
+                    f" which no --cmq-queue {topic.region}:{queue} declares"
+                )
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,

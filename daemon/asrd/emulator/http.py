@@ -32,6 +32,8 @@ class Request:
     body: bytes
     keep_alive: bool
     peer: str = ""
+    # True once the client's connection is gone (a long poll then stops taking messages).
+    closed: Callable[[], bool] = field(default=lambda: False, repr=False)
 
 
 @dataclass
@@ -212,6 +214,7 @@ class HttpProtocol(asyncio.Protocol):
             body=body,
             keep_alive=keep_alive,
             peer=self._peer,
+            closed=lambda: self._closed,
         )
 
 

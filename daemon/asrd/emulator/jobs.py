@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict
+from typing import Any
 
 from asrd.emulator.journal import Journal
 from asrd.emulator.model import Job, NotifyConfig, Queue, Template, default_queue_id, new_job_id
@@ -21,12 +22,11 @@ class JobStore:
         self.templates: dict[str, Template] = {}
         self._journal = journal
 
-    def restore(self) -> list[Job]:
-        """Replay the journal; returns the jobs that had not finished (to be run again)."""
-        if self._journal is None:
-            return []
+    def restore(self, records: Iterable[dict[str, Any]]) -> list[Job]:
+        """Replay journal records (other kinds are skipped); returns the unfinished jobs."""
         jobs: dict[str, Job] = {}
-        for rec in self._journal.records():
+        for record in records:
+            rec = dict(record)  # the records are shared with the other stores
             kind = rec.pop("kind", None)
             try:
                 if kind == "template":
@@ -47,13 +47,15 @@ class JobStore:
             job.seq = i
         self._jobs = {j.job_id: j for j in self._order}
         self._seq = len(self._order)
-        # Keep only the latest record per id, so the journal does not grow across restarts.
-        self._journal.rewrite(
+        return [j for j in self._order if j.state in ("Submitted", "Running")]
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Only the latest record per id (compaction, so the journal does not grow forever)."""
+        return (
             [{"kind": "template", **asdict(t)} for t in self.templates.values()]
             + [{"kind": "queue", **asdict(q)} for q in self.queues.values()]
             + [j.to_record() for j in self._order]
         )
-        return [j for j in self._order if j.state in ("Submitted", "Running")]
 
     def save(self, job: Job) -> None:
         """Record a job's new state (called after every change)."""

@@ -1,4 +1,4 @@
-"""TaskFinish notifications: bodies (XML/JSON), Pulsar publishing (TDMQ) and URL POSTs."""
+"""TaskFinish notifications: bodies (XML/JSON), URL POSTs, and the legacy TDMQ → Pulsar path."""
 
 from __future__ import annotations
 
@@ -37,10 +37,10 @@ def callback_body(detail: dict[str, Any], fmt: str) -> tuple[bytes, str]:
 
 @dataclass(frozen=True)
 class Delivery:
-    """Where one notification goes: a Pulsar topic (TDMQ) or a URL."""
+    """Where one notification goes: a CMQ queue/topic (TDMQ) or a URL."""
 
     kind: str  # "TDMQ" | "Url"
-    target: str  # topic or URL
+    target: str  # MqName or URL
     fmt: str
     properties: dict[str, str]
 
@@ -90,8 +90,9 @@ class Notifier:
 
     def deliver(self, delivery: Delivery, body: bytes, content_type: str) -> None:
         """Blocking; raises on failure (the caller counts and retries)."""
-        if delivery.kind == "TDMQ":
-            self._producer(delivery.target).send(body, properties=delivery.properties)
+        if delivery.kind == "TDMQ":  # only with --tdmq-to-pulsar
+            topic = self.topic_for(delivery.target)
+            self._producer(topic).send(body, properties=delivery.properties)
             return
         req = urllib.request.Request(  # noqa: S310 - the job owner chose this URL
             delivery.target, data=body, method="POST", headers={"Content-Type": content_type}

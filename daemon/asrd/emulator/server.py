@@ -16,6 +16,7 @@ from email.utils import formatdate
 from typing import Any
 
 from asrd.emulator import xmlio
+from asrd.emulator.cmq import Cmq
 from asrd.emulator.errors import ApiError, invalid
 from asrd.emulator.faults import Faults
 from asrd.emulator.http import Request, Response
@@ -64,8 +65,10 @@ class App:
         runner: JobRunner,
         faults: Faults,
         stats: Counter[str],
+        cmq: Cmq | None = None,
     ) -> None:
         self.verifier = verifier
+        self.cmq = cmq
         self.store = store
         self.objects = objects
         self.runner = runner
@@ -287,6 +290,8 @@ class App:
                     self.faults.counts.clear()
                 return _json(200, self._fault_state())
             return _json(405, {"error": "use GET or PUT"})
+        if req.path == "/-/cmq" and req.method == "GET" and self.cmq is not None:
+            return _json(200, self.cmq.state())
         return _json(404, {"error": "unknown admin path"})
 
     def _fault_state(self) -> dict[str, Any]:
