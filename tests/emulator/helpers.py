@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from typing import Any
@@ -9,6 +10,7 @@ from urllib.parse import quote
 
 import requests
 import xmltodict
+from cmq.account import Account
 from qcloud_cos import CosS3Client
 from qcloud_cos.cos_auth import CosS3Auth
 
@@ -88,3 +90,17 @@ def error_fields(resp: requests.Response) -> dict[str, str]:
         assert doc[name], name
     assert doc["RequestId"] == resp.headers["x-ci-request-id"]
     return dict(doc)
+
+
+def cmq_account(url: str, secret_id: str = SECRET_ID, secret_key: str = SECRET_KEY) -> Account:
+    """The official CMQ SDK's ``Account``. The SDK adds a log file in the working directory to
+    its logger unless that logger has a handler already (tdmq-cmq.md §6 defect 4): give it one."""
+    sdk_log = logging.getLogger("CMQ_python_sdk")
+    if not sdk_log.handlers:
+        sdk_log.addHandler(logging.NullHandler())
+    return Account(url, secret_id, secret_key)
+
+
+def cmq_name(prefix: str = "q") -> str:
+    """A fresh CMQ queue/topic name (letters, digits, '-')."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"

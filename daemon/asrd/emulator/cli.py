@@ -70,7 +70,9 @@ def _option(text: str, allowed: dict[str, tuple[int, int]]) -> tuple[str, int]:
 
 def _cmq_queue(value: str) -> QueueSpec:
     """``REGION:NAME[:visibility=S][:maxsize=B][:polling=S]``"""
-    region, _, rest = value.partition(":")
+    region, sep, rest = value.partition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError("expected REGION:NAME[:visibility=S][:maxsize=B]")
     name, *options = rest.split(":")
     _region_and_name(region, name)
     allowed = {
