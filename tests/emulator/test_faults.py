@@ -5,28 +5,24 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pulsar
 import pytest
 import requests
+import xmltodict
+from cmq.cmq_exception import CMQServerException
 from qcloud_cos.cos_exception import CosServiceError
 
 from .conftest import Emulator
 from .helpers import BUCKET, REGION, create_job_raw, unique, wait_state
 
 MakeEmulator = Callable[..., Emulator]
+# Callbacks go to a CMQ topic in bj that pushes into one queue; the SDK reads bj by default.
+CMQ = ("--cmq-default-region", "bj", "--cmq-queue", "bj:cb", "--cmq-topic", "bj:cb-topic:cb")
 
 
-@pytest.fixture(scope="module")
-def pulsar_client(broker: Any) -> Iterator[pulsar.Client]:
-    client = pulsar.Client(broker.service_url, operation_timeout_seconds=10)
-    yield client
-    client.close()
-
-
-def tdmq_job(emu: Emulator, topic: str) -> str:
+def tdmq_job(emu: Emulator) -> str:
     client = emu.client()
     key = f"in/{unique()}.mp3"
     client.put_object(Bucket=BUCKET, Body=b"a", Key=key)
@@ -38,13 +34,23 @@ def tdmq_job(emu: Emulator, topic: str) -> str:
             "Output": {"Region": REGION, "Bucket": BUCKET, "Object": key + ".txt"},
         },
         "CallBackType": "TDMQ",
-        "CallBackMqConfig": {"MqRegion": "bj", "MqMode": "Topic", "MqName": topic.split("/")[-1]},
+        "CallBackMqConfig": {"MqRegion": "bj", "MqMode": "Topic", "MqName": "cb-topic"},
     }
     return str(create_job_raw(client, req)["JobsDetail"]["JobId"])
 
 
-def consumer_for(pulsar_client: pulsar.Client, topic: str) -> pulsar.Consumer:
-    return pulsar_client.subscribe(topic, "t", initial_position=pulsar.InitialPosition.Earliest)
+def receive(emu: Emulator, wait: int = 15) -> Any:
+    """The next callback in the CMQ queue (deleted), as the SDK's Message."""
+    queue = emu.cmq().get_queue("cb")
+    msg = queue.receive_message(wait)
+    queue.delete_message(msg.receiptHandle)
+    return msg
+
+
+def assert_nothing(emu: Emulator, wait: int) -> None:
+    with pytest.raises(CMQServerException) as err:
+        emu.cmq().get_queue("cb").receive_message(wait)
+    assert err.value.code == 7000
 
 
 def test_flags_are_reported_and_latency_applies(make_emulator: MakeEmulator) -> None:
@@ -102,88 +108,64 @@ def test_throttling_answers_slowdown(make_emulator: MakeEmulator) -> None:
     assert emu.state()["counts"]["throttled"] == statuses.count("slow")
 
 
-def test_jobs_fail_with_given_code(
-    make_emulator: MakeEmulator, pulsar_client: pulsar.Client, topic: str
-) -> None:
+def test_jobs_fail_with_given_code(make_emulator: MakeEmulator) -> None:
     emu = make_emulator(
-        "--job-delay", "0.1", "--fault-job-fail-rate", "1", "--fault-job-fail-code", "AudioBroken"
-    )
-    consumer = consumer_for(pulsar_client, topic)
-    job_id = tdmq_job(emu, topic)
+        "--job-delay", "0.1", "--fault-job-fail-rate", "1", "--fault-job-fail-code", "AudioBroken",
+        *CMQ,
+    )  # fmt: skip
+    job_id = tdmq_job(emu)
     done = wait_state(emu.client(), job_id)
     assert (done["State"], done["Code"], done["Message"]) == (
         "Failed",
         "AudioBroken",
         "injected failure",
     )
-    msg = consumer.receive(timeout_millis=30000)
-    import xmltodict
-
-    detail = xmltodict.parse(msg.data())["Response"]["JobsDetail"]
+    detail = xmltodict.parse(receive(emu).msgBody)["Response"]["JobsDetail"]
     assert (detail["JobId"], detail["State"], detail["Code"]) == (job_id, "Failed", "AudioBroken")
     assert emu.state()["counts"]["job_failed"] == 1
-    consumer.close()
 
 
-def test_callback_dropped(
-    make_emulator: MakeEmulator, pulsar_client: pulsar.Client, topic: str
-) -> None:
-    emu = make_emulator("--job-delay", "0.1", "--fault-callback-drop-rate", "1")
-    consumer = consumer_for(pulsar_client, topic)
-    job_id = tdmq_job(emu, topic)
+def test_callback_dropped(make_emulator: MakeEmulator) -> None:
+    emu = make_emulator("--job-delay", "0.1", "--fault-callback-drop-rate", "1", *CMQ)
+    job_id = tdmq_job(emu)
     assert wait_state(emu.client(), job_id)["State"] == "Success"
-    with pytest.raises(pulsar.Timeout):
-        consumer.receive(timeout_millis=1500)
+    assert_nothing(emu, 1)
     assert emu.state()["counts"]["callback_dropped"] == 1
-    consumer.close()
+    assert "cmq_callbacks_sent" not in emu.stats()
 
 
-def test_callback_duplicated(
-    make_emulator: MakeEmulator, pulsar_client: pulsar.Client, topic: str
-) -> None:
-    emu = make_emulator("--job-delay", "0.1")
+def test_callback_duplicated(make_emulator: MakeEmulator) -> None:
+    emu = make_emulator("--job-delay", "0.1", *CMQ)
     emu.faults(callback_duplicate_rate=1.0)
-    consumer = consumer_for(pulsar_client, topic)
-    job_id = tdmq_job(emu, topic)
-    first = consumer.receive(timeout_millis=30000)
-    second = consumer.receive(timeout_millis=30000)
-    assert first.properties()["JobId"] == second.properties()["JobId"] == job_id
-    assert first.data() == second.data()
-    assert first.message_id() != second.message_id()
+    job_id = tdmq_job(emu)
+    first, second = receive(emu), receive(emu)
+    assert first.msgBody == second.msgBody
+    assert xmltodict.parse(first.msgBody)["Response"]["JobsDetail"]["JobId"] == job_id
+    assert first.msgId != second.msgId
     assert emu.state()["counts"]["callback_duplicated"] == 1
-    consumer.close()
+    assert emu.stats()["cmq_callbacks_sent"] == 2
 
 
-def test_callback_delayed(
-    make_emulator: MakeEmulator, pulsar_client: pulsar.Client, topic: str
-) -> None:
-    emu = make_emulator("--job-delay", "0")
-    emu.faults(callback_delay_rate=1.0, callback_delay_s=1.2)
-    consumer = consumer_for(pulsar_client, topic)
-    job_id = tdmq_job(emu, topic)
+def test_callback_delayed(make_emulator: MakeEmulator) -> None:
+    emu = make_emulator("--job-delay", "0", *CMQ)
+    emu.faults(callback_delay_rate=1.0, callback_delay_s=1.5)
+    job_id = tdmq_job(emu)
     assert wait_state(emu.client(), job_id)["State"] == "Success"
     visible = time.monotonic()
-    with pytest.raises(pulsar.Timeout):
-        consumer.receive(timeout_millis=500)
-    msg = consumer.receive(timeout_millis=30000)
-    assert msg.properties()["JobId"] == job_id
-    assert time.monotonic() - visible >= 0.9
+    assert_nothing(emu, 0)
+    msg = receive(emu)  # the long poll ends when the delayed callback arrives
+    assert xmltodict.parse(msg.msgBody)["Response"]["JobsDetail"]["JobId"] == job_id
+    assert time.monotonic() - visible >= 1.0
     assert emu.state()["counts"]["callback_delayed"] == 1
-    consumer.close()
 
 
-def test_callback_before_job_is_visible(
-    make_emulator: MakeEmulator, pulsar_client: pulsar.Client, topic: str
-) -> None:
+def test_callback_before_job_is_visible(make_emulator: MakeEmulator) -> None:
     emu = make_emulator(
-        "--job-delay", "0.1", "--fault-callback-early-rate", "1", "--fault-callback-early-s", "1.5"
-    )
-    consumer = consumer_for(pulsar_client, topic)
-    job_id = tdmq_job(emu, topic)
-    msg = consumer.receive(timeout_millis=30000)
-    import xmltodict
-
-    announced = xmltodict.parse(msg.data())["Response"]["JobsDetail"]
+        "--job-delay", "0.1", "--fault-callback-early-rate", "1", "--fault-callback-early-s", "1.5",
+        *CMQ,
+    )  # fmt: skip
+    job_id = tdmq_job(emu)
+    announced = xmltodict.parse(receive(emu).msgBody)["Response"]["JobsDetail"]
     assert announced["State"] == "Success"
     now = emu.client().ci_get_asr_job(Bucket=BUCKET, JobID=job_id)["JobsDetail"][0]
     assert now["State"] == "Running" and now["EndTime"] == "-"
@@ -191,7 +173,6 @@ def test_callback_before_job_is_visible(
     assert final["State"] == "Success"
     assert final["EndTime"] == announced["EndTime"]
     assert emu.state()["counts"]["callback_early"] == 1
-    consumer.close()
 
 
 def test_admin_api_rejects_bad_settings(make_emulator: MakeEmulator) -> None:
@@ -205,15 +186,11 @@ def test_admin_api_rejects_bad_settings(make_emulator: MakeEmulator) -> None:
     assert emu.state()["faults"]["error_rate"] == 0
 
 
-def test_sigint_after_publishing_exits_zero(
-    make_emulator: MakeEmulator, pulsar_client: pulsar.Client, topic: str
-) -> None:
-    emu = make_emulator("--job-delay", "0")
-    consumer = consumer_for(pulsar_client, topic)
-    tdmq_job(emu, topic)
-    consumer.receive(timeout_millis=30000)
+def test_sigint_after_delivering_exits_zero(make_emulator: MakeEmulator) -> None:
+    emu = make_emulator("--job-delay", "0", *CMQ)
+    tdmq_job(emu)
+    receive(emu)
     emu.proc.send_signal(signal.SIGINT)
     assert emu.proc.wait(timeout=15) == 0
     assert emu.proc.stdout is not None
-    assert emu.proc.stdout.read() == ""  # the ready line was the only stdout output
-    consumer.close()
+    assert emu.proc.stdout.read() == ""  # the two ready lines were the only stdout output

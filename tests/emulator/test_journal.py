@@ -6,12 +6,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .conftest import start_emulator, stop_emulator
+from .conftest import NO_BROKER, start_emulator, stop_emulator
 from .helpers import BUCKET, REGION, unique, wait_state
 
 
-def test_restart_keeps_jobs_queues_and_templates(tmp_path: Path, broker: Any) -> None:
-    flags = ("--pulsar-url", broker.service_url)
+def test_restart_keeps_jobs_queues_and_templates(tmp_path: Path) -> None:
+    flags = ("--pulsar-url", NO_BROKER)
     emu = start_emulator(tmp_path, *flags, "--job-delay", "0")
     try:
         client = emu.client()
@@ -72,8 +72,8 @@ def test_restart_keeps_jobs_queues_and_templates(tmp_path: Path, broker: Any) ->
         assert stop_emulator(emu) == 0
 
 
-def test_unfinished_jobs_run_again_after_restart(tmp_path: Path, broker: Any) -> None:
-    flags = ("--pulsar-url", broker.service_url)
+def test_unfinished_jobs_run_again_after_restart(tmp_path: Path) -> None:
+    flags = ("--pulsar-url", NO_BROKER)
     emu = start_emulator(tmp_path, *flags, "--job-delay", "60")
     try:
         client = emu.client()

@@ -6,18 +6,17 @@ import json
 import queue
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import pulsar
 import pytest
 import xmltodict
 from qcloud_cos import CosS3Client
 from qcloud_cos.cos_exception import CosServiceError
 
 from .conftest import Emulator
-from .helpers import BUCKET, REGION, unique, wait_state
+from .helpers import BUCKET, REGION, cmq_name, unique, wait_state
 
 
 class Receiver:
@@ -105,11 +104,12 @@ def test_default_queue_is_listed(emulator: Emulator) -> None:
 
 
 def test_queue_notify_tdmq_applies_to_jobs_without_callback_type(
-    emulator: Emulator, broker: Any, topic: str
+    make_emulator: Callable[..., Emulator],
 ) -> None:
+    name = cmq_name()
+    emulator = make_emulator("--cmq-default-region", "sh", "--cmq-queue", f"sh:{name}")
     client = emulator.client()
     qid = "p" + uuid.uuid4().hex
-    name = topic.rsplit("/", 1)[1]
     q = set_notify(
         client,
         qid,
@@ -124,21 +124,15 @@ def test_queue_notify_tdmq_applies_to_jobs_without_callback_type(
     assert q["NotifyConfig"]["Type"] == "TDMQ" and q["NotifyConfig"]["MqName"] == name
     listed = client.ci_get_asr_queue(Bucket=BUCKET, QueueIds=qid)["QueueList"][0]
     assert listed["NotifyConfig"]["State"] == "On"
-    pc = pulsar.Client(broker.service_url)
-    try:
-        consumer = pc.subscribe(topic, "t", initial_position=pulsar.InitialPosition.Earliest)
-        json_job = create(client, f"in/{unique()}.mp3", QueueId=qid)
-        xml_job = create(client, f"in/{unique()}.mp3", QueueId=qid, CallBackFormat="XML")
-        bodies = {}
-        for _ in range(2):
-            msg = consumer.receive(timeout_millis=30000)
-            consumer.acknowledge(msg)
-            assert msg.properties()["MqRegion"] == "sh"
-            bodies[msg.properties()["JobId"]] = msg.data()
-        assert json.loads(bodies[json_job])["JobsDetail"]["JobId"] == json_job
-        assert xmltodict.parse(bodies[xml_job])["Response"]["JobsDetail"]["JobId"] == xml_job
-    finally:
-        pc.close()
+    json_job = create(client, f"in/{unique()}.mp3", QueueId=qid)
+    xml_job = create(client, f"in/{unique()}.mp3", QueueId=qid, CallBackFormat="XML")
+    cmq_queue = emulator.cmq().get_queue(name)
+    bodies = [m.msgBody for m in cmq_queue.batch_receive_message(2, 15)]
+    if len(bodies) < 2:
+        bodies += [cmq_queue.receive_message(15).msgBody]
+    by_format = {b[0]: b for b in bodies}
+    assert json.loads(by_format["{"])["JobsDetail"]["JobId"] == json_job
+    assert xmltodict.parse(by_format["<"])["Response"]["JobsDetail"]["JobId"] == xml_job
 
 
 def test_url_callback_xml_and_json(emulator: Emulator, receiver: Receiver) -> None:
