@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cmq.cmq_exception import CMQServerException
+import requests
+from cmq.cmq_exception import CMQServerException, CMQServerNetworkException
 from cmq.queue import Message
 from cmq.topic import Message as TopicMessage
 
@@ -369,3 +370,22 @@ def test_ready_lines_and_bad_declarations(tmp_path: Path) -> None:
         proc.terminate()
         assert proc.wait(timeout=20) == 0
     assert proc.stdout.read() == ""
+
+
+def test_injected_cmq_errors(make_emulator: MakeEmulator) -> None:
+    q = cmq_name()
+    emu = make_emulator("--cmq-queue", f"gz:{q}", "--fault-cmq-error-rate", "1")
+    queue = emu.cmq().get_queue(q)
+    assert code_of(lambda: queue.send_message(Message("x")))[0] == 6000
+    emu.faults(cmq_error_code=4420)
+    assert code_of(lambda: queue.receive_message(0))[0] == 4420
+    emu.faults(cmq_error_code=503)
+    with pytest.raises(CMQServerNetworkException) as err:
+        queue.send_message(Message("x"))
+    assert err.value.status == 503
+    with pytest.raises(requests.HTTPError):
+        emu.faults(cmq_error_code=500)
+    assert emu.state()["counts"]["cmq_error"] == 3
+    emu.faults(cmq_error_rate=0.0)
+    queue.send_message(Message("through"))
+    assert queue.receive_message(0).msgBody == "through"

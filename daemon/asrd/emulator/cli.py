@@ -202,6 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--fault-callback-delay-s", type=float, default=2.0)
     f.add_argument("--fault-callback-early-rate", type=_rate, default=0.0)
     f.add_argument("--fault-callback-early-s", type=float, default=1.0)
+    f.add_argument(
+        "--fault-cmq-error-rate", type=_rate, default=0.0, help="share of CMQ API calls failed"
+    )
+    f.add_argument(
+        "--fault-cmq-error-code",
+        type=int,
+        choices=[6000, 4420, 502, 503],
+        default=6000,
+        help="6000/4420: that code in the JSON answer; 502/503: that HTTP status",
+    )
     f.add_argument("--fault-seed", type=int, default=None)
     return p
 
@@ -223,6 +233,8 @@ def fault_config(args: argparse.Namespace) -> FaultConfig:
         callback_delay_s=args.fault_callback_delay_s,
         callback_early_rate=args.fault_callback_early_rate,
         callback_early_s=args.fault_callback_early_s,
+        cmq_error_rate=args.fault_cmq_error_rate,
+        cmq_error_code=args.fault_cmq_error_code,
     )
 
 
@@ -261,7 +273,7 @@ async def run(args: argparse.Namespace, notifier: Notifier) -> int:
         runner.start(job)
     servers = [await serve(app.handle, *args.listen)]
     if args.cmq_listen is not None:
-        api = CmqApi(cmq, args.key, args.cmq_default_region, stats)
+        api = CmqApi(cmq, args.key, args.cmq_default_region, stats, faults)
         servers.append(await serve(api.handle, *args.cmq_listen))
     names = ["asrd emulator", "asrd emulator CMQ"]
     for name, server in zip(names, servers, strict=False):

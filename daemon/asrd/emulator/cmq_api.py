@@ -32,6 +32,7 @@ from asrd.emulator.cmq import (
     CmqError,
     Message,
 )
+from asrd.emulator.faults import Faults
 from asrd.emulator.http import Request, Response
 from asrd.emulator.signature import Credential
 
@@ -162,9 +163,11 @@ class CmqApi:
         credentials: list[Credential],
         default_region: str,
         stats: Counter[str],
+        faults: Faults | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.cmq = cmq
+        self.faults = faults
         self._by_id = {c.secret_id: c for c in credentials}
         self.default_region = default_region
         self.stats = stats
@@ -186,6 +189,12 @@ class CmqApi:
             # UNCONFIRMED what the gateway answers on other paths.
             message = f"(10400)unknown path {req.path}"
             return _json(404, {"code": INVALID, "message": message, "requestId": request_id})
+        injected = self.faults.cmq_error() if self.faults is not None else None
+        if injected is not None and injected >= 1000:
+            message = "(6000)internal error" if injected == 6000 else "QPS throttled"
+            return _json(200, {"code": injected, "message": message, "requestId": request_id})
+        if injected is not None:  # the gateway in front of CMQ failing: no JSON document
+            return Response(injected, b"<html>bad gateway</html>", content_type="text/html")
         try:
             if req.method not in ("GET", "POST"):
                 raise invalid(10410, f"unexpected http {req.method} only GET or POST is supported")

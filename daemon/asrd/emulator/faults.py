@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 ERROR_CODES = {"ServiceUnavailable": 503, "InternalError": 500}
+# CMQ: in-band codes (HTTP 200) for an internal error or QPS throttling, or a gateway HTTP status.
+CMQ_ERROR_CODES = (6000, 4420, 502, 503)
 
 
 @dataclass
@@ -26,6 +28,8 @@ class FaultConfig:
     callback_delay_s: float = 2.0
     callback_early_rate: float = 0.0  # callbacks sent while get still shows Running
     callback_early_s: float = 1.0  # how long get keeps showing Running after such a callback
+    cmq_error_rate: float = 0.0  # share of CMQ API calls answered with cmq_error_code
+    cmq_error_code: int = 6000  # 6000 | 4420 (in the JSON) or 502 | 503 (HTTP status)
 
     def update(self, values: dict[str, Any]) -> None:
         """Apply a partial update; unknown keys or wrong types raise ValueError, nothing applied."""
@@ -52,6 +56,8 @@ class FaultConfig:
         code = staged.get("error_code", self.error_code)
         if code not in (*ERROR_CODES, "mixed"):
             raise ValueError("error_code must be ServiceUnavailable, InternalError or mixed")
+        if staged.get("cmq_error_code", self.cmq_error_code) not in CMQ_ERROR_CODES:
+            raise ValueError(f"cmq_error_code must be one of {list(CMQ_ERROR_CODES)}")
         for key, value in staged.items():
             setattr(self, key, value)
 
@@ -105,6 +111,12 @@ class Faults:
             unavailable = code == "ServiceUnavailable"
             message = "Service is unavailable." if unavailable else "Internal error."
             return ERROR_CODES[code], code, message
+        return None
+
+    def cmq_error(self) -> int | None:
+        """The code (or HTTP status) for an injected CMQ API error, or None."""
+        if self._hit(self.config.cmq_error_rate, "cmq_error"):
+            return self.config.cmq_error_code
         return None
 
     def job_failure(self) -> tuple[str, str] | None:
