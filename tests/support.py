@@ -59,8 +59,8 @@ class Emulator:
         return dict(requests.get(f"{self.endpoint}/-/faults", timeout=10).json())
 
     def callbacks_sent(self) -> int:
-        counts = self.stats().get("counts", {})
-        return sum(v for k, v in counts.items() if k.startswith("callback_sent"))
+        stats = self.stats().get("stats", {})  # delivery counters; "counts" are fault hits
+        return sum(v for k, v in stats.items() if k.startswith("callback_sent"))
 
     @property
     def port(self) -> int:

@@ -182,7 +182,7 @@ def test_callback_too_big_for_the_queue_is_delivered_by_the_reconciler(
         took = time.monotonic() - started
     finally:
         assert stop(daemon) == 0
-    counts = emulator.stats().get("counts", {})
+    counts = emulator.stats().get("stats", {})
     assert counts.get("cmq_callbacks_oversize", 0) >= 1, counts
     # Job delay 0.2 s, then at most one interval until the next pass, plus the pass itself.
     assert took <= interval + 0.2 + 3.0, f"delivered after {took:.1f}s, interval {interval}s"

@@ -389,3 +389,40 @@ def test_injected_cmq_errors(make_emulator: MakeEmulator) -> None:
     emu.faults(cmq_error_rate=0.0)
     queue.send_message(Message("through"))
     assert queue.receive_message(0).msgBody == "through"
+
+
+def test_declare_at_run_time_through_the_admin_api(tmp_path: Path) -> None:
+    q, topic = cmq_name(), cmq_name("t")
+    emu = start_emulator(tmp_path)
+    try:
+        url = f"{emu.url}/-/cmq"
+        r = requests.put(f"{url}/queues/gz/{q}", json={"visibility": 7, "maxsize": 2048}, timeout=5)
+        assert r.status_code == 200
+        assert r.json()["queues"][0] | {"visibility": 7, "maxsize": 2048} == r.json()["queues"][0]
+        assert requests.put(f"{url}/topics/gz/{topic}", json={"queues": [q]}, timeout=5).ok
+        emu.cmq().get_topic(topic).publish_message(TopicMessage("declared live"))
+        assert emu.cmq().get_queue(q).receive_message(0).msgBody == "declared live"
+        bad = [
+            ("queues/gz/9bad", {}),
+            ("queues/GZ/ok", {}),
+            ("queues/gz/ok", {"visibility": 0}),
+            ("queues/gz/ok", {"maxsize": "big"}),
+            ("queues/gz/ok", {"colour": 1}),
+            ("queues/gz/ok", {"region": "sh"}),
+            ("topics/gz/t", {"queues": ["nothere"]}),
+            ("topics/gz/t", {"queues": []}),
+            ("topics/gz/t", {}),
+        ]
+        for path, body in bad:
+            r = requests.put(f"{url}/{path}", json=body, timeout=5)
+            assert r.status_code == 400 and r.json()["error"], (path, body, r.text)
+        assert requests.put(f"{url}/queues/gz", json={}, timeout=5).status_code == 404
+        assert requests.delete(f"{url}/queues/gz/{q}", timeout=5).status_code == 405
+    finally:
+        assert stop_emulator(emu) == 0
+    emu = start_emulator(tmp_path)  # declarations made at run time are journaled too
+    try:
+        assert [x["name"] for x in emu.cmq_state()["queues"]] == [q]
+        assert emu.cmq_state()["queues"][0]["visibility"] == 7
+    finally:
+        assert stop_emulator(emu) == 0

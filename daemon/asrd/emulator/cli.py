@@ -10,17 +10,9 @@ import signal
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
-from asrd.emulator.cmq import (
-    HARD_MAX_BYTES,
-    MAX_POLL_S,
-    MAX_VISIBILITY_S,
-    NAME_RE,
-    REGION_RE,
-    Cmq,
-    QueueSpec,
-    TopicSpec,
-)
+from asrd.emulator.cmq import REGION_RE, Cmq, QueueSpec, TopicSpec, queue_spec, topic_spec
 from asrd.emulator.cmq_api import CmqApi
 from asrd.emulator.faults import FaultConfig, Faults
 from asrd.emulator.http import serve
@@ -49,23 +41,15 @@ def _key(value: str) -> Credential:
     return Credential(parts[0], parts[1], parts[2] if len(parts) == 3 and parts[2] else None)
 
 
-def _region_and_name(region: str, name: str) -> None:
-    if not REGION_RE.match(region):
-        raise argparse.ArgumentTypeError(f"region {region!r} must be a short code such as gz")
-    if not NAME_RE.match(name):
-        raise argparse.ArgumentTypeError(
-            f"name {name!r}: up to 64 letters, digits or '-', starting with a letter"
-        )
-
-
-def _option(text: str, allowed: dict[str, tuple[int, int]]) -> tuple[str, int]:
-    key, sep, raw = text.partition("=")
-    if not sep or key not in allowed:
-        raise argparse.ArgumentTypeError(f"unknown option {text!r} (expected {', '.join(allowed)})")
-    low, high = allowed[key]
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise argparse.ArgumentTypeError(f"{key} must be an integer from {low} to {high}")
-    return key, int(raw)
+def _options(texts: list[str]) -> dict[str, Any]:
+    """``key=N`` options; values stay text when not digits, so the check names them."""
+    out: dict[str, Any] = {}
+    for text in texts:
+        key, sep, raw = text.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected KEY=N, got {text!r}")
+        out[key] = int(raw) if raw.isdigit() else raw
+    return out
 
 
 def _cmq_queue(value: str) -> QueueSpec:
@@ -74,14 +58,10 @@ def _cmq_queue(value: str) -> QueueSpec:
     if not sep:
         raise argparse.ArgumentTypeError("expected REGION:NAME[:visibility=S][:maxsize=B]")
     name, *options = rest.split(":")
-    _region_and_name(region, name)
-    allowed = {
-        "visibility": (1, MAX_VISIBILITY_S),
-        "maxsize": (1024, HARD_MAX_BYTES),
-        "polling": (0, MAX_POLL_S),
-    }
-    settings = dict(_option(o, allowed) for o in options)
-    return QueueSpec(region, name, **settings)
+    try:
+        return queue_spec(region, name, **_options(options))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _cmq_topic(value: str) -> TopicSpec:
@@ -90,12 +70,10 @@ def _cmq_topic(value: str) -> TopicSpec:
     if len(parts) < 3 or not parts[2]:
         raise argparse.ArgumentTypeError("expected REGION:NAME:QUEUE[,QUEUE...][:maxsize=B]")
     region, name, queues, *options = parts
-    _region_and_name(region, name)
-    names = tuple(queues.split(","))
-    for queue in names:
-        _region_and_name(region, queue)
-    settings = dict(_option(o, {"maxsize": (1024, HARD_MAX_BYTES)}) for o in options)
-    return TopicSpec(region, name, names, **settings)
+    try:
+        return topic_spec(region, name, queues.split(","), **_options(options))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _region(value: str) -> str:

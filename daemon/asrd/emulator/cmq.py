@@ -80,6 +80,48 @@ class TopicSpec:
         return min(self.maxsize, HARD_MAX_BYTES)
 
 
+QUEUE_LIMITS = {
+    "visibility": (1, MAX_VISIBILITY_S),
+    "maxsize": (1024, HARD_MAX_BYTES),
+    "polling": (0, MAX_POLL_S),
+}
+TOPIC_LIMITS = {"maxsize": (1024, HARD_MAX_BYTES)}
+
+
+def check_region_and_name(region: str, name: str) -> None:
+    """ValueError naming the problem (flags and the admin API declare through this)."""
+    if not REGION_RE.match(region):
+        raise ValueError(f"region {region!r} must be a short code such as gz")
+    if not NAME_RE.match(name):
+        raise ValueError(f"name {name!r}: up to 64 letters, digits or '-', starting with a letter")
+
+
+def _attributes(values: dict[str, Any], limits: dict[str, tuple[int, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for key, value in values.items():
+        if key not in limits:
+            raise ValueError(f"unknown option {key!r} (expected {', '.join(limits)})")
+        low, high = limits[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{key} must be an integer from {low} to {high}")
+        out[key] = value
+    return out
+
+
+def queue_spec(region: str, name: str, **attributes: Any) -> QueueSpec:
+    check_region_and_name(region, name)
+    return QueueSpec(region, name, **_attributes(attributes, QUEUE_LIMITS))
+
+
+def topic_spec(region: str, name: str, queues: list[str], **attributes: Any) -> TopicSpec:
+    check_region_and_name(region, name)
+    if not queues:
+        raise ValueError(f"topic {name} needs at least one queue")
+    for queue in queues:
+        check_region_and_name(region, queue)
+    return TopicSpec(region, name, tuple(queues), **_attributes(attributes, TOPIC_LIMITS))
+
+
 @dataclass
 class Message:
     msg_id: str

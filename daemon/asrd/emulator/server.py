@@ -16,7 +16,7 @@ from email.utils import formatdate
 from typing import Any
 
 from asrd.emulator import xmlio
-from asrd.emulator.cmq import Cmq
+from asrd.emulator.cmq import Cmq, queue_spec, topic_spec
 from asrd.emulator.errors import ApiError, invalid
 from asrd.emulator.faults import Faults
 from asrd.emulator.http import Request, Response
@@ -292,7 +292,33 @@ class App:
             return _json(405, {"error": "use GET or PUT"})
         if req.path == "/-/cmq" and req.method == "GET" and self.cmq is not None:
             return _json(200, self.cmq.state())
+        if req.path.startswith("/-/cmq/") and self.cmq is not None:
+            if req.method != "PUT":
+                return _json(405, {"error": "use PUT"})
+            return self._declare(req, req.path.split("/")[3:])
         return _json(404, {"error": "unknown admin path"})
+
+    def _declare(self, req: Request, parts: list[str]) -> Response:
+        """``PUT /-/cmq/queues/<region>/<name>`` or ``/-/cmq/topics/<region>/<name>``: declare at
+        run time, as the console would (body: the flag's attributes as JSON, topics ``queues``)."""
+        assert self.cmq is not None
+        if len(parts) != 3 or parts[0] not in ("queues", "topics"):
+            return _json(404, {"error": "use /-/cmq/queues/<region>/<name> or /-/cmq/topics/..."})
+        kind, region, name = parts
+        try:
+            values = json.loads(req.body or b"{}")
+            if not isinstance(values, dict):
+                raise ValueError("expected a JSON object")
+            if kind == "queues":
+                self.cmq.declare_queue(queue_spec(region, name, **values))
+            else:
+                queues = values.pop("queues", None)
+                if not isinstance(queues, list) or not all(isinstance(q, str) for q in queues):
+                    raise ValueError("queues must be a list of queue names")
+                self.cmq.declare_topic(topic_spec(region, name, queues, **values))
+        except (ValueError, TypeError) as exc:  # TypeError: "region"/"name" given in the body
+            return _json(400, {"error": str(exc)})
+        return _json(200, self.cmq.state())
 
     def _fault_state(self) -> dict[str, Any]:
         return {**self.faults.snapshot(), "stats": dict(sorted(self.stats.items()))}
