@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LINT_PATHS := daemon tests scripts $(wildcard benchmarks)
 
-.PHONY: venv lint test demo bench broker-start broker-stop clean
+.PHONY: venv deploy-deps lint test demo bench broker-start broker-stop clean
 
 venv: $(STAMP)
 
@@ -16,10 +16,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@
 
-lint: venv
+lint: venv deploy-deps
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy --strict daemon/asrd
+	scripts/lint-deploy
+
+# Debian packages for the deployment checks and tests (nspawn, debootstrap, buildah, bwrap).
+deploy-deps:
+	scripts/deploy-deps
 
 test: lint
 	$(BIN)/pytest -q

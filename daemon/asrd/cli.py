@@ -32,8 +32,10 @@ from .intake.url import UrlReceiver
 from .ledger import SqliteLedger
 from .periodic import every
 from .pipeline import Pipeline
+from .preflight import check_writable
 from .reconcile import Report, reconcile
 from .result import InvalidResult, normalise
+from .shutdown import Shutdown
 from .sinks import Route, build_routes
 from .submit import submit
 
@@ -76,6 +78,7 @@ class Stages:
 
 
 def _stages(settings: Settings) -> Stages:
+    check_writable(settings)
     try:
         routes = build_routes(settings)
         ledger = SqliteLedger(settings.ledger.path)
@@ -162,6 +165,10 @@ def _on_signals(stop: threading.Event) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    # Before any thread exists (the broker client starts some): they inherit the signal mask.
+    shutdown = Shutdown(settings.pulsar.shutdown_deadline_s)
+    shutdown.install()
+    stop = shutdown.stop
     stages = _stages(settings)
     ci, routes, ledger, counters = stages.ci, stages.routes, stages.ledger, stages.counters
     client = make_client(settings.pulsar)
@@ -173,8 +180,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         client=client,
         on_ready=lambda: systemd.notify("READY=1"),
     )
+    shutdown.busy = lambda: consumer.health.subscribed
     feeds = Feeds.build(settings, client, counters)
-    stop = threading.Event()
     api = _serve_api(
         settings,
         ApiContext(
@@ -200,7 +207,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         )
 
-    _on_signals(stop)
     log.info("asrd starting", version=__version__, sinks=[r.sink.name for r in routes])
     feeds.start(stop)
     consumer.run(stop)
@@ -213,6 +219,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     stages.close()
     client.close()
     log.info("asrd stopped", counters=counters.snapshot())
+    shutdown.finished()
     sys.stderr.flush()
     # Worker threads stuck past the deadline must not hold the exit; their messages are unacked.
     os._exit(EX_OK)

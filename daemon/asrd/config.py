@@ -198,9 +198,34 @@ class PulsarSettings(_Section):
 
 
 class LedgerSettings(_Section):
-    url: str = Field(default="sqlite:///var/lib/asrd/ledger.db", pattern=r"^sqlite:///")
+    # Always an absolute path: a relative one would follow the working directory, and a one-off
+    # `asrd reconcile` run elsewhere would keep a second ledger (and deliver its jobs twice).
+    url: str = Field(default="sqlite:////var/lib/asrd/ledger.db", pattern=r"^sqlite:///")
     # How long a delivery is remembered: the window in which a duplicate is recognised.
     retention_days: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _in_state_directory(cls, data: Any, info: ValidationInfo) -> Any:
+        """Without a url, or with a relative one, use systemd's ``$STATE_DIRECTORY`` if set."""
+        state = str((info.context or {}).get("STATE_DIRECTORY") or "").split(":")[0]
+        if not isinstance(data, dict) or not state:
+            return data
+        data = dict(data)
+        path = str(data.get("url") or "sqlite:///ledger.db").removeprefix("sqlite:///")
+        if path and not Path(path).is_absolute():
+            data["url"] = f"sqlite:///{Path(state) / path}"
+        return data
+
+    @field_validator("url")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not Path(value.removeprefix("sqlite:///")).is_absolute():
+            raise ValueError(
+                "needs an absolute path, e.g. sqlite:////var/lib/asrd/ledger.db (four slashes)"
+                " (relative paths resolve only in systemd's $STATE_DIRECTORY)"
+            )
+        return value
 
     @property
     def path(self) -> Path:
@@ -303,6 +328,21 @@ class FileSinkSettings(_SinkBase):
     type: Literal["file"]
     dir: Path
     formats: list[OutputFormat] = Field(default_factory=_json_only)
+    # Readable by other users by default: an application container with another uid reads the
+    # results from a shared volume. "0o640" / "0640" in TOML or ASRD_* (octal), or 0o640.
+    file_mode: int = Field(default=0o644)
+
+    @field_validator("file_mode", mode="before")
+    @classmethod
+    def _octal(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = int(value.removeprefix("0o"), 8)
+            except ValueError:
+                raise ValueError(f'{value!r} is not an octal mode such as "0640"') from None
+        if isinstance(value, int) and not 0 <= value <= 0o777:
+            raise ValueError(f"{value} is not a file mode 0..0o777 (write octal: 0o640)")
+        return value
 
 
 class StdoutSinkSettings(_SinkBase):
@@ -379,6 +419,14 @@ class Settings(_Section):
     reconcile: ReconcileSettings = ReconcileSettings()
     intake: IntakeSettings = IntakeSettings()
     sinks: list[SinkSettings] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ledger_section(cls, data: Any) -> Any:
+        # An absent [ledger] still goes through its validator ($STATE_DIRECTORY default).
+        if isinstance(data, dict) and "ledger" not in data:
+            data = {**data, "ledger": {}}
+        return data
 
     @model_validator(mode="after")
     def _intake_credentials(self) -> Settings:
@@ -481,7 +529,10 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"config error: {path}: not valid TOML: {exc}") from None
     tree = apply_env(tree, env)
     try:
-        context = {"CREDENTIALS_DIRECTORY": env.get("CREDENTIALS_DIRECTORY")}
+        context = {
+            "CREDENTIALS_DIRECTORY": env.get("CREDENTIALS_DIRECTORY"),
+            "STATE_DIRECTORY": env.get("STATE_DIRECTORY"),
+        }
         return Settings.model_validate(tree, context=context)
     except ValidationError as exc:
         raise ConfigError(_format_error(str(path), exc)) from None

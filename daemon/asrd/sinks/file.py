@@ -12,13 +12,16 @@ from ..result import ResultRecord
 from .base import SinkError
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Readers see the old file or the whole new one, never a part; durable on return."""
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Readers see the old file or the whole new one, never a part; durable on return.
+
+    ``mode`` is set exactly (mkstemp makes 0600 and the umask does not apply to fchmod)."""
     # The writer's pid in the name lets a later start remove what a killed process left.
     prefix = f".{path.name}.{os.getpid()}."
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=_TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -64,6 +67,7 @@ class FileSink:
         self.name = settings.name
         self.dir = settings.dir
         self.formats = list(dict.fromkeys(settings.formats))
+        self.file_mode = settings.file_mode
         self.dir.mkdir(parents=True, exist_ok=True)
         sweep_orphans(self.dir)
 
@@ -72,7 +76,8 @@ class FileSink:
         try:
             # json last: its presence means every other format is already in place.
             for fmt in sorted(self.formats, key=lambda f: f == "json"):
-                write_atomic(self.dir / f"{record.job_id}.{fmt}", render(record, fmt))
+                path = self.dir / f"{record.job_id}.{fmt}"
+                write_atomic(path, render(record, fmt), self.file_mode)
         except OSError as exc:
             # A full or read-only disk may recover; keep the message and retry later.
             raise SinkError(f"cannot write to {self.dir}: {exc.strerror}") from None

@@ -1,0 +1,91 @@
+"""Session fixtures for the deployment tests; the slow parts (debootstrap, image build, boot)
+run once per session and are cached under .cache/deploy/ (see build.py)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ..support import ROOT
+from . import build
+
+TIMINGS: dict[str, float] = {}
+
+
+def readme_block(name: str) -> str:
+    """The shell block README.md marks ``<!-- deploy-test: NAME -->``: tests run it as written."""
+    text = (ROOT / "README.md").read_text()
+    found = re.search(rf"<!-- deploy-test: {re.escape(name)} -->\n```sh\n(.*?)```", text, re.S)
+    assert found, f"README.md has no deploy-test block {name!r}"
+    return found.group(1)
+
+
+def _timed(name: str, started: float) -> None:
+    TIMINGS[name] = round(time.monotonic() - started, 1)
+
+
+@pytest.fixture(scope="session")
+def host_tools() -> None:
+    started = time.monotonic()
+    build.ensure_host_tools()
+    _timed("host tools", started)
+
+
+@pytest.fixture(scope="session")
+def wheels(tmp_path_factory: pytest.TempPathFactory, host_tools: None) -> Path:
+    started = time.monotonic()
+    dest = build.wheelhouse(tmp_path_factory.mktemp("wheels"))
+    _timed("wheels", started)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Iterator[Path]:
+    """Host directory the nspawn container sees at the same path (configs, secrets, wheels)."""
+    path = build.SHARED / uuid.uuid4().hex[:8]
+    path.mkdir(parents=True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def machine(shared_dir: Path, wheels: Path) -> Iterator[build.Machine]:
+    """systemd 252 booted in a bookworm tree, asrd installed by README's systemd block."""
+    started = time.monotonic()
+    tree = build.debian_tree("systemd", ["systemd", "systemd-sysv", "dbus", "python3-venv"])
+    _timed("debootstrap systemd tree", started)
+    install = shared_dir / "install"
+    shutil.copytree(wheels, install / "wheels")
+    started = time.monotonic()
+    m = build.boot(tree, [(shared_dir, str(shared_dir))], shared_dir / "nspawn.log")
+    _timed("nspawn boot", started)
+    try:
+        started = time.monotonic()
+        m.sh(readme_block("systemd-install"), cwd=str(install), timeout=600)
+        _timed("install asrd in the container", started)
+        yield m
+    finally:
+        m.stop()
+
+
+@pytest.fixture(scope="session")
+def image(tmp_path_factory: pytest.TempPathFactory, wheels: Path) -> build.Image:
+    started = time.monotonic()
+    build.base_image()
+    _timed("base image (debootstrap + import)", started)
+    started = time.monotonic()
+    built = build.build_image(wheels, build.CACHE / "image-rootfs")
+    _timed("buildah bud + rootfs export", started)
+    return built
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if TIMINGS:
+        parts = ", ".join(f"{k} {v}s" for k, v in TIMINGS.items())
+        terminalreporter.write_line(f"deployment fixtures: {parts}")
