@@ -30,7 +30,7 @@ FROM ${PYTHON_BASE}
 RUN groupadd --gid 10001 asrd \
     && useradd --no-log-init --uid 10001 --gid 10001 --no-create-home \
         --home-dir /var/lib/asrd --shell /usr/sbin/nologin asrd \
-    && install -d -o 10001 -g 10001 -m 0750 /var/lib/asrd \
+    && install -d -o 10001 -g 10001 -m 0755 /var/lib/asrd \
     && install -d -m 0755 /etc/asrd /run/secrets
 COPY --from=build /opt/asrd /opt/asrd
 COPY config/asrd.example.toml /etc/asrd/asrd.example.toml

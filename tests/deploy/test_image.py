@@ -146,16 +146,17 @@ class DockerRunner:
     def start(self, mounts: Mounts) -> DockerRun:
         from testcontainers.core.container import DockerContainer
 
+        state_mode = "ro" if mounts.state_read_only else "rw"
         c = (
             DockerContainer(self.tag)
-            .with_network_mode("host")
             .with_volume_mapping(str(mounts.config), "/etc/asrd/asrd.toml", "ro")
             .with_volume_mapping(str(mounts.secrets), "/run/secrets", "ro")
-            .with_volume_mapping(
-                str(mounts.state), "/var/lib/asrd", "ro" if mounts.state_read_only else "rw"
-            )
+            .with_volume_mapping(str(mounts.state), "/var/lib/asrd", state_mode)
             .with_volume_mapping(str(mounts.results), "/results", "rw")
+            # As README's docker run: read-only root, no capabilities; the host network
+            # reaches the broker and the emulator on loopback.
             .with_kwargs(
+                network_mode="host",
                 read_only=True,
                 tmpfs={"/tmp": ""},
                 cap_drop=["ALL"],
