@@ -31,8 +31,8 @@ def creds(tmp_path: Path) -> dict[str, str]:
 
 def _without_ledger(tmp_path: Path) -> Path:
     text = EXAMPLE.read_text()
-    start = text.index("[ledger]")
-    end = text.index("[http]")
+    start = text.index("\n[ledger]")
+    end = text.index("\n[", start + 1)  # the next section
     path = tmp_path / "asrd.toml"
     path.write_text(text[:start] + text[end:])
     return path
@@ -117,7 +117,7 @@ def test_signal_honoured_while_subscribing_to_an_unreachable_broker(
 def test_sigterm_when_idle_on_a_live_broker(tmp_path: Path, broker: Broker) -> None:
     emu = start_emulator(tmp_path / "emulator", broker.service_url)
     try:
-        cfg = write_config(tmp_path, emu.endpoint, broker.service_url)
+        cfg = write_config(tmp_path, emu, broker.service_url)
         daemon = start_daemon(cfg, tmp_path / "daemon.log")
         code, took = _stop_time(daemon, signal.SIGTERM)
         assert code == 0 and took < 2.0, (code, took)

@@ -197,7 +197,7 @@ def _mounts(
     base: Path, emulator: Emulator, broker: Broker, uid_gid: tuple[int, int]
 ) -> tuple[Mounts, Any]:
     base.mkdir(parents=True)
-    cfg = write_config(base, emulator.endpoint, broker.service_url)
+    cfg = write_config(base, emulator, broker.service_url)
     secrets, state, results = base / "secrets", base / "state", base / "results"
     for d in (secrets, state, results):
         d.mkdir()

@@ -73,7 +73,7 @@ def emulator(shared_dir: Path, broker: Broker) -> Iterator[Emulator]:
 def installed(machine: Machine, shared_dir: Path, broker: Broker, emulator: Emulator) -> Installed:
     tmp = shared_dir / "unit"
     tmp.mkdir()
-    cfg = write_config(tmp, emulator.endpoint, broker.service_url)
+    cfg = write_config(tmp, emulator, broker.service_url)
     port = free_port()
     env = {
         "ASRD_CI__SECRET_KEY_FILE": "secret_key",  # a credential: $CREDENTIALS_DIRECTORY
