@@ -128,15 +128,19 @@ class BwrapRunner:
 @dataclass
 class DockerRun:
     container: Any
+    _logs: str = ""
 
     def terminate(self) -> None:
         self.container.kill(signal="SIGTERM")
 
     def wait(self, timeout: float) -> int:
-        return int(self.container.wait(timeout=timeout)["StatusCode"])
+        code = int(self.container.wait(timeout=timeout)["StatusCode"])
+        self._logs = self.container.logs().decode(errors="replace")
+        self.container.remove(force=True)
+        return code
 
     def logs(self) -> str:
-        return str(self.container.logs().decode(errors="replace"))
+        return self._logs or str(self.container.logs().decode(errors="replace"))
 
 
 @dataclass
