@@ -228,7 +228,7 @@ class TokenLookup:
             if token in batch:
                 # Newest first: the last one seen is the oldest, the one to keep.
                 found[token] = str(detail.get("JobId", ""))
-        log.info("client token look-up", tokens=len(batch), found=len(found))
+        log.info("client token look-up", looked_for=len(batch), found=len(found))
         return found
 
 
@@ -339,7 +339,7 @@ class Submitter:
                 error = str(exc)
                 if outcome_unknown(exc):
                     unknown_since = sent_at
-                    log.warning("create answer lost", client_token=token, error=error)
+                    log.warning("create answer lost", idempotency_key=token, error=error)
                 elif not exc.transient:
                     self._ledger.fail_job(token, error)
                     return SubmitOutcome(
