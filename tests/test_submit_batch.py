@@ -19,7 +19,15 @@ from asrd import config
 from asrd.ci import CiClient
 
 from .conftest import Broker
-from .support import ASRD, DaemonConfig, Emulator, asrd, start_emulator, write_config
+from .support import (
+    ASRD,
+    DaemonConfig,
+    Emulator,
+    asrd,
+    start_emulator,
+    wait_for,
+    write_config,
+)
 
 
 def ci_jobs(cfg: DaemonConfig) -> list[dict[str, Any]]:
@@ -282,8 +290,47 @@ def test_one_off_submit_is_recorded_and_idempotent_by_token(tmp_path: Path, brok
         assert (entry["job_id"], entry["client_token"], entry["input"]) == (
             job_id, "order-7", "media/a.mp3",
         )  # fmt: skip
+        table = run_in_pty([*ASRD, "jobs", "--config", str(cfg.path)])  # a table on a terminal
+        assert "1 job(s)" in table and "media/a.mp3" in table and "owed" in table
+        assert "{" not in table
         bad = asrd("submit", "--config", str(cfg.path), "--input", "a.mp3",
                    "--client-token", "no spaces")  # fmt: skip
         assert bad.returncode == 2 and "client token 'no spaces' is not" in bad.stderr
     finally:
         emu.stop()
+
+
+def test_a_killed_run_rerun_adopts_what_was_in_flight(tmp_path: Path, broker: Broker) -> None:
+    """SIGKILL while creates are under way (CI answers after 300 ms): the re-run looks the
+    unanswered rows up by client token and adopts their jobs instead of making second ones."""
+    emu = start_emulator(
+        tmp_path / "emulator", broker.service_url, "--job-delay", "1", "--fault-latency-ms", "300"
+    )
+    try:
+        cfg = write_config(tmp_path, emu, broker.service_url)
+        manifest = tmp_path / "manifest.csv"
+        manifest.write_text("input\n" + "".join(f"media/k{i}.mp3\n" for i in range(200)))
+        proc = subprocess.Popen(
+            [*ASRD, "submit", "--config", str(cfg.path), "--manifest", str(manifest),
+             "--rate", "100", "--concurrency", "16"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for_created(emu, 40)
+        proc.kill()
+        proc.wait()
+        again = submit(cfg, "--manifest", str(manifest), "--rate", "100", "--concurrency", "16",
+                       "--report", str(tmp_path / "again.jsonl"))  # fmt: skip
+        assert again.returncode == 0, again.stderr[-3000:]
+        statuses = Counter(r["status"] for r in report(tmp_path / "again.jsonl"))
+        assert statuses["adopted"] >= 1 and statuses["skipped"] >= 20
+        assert sum(statuses.values()) == 200
+        jobs = ci_jobs(cfg)
+        assert Counter(j["Input"]["Object"] for j in jobs) == Counter(
+            f"media/k{i}.mp3" for i in range(200)
+        )
+    finally:
+        emu.stop()
+
+
+def wait_for_created(emu: Emulator, count: int) -> None:
+    wait_for(lambda: created(emu) >= count, 30, f"{count} jobs created")
