@@ -14,6 +14,8 @@ import requests
 
 from asrd import config
 from asrd.ci import CiClient
+from asrd.ledger import JobEntry, SqliteLedger
+from asrd.submit import JobSpec
 
 from .conftest import Broker
 from .support import (
@@ -50,6 +52,16 @@ def test_deadline_sweep_delivers_what_the_list_window_misses(
     assert stuck.returncode == 0, stuck.stderr
     stuck_id = stuck.stdout.strip()
     set_faults(emu.endpoint, job_stall_rate=0.0)
+    # Two creates a killed `asrd submit` left unanswered (pending in the ledger): one reached
+    # CI, one never did. The sweep resolves both by client token.
+    settings = config.load(cfg.path)
+    ledger = SqliteLedger(settings.ledger.path)
+    now = time.time()
+    reached = JobSpec(input_object="media/lost.mp3", user_data="reached")
+    ledger.record_pending(JobEntry("tok-reached", None, "media/lost.mp3", "pending", now, now + 4))
+    ledger.record_pending(JobEntry("tok-never", None, "media/never.mp3", "pending", now, now + 4))
+    ledger.close()
+    reached_id = ci.create_job(reached.request(settings.ci, "tok-reached"))["JobId"]
     wait_for(lambda: (ci.get_job(lost_id) or {}).get("State") == "Success", 10, "the lost job")
     time.sleep(1.5)  # both jobs are now older than the reconciler's window when it first looks
 
@@ -57,6 +69,11 @@ def test_deadline_sweep_delivers_what_the_list_window_misses(
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for((cfg.results / f"{lost_id}.json").exists, 30, "the deadline sweep's delivery")
+        wait_for((cfg.results / f"{reached_id}.json").exists, 30, "the adopted pending create")
+        failed = asrd("jobs", "--config", str(cfg.path), "--state", "failed", "--json").stdout
+        [never] = [json.loads(line) for line in failed.splitlines()]
+        assert (never["client_token"], never["job_id"]) == ("tok-never", None)
+        assert never["reason"] == "the create never reached CI (no job carries its client token)"
         record = json.loads((cfg.results / f"{lost_id}.json").read_text())
         assert (record["job_id"], record["state"]) == (lost_id, "Success")
 
@@ -73,7 +90,10 @@ def test_deadline_sweep_delivers_what_the_list_window_misses(
         assert entry["input"] == "media/stuck.mp3"
         assert entry["reason"] == "still Running at CI past its deadline"
         settled = asrd("jobs", "--config", str(cfg.path), "--state", "settled").stdout
-        assert [json.loads(line)["job_id"] for line in settled.splitlines()] == [lost_id]
+        assert {json.loads(line)["job_id"] for line in settled.splitlines()} == {
+            lost_id,
+            reached_id,
+        }
 
         listed = requests.get(f"{base}/v1/jobs", params={"state": "overdue"}, timeout=10)
         assert listed.status_code == 200
@@ -102,7 +122,7 @@ def test_deadline_sweep_delivers_what_the_list_window_misses(
         assert repeat.json() == {**made.json(), "status": "skipped"}
         assert made.json()["client_token"] == "app-42"
         wait_for((cfg.results / f"{made.json()['job_id']}.json").exists, 30, "the API job")
-        assert emu.stats()["stats"]["jobs_created"] == 3
+        assert emu.stats()["stats"]["jobs_created"] == 4
     finally:
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=40) == 0

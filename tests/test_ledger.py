@@ -140,3 +140,24 @@ def test_submitted_jobs_from_pending_to_settled(tmp_path: Path) -> None:
     assert ledger.prune(older_than_s=0.1) == 3  # settled and failed jobs go, owed ones stay
     assert ledger.job_by_token("t3") is not None and ledger.job_by_token("t1") is None
     ledger.close()
+
+
+def test_a_refused_create_starts_again_and_sweeps_take_the_least_checked(tmp_path: Path) -> None:
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    now = time.time()
+    ledger.record_pending(entry("t1", None, now - 50, 10))
+    ledger.fail_job("t1", "InvalidArgument")
+    ledger.record_pending(entry("t1", None, now, 10))  # a re-run tries the refused row again
+    again = ledger.job_by_token("t1")
+    assert again is not None and (again.status, again.reason) == (PENDING, "")
+    assert again.submitted_at == now
+    ledger.record_job(entry("t2", "s2", now - 300, 10))
+    ledger.record_job(entry("t3", "s3", now - 200, 10))
+    ledger.record_job(entry("t4", "s4", now - 100, 10))
+    ledger.settle("s4", "Success")
+    ledger.record_pending(entry("t4", None, now, 10))  # settled: never touched again
+    assert ledger.job_by_token("t4").status == SETTLED  # type: ignore[union-attr]
+    assert [e.job_id for e in ledger.overdue_jobs(now, 10)] == ["s2", "s3"]
+    ledger.note_check("s2", "Running")
+    assert [e.job_id for e in ledger.overdue_jobs(now, 1)] == ["s3"]
+    ledger.close()

@@ -125,7 +125,7 @@ def sweep_overdue(
     """
     now = time.time() if now is None else now
     report = SweepReport()
-    overdue = ledger.list_jobs((PENDING, OWED), None, now, limit)
+    overdue = ledger.overdue_jobs(now, limit)
     ids: list[str] = []
     for entry in overdue:
         if entry.job_id is not None:

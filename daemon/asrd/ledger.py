@@ -178,6 +178,10 @@ class Ledger(Protocol):
         first."""
         ...
 
+    def overdue_jobs(self, now: float, limit: int) -> list[JobEntry]:
+        """Owed jobs past their deadline, the longest unchecked first (a sweep's share)."""
+        ...
+
     def job_stats(self, now: float) -> JobStats: ...
 
     def close(self) -> None: ...
@@ -268,12 +272,17 @@ class SqliteLedger:
         return self._one("job_id", job_id)
 
     def record_pending(self, entry: JobEntry) -> None:
+        # An entry whose create CI refused (failed, no job) starts again; any other is kept.
         with self._lock:
             self._db.execute(
                 "INSERT INTO jobs (client_token, input, status, submitted_at, deadline_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (client_token) DO NOTHING",
-                (entry.client_token, entry.input, PENDING, entry.submitted_at, entry.deadline_at),
-            )
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (client_token) DO UPDATE SET"
+                " status = excluded.status, submitted_at = excluded.submitted_at,"
+                " deadline_at = excluded.deadline_at, settled_at = NULL, reason = ''"
+                " WHERE jobs.status = ? AND jobs.job_id IS NULL",
+                (entry.client_token, entry.input, PENDING, entry.submitted_at, entry.deadline_at,
+                 FAILED),
+            )  # fmt: skip
 
     def record_job(self, entry: JobEntry) -> None:
         assert entry.job_id is not None
@@ -332,6 +341,15 @@ class SqliteLedger:
         sql = f"SELECT {_JOB_COLUMNS} FROM jobs{where} ORDER BY submitted_at DESC LIMIT ?"  # noqa: S608
         with self._lock:
             rows = self._db.execute(sql, (*params, limit)).fetchall()
+        return [_entry(r) for r in rows]
+
+    def overdue_jobs(self, now: float, limit: int) -> list[JobEntry]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status IN (?, ?) AND deadline_at < ?"  # noqa: S608
+                " ORDER BY COALESCE(checked_at, 0), deadline_at LIMIT ?",
+                (*OPEN_STATUSES, now, limit),
+            ).fetchall()
         return [_entry(r) for r in rows]
 
     def job_stats(self, now: float) -> JobStats:
