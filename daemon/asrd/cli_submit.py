@@ -221,6 +221,19 @@ def _table(entries: list[JobEntry], now: float) -> None:
     Console().print(table)
 
 
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        return value
+
+    return parse
+
+
 def add_commands(
     sub: argparse._SubParsersAction[argparse.ArgumentParser],
     add: Callable[..., argparse.ArgumentParser],
@@ -240,15 +253,19 @@ def add_commands(
     sp.add_argument("--job-level", type=int, choices=(0, 1, 2), help="priority, 2 = soonest")
     sp.add_argument("--template-id", help="ASR template instead of [ci.recognition]")
     sp.add_argument("--client-token", help=f"one job: its client token ({clienttoken.TOKEN_RULE})")
-    sp.add_argument("--rate", type=float, help="creates per second (default [submit] rate)")
-    sp.add_argument("--concurrency", type=int, help="creates in flight (default [submit])")
+    sp.add_argument("--rate", type=_positive(float), help="creates per second (default [submit])")
+    sp.add_argument("--concurrency", type=_positive(int), help="creates in flight ([submit])")
     sp.add_argument("--report", help="write a JSON line per row here (input, job id or error)")
     sp.add_argument("--force", action="store_true", help="send rows the ledger already has")
-    sp.add_argument("--progress-interval", type=float, help="seconds between progress lines")
+    sp.add_argument(
+        "--progress-interval", type=_positive(float), help="seconds between progress lines"
+    )
     sp = add(sub, "jobs", cmd_jobs, "jobs asrd submitted: what is owed, settled, overdue, failed")
     sp.add_argument("action", nargs="?", choices=("show",), help="show: one job, ledger and CI")
     sp.add_argument("job_id", nargs="?", help="with show: the job id")
     sp.add_argument("--state", choices=STATES, help="only jobs in this state")
     sp.add_argument("--since", help="submitted since: 90s, 30m, 2h, 1d or an ISO 8601 time")
     sp.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
-    sp.add_argument("--limit", type=int, default=1000, help="at most this many (newest first)")
+    sp.add_argument(
+        "--limit", type=_positive(int), default=1000, help="at most this many (newest first)"
+    )

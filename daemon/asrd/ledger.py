@@ -162,7 +162,7 @@ class Ledger(Protocol):
         ...
 
     def settle(self, job_id: str, ci_state: str | None) -> None:
-        """Every selected sink has the job: settled (or failed when CI ended it Failed)."""
+        """Every selected sink has the job: settled (failed when CI ended it Failed/Cancel)."""
         ...
 
     def fail_job(self, client_token: str, reason: str) -> None: ...
@@ -299,7 +299,7 @@ class SqliteLedger:
             )  # fmt: skip
 
     def settle(self, job_id: str, ci_state: str | None) -> None:
-        status = FAILED if ci_state == "Failed" else SETTLED
+        status = FAILED if ci_state in ("Failed", "Cancel") else SETTLED
         with self._lock:
             self._db.execute(
                 "UPDATE jobs SET status = ?, settled_at = ?,"
