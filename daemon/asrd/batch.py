@@ -234,7 +234,7 @@ def run_batch(
     row (its failure is in the report and the summary)."""
     summary = Summary(len(planned))
     lock = threading.Lock()
-    todo: Iterator[Planned] = iter(planned)
+    todo: Iterator[Planned]
 
     def finish(item: Planned, outcome: SubmitOutcome) -> None:
         report.write(item, outcome)
@@ -250,23 +250,22 @@ def run_batch(
                 return
             if stop.is_set():
                 finish(item, SubmitOutcome(FAILED_ROW, item.token, error="interrupted"))
-            elif item.duplicate_of is not None:
-                finish(item, _duplicate(item, submitter))
-            else:
-                try:
-                    outcome = submitter.submit(item.row.spec, item.token)
-                except Exception as exc:  # noqa: BLE001 - one row's bug must not stop the rest
-                    outcome = SubmitOutcome(FAILED_ROW, item.token, error=f"{exc}")
-                finish(item, outcome)
+                continue
+            try:
+                outcome = submitter.submit(item.row.spec, item.token)
+            except Exception as exc:  # noqa: BLE001 - one row's bug must not stop the rest
+                outcome = SubmitOutcome(FAILED_ROW, item.token, error=f"{exc}")
+            finish(item, outcome)
 
     started = time.monotonic()
-    # Duplicates last: by then the row they repeat has its outcome in the ledger.
-    ordered = [p for p in planned if p.duplicate_of is None]
-    ordered += [p for p in planned if p.duplicate_of is not None]
-    todo = iter(ordered)
+    todo = iter([p for p in planned if p.duplicate_of is None])
     with ThreadPoolExecutor(concurrency, thread_name_prefix="asrd-submit") as pool:
         for fut in [pool.submit(worker) for _ in range(min(concurrency, len(planned)) or 1)]:
             fut.result()
+    # Repeats last, once the row they repeat has its outcome in the ledger.
+    for item in planned:
+        if item.duplicate_of is not None:
+            finish(item, _duplicate(item, submitter))
     summary.elapsed_s = time.monotonic() - started
     return summary
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -28,7 +29,7 @@ from .batch import (
     with_defaults,
 )
 from .ci import CiClient
-from .config import Settings
+from .config import ConfigError, Settings
 from .jobs import STATES, parse_since, select, show
 from .ledger import JobEntry, Ledger, SqliteLedger
 from .limiter import RateLimiter
@@ -57,6 +58,16 @@ def make_submitter(
         attempts=s.attempts,
         stop=stop,
     )
+
+
+def open_ledger(settings: Settings) -> SqliteLedger:
+    """The configured ledger; a path that cannot be used is a configuration error (78)."""
+    path = settings.ledger.path
+    try:
+        return SqliteLedger(path)
+    except (OSError, sqlite3.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise ConfigError(f"config error: ledger.url: cannot open {path}: {reason}") from None
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -91,7 +102,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         client_token=token,
     )
     ci = CiClient(settings.ci)
-    ledger = SqliteLedger(settings.ledger.path)
+    ledger = open_ledger(settings)
     try:
         outcome = make_submitter(settings, ci, ledger).submit(spec, token)
     except ValueError as exc:
@@ -134,7 +145,7 @@ def _submit_batch(args: argparse.Namespace, settings: Settings) -> int:
         return EX_USAGE
     stop = threading.Event()
     _stop_on_signals(stop)
-    ledger = SqliteLedger(settings.ledger.path)
+    ledger = open_ledger(settings)
     report_file: IO[str] | None = None
     try:
         if args.report:
@@ -171,7 +182,7 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    ledger = SqliteLedger(settings.ledger.path)
+    ledger = open_ledger(settings)
     now = time.time()
     try:
         if args.action == "show":
