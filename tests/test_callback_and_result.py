@@ -100,6 +100,19 @@ def test_normalise_from_result_text() -> None:
     assert d["input"] == {"bucket": "b-1250000000", "region": "ap-chongqing", "object": "16k.mp3"}
 
 
+def test_normalise_keeps_only_the_callers_user_data() -> None:
+    """asrd's client token (in front of UserData) is not the caller's business."""
+
+    def with_user_data(value: str) -> dict[str, object]:
+        d = detail()
+        d["Operation"] = {**d["Operation"], "UserData": value}  # type: ignore[dict-item]
+        return d
+
+    assert normalise(with_user_data("asrd:0123abcd order-1")).user_data == "order-1"
+    assert normalise(with_user_data("asrd:0123abcd")).user_data is None
+    assert normalise(with_user_data("asrd: not a token")).user_data == "asrd: not a token"
+
+
 def test_normalise_prefers_result_detail_with_absolute_word_times() -> None:
     one = {
         "StartMs": "3320", "EndMs": "19712", "FinalSentence": "悯农", "SpeakerId": "0",

@@ -73,7 +73,10 @@ def test_submit_sends_callbacktype_tdmq(
     assert req["Tag"] == "SpeechRecognition"
     assert req["Input"] == {"Object": "in/a b.mp3"}
     op = req["Operation"]
-    assert op["UserData"] == "order-42"
+    # The client token travels in front of the caller's user data (README: client tokens).
+    token, _, mine = op["UserData"].partition(" ")
+    assert mine == "order-42"
+    assert token.startswith("asrd:") and len(token) == len("asrd:") + 32
     assert op["JobLevel"] == "2"
     assert op["Output"] == {
         "Bucket": BUCKET,

@@ -1,7 +1,9 @@
 """The sidecar HTTP API: health, readiness, metrics, and job submission / lookup for local apps.
 
 ``GET /healthz`` (process up), ``GET /readyz`` (subscribed and connected to the broker),
-``GET /metrics`` (Prometheus text), ``POST /v1/jobs`` (submit), ``GET /v1/jobs/{id}``,
+``GET /metrics`` (Prometheus text), ``POST /v1/jobs`` (submit, recorded in the ledger),
+``GET /v1/jobs?state=owed|settled|overdue|failed&since=2h`` (the ledger's jobs),
+``GET /v1/jobs/{id}``,
 ``POST /v1/callbacks/{token}`` (URL callbacks onto the Pulsar topic, when ``[intake.url]`` is set).
 Each response goes out in one send with TCP_NODELAY: a header-then-body pair of sends stalls
 keep-alive clients ~40 ms per request (Nagle + delayed ACK).
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import structlog
 
@@ -22,8 +25,8 @@ from .callback import JOB_ID
 from .ci import CiClient, CiError
 from .config import CiSettings
 from .intake.url import UrlReceiver
+from .jobs import JobService
 from .result import InvalidResult, normalise
-from .submit import submit
 
 log = structlog.get_logger("asrd.api")
 MAX_BODY = 64 * 1024
@@ -37,6 +40,7 @@ class ApiContext:
     counters: Callable[[], dict[str, int]]
     callbacks: UrlReceiver | None = None
     gauges: Callable[[], dict[str, float]] = dict
+    jobs: JobService | None = None
 
 
 def prometheus(counters: dict[str, int], ready: bool, gauges: dict[str, float]) -> str:
@@ -86,6 +90,9 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, text, "text/plain; version=0.0.4")
         elif self.path.startswith("/v1/jobs/"):
             self._get_job(self.path.removeprefix("/v1/jobs/"))
+        elif urlsplit(self.path).path == "/v1/jobs" and self.ctx.jobs is not None:
+            query = dict(parse_qsl(urlsplit(self.path).query))
+            self._send(*self.ctx.jobs.listing(query))
         else:
             self._send(404, {"error": f"no route {self.path}"})
 
@@ -142,26 +149,17 @@ class Handler(BaseHTTPRequestHandler):
         if length > MAX_BODY:
             self._send(413, {"error": f"body larger than {MAX_BODY} bytes"})
             return
+        if self.ctx.jobs is None:
+            self._refuse(503, "job submission is not available here")
+            return
         try:
             req = json.loads(self.rfile.read(length) or b"{}")
             if not isinstance(req, dict):
                 raise ValueError("body must be a JSON object")
-            detail = submit(
-                self.ctx.ci,
-                self.ctx.ci_settings,
-                input_object=req.get("input"),
-                input_url=req.get("url"),
-                output_object=req.get("output"),
-                user_data=req.get("user_data"),
-                job_level=req.get("job_level"),
-            )
-        except (ValueError, TypeError) as exc:
+        except ValueError as exc:
             self._send(400, {"error": str(exc)})
             return
-        except CiError as exc:
-            self._send(502 if exc.transient else 400, {"error": str(exc), "code": exc.code})
-            return
-        self._send(201, {"job_id": detail.get("JobId"), "state": detail.get("State")})
+        self._send(*self.ctx.jobs.submit(req))
 
     def log_message(self, format: str, *args: Any) -> None:
         return None

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from enum import Enum
 from functools import partial
 from typing import Any, TypeVar
@@ -36,6 +37,14 @@ logging.getLogger("qcloud_cos").setLevel(logging.WARNING)
 
 JobsDetail = dict[str, Any]
 T = TypeVar("T")
+# CI's list filters take times as %Y-%m-%dT%H:%M:%S%z; CI itself prints Beijing time.
+CI_TIME = "%Y-%m-%dT%H:%M:%S%z"
+CI_ZONE = timezone(timedelta(hours=8))
+
+
+def ci_time(ts: float) -> str:
+    """A Unix time as CI's list operation takes it (``startCreationTime``)."""
+    return datetime.fromtimestamp(ts, CI_ZONE).strftime(CI_TIME)
 
 
 class ErrorKind(Enum):
@@ -334,6 +343,37 @@ class CiClient:
             for d in data.get("JobsDetail") or []
             if isinstance(d, dict) and d.get("JobId") in wanted
         }
+
+    def describe_jobs(self, job_ids: list[str], batch: int = 10) -> dict[str, JobsDetail]:
+        """Several jobs by id, ``batch`` ids per describe request; ids CI does not know are
+        absent from the answer."""
+        found: dict[str, JobsDetail] = {}
+        for i in range(0, len(job_ids), batch):
+            chunk = job_ids[i : i + batch]
+            found.update(with_retry(partial(self._describe, chunk), self._backoff))
+        return found
+
+    def list_objects(self, prefix: str, page_size: int = 1000) -> Iterator[tuple[str, int]]:
+        """``(key, size)`` of every object under ``prefix`` in the bucket, following pages."""
+        marker = ""
+        while True:
+
+            def page(marker: str = marker) -> dict[str, Any]:
+                return self._call(
+                    lambda: self._client.list_objects(
+                        Bucket=self.bucket, Prefix=prefix, Marker=marker, MaxKeys=page_size
+                    )
+                )
+
+            data = with_retry(page, self._backoff)
+            contents = data.get("Contents") or []
+            for item in contents if isinstance(contents, list) else [contents]:
+                yield str(item["Key"]), int(item.get("Size") or 0)
+            if str(data.get("IsTruncated", "false")).lower() != "true":
+                return
+            marker = str(data.get("NextMarker") or (contents[-1]["Key"] if contents else ""))
+            if not marker:
+                return
 
     def list_jobs(
         self,

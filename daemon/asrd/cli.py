@@ -20,7 +20,7 @@ from types import FrameType
 import pulsar
 import structlog
 
-from . import __version__, config, dlq, observability, systemd
+from . import __version__, cli_submit, config, dlq, observability, systemd
 from .api import ApiContext, serve
 from .ci import CiClient, CiError
 from .cmq import CmqError
@@ -29,6 +29,7 @@ from .consumer import Consumer, make_client
 from .intake.forward import Forwarder
 from .intake.queue import QueueIntake, cmq_client
 from .intake.url import UrlReceiver
+from .jobs import JobService, job_gauges, sweep_overdue
 from .ledger import SqliteLedger
 from .periodic import every
 from .pipeline import Pipeline
@@ -37,7 +38,6 @@ from .reconcile import Report, reconcile
 from .result import InvalidResult, normalise
 from .shutdown import Shutdown
 from .sinks import Route, build_routes
-from .submit import submit
 
 EX_OK, EX_FATAL, EX_CONFIG = 0, 1, 78
 
@@ -182,6 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     shutdown.busy = lambda: consumer.health.subscribed
     feeds = Feeds.build(settings, client, counters)
+    submitter = cli_submit.make_submitter(settings, ci, ledger, stop=stop)
     api = _serve_api(
         settings,
         ApiContext(
@@ -190,7 +191,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             lambda: consumer.health.ready and feeds.reachable(settings),
             counters.snapshot,
             callbacks=feeds.url,
-            gauges=feeds.gauges,
+            gauges=lambda: {**feeds.gauges(), **job_gauges(ledger)},
+            jobs=JobService(submitter, ledger),
         ),
     )
     systemd.start_watchdog(systemd.loop_alive(lambda: consumer.health.last_tick, 30.0), stop)
@@ -207,6 +209,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         )
 
+    if rc.sweep_interval_s > 0:
+        lookup = submitter.lookup
+        chores.append(
+            every(
+                rc.sweep_interval_s,
+                stop,
+                lambda: sweep_overdue(
+                    ci, stages.pipeline, ledger, lookup, counters, settings.ci.get_batch_size
+                ),
+                "deadline-sweep",
+            )
+        )
     log.info("asrd starting", version=__version__, sinks=[r.sink.name for r in routes])
     feeds.start(stop)
     consumer.run(stop)
@@ -236,15 +250,18 @@ def cmd_intake(args: argparse.Namespace) -> int:
     queue = feeds.queue
     assert queue is not None  # built from intake.cmq above
     stop = threading.Event()
+    ci = CiClient(settings.ci)
+    ledger = SqliteLedger(settings.ledger.path)  # a job submitted here is owed like any other
     api = _serve_api(
         settings,
         ApiContext(
-            CiClient(settings.ci),
+            ci,
             settings.ci,
             lambda: feeds.reachable(settings),
             counters.snapshot,
             callbacks=feeds.url,
             gauges=feeds.gauges,
+            jobs=JobService(cli_submit.make_submitter(settings, ci, ledger, stop=stop), ledger),
         ),
     )
     _on_signals(stop)
@@ -257,26 +274,8 @@ def cmd_intake(args: argparse.Namespace) -> int:
         api.shutdown()
     feeds.stop()
     client.close()
+    ledger.close()
     log.info("asrd intake stopped", counters=counters.snapshot())
-    return EX_OK
-
-
-def cmd_submit(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    try:
-        detail = submit(
-            CiClient(settings.ci),
-            settings.ci,
-            input_object=args.input,
-            input_url=args.url,
-            output_object=args.output,
-            user_data=args.user_data,
-            job_level=args.job_level,
-        )
-    except ValueError as exc:
-        print(f"asrd submit: {exc}", file=sys.stderr)
-        return 2
-    print(detail["JobId"])
     return EX_OK
 
 
@@ -420,13 +419,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add(sub, "run", cmd_run, "consume callbacks and deliver results (the daemon)")
     add(sub, "intake", cmd_intake, "only move CMQ notifications onto the Pulsar topic")
-    sp = add(sub, "submit", cmd_submit, "submit one ASR job with a TDMQ callback; prints its JobId")
-    src = sp.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", help="input object key in the configured bucket")
-    src.add_argument("--url", help="public URL of the input audio")
-    sp.add_argument("--output", help="result object key (default: <output_prefix><input>.<type>)")
-    sp.add_argument("--user-data", help="free text echoed back in the result (printable ASCII)")
-    sp.add_argument("--job-level", type=int, choices=(0, 1, 2), help="priority, 2 = soonest")
+    cli_submit.add_commands(sub, add)
     sp = add(sub, "get", cmd_get, "print the normalised record of jobs as CI has them now")
     sp.add_argument("job_id", nargs="+")
     sp = add(sub, "list", cmd_list, "list jobs of the configured queue")

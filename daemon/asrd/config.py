@@ -243,6 +243,23 @@ class ReconcileSettings(_Section):
     interval_s: float = Field(default=600.0, ge=0)
     lookback_s: float = Field(default=86_400.0, gt=0)
     grace_s: float = Field(default=300.0, ge=0)
+    # A submitted job still owed a result this long after its submit is overdue: the deadline
+    # sweep (every sweep_interval_s, 0 = off) looks it up by id, whatever the list window.
+    deadline_s: float = Field(default=3 * 3600.0, gt=0)
+    sweep_interval_s: float = Field(default=300.0, ge=0)
+
+
+class SubmitSettings(_Section):
+    """``asrd submit`` in batches (``--manifest``, ``--prefix``)."""
+
+    rate: float = Field(default=20.0, gt=0, description="creates per second")
+    concurrency: int = Field(default=8, ge=1, le=256)
+    attempts: int = Field(default=5, ge=1, le=100)
+    # How far before a lost create the token look-up searches CI's job list (clock skew and
+    # CI's one-second creation times).
+    lookup_margin_s: float = Field(default=120.0, ge=0)
+    list_page_size: int = Field(default=1000, ge=1, le=1000)
+    progress_interval_s: float = Field(default=5.0, gt=0)
 
 
 class CmqIntakeSettings(_Section):
@@ -417,6 +434,7 @@ class Settings(_Section):
     http: HttpSettings = HttpSettings()
     log: LogSettings = LogSettings()
     reconcile: ReconcileSettings = ReconcileSettings()
+    submit: SubmitSettings = SubmitSettings()
     intake: IntakeSettings = IntakeSettings()
     sinks: list[SinkSettings] = Field(min_length=1)
 

@@ -1,8 +1,12 @@
-"""The delivery ledger: per job and sink, whether the record was delivered; per message, attempts.
+"""The delivery ledger: per job and sink, whether the record was delivered; per message, attempts;
+per submitted job, whether a result is still owed.
 
 It is what makes redeliveries, duplicate callbacks and restarts harmless: a sink already
 recorded for a job is skipped. Attempt counts live here because the broker's redelivery
-count resets when a consumer crashes. The default is SQLite in WAL mode (one replica).
+count resets when a consumer crashes. The jobs table remembers every job asrd submitted (by
+client token, before the create is sent) until every selected sink has its result, so lost
+create answers, re-runs of a manifest and jobs whose callback never came can all be found.
+The default is SQLite in WAL mode (one replica); the SQL stays portable.
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
     job_id TEXT NOT NULL,
@@ -28,7 +33,92 @@ CREATE TABLE IF NOT EXISTS attempts (
     last_reason TEXT NOT NULL,
     first_at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS jobs (
+    client_token TEXT PRIMARY KEY,
+    job_id TEXT UNIQUE,
+    input TEXT NOT NULL,
+    status TEXT NOT NULL,
+    submitted_at REAL NOT NULL,
+    deadline_at REAL NOT NULL,
+    settled_at REAL,
+    ci_state TEXT NOT NULL DEFAULT '',
+    checked_at REAL,
+    reason TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS jobs_status_deadline ON jobs (status, deadline_at);
+CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs (submitted_at);
 """
+# Job status in the ledger. PENDING: the create was sent, its answer not (yet) seen. OWED: CI
+# has the job, some selected sink does not have its result. SETTLED: every selected sink has
+# it. FAILED: no result will come (CI ended the job Failed, or does not know it).
+PENDING, OWED, SETTLED, FAILED = "pending", "owed", "settled", "failed"
+OPEN_STATUSES = (PENDING, OWED)
+_JOB_COLUMNS = (
+    "client_token, job_id, input, status, submitted_at, deadline_at, settled_at, ci_state,"
+    " checked_at, reason"
+)
+
+
+@dataclass(frozen=True)
+class JobEntry:
+    """One submitted job as the ledger knows it."""
+
+    client_token: str
+    job_id: str | None
+    input: str
+    status: str
+    submitted_at: float
+    deadline_at: float
+    settled_at: float | None = None
+    ci_state: str = ""
+    checked_at: float | None = None
+    reason: str = ""
+
+    def overdue(self, now: float) -> bool:
+        return self.status in OPEN_STATUSES and self.deadline_at < now
+
+    def to_dict(self, now: float) -> dict[str, object]:
+        return {
+            "job_id": self.job_id,
+            "client_token": self.client_token,
+            "input": self.input,
+            "status": self.status,
+            "overdue": self.overdue(now),
+            "submitted_at": _iso(self.submitted_at),
+            "deadline_at": _iso(self.deadline_at),
+            "settled_at": _iso(self.settled_at),
+            "ci_state": self.ci_state or None,
+            "checked_at": _iso(self.checked_at),
+            "reason": self.reason or None,
+        }
+
+
+@dataclass(frozen=True)
+class JobStats:
+    owed: int  # pending or owed
+    overdue: int  # of those, past their deadline
+    oldest_owed_at: float | None  # submitted_at of the oldest still owed
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+def _entry(row: tuple[object, ...]) -> JobEntry:
+    return JobEntry(
+        client_token=str(row[0]),
+        job_id=None if row[1] is None else str(row[1]),
+        input=str(row[2]),
+        status=str(row[3]),
+        submitted_at=float(str(row[4])),
+        deadline_at=float(str(row[5])),
+        settled_at=None if row[6] is None else float(str(row[6])),
+        ci_state=str(row[7] or ""),
+        checked_at=None if row[8] is None else float(str(row[8])),
+        reason=str(row[9] or ""),
+    )
 
 
 @dataclass(frozen=True)
@@ -56,8 +146,43 @@ class Ledger(Protocol):
     def clear_attempts(self, message_key: str) -> None: ...
 
     def prune(self, older_than_s: float) -> int:
-        """Forget deliveries and attempts older than this; returns the rows removed."""
+        """Forget deliveries, attempts and settled jobs older than this; returns rows removed."""
         ...
+
+    def job_by_token(self, client_token: str) -> JobEntry | None: ...
+
+    def job(self, job_id: str) -> JobEntry | None: ...
+
+    def record_pending(self, entry: JobEntry) -> None:
+        """Before a create is sent: the token and input (kept if already there)."""
+        ...
+
+    def record_job(self, entry: JobEntry) -> None:
+        """CI answered (or the token was found): the job id; a pending entry becomes owed."""
+        ...
+
+    def settle(self, job_id: str, ci_state: str | None) -> None:
+        """Every selected sink has the job: settled (failed when CI ended it Failed/Cancel)."""
+        ...
+
+    def fail_job(self, client_token: str, reason: str) -> None: ...
+
+    def note_check(self, job_id: str, ci_state: str, reason: str = "") -> None:
+        """What CI said about an owed job when it was last looked up."""
+        ...
+
+    def list_jobs(
+        self, statuses: tuple[str, ...], since: float | None, overdue_at: float | None, limit: int
+    ) -> list[JobEntry]:
+        """Jobs in these statuses (all when empty), submitted since, past a deadline; newest
+        first."""
+        ...
+
+    def overdue_jobs(self, now: float, limit: int) -> list[JobEntry]:
+        """Owed jobs past their deadline, the longest unchecked first (a sweep's share)."""
+        ...
+
+    def job_stats(self, now: float) -> JobStats: ...
 
     def close(self) -> None: ...
 
@@ -124,7 +249,117 @@ class SqliteLedger:
         with self._lock:
             gone = self._db.execute("DELETE FROM deliveries WHERE delivered_at < ?", (cutoff,))
             stale = self._db.execute("DELETE FROM attempts WHERE first_at < ?", (cutoff,))
-            return int(gone.rowcount) + int(stale.rowcount)
+            # Jobs still owed are kept whatever their age: they are what the ledger is for.
+            done = self._db.execute(
+                "DELETE FROM jobs WHERE status IN (?, ?) AND settled_at < ?",
+                (SETTLED, FAILED, cutoff),
+            )
+            return int(gone.rowcount) + int(stale.rowcount) + int(done.rowcount)
+
+    # -- submitted jobs ------------------------------------------------------------------
+    def _one(self, where: str, value: str) -> JobEntry | None:
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where} = ?",  # noqa: S608 - fixed names
+                (value,),
+            ).fetchone()
+        return None if row is None else _entry(row)
+
+    def job_by_token(self, client_token: str) -> JobEntry | None:
+        return self._one("client_token", client_token)
+
+    def job(self, job_id: str) -> JobEntry | None:
+        return self._one("job_id", job_id)
+
+    def record_pending(self, entry: JobEntry) -> None:
+        # An entry whose create CI refused (failed, no job) starts again; any other is kept.
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO jobs (client_token, input, status, submitted_at, deadline_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (client_token) DO UPDATE SET"
+                " status = excluded.status, submitted_at = excluded.submitted_at,"
+                " deadline_at = excluded.deadline_at, settled_at = NULL, reason = ''"
+                " WHERE jobs.status = ? AND jobs.job_id IS NULL",
+                (entry.client_token, entry.input, PENDING, entry.submitted_at, entry.deadline_at,
+                 FAILED),
+            )  # fmt: skip
+
+    def record_job(self, entry: JobEntry) -> None:
+        assert entry.job_id is not None
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO jobs (client_token, job_id, input, status, submitted_at,"
+                " deadline_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (client_token) DO UPDATE"
+                " SET job_id = excluded.job_id, reason = '', status = CASE"
+                " WHEN jobs.status IN (?, ?) THEN ? ELSE jobs.status END",
+                (
+                    entry.client_token, entry.job_id, entry.input, OWED,
+                    entry.submitted_at, entry.deadline_at, PENDING, FAILED, OWED,
+                ),
+            )  # fmt: skip
+
+    def settle(self, job_id: str, ci_state: str | None) -> None:
+        status = FAILED if ci_state in ("Failed", "Cancel") else SETTLED
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET status = ?, settled_at = ?,"
+                " ci_state = COALESCE(?, ci_state) WHERE job_id = ? AND status IN (?, ?)",
+                (status, time.time(), ci_state, job_id, *OPEN_STATUSES),
+            )
+
+    def fail_job(self, client_token: str, reason: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET status = ?, settled_at = ?, reason = ? WHERE client_token = ?"
+                " AND status IN (?, ?)",
+                (FAILED, time.time(), reason[:500], client_token, *OPEN_STATUSES),
+            )
+
+    def note_check(self, job_id: str, ci_state: str, reason: str = "") -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET ci_state = ?, checked_at = ?, reason = ? WHERE job_id = ?",
+                (ci_state, time.time(), reason[:500], job_id),
+            )
+
+    def list_jobs(
+        self, statuses: tuple[str, ...], since: float | None, overdue_at: float | None, limit: int
+    ) -> list[JobEntry]:
+        clauses: list[str] = []
+        params: list[object] = []
+        if statuses:
+            clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
+            params.extend(statuses)
+        if since is not None:
+            clauses.append("submitted_at >= ?")
+            params.append(since)
+        if overdue_at is not None:
+            clauses.append("deadline_at < ?")
+            params.append(overdue_at)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        # Only fixed clauses are joined; every value is a parameter.
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs{where} ORDER BY submitted_at DESC LIMIT ?"  # noqa: S608
+        with self._lock:
+            rows = self._db.execute(sql, (*params, limit)).fetchall()
+        return [_entry(r) for r in rows]
+
+    def overdue_jobs(self, now: float, limit: int) -> list[JobEntry]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status IN (?, ?) AND deadline_at < ?"  # noqa: S608
+                " ORDER BY COALESCE(checked_at, 0), deadline_at LIMIT ?",
+                (*OPEN_STATUSES, now, limit),
+            ).fetchall()
+        return [_entry(r) for r in rows]
+
+    def job_stats(self, now: float) -> JobStats:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*), SUM(CASE WHEN deadline_at < ? THEN 1 ELSE 0 END),"
+                " MIN(submitted_at) FROM jobs WHERE status IN (?, ?)",
+                (now, *OPEN_STATUSES),
+            ).fetchone()
+        return JobStats(int(row[0]), int(row[1] or 0), None if row[2] is None else float(row[2]))
 
     def close(self) -> None:
         with self._lock:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from . import callback
-from .ci import CiClient, CiError
+from .ci import CiClient, CiError, JobsDetail
 from .ledger import Ledger
 from .observability import Counters
 from .result import InvalidResult, ResultRecord, normalise, stamped
@@ -66,6 +66,7 @@ class Pipeline:
         """Fetch the job from CI (the truth) and deliver it; also used by the reconciler."""
         if self._all_sinks <= self._ledger.delivered(job_id):
             # A duplicate callback or a redelivery after a crash: no need to ask CI again.
+            self._ledger.settle(job_id, None)
             return Verdict(Outcome.DONE, "already delivered to every sink", job_id)
         try:
             detail = self._ci.get_job(job_id)
@@ -75,6 +76,10 @@ class Pipeline:
         if detail is None:
             # Read-after-notify lag is possible, so "not found" is retried until the budget ends.
             return Verdict(Outcome.RETRY, "CI does not know this job (NonExistJobIds)", job_id)
+        return self.deliver_detail(job_id, detail)
+
+    def deliver_detail(self, job_id: str, detail: JobsDetail) -> Verdict:
+        """Deliver a job CI has just described (the deadline sweep describes many at once)."""
         try:
             record = normalise(detail)
         except InvalidResult as exc:
@@ -110,4 +115,6 @@ class Pipeline:
             return Verdict(
                 Outcome.DEAD if permanent else Outcome.RETRY, "; ".join(failures), record.job_id
             )
+        # Every selected sink has it: a job asrd submitted is no longer owed.
+        self._ledger.settle(record.job_id, record.state)
         return Verdict(Outcome.DONE, "", record.job_id)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from . import clienttoken
 from .callback import BadMessage, valid_job_id
 
 SCHEMA_VERSION = 1
@@ -251,7 +252,9 @@ def normalise(detail: dict[str, Any]) -> ResultRecord:
         audio_time = float(_str(audio)) if audio not in (None, "") else None
     except ValueError:
         raise InvalidResult(f"job {job_id} AudioTime {audio!r} is not a number") from None
-    user_data = operation.get("UserData")
+    raw_user_data = operation.get("UserData")
+    # The client token asrd put in front (clienttoken.py) is asrd's, not the caller's.
+    _, user_data = clienttoken.split(_str(raw_user_data) if raw_user_data is not None else None)
     return ResultRecord(
         job_id=job_id,
         state=state,
@@ -267,7 +270,7 @@ def normalise(detail: dict[str, Any]) -> ResultRecord:
         audio_time=audio_time,
         transcript=transcript,
         segments=segments,
-        user_data=_str(user_data) if user_data is not None else None,
+        user_data=user_data,
         raw=detail,
     )
 

@@ -190,6 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=6000,
         help="6000/4420: that code in the JSON answer; 502/503: that HTTP status",
     )
+    f.add_argument(
+        "--fault-create-response-drop-rate",
+        type=_rate,
+        default=0.0,
+        help="share of creates whose job is made but whose answer is lost",
+    )
+    f.add_argument(
+        "--fault-create-response-drop-mode", choices=["close", "error", "mixed"], default="mixed"
+    )
+    f.add_argument("--fault-job-stall-rate", type=_rate, default=0.0, help="jobs that never finish")
     f.add_argument("--fault-seed", type=int, default=None)
     return p
 
@@ -213,6 +223,9 @@ def fault_config(args: argparse.Namespace) -> FaultConfig:
         callback_early_s=args.fault_callback_early_s,
         cmq_error_rate=args.fault_cmq_error_rate,
         cmq_error_code=args.fault_cmq_error_code,
+        create_response_drop_rate=args.fault_create_response_drop_rate,
+        create_response_drop_mode=args.fault_create_response_drop_mode,
+        job_stall_rate=args.fault_job_stall_rate,
     )
 
 

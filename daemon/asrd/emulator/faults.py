@@ -10,6 +10,7 @@ from typing import Any
 ERROR_CODES = {"ServiceUnavailable": 503, "InternalError": 500}
 # CMQ: in-band codes (HTTP 200) for an internal error or QPS throttling, or a gateway HTTP status.
 CMQ_ERROR_CODES = (6000, 4420, 502, 503)
+DROP_MODES = ("close", "error", "mixed")
 
 
 @dataclass
@@ -30,6 +31,11 @@ class FaultConfig:
     callback_early_s: float = 1.0  # how long get keeps showing Running after such a callback
     cmq_error_rate: float = 0.0  # share of CMQ API calls answered with cmq_error_code
     cmq_error_code: int = 6000  # 6000 | 4420 (in the JSON) or 502 | 503 (HTTP status)
+    # The job is created, then the create's answer is lost: the connection closes without a
+    # response ("close"), or a 500 InternalError comes back ("error"), or either ("mixed").
+    create_response_drop_rate: float = 0.0
+    create_response_drop_mode: str = "mixed"
+    job_stall_rate: float = 0.0  # jobs that start Running and never finish
 
     def update(self, values: dict[str, Any]) -> None:
         """Apply a partial update; unknown keys or wrong types raise ValueError, nothing applied."""
@@ -58,6 +64,9 @@ class FaultConfig:
             raise ValueError("error_code must be ServiceUnavailable, InternalError or mixed")
         if staged.get("cmq_error_code", self.cmq_error_code) not in CMQ_ERROR_CODES:
             raise ValueError(f"cmq_error_code must be one of {list(CMQ_ERROR_CODES)}")
+        mode = staged.get("create_response_drop_mode", self.create_response_drop_mode)
+        if mode not in DROP_MODES:
+            raise ValueError("create_response_drop_mode must be close, error or mixed")
         for key, value in staged.items():
             setattr(self, key, value)
 
@@ -123,6 +132,20 @@ class Faults:
         if self._hit(self.config.job_fail_rate, "job_failed"):
             return self.config.job_fail_code, self.config.job_fail_message
         return None
+
+    def create_response_drop(self) -> str | None:
+        """After a job was created: ``"close"`` or ``"error"`` to lose the answer, else None."""
+        c = self.config
+        if not self._hit(c.create_response_drop_rate, "create_response_dropped"):
+            return None
+        mode = c.create_response_drop_mode
+        if mode == "mixed":
+            mode = self._rng.choice(("close", "error"))
+        self.counts[f"create_response_dropped_{mode}"] += 1
+        return mode
+
+    def job_stall(self) -> bool:
+        return self._hit(self.config.job_stall_rate, "job_stalled")
 
     def callback_plan(self) -> tuple[int, float, float]:
         """``(copies, delay seconds, early seconds)`` for one job's notification."""

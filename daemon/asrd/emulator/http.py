@@ -43,6 +43,7 @@ class Response:
     headers: list[tuple[str, str]] = field(default_factory=list)
     content_type: str = "application/xml"
     head: bool = False  # HEAD: send Content-Length of the body but not the body
+    abort: bool = False  # close the connection without answering (a lost response)
 
     def encode(self, keep_alive: bool, date: str) -> bytes:
         reason = _REASONS.get(self.status, "")
@@ -151,6 +152,10 @@ class HttpProtocol(asyncio.Protocol):
 
     def _send(self, resp: Response, keep_alive: bool) -> None:
         if self._transport is None:
+            return
+        if resp.abort:
+            self._transport.close()
+            self._closed = True
             return
         self._transport.write(resp.encode(keep_alive, self._date.now()))
         if not keep_alive:

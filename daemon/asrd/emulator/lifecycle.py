@@ -78,6 +78,8 @@ class JobRunner:
         # Scheduled even with no delay, so the create answer still shows Submitted.
         half = self.job_delay / 2
         loop.call_later(half, self._run, job)
+        if self.faults.job_stall():
+            return  # Running for ever: a job the service never finishes
         loop.call_later(self.job_delay, self._finish, job)
 
     def _run(self, job: Job) -> None:

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.utils import formatdate
 from typing import Any
 
@@ -153,6 +154,11 @@ class App:
         if job.state != "Pause":
             self.runner.start(job)
         self.stats["jobs_created"] += 1
+        lost = self.faults.create_response_drop()
+        if lost == "close":
+            return Response(200, abort=True)
+        if lost == "error":
+            raise ApiError(500, "InternalError", "Internal error.")
         return Response(200, xmlio.wrap("Response", job.detail_xml()))
 
     def _get(self, ids_text: str, bucket: str) -> Response:
@@ -240,6 +246,8 @@ class App:
 
     def _object(self, req: Request, target: Target) -> Response:
         bucket, key = target.bucket, req.path.lstrip("/")
+        if bucket is not None and not key and req.method == "GET":
+            return self._list_objects(req, bucket)
         if bucket is None:
             # Path-style fallback (/<bucket>/<key>) when the Host does not name the bucket.
             bucket, _, key = key.partition("/")
@@ -268,6 +276,50 @@ class App:
         except BadKey as exc:
             raise invalid(str(exc)) from exc
         raise _not_allowed(req.method)
+
+    def _list_objects(self, req: Request, bucket: str) -> Response:
+        """GET Bucket (list objects, version 1): keys in byte order, ``marker`` paging."""
+        q = req.query
+        try:
+            max_keys = int(q.get("max-keys") or "1000")
+        except ValueError as exc:
+            raise invalid("max-keys must be an integer") from exc
+        if not 1 <= max_keys <= 1000:
+            raise invalid("max-keys must be between 1 and 1000")
+        prefix, marker, delimiter = q.get("prefix", ""), q.get("marker", ""), q.get("delimiter", "")
+        try:
+            listing = self.objects.list(bucket, prefix, marker, delimiter, max_keys)
+        except BadKey as exc:
+            raise invalid(str(exc)) from exc
+        self.stats["object_list_pages"] += 1
+        content: dict[str, Any] = {
+            "Name": bucket,
+            "EncodingType": None,
+            "Prefix": prefix or None,
+            "Marker": marker or None,
+            "MaxKeys": str(max_keys),
+            "Delimiter": delimiter or None,
+            "IsTruncated": "true" if listing.truncated else "false",
+        }
+        if listing.truncated:
+            content["NextMarker"] = listing.next_marker
+        if listing.objects:
+            content["Contents"] = [
+                {
+                    "Key": o.key,
+                    "LastModified": datetime.fromtimestamp(o.mtime, UTC).strftime(
+                        "%Y-%m-%dT%H:%M:%S.000Z"
+                    ),
+                    "ETag": f'"{o.etag}"',
+                    "Size": str(o.size),
+                    "Owner": {"ID": "1250000000", "DisplayName": "1250000000"},
+                    "StorageClass": "STANDARD",
+                }
+                for o in listing.objects
+            ]
+        if listing.prefixes:
+            content["CommonPrefixes"] = [{"Prefix": p} for p in listing.prefixes]
+        return Response(200, xmlio.document("ListBucketResult", content))
 
     # ---- admin -----------------------------------------------------------------------------
 

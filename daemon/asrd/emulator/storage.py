@@ -23,6 +23,22 @@ class StoredObject:
     mtime: float
 
 
+@dataclass(frozen=True)
+class ListedObject:
+    key: str
+    size: int
+    mtime: float
+    etag: str
+
+
+@dataclass(frozen=True)
+class Listing:
+    objects: list[ListedObject]
+    prefixes: list[str]
+    truncated: bool
+    next_marker: str
+
+
 class ObjectStore:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
@@ -78,3 +94,41 @@ class ObjectStore:
         path = self.path_for(bucket, key)
         if path.is_file():
             path.unlink()
+
+    def list(self, bucket: str, prefix: str, marker: str, delimiter: str, max_keys: int) -> Listing:
+        """Keys after ``marker`` that start with ``prefix``, in UTF-8 byte order (as COS sorts);
+        with a ``delimiter``, keys sharing the part up to it fold into one common prefix."""
+        if not BUCKET_RE.match(bucket):
+            raise BadKey(f"invalid bucket name {bucket!r}")
+        base = self.root / bucket
+        keys = sorted(
+            (
+                p.relative_to(base).as_posix()
+                for p in base.rglob("*")
+                if p.is_file() and not p.name.startswith(".tmp-")
+            ),
+            key=lambda k: k.encode(),
+        )
+        objects: list[ListedObject] = []
+        prefixes: list[str] = []
+        last = ""
+        for key in keys:
+            if not key.startswith(prefix) or key.encode() <= marker.encode():
+                continue
+            if delimiter and delimiter in key[len(prefix) :]:
+                common = key[: key.index(delimiter, len(prefix)) + len(delimiter)]
+                if (prefixes and prefixes[-1] == common) or common.encode() <= marker.encode():
+                    continue
+                if len(objects) + len(prefixes) == max_keys:
+                    return Listing(objects, prefixes, True, last)
+                prefixes.append(common)
+                last = common
+                continue
+            if len(objects) + len(prefixes) == max_keys:
+                return Listing(objects, prefixes, True, last)
+            path = base / key
+            data = path.read_bytes()
+            etag = hashlib.md5(data).hexdigest()  # noqa: S324 - COS ETag is an MD5
+            objects.append(ListedObject(key, len(data), path.stat().st_mtime, etag))
+            last = key
+        return Listing(objects, prefixes, False, "")
