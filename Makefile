@@ -39,6 +39,7 @@ bench: venv
 	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; } \
 		|| { echo "bench: install wrk (Debian package) for benchmarks/emulator_get.py"; exit 1; }
 	$(BIN)/python benchmarks/emulator_get.py
+	$(BIN)/python benchmarks/intake_move.py
 
 broker-start:
 	scripts/pulsar start

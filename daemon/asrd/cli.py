@@ -27,7 +27,7 @@ from .cmq import CmqError
 from .config import ConfigError, Settings
 from .consumer import Consumer, make_client
 from .intake.forward import Forwarder
-from .intake.queue import QueueIntake, cmq_client
+from .intake.queue import QueueIntake, cmq_clients
 from .intake.url import UrlReceiver
 from .jobs import JobService, job_gauges, sweep_overdue
 from .ledger import SqliteLedger
@@ -106,7 +106,7 @@ class Feeds:
     ) -> Feeds:
         forwarder = Forwarder(client, settings.pulsar.topic)
         cmq = settings.intake.cmq
-        queue = QueueIntake(cmq, cmq_client(cmq), forwarder, counters) if cmq else None
+        queue = QueueIntake(cmq, cmq_clients(cmq), forwarder, counters) if cmq else None
         url = settings.intake.url
         receiver = UrlReceiver(url, forwarder, counters) if url else None
         return cls(forwarder, queue, receiver)
@@ -137,6 +137,8 @@ class Feeds:
         if self.thread is not None:
             self.thread.join(timeout=1.0)
         self.forwarder.close()
+        if self.queue is not None:
+            self.queue.close()
 
 
 def _serve_api(settings: Settings, ctx: ApiContext) -> ThreadingHTTPServer | None:

@@ -272,6 +272,8 @@ class CmqIntakeSettings(_Section):
     queue: str
     polling_wait_s: int = Field(default=10, ge=0, le=30)
     batch_size: int = Field(default=16, ge=1, le=16)
+    # Receive loops in parallel: one waits for Pulsar to persist while the others poll.
+    loops: int = Field(default=4, ge=1, le=64)
     secret_id: SecretStr | None = None
     secret_id_file: Path | None = None
     secret_key: SecretStr | None = None

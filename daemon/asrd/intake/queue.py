@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -24,7 +24,7 @@ from ..config import CmqIntakeSettings
 from ..observability import Counters
 from .forward import Forwarder, ForwardError, Outgoing
 
-__all__ = ["IntakeHealth", "MoveReport", "QueueIntake", "cmq_client"]
+__all__ = ["IntakeHealth", "MoveReport", "QueueIntake", "cmq_clients"]
 
 log = structlog.get_logger("asrd.intake")
 
@@ -38,15 +38,19 @@ def _secret(value: SecretStr | None) -> str:
     return value.get_secret_value() if value is not None else ""
 
 
-def cmq_client(settings: CmqIntakeSettings) -> CmqClient:
-    return CmqClient(
-        settings.endpoint,
-        _secret(settings.secret_id),
-        _secret(settings.secret_key),
-        token=_secret(settings.token),
-        signature_method=settings.signature_method,
-        timeout_s=settings.timeout_s,
-    )
+def cmq_clients(settings: CmqIntakeSettings) -> list[CmqClient]:
+    """One client (one keep-alive connection) per receive loop."""
+    return [
+        CmqClient(
+            settings.endpoint,
+            _secret(settings.secret_id),
+            _secret(settings.secret_key),
+            token=_secret(settings.token),
+            signature_method=settings.signature_method,
+            timeout_s=settings.timeout_s,
+        )
+        for _ in range(settings.loops)
+    ]
 
 
 @dataclass
@@ -74,24 +78,30 @@ class MoveReport:
 
 
 class QueueIntake:
+    """``len(clients)`` receive loops on the queue: while one waits for the broker to persist its
+    batch, the others receive and delete (CMQ hands each message to one receiver at a time)."""
+
     def __init__(
         self,
         settings: CmqIntakeSettings,
-        client: CmqClient,
+        clients: Sequence[CmqClient],
         forwarder: Forwarder,
         counters: Counters,
     ) -> None:
+        if not clients:
+            raise ValueError("the intake needs at least one CMQ client")
         self._settings = settings
-        self._cmq = client
+        self._clients = list(clients)
         self._forwarder = forwarder
         self._counters = counters
         self.health = IntakeHealth()
 
-    def move_once(self, wait_s: int | None = None) -> MoveReport:
+    def move_once(self, wait_s: int | None = None, client: CmqClient | None = None) -> MoveReport:
         """One receive → produce → delete round. Raises ``CmqError`` if CMQ cannot be polled."""
         s = self._settings
+        cmq = client or self._clients[0]
         wait = s.polling_wait_s if wait_s is None else wait_s
-        messages = self._cmq.batch_receive(s.queue, s.batch_size, wait)
+        messages = cmq.batch_receive(s.queue, s.batch_size, wait)
         self.health.last_ok = time.monotonic()
         if not messages:
             return MoveReport()
@@ -102,17 +112,17 @@ class QueueIntake:
                 # Not deleted: CMQ redelivers it after the queue's visibility timeout.
                 self._counters.inc("intake.produce_errors")
                 log.warning("could not put a CMQ message on Pulsar", msg_id=m.msg_id, error=failed)
-        refused = self._delete(persisted)
+        refused = self._delete(cmq, persisted)
         moved = len(persisted) - len(refused)
         self._counters.inc("intake.moved", moved)
         return MoveReport(len(messages), moved, len(messages) - moved)
 
-    def _delete(self, persisted: list[CmqMessage]) -> dict[str, str]:
+    def _delete(self, cmq: CmqClient, persisted: list[CmqMessage]) -> dict[str, str]:
         if not persisted:
             return {}
         handles = [m.receipt_handle for m in persisted]
         try:
-            refused = self._cmq.batch_delete(self._settings.queue, handles)
+            refused = cmq.batch_delete(self._settings.queue, handles)
         except CmqError as exc:
             refused = {h: str(exc) for h in handles}
         if refused:
@@ -134,22 +144,39 @@ class QueueIntake:
         }
         return Outgoing(m.body.encode("utf-8"), props)
 
-    def run(self, stop: threading.Event, on_ready: Callable[[], object] | None = None) -> None:
-        """Move messages until ``stop``. CMQ or broker trouble backs off with jitter, never ends
-        the loop: a refused key or a missing queue can be fixed in the console without a restart.
+    def run(self, stop: threading.Event) -> None:
+        """Move messages until ``stop``, one loop per client, each on a daemon thread.
 
-        A receive in flight when ``stop`` is set is abandoned by the caller (the thread is a
-        daemon); those messages stay in CMQ and come back after the visibility timeout.
+        A receive in flight when ``stop`` is set is abandoned (its thread is a daemon, and the
+        caller does not wait for a long poll); those messages stay in CMQ and come back after the
+        visibility timeout.
         """
-        s = self._settings
-        log.info("intake started", endpoint=self._cmq.endpoint, queue=s.queue)
-        if on_ready is not None:
-            on_ready()
+        log.info(
+            "intake started",
+            endpoint=self._clients[0].endpoint,
+            queue=self._settings.queue,
+            loops=len(self._clients),
+        )
+        loops = [
+            threading.Thread(
+                target=self._loop, args=(c, stop), name=f"asrd-intake-{i}", daemon=True
+            )
+            for i, c in enumerate(self._clients)
+        ]
+        for t in loops:
+            t.start()
+        for t in loops:
+            t.join()
+        log.info("intake stopped")
+
+    def _loop(self, client: CmqClient, stop: threading.Event) -> None:
+        """CMQ or broker trouble backs off with jitter, never ends the loop: a refused key or a
+        missing queue can be fixed in the console without a restart."""
         failures = 0
         while not stop.is_set():
             self.health.last_tick = time.monotonic()
             try:
-                report = self.move_once()
+                report = self.move_once(client=client)
                 trouble = "" if report.moved or not report.kept else "nothing persisted on Pulsar"
             except CmqError as exc:
                 self._counters.inc("intake.receive_errors")
@@ -167,7 +194,13 @@ class QueueIntake:
             failures += 1
             pause = backoff.delay(failures, 1.0, 30.0)
             log.warning(
-                "intake backing off", queue=s.queue, error=trouble, retry_in_s=round(pause, 2)
+                "intake backing off",
+                queue=self._settings.queue,
+                error=trouble,
+                retry_in_s=round(pause, 2),
             )
             stop.wait(pause)
-        log.info("intake stopped")
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
