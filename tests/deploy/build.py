@@ -10,6 +10,7 @@ with its keyring.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -27,8 +28,12 @@ SUITE = "bookworm"
 # The base image name the Dockerfile pins (by digest); a Debian tree is imported under it.
 PYTHON_BASE = "docker.io/library/python:3.11-slim-bookworm"
 IMAGE = "localhost/asrd:test"
+# The image runs as an unprivileged uid, which must be able to reach its root filesystem and
+# its mounts: every parent directory needs search permission for it, and a checkout can sit
+# under a 0700 directory (a mktemp -d, a home). So the per-session trees live under /var/tmp.
+SCRATCH = Path("/var/tmp") / f"asrd-deploy-{hashlib.sha1(str(ROOT).encode()).hexdigest()[:10]}"
 # Paths the nspawn container sees at the same place as the host (read-only).
-SHARED = ROOT / "var" / "deploy-tests"
+SHARED = SCRATCH / "shared"
 
 
 def run(*cmd: str | Path, timeout: float = 900, **kw: object) -> subprocess.CompletedProcess[str]:

@@ -75,14 +75,16 @@ def machine(shared_dir: Path, wheels: Path) -> Iterator[build.Machine]:
 
 
 @pytest.fixture(scope="session")
-def image(tmp_path_factory: pytest.TempPathFactory, wheels: Path) -> build.Image:
+def image(tmp_path_factory: pytest.TempPathFactory, wheels: Path) -> Iterator[build.Image]:
     started = time.monotonic()
     build.base_image()
     _timed("base image (debootstrap + import)", started)
     started = time.monotonic()
-    built = build.build_image(wheels, build.CACHE / "image-rootfs")
+    build.SCRATCH.mkdir(mode=0o755, parents=True, exist_ok=True)
+    built = build.build_image(wheels, build.SCRATCH / "image-rootfs")
     _timed("buildah bud + rootfs export", started)
-    return built
+    yield built
+    shutil.rmtree(built.rootfs, ignore_errors=True)  # rebuilt every session anyway
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
