@@ -1,10 +1,10 @@
-"""Processes the benchmark runs: the broker, the CI emulator, the daemon, and /proc sampling."""
+"""What the benchmark runs add to the tests' harness (tests/support.py starts the emulator and
+the daemon for both): the broker check, the benchmark's config, and /proc sampling."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -13,15 +13,15 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests import support
+from tests.support import ROOT, DaemonConfig, Emulator, stop_process
+
+__all__ = ["Emulator", "stop_process"]  # re-exported for the scenarios
+
 BIN = ROOT / ".venv" / "bin"
-ASRD = str(BIN / "asrd") if (BIN / "asrd").exists() else "asrd"
 PULSAR_URL = "pulsar://127.0.0.1:6650"
 ADMIN_URL = "http://127.0.0.1:8080"
-SECRET_ID = "AKIDasrdbench000000000000000000000"
-SECRET_KEY = "asrdbenchsecretkey00000000000000"
-BUCKET = "asrd-bench-1250000000"
-REGION = "ap-guangzhou"
+DaemonSetup = DaemonConfig  # one daemon's files: config (.path), ledger, results, log
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -57,145 +57,34 @@ class Broker:
             self.started_here = False
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
-    """SIGTERM, then SIGKILL after ``timeout``; returns the exit status."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return int(proc.returncode)
-
-
-@dataclass
-class Emulator:
-    proc: subprocess.Popen[bytes]
-    endpoint: str
-
-    def set_faults(self, **values: float) -> None:
-        req = urllib.request.Request(
-            f"{self.endpoint}/-/faults",
-            data=json.dumps(values).encode(),
-            method="PUT",
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            resp.read()
-
-    def stop(self) -> int:
-        return stop_process(self.proc)
-
-
 def start_emulator(data_dir: Path, *extra: str) -> Emulator:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with (data_dir / "emulator.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                ASRD,
-                "emulator",
-                "--listen",
-                "127.0.0.1:0",
-                "--pulsar-url",
-                PULSAR_URL,
-                "--data-dir",
-                str(data_dir),
-                "--key",
-                f"{SECRET_ID}:{SECRET_KEY}",
-                "--job-delay",
-                "0",
-                # The runs measure the consumer on a topic pre-filled with CI's callback bodies:
-                # the emulator's explicit CMQ-bypass publishes them to Pulsar directly.
-                "--tdmq-to-pulsar",
-                *extra,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=log,
-        )
-    assert proc.stdout is not None
-    line = proc.stdout.readline().decode().strip()
-    if "listening on" not in line:
-        stop_process(proc)
-        raise RuntimeError(f"emulator did not start: {line!r}; see {data_dir}/emulator.log")
-    return Emulator(proc, line.rsplit(" ", 1)[1])
-
-
-@dataclass
-class DaemonSetup:
-    """One daemon's files: config, ledger, results directory, log."""
-
-    dir: Path
-    topic: str
-    mq_name: str
-    subscription: str = "asrd"
-
-    @property
-    def config(self) -> Path:
-        return self.dir / "asrd.toml"
-
-    @property
-    def results(self) -> Path:
-        return self.dir / "results"
-
-    @property
-    def log(self) -> Path:
-        return self.dir / "daemon.log"
+    """The emulator without its CMQ endpoint: the runs measure the consumer on a topic
+    pre-filled with CI's callback bodies, published to Pulsar directly (--tdmq-to-pulsar)."""
+    return support.start_emulator(
+        data_dir, PULSAR_URL, "--job-delay", "0", "--tdmq-to-pulsar", *extra, cmq=False
+    )
 
 
 def write_config(
     run_dir: Path, endpoint: str, mq_name: str, concurrency: int, max_in_flight: int
 ) -> DaemonSetup:
-    """The daemon's TOML: emulator CI, the run's topic, a file sink, a fresh ledger."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    setup = DaemonSetup(run_dir, f"persistent://public/default/{mq_name}", mq_name)
-    (run_dir / "secret_key").write_text(SECRET_KEY + "\n")
-    setup.config.write_text(
-        f"""[ci]
-region = "{REGION}"
-bucket = "{BUCKET}"
-secret_id = "{SECRET_ID}"
-secret_key_file = "{run_dir / "secret_key"}"
-endpoint = "{endpoint}"
-
-[ci.callback]
-mq_name = "{mq_name}"
-
-[pulsar]
-service_url = "{PULSAR_URL}"
-topic = "{setup.topic}"
-subscription = "{setup.subscription}"
-concurrency = {concurrency}
-max_in_flight = {max_in_flight}
-receiver_queue_size = {min(max_in_flight, 1000)}
-nack_delay_ms = 1000
-
-[ledger]
-url = "sqlite:///{run_dir / "ledger.db"}"
-
-[http]
-listen = "127.0.0.1:0"
-
-[log]
-level = "info"
-
-[[sinks]]
-name = "files"
-type = "file"
-dir = "{setup.results}"
-formats = ["json"]
-"""
+    """The daemon's TOML: emulator CI, the run's topic (no intake), a json file sink, a fresh
+    ledger, the sidecar API on a free port."""
+    return support.write_config(
+        run_dir,
+        endpoint,
+        PULSAR_URL,
+        mq_name=mq_name,
+        intake=False,
+        formats=("json",),
+        extra_pulsar=f"concurrency = {concurrency}\nmax_in_flight = {max_in_flight}\n"
+        f"receiver_queue_size = {min(max_in_flight, 1000)}",
+        extra='[http]\nlisten = "127.0.0.1:0"\n',
     )
-    return setup
 
 
 def start_daemon(setup: DaemonSetup) -> subprocess.Popen[bytes]:
-    with setup.log.open("ab") as log:
-        return subprocess.Popen(
-            [ASRD, "run", "--config", str(setup.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
+    return support.start_daemon(setup, setup.log, wait_subscribed=False)
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,12 @@ import logging
 import time
 import urllib.request
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import pulsar
 
-from asrd import config
-from asrd.ci import CiClient
-from asrd.submit import build_request
-from benchmarks.harness import ADMIN_URL, PULSAR_URL, DaemonSetup
+from benchmarks.harness import ADMIN_URL, PULSAR_URL
 
 _quiet = logging.getLogger("bench.pulsar")
 _quiet.setLevel(logging.ERROR)
@@ -34,22 +30,6 @@ def subscribe(topic: str, subscription: str) -> None:
         c.subscribe(topic, subscription, consumer_type=pulsar.ConsumerType.Shared).close()
     finally:
         c.close()
-
-
-def create_jobs(setup: DaemonSetup, count: int, threads: int = 16) -> list[str]:
-    """Create ``count`` jobs through asrd's own CI client; with job delay 0 each finishes at once
-    and the emulator publishes its TDMQ callback to the setup's topic."""
-    settings = config.load(setup.config).ci
-    ci = CiClient(settings)
-    ci.put_object("bench/audio.mp3", b"ID3 not really audio")
-    ci.put_object("bench/audio.mp3.transcript.txt", "今天天气很好。\nThe end.".encode())
-    request = build_request(settings, input_object="bench/audio.mp3")
-
-    def one(_: int) -> str:
-        return str(ci.create_job(request)["JobId"])
-
-    with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(one, range(count), chunksize=64))
 
 
 @dataclass

@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests import support
+
 from benchmarks import load, metrics
 from benchmarks.harness import (
     DaemonSetup,
@@ -199,7 +201,7 @@ def preload(ctx: Context, jobs: int) -> tuple[DaemonSetup, Baseline, dict[str, f
     load.subscribe(setup.topic, setup.subscription)
     load.subscribe(setup.topic, "raw")
     started = time.monotonic()
-    load.create_jobs(setup, jobs)
+    support.create_jobs(setup, jobs, threads=16)
     waiting = load.wait_backlog(setup.topic, "raw", jobs, timeout=120)
     print(f"  {jobs} jobs created, {waiting} callbacks waiting ({time.monotonic() - started:.0f}s)")
     raw = load.consume_all(setup.topic, "raw", waiting, keep_bodies=True)

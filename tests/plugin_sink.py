@@ -23,3 +23,8 @@ class LineSink:
 
 def make(name: str, options: dict[str, Any]) -> LineSink:
     return LineSink(name, Path(options["path"]))
+
+
+def build(settings: Any, shared: Any) -> LineSink:
+    """The same sink as an ``asrd.sinks`` entry point: ``(settings, shared) -> Sink``."""
+    return LineSink(settings.name, Path(settings.options["path"]))

@@ -1,7 +1,9 @@
-"""Processes the integration tests run for real: the emulator, the daemon, and their config."""
+"""The processes the integration tests and the benchmarks run for real: the emulator, the
+daemon, and their config (benchmarks/harness.py adds only its samplers and the broker check)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -66,18 +68,29 @@ class Emulator:
     def port(self) -> int:
         return int(self.endpoint.rsplit(":", 1)[1])
 
+    def set_faults(self, **values: object) -> None:
+        set_faults(self.endpoint, **values)
+
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return int(self.proc.returncode)
+        return stop_process(self.proc, timeout=15)
 
 
-def start_emulator(data_dir: Path, pulsar_url: str, *extra: str) -> Emulator:
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 20.0) -> int:
+    """SIGTERM, then SIGKILL after ``timeout``; returns the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
+def start_emulator(data_dir: Path, pulsar_url: str, *extra: str, cmq: bool = True) -> Emulator:
+    """The emulator on free ports; with ``cmq`` (the default) also its CMQ endpoint, where CI's
+    callbacks go as in production. Without it, pass ``--tdmq-to-pulsar`` to have callbacks
+    published to Pulsar directly (the benchmarks' pre-filled topics)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     log = (data_dir / "emulator.log").open("w")
     proc = subprocess.Popen(
@@ -92,8 +105,7 @@ def start_emulator(data_dir: Path, pulsar_url: str, *extra: str) -> Emulator:
             str(data_dir),
             "--key",
             f"{SECRET_ID}:{SECRET_KEY}",
-            "--cmq-listen",
-            "127.0.0.1:0",
+            *(["--cmq-listen", "127.0.0.1:0"] if cmq else []),
             *extra,
         ],
         stdout=subprocess.PIPE,
@@ -101,11 +113,13 @@ def start_emulator(data_dir: Path, pulsar_url: str, *extra: str) -> Emulator:
         text=True,
     )
     assert proc.stdout is not None
-    lines = [proc.stdout.readline().strip() for _ in range(2)]
-    if not lines[0].startswith("asrd emulator listening on ") or "CMQ listening on" not in lines[1]:
+    lines = [proc.stdout.readline().strip() for _ in range(2 if cmq else 1)]
+    started = lines[0].startswith("asrd emulator listening on ")
+    if not started or (cmq and "CMQ listening on" not in lines[1]):
         proc.kill()
         raise AssertionError(f"emulator did not start: {lines!r}; see {data_dir / 'emulator.log'}")
-    return Emulator(proc, lines[0].rsplit(" ", 1)[1], data_dir, lines[1].rsplit(" ", 1)[1])
+    cmq_endpoint = lines[1].rsplit(" ", 1)[1] if cmq else ""
+    return Emulator(proc, lines[0].rsplit(" ", 1)[1], data_dir, cmq_endpoint)
 
 
 @dataclass
@@ -117,6 +131,15 @@ class DaemonConfig:
     mq_name: str
     env: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def log(self) -> Path:
+        """Where ``start_daemon`` writes the daemon's log unless told otherwise."""
+        return self.dir / "daemon.log"
+
 
 def write_config(
     tmp: Path,
@@ -127,19 +150,31 @@ def write_config(
     extra_sinks: str = "",
     queue_attrs: dict[str, int] | None = None,
     extra: str = "",
+    mq_name: str = "",
+    intake: bool = True,
+    formats: tuple[str, ...] = ("json", "txt"),
 ) -> DaemonConfig:
     """The daemon's config wired as in production: CI notifies a CMQ queue (declared here in the
     emulator), ``[intake.cmq]`` moves it onto the run's Pulsar topic. A plain endpoint string
-    (no emulator running) gets a placeholder CMQ endpoint, for tests that never connect."""
-    mq_name = f"asr-{uuid.uuid4().hex[:10]}"
+    (no emulator running) gets a placeholder CMQ endpoint, for tests that never connect.
+    ``intake=False`` leaves the intake out (the topic is filled some other way)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    mq_name = mq_name or f"asr-{uuid.uuid4().hex[:10]}"
     topic = f"persistent://public/default/{mq_name}"
     results = tmp / "results"
     path = tmp / "asrd.toml"
     if isinstance(emulator, Emulator):
         endpoint, cmq_endpoint = emulator.endpoint, emulator.cmq_endpoint
-        emulator.declare_queue(mq_name, **(queue_attrs or {"visibility": 5}))
+        if intake:
+            emulator.declare_queue(mq_name, **(queue_attrs or {"visibility": 5}))
     else:
         endpoint, cmq_endpoint = emulator, "http://127.0.0.1:1"
+    intake_section = (
+        f'[intake.cmq]\nendpoint = "{cmq_endpoint}"\nqueue = "{mq_name}"\n'
+        "polling_wait_s = 5\nunreachable_after_s = 10\n"
+        if intake
+        else ""
+    )
     path.write_text(
         f"""
 [ci]
@@ -153,12 +188,7 @@ endpoint = "{endpoint}"
 format = "{callback_format}"
 mq_name = "{mq_name}"
 
-[intake.cmq]
-endpoint = "{cmq_endpoint}"
-queue = "{mq_name}"
-polling_wait_s = 5
-unreachable_after_s = 10
-
+{intake_section}
 [pulsar]
 service_url = "{pulsar_url}"
 topic = "{topic}"
@@ -176,7 +206,7 @@ level = "info"
 name = "files"
 type = "file"
 dir = "{results}"
-formats = ["json", "txt"]
+formats = {json.dumps(list(formats))}
 {extra_sinks}
 {extra}
 """
@@ -229,7 +259,7 @@ def set_faults(endpoint: str, **values: object) -> None:
 
 
 def create_jobs(cfg: DaemonConfig, count: int, threads: int = 8) -> list[str]:
-    """Submit ``count`` jobs through asrd's own client (CallBackType=TDMQ); returns their ids."""
+    """Submit ``count`` jobs through asrd's own client (callbacks as configured); their ids."""
     from concurrent.futures import ThreadPoolExecutor
 
     from asrd import config
@@ -242,8 +272,8 @@ def create_jobs(cfg: DaemonConfig, count: int, threads: int = 8) -> list[str]:
     client.put_object("media/bulk.mp3.transcript.txt", "第一句。\nsecond sentence".encode())
     request = build_request(settings, input_object="media/bulk.mp3")
     with ThreadPoolExecutor(threads) as pool:
-        details = list(pool.map(lambda _: client.create_job(request), range(count)))
-    return [str(d["JobId"]) for d in details]
+        details = pool.map(lambda _: client.create_job(request), range(count), chunksize=64)
+        return [str(d["JobId"]) for d in details]
 
 
 def result_ids(cfg: DaemonConfig) -> set[str]:

@@ -103,7 +103,7 @@ def test_deadline_sweep_delivers_what_the_list_window_misses(
         bad = requests.get(f"{base}/v1/jobs?state=lost", timeout=10)
         assert bad.status_code == 400 and "state must be one of" in bad.json()["error"]
         metrics = requests.get(f"{base}/metrics", timeout=10).text
-        assert "asrd_jobs_owed 1\n" in metrics and "asrd_jobs_overdue 1\n" in metrics
+        assert "asrd_jobs_owed 1.0\n" in metrics and "asrd_jobs_overdue 1.0\n" in metrics
         age = re.search(r"^asrd_jobs_oldest_owed_age_seconds ([\d.]+)$", metrics, re.M)
         assert age is not None and float(age.group(1)) > 4
 

@@ -31,6 +31,7 @@ from requests.adapters import HTTPAdapter
 
 from . import backoff
 from .config import CiSettings
+from .observers import Observers
 
 # The SDK logs request headers (Authorization, security token) at DEBUG: never let that through.
 logging.getLogger("qcloud_cos").setLevel(logging.WARNING)
@@ -278,20 +279,38 @@ class CiClient:
     second job).
     """
 
-    def __init__(self, settings: CiSettings, backoff: Backoff | None = None) -> None:
+    def __init__(
+        self,
+        settings: CiSettings,
+        backoff: Backoff | None = None,
+        observers: Observers | None = None,
+    ) -> None:
         self.bucket = settings.bucket
         # Its own connection pool, as large as the calls it may have in flight: the SDK's shared
         # default keeps 10 and opens (then discards) a connection for every call beyond that.
         session = _session(settings.max_connections + 4)
         self._client = CosS3Client(sdk_config(settings), retry=0, session=session)
         self._backoff = backoff or Backoff()
+        self._obs = observers or Observers()
         self._gets = GetBatcher(self._describe, settings.max_connections, settings.get_batch_size)
 
-    def _call(self, fn: Callable[[], T]) -> T:
+    def _call(self, operation: str, fn: Callable[[], T]) -> T:
+        """One request to CI/COS, timed for the observers, its SDK errors classified."""
+        started = time.monotonic()
+        status = "error"  # anything the SDK raises that classify does not know
         try:
-            return fn()
+            result = fn()
+            status = "ok"
+            return result
+        except CiError as exc:
+            status = exc.kind.value
+            raise
         except (CosServiceError, CosClientError, ParseError) as exc:
-            raise classify(exc) from None
+            err = classify(exc)
+            status = err.kind.value
+            raise err from None
+        finally:
+            self._obs.ci_call(operation, status, time.monotonic() - started)
 
     def create_job(self, request: dict[str, Any]) -> JobsDetail:
         """POST /asr_jobs with a body asrd builds itself.
@@ -323,7 +342,7 @@ class CiClient:
             return detail
 
         # Only a 503/throttle before the job exists is safe to retry; a timeout is not.
-        return self._call(send)
+        return self._call("create_job", send)
 
     def get_job(self, job_id: str, retry: bool = True) -> JobsDetail | None:
         """The job as CI knows it now, or ``None`` when CI lists the id as non-existent.
@@ -336,7 +355,9 @@ class CiClient:
     def _describe(self, job_ids: list[str]) -> dict[str, JobsDetail]:
         """One describe request for several ids; CI omits the ones it does not know."""
         joined = ",".join(job_ids)
-        data = self._call(lambda: self._client.ci_get_asr_job(Bucket=self.bucket, JobID=joined))
+        data = self._call(
+            "get_jobs", lambda: self._client.ci_get_asr_job(Bucket=self.bucket, JobID=joined)
+        )
         wanted = set(job_ids)
         return {
             str(d["JobId"]): d
@@ -360,9 +381,10 @@ class CiClient:
 
             def page(marker: str = marker) -> dict[str, Any]:
                 return self._call(
+                    "list_objects",
                     lambda: self._client.list_objects(
                         Bucket=self.bucket, Prefix=prefix, Marker=marker, MaxKeys=page_size
-                    )
+                    ),
                 )
 
             data = with_retry(page, self._backoff)
@@ -388,6 +410,7 @@ class CiClient:
 
         def page_at(token: str) -> dict[str, Any]:
             return self._call(
+                "list_jobs",
                 lambda: self._client.ci_list_asr_jobs(
                     Bucket=self.bucket,
                     QueueId=queue_id or None,
@@ -396,7 +419,7 @@ class CiClient:
                     States=states,
                     Size=page_size,
                     NextToken=token,
-                )
+                ),
             )
 
         token = ""
@@ -420,9 +443,10 @@ class CiClient:
         bucket: str | None = None,
     ) -> None:
         self._call(
+            "put_object",
             lambda: self._client.put_object(
                 Bucket=bucket or self.bucket, Key=key, Body=body, ContentType=content_type
-            )
+            ),
         )
 
     def get_object(self, key: str, bucket: str | None = None) -> bytes:
@@ -431,4 +455,4 @@ class CiClient:
             data: bytes = resp["Body"].get_raw_stream().read()
             return data
 
-        return with_retry(lambda: self._call(read), self._backoff)
+        return with_retry(lambda: self._call("get_object", read), self._backoff)

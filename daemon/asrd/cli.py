@@ -13,7 +13,6 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
 
@@ -21,23 +20,29 @@ import pulsar
 import structlog
 
 from . import __version__, cli_submit, config, dlq, observability, systemd
-from .api import ApiContext, serve
+from .api import ApiContext, ApiServer, serve
+from .broker import make_client
 from .ci import CiClient, CiError
 from .cmq import CmqError
 from .config import ConfigError, Settings
-from .consumer import Consumer, make_client
+from .consumer import Consumer
 from .intake.forward import Forwarder
 from .intake.queue import QueueIntake, cmq_clients
 from .intake.url import UrlReceiver
 from .jobs import JobService, job_gauges, sweep_overdue
 from .ledger import SqliteLedger
+from .log_observer import LogObserver
+from .metrics import Metrics
+from .observers import Observers
 from .periodic import every
 from .pipeline import Pipeline
 from .preflight import check_writable
 from .reconcile import Report, reconcile
 from .result import InvalidResult, normalise
 from .shutdown import Shutdown
-from .sinks import Route, build_routes
+from .sinks import build_routes
+from .sinks.routing import Route, Router
+from .worker import Worker
 
 EX_OK, EX_FATAL, EX_CONFIG = 0, 1, 78
 
@@ -57,18 +62,17 @@ class Stages:
     ci: CiClient
     routes: list[Route]
     ledger: SqliteLedger
-    counters: observability.Counters
+    observers: Observers
     pipeline: Pipeline
 
     def reconcile(self, settings: Settings, lookback_s: float, grace_s: float) -> Report:
         return reconcile(
             self.ci,
             self.pipeline,
-            self.routes,
-            self.ledger,
             settings.ci.queue_id,
             lookback_s,
             grace_s,
+            observers=self.observers,
         )
 
     def close(self) -> None:
@@ -77,7 +81,7 @@ class Stages:
         self.ledger.close()
 
 
-def _stages(settings: Settings) -> Stages:
+def _stages(settings: Settings, observers: Observers) -> Stages:
     check_writable(settings)
     try:
         routes = build_routes(settings)
@@ -85,10 +89,9 @@ def _stages(settings: Settings) -> Stages:
         ledger.prune(settings.ledger.retention_days * 86_400)
     except OSError as exc:
         raise ConfigError(f"config error: cannot prepare {exc.filename}: {exc.strerror}") from None
-    counters = observability.Counters()
-    ci = CiClient(settings.ci)
-    pipeline = Pipeline(ci, routes, ledger, counters, settings.pulsar.max_message_bytes)
-    return Stages(ci, routes, ledger, counters, pipeline)
+    ci = CiClient(settings.ci, observers=observers)
+    pipeline = Pipeline(ci, Router(routes), ledger, observers, settings.pulsar.max_message_bytes)
+    return Stages(ci, routes, ledger, observers, pipeline)
 
 
 @dataclass
@@ -101,14 +104,12 @@ class Feeds:
     thread: threading.Thread | None = None
 
     @classmethod
-    def build(
-        cls, settings: Settings, client: pulsar.Client, counters: observability.Counters
-    ) -> Feeds:
+    def build(cls, settings: Settings, client: pulsar.Client, observers: Observers) -> Feeds:
         forwarder = Forwarder(client, settings.pulsar.topic)
         cmq = settings.intake.cmq
-        queue = QueueIntake(cmq, cmq_clients(cmq), forwarder, counters) if cmq else None
+        queue = QueueIntake(cmq, cmq_clients(cmq), forwarder, observers) if cmq else None
         url = settings.intake.url
-        receiver = UrlReceiver(url, forwarder, counters) if url else None
+        receiver = UrlReceiver(url, forwarder, observers) if url else None
         return cls(forwarder, queue, receiver)
 
     def start(self, stop: threading.Event) -> None:
@@ -128,11 +129,6 @@ class Feeds:
             or self.queue.health.reachable(cmq.unreachable_after_s)
         )
 
-    def gauges(self) -> dict[str, float]:
-        if self.queue is None:
-            return {}
-        return {"intake_seconds_since_last_poll": round(self.queue.health.since_ok(), 3)}
-
     def stop(self) -> None:
         if self.thread is not None:
             self.thread.join(timeout=1.0)
@@ -141,9 +137,10 @@ class Feeds:
             self.queue.close()
 
 
-def _serve_api(settings: Settings, ctx: ApiContext) -> ThreadingHTTPServer | None:
+def _serve_api(settings: Settings, ctx: ApiContext) -> ApiServer | None:
     if not settings.http.listen:
         return None
+    ctx.token, ctx.max_body_bytes = settings.http.bearer_token, settings.http.max_body_bytes
     try:
         return serve(settings.http.listen, ctx)
     except OSError as exc:
@@ -171,29 +168,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     shutdown = Shutdown(settings.pulsar.shutdown_deadline_s)
     shutdown.install()
     stop = shutdown.stop
-    stages = _stages(settings)
-    ci, routes, ledger, counters = stages.ci, stages.routes, stages.ledger, stages.counters
+    logs = LogObserver()
+    metrics = Metrics(ready=lambda: consumer.health.ready and feeds.reachable(settings))
+    observers = Observers([logs, metrics])
+    stages = _stages(settings, observers)
+    ci, routes, ledger = stages.ci, stages.routes, stages.ledger
+    metrics.gauges = lambda: job_gauges(ledger)
     client = make_client(settings.pulsar)
     consumer = Consumer(
         settings.pulsar,
-        stages.pipeline.handle,
-        ledger,
-        counters,
         client=client,
         on_ready=lambda: systemd.notify("READY=1"),
+        on_receive_error=observers.receive_failed,
     )
+    worker = Worker(settings.pulsar, stages.pipeline.handle, ledger, consumer, observers)
     shutdown.busy = lambda: consumer.health.subscribed
-    feeds = Feeds.build(settings, client, counters)
+    feeds = Feeds.build(settings, client, observers)
     submitter = cli_submit.make_submitter(settings, ci, ledger, stop=stop)
     api = _serve_api(
         settings,
         ApiContext(
             ci,
             settings.ci,
-            lambda: consumer.health.ready and feeds.reachable(settings),
-            counters.snapshot,
+            metrics.ready,
+            metrics.exposition,
             callbacks=feeds.url,
-            gauges=lambda: {**feeds.gauges(), **job_gauges(ledger)},
+            ledger=ledger,
             jobs=JobService(submitter, ledger),
         ),
     )
@@ -218,14 +218,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                 rc.sweep_interval_s,
                 stop,
                 lambda: sweep_overdue(
-                    ci, stages.pipeline, ledger, lookup, counters, settings.ci.get_batch_size
+                    ci, stages.pipeline, ledger, lookup, observers, settings.ci.get_batch_size
                 ),
                 "deadline-sweep",
             )
         )
     log.info("asrd starting", version=__version__, sinks=[r.sink.name for r in routes])
     feeds.start(stop)
-    consumer.run(stop)
+    consumer.run(stop, worker.process)
     systemd.notify("STOPPING=1")
     if api is not None:
         api.shutdown()
@@ -234,7 +234,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         chore.join(timeout=settings.pulsar.shutdown_deadline_s)
     stages.close()
     client.close()
-    log.info("asrd stopped", counters=counters.snapshot())
+    log.info("asrd stopped", counters=logs.counters.snapshot())
     shutdown.finished()
     sys.stderr.flush()
     # Worker threads stuck past the deadline must not hold the exit; their messages are unacked.
@@ -246,23 +246,26 @@ def cmd_intake(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings.intake.cmq is None:
         raise ConfigError(f"config error: {args.config}: intake.cmq: section required")
-    counters = observability.Counters()
+    logs = LogObserver()
+    metrics = Metrics(ready=lambda: feeds.reachable(settings))
+    observers = Observers([logs, metrics])
     client = make_client(settings.pulsar)
-    feeds = Feeds.build(settings, client, counters)
+    feeds = Feeds.build(settings, client, observers)
     queue = feeds.queue
     assert queue is not None  # built from intake.cmq above
     stop = threading.Event()
-    ci = CiClient(settings.ci)
+    ci = CiClient(settings.ci, observers=observers)
     ledger = SqliteLedger(settings.ledger.path)  # a job submitted here is owed like any other
+    metrics.gauges = lambda: job_gauges(ledger)
     api = _serve_api(
         settings,
         ApiContext(
             ci,
             settings.ci,
-            lambda: feeds.reachable(settings),
-            counters.snapshot,
+            metrics.ready,
+            metrics.exposition,
             callbacks=feeds.url,
-            gauges=feeds.gauges,
+            ledger=ledger,
             jobs=JobService(cli_submit.make_submitter(settings, ci, ledger, stop=stop), ledger),
         ),
     )
@@ -277,7 +280,7 @@ def cmd_intake(args: argparse.Namespace) -> int:
     feeds.stop()
     client.close()
     ledger.close()
-    log.info("asrd intake stopped", counters=counters.snapshot())
+    log.info("asrd intake stopped", counters=logs.counters.snapshot())
     return EX_OK
 
 
@@ -335,7 +338,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    stages = _stages(settings)
+    stages = _stages(settings, Observers())
     try:
         report = stages.reconcile(settings, args.lookback, args.grace)
     finally:
@@ -374,7 +377,7 @@ def _check_cmq(settings: Settings) -> int:
     cmq = settings.intake.cmq
     assert cmq is not None
     client = make_client(settings.pulsar)
-    feeds = Feeds.build(settings, client, observability.Counters())
+    feeds = Feeds.build(settings, client, Observers())
     assert feeds.queue is not None
     try:
         report = feeds.queue.move_once(wait_s=0)

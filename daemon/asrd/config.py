@@ -7,6 +7,7 @@ systemd credentials (``$CREDENTIALS_DIRECTORY``) reach the daemon. Any problem r
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -18,8 +19,10 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -235,6 +238,43 @@ class LedgerSettings(_Section):
 class HttpSettings(_Section):
     # Empty = no HTTP API (the local broker's admin API already has 8080).
     listen: str = Field(default="", pattern=r"^$|^[^:]+:\d+$")
+    # Bearer token for /v1/* (except /v1/callbacks, which carries its own); required when
+    # ``listen`` is not a loopback address.
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any, info: ValidationInfo) -> Any:
+        return _resolve_secret(dict(data), "token", info) if isinstance(data, dict) else data
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> HttpSettings:
+        if self.listen and not is_loopback(self.host) and not self.bearer_token:
+            raise ValueError(
+                f"listen: {self.host} is not a loopback address: set token (or token_file) "
+                "so /v1/* needs a bearer token"
+            )
+        return self
+
+    @property
+    def bearer_token(self) -> str:
+        return self.token.get_secret_value() if self.token is not None else ""
+
+
+def is_loopback(host: str) -> bool:
+    """Only 127.0.0.0/8, ::1 and ``localhost``; any other name may resolve anywhere."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class ReconcileSettings(_Section):
@@ -333,9 +373,16 @@ class LogSettings(_Section):
 
 
 class When(_Section):
-    """Route selector: a sink receives a record only if every listed field matches."""
+    """Route selector: a sink receives a record only if every listed field matches (an empty
+    list or table matches anything)."""
 
     state: list[JobState] = Field(default_factory=_terminal_states)
+    queue_id: list[str] = Field(default_factory=list)
+    # The input object key (or URL) starts with one of these.
+    input_prefix: list[str] = Field(default_factory=list)
+    # Fields of the job's UserData (a JSON object or key=value&... text): each listed field
+    # has the value, or one of the values.
+    user_data: dict[str, str | list[str]] = Field(default_factory=dict)
 
 
 class _SinkBase(_Section):
@@ -418,14 +465,31 @@ class PluginSinkSettings(_SinkBase):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class ExtensionSinkSettings(_SinkBase):
+    """A sink type another package registers as an ``asrd.sinks`` entry point; its own keys go
+    in ``options``. Whether such a type is installed is checked when the sinks are built."""
+
+    type: str = Field(pattern=r"^[A-Za-z_][\w.-]*$")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+_BUILTIN_SINKS = {"file", "stdout", "webhook", "pulsar", "cos", "plugin"}
+
+
+def _sink_kind(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return kind if kind in _BUILTIN_SINKS else "extension"
+
+
 SinkSettings = Annotated[
-    FileSinkSettings
-    | StdoutSinkSettings
-    | WebhookSinkSettings
-    | PulsarSinkSettings
-    | CosSinkSettings
-    | PluginSinkSettings,
-    Field(discriminator="type"),
+    Annotated[FileSinkSettings, Tag("file")]
+    | Annotated[StdoutSinkSettings, Tag("stdout")]
+    | Annotated[WebhookSinkSettings, Tag("webhook")]
+    | Annotated[PulsarSinkSettings, Tag("pulsar")]
+    | Annotated[CosSinkSettings, Tag("cos")]
+    | Annotated[PluginSinkSettings, Tag("plugin")]
+    | Annotated[ExtensionSinkSettings, Tag("extension")],
+    Discriminator(_sink_kind),
 ]
 
 
@@ -532,7 +596,7 @@ def _format_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
     # Discriminated unions put the tag in the location (sinks.0.file.dir); keep it readable.
-    loc = re.sub(r"\.(file|stdout|webhook|pulsar|cos|plugin)\.", ".", loc)
+    loc = re.sub(r"\.(file|stdout|webhook|pulsar|cos|plugin|extension)\.", ".", loc)
     extra = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     msg = first["msg"].removeprefix("Value error, ")
     return f"config error: {source}: {loc or '<top>'}: {msg}{extra}"

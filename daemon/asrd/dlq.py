@@ -16,8 +16,8 @@ from typing import Any
 import pulsar
 
 from . import callback
+from .broker import ATTEMPTS, ORIGIN_MESSAGE_ID, REASON, make_client, own_properties
 from .config import PulsarSettings
-from .consumer import ATTEMPTS, INTERNAL_PROPERTIES, ORIGIN_MESSAGE_ID, REASON, make_client
 
 REPLAYED = "ASRD_REPLAYED_FROM"
 
@@ -104,7 +104,7 @@ def replay(settings: PulsarSettings, ids: set[str] | None, wait_ms: int = 2000) 
                 info = _describe(msg)
                 if ids is not None and not ids & {info.message_id, info.job_id}:
                     continue
-                props = {k: v for k, v in msg.properties().items() if k not in INTERNAL_PROPERTIES}
+                props = own_properties(msg.properties())
                 props[REPLAYED] = info.message_id
                 producer.send(msg.data(), properties=props)
                 consumer.acknowledge(msg)

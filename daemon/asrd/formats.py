@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import json
 
-from .result import ResultRecord, Segment
+from .result import ResultRecord
 
 
 def _clock(ms: int, sep: str) -> str:
@@ -14,8 +15,20 @@ def _clock(ms: int, sep: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{seconds:02d}{sep}{millis:03d}"
 
 
-def _cues(segments: list[Segment]) -> list[Segment]:
-    return [s for s in segments if s.text]
+def cue_text(text: str) -> str:
+    """A segment's text as a cue payload (SRT and WebVTT alike).
+
+    ``&``, ``<`` and ``>`` become character references: a ``<`` would open a tag, a bare ``&``
+    starts one in WebVTT, and ``-->`` must never appear in a cue. Blank lines are dropped,
+    since a blank line ends the cue. ``html.unescape`` gives the text back.
+    """
+    lines = (html.escape(line.strip(), quote=False) for line in text.splitlines())
+    return "\n".join(line for line in lines if line)
+
+
+def _cues(record: ResultRecord) -> list[tuple[int, int, str]]:
+    cues = ((s.start_ms, s.end_ms, cue_text(s.text)) for s in record.segments)
+    return [cue for cue in cues if cue[2]]
 
 
 def to_json(record: ResultRecord) -> bytes:
@@ -34,16 +47,16 @@ def to_txt(record: ResultRecord) -> bytes:
 
 def to_srt(record: ResultRecord) -> bytes:
     blocks = [
-        f"{i}\n{_clock(s.start_ms, ',')} --> {_clock(s.end_ms, ',')}\n{s.text}\n"
-        for i, s in enumerate(_cues(record.segments), start=1)
+        f"{i}\n{_clock(start, ',')} --> {_clock(end, ',')}\n{text}\n"
+        for i, (start, end, text) in enumerate(_cues(record), start=1)
     ]
     return "\n".join(blocks).encode()
 
 
 def to_vtt(record: ResultRecord) -> bytes:
     blocks = [
-        f"{_clock(s.start_ms, '.')} --> {_clock(s.end_ms, '.')}\n{s.text}\n"
-        for s in _cues(record.segments)
+        f"{_clock(start, '.')} --> {_clock(end, '.')}\n{text}\n"
+        for start, end, text in _cues(record)
     ]
     return ("WEBVTT\n\n" + "\n".join(blocks)).encode()
 

@@ -18,7 +18,7 @@ import structlog
 from . import clienttoken
 from .ci import CiClient, CiError
 from .ledger import FAILED, OWED, PENDING, SETTLED, JobEntry, Ledger
-from .observability import Counters
+from .observers import Observers
 from .pipeline import Outcome, Pipeline
 from .result import TERMINAL_STATES
 from .submit import SKIPPED, JobSpec, Submitter, TokenLookup
@@ -113,7 +113,7 @@ def sweep_overdue(
     pipeline: Pipeline,
     ledger: Ledger,
     lookup: TokenLookup,
-    counters: Counters,
+    observers: Observers,
     batch: int = 10,
     limit: int = 1000,
     now: float | None = None,
@@ -162,9 +162,7 @@ def sweep_overdue(
         log.warning("overdue job not finished at CI", job_id=job_id, ci_state=state)
     for key, reason in report.failed.items():
         log.warning("overdue job could not be delivered", job=key, reason=reason)
-    counters.inc("deadline_sweep.delivered", len(report.delivered))
-    counters.inc("deadline_sweep.unfinished", len(report.still_running))
-    counters.inc("deadline_sweep.failed", len(report.failed))
+    observers.deadline_sweep(report)
     log.info(
         "deadline sweep",
         overdue=len(overdue),

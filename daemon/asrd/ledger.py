@@ -14,6 +14,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +26,12 @@ CREATE TABLE IF NOT EXISTS deliveries (
     job_id TEXT NOT NULL,
     sink TEXT NOT NULL,
     delivered_at REAL NOT NULL,
+    PRIMARY KEY (job_id, sink)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS not_wanted (
+    job_id TEXT NOT NULL,
+    sink TEXT NOT NULL,
+    decided_at REAL NOT NULL,
     PRIMARY KEY (job_id, sink)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS attempts (
@@ -135,7 +142,16 @@ class Ledger(Protocol):
         """Names of the sinks that already have this job."""
         ...
 
+    def finished_sinks(self, job_id: str) -> set[str]:
+        """Names of the sinks that need nothing more for this job: they have it, or their route
+        does not select it."""
+        ...
+
     def mark_delivered(self, job_id: str, sink: str) -> None: ...
+
+    def mark_not_wanted(self, job_id: str, sinks: Iterable[str]) -> None:
+        """These sinks' routes do not select this job."""
+        ...
 
     def begin_attempt(self, message_key: str) -> Attempt:
         """Count one more start of processing (before any work, so crashes count too)."""
@@ -216,11 +232,28 @@ class SqliteLedger:
             rows = self._db.execute("SELECT sink FROM deliveries WHERE job_id = ?", (job_id,))
             return {r[0] for r in rows}
 
+    def finished_sinks(self, job_id: str) -> set[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT sink FROM deliveries WHERE job_id = ?"
+                " UNION ALL SELECT sink FROM not_wanted WHERE job_id = ?",
+                (job_id, job_id),
+            )
+            return {r[0] for r in rows}
+
     def mark_delivered(self, job_id: str, sink: str) -> None:
         with self._lock:
             self._db.execute(
                 "INSERT OR IGNORE INTO deliveries (job_id, sink, delivered_at) VALUES (?, ?, ?)",
                 (job_id, sink, time.time()),
+            )
+
+    def mark_not_wanted(self, job_id: str, sinks: Iterable[str]) -> None:
+        now = time.time()
+        with self._lock:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO not_wanted (job_id, sink, decided_at) VALUES (?, ?, ?)",
+                [(job_id, sink, now) for sink in sinks],
             )
 
     def begin_attempt(self, message_key: str) -> Attempt:
@@ -248,6 +281,7 @@ class SqliteLedger:
         cutoff = time.time() - older_than_s
         with self._lock:
             gone = self._db.execute("DELETE FROM deliveries WHERE delivered_at < ?", (cutoff,))
+            self._db.execute("DELETE FROM not_wanted WHERE decided_at < ?", (cutoff,))
             stale = self._db.execute("DELETE FROM attempts WHERE first_at < ?", (cutoff,))
             # Jobs still owed are kept whatever their age: they are what the ledger is for.
             done = self._db.execute(

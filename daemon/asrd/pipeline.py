@@ -8,15 +8,17 @@ says so.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from enum import Enum
 
 from . import callback
 from .ci import CiClient, CiError, JobsDetail
 from .ledger import Ledger
-from .observability import Counters
+from .observers import Observers
 from .result import InvalidResult, ResultRecord, normalise, stamped
-from .sinks import Route, SinkError
+from .sinks import SinkError
+from .sinks.routing import Router
 
 
 class Outcome(Enum):
@@ -31,24 +33,24 @@ class Verdict:
     outcome: Outcome
     reason: str = ""
     job_id: str = ""
+    delivered: tuple[str, ...] = ()  # sinks that got the record on this attempt
 
 
 class Pipeline:
     def __init__(
         self,
         ci: CiClient,
-        routes: list[Route],
+        router: Router,
         ledger: Ledger,
-        counters: Counters,
+        observers: Observers,
         max_message_bytes: int = 5 * 1024 * 1024,
     ) -> None:
         self._ci = ci
-        self._routes = routes
+        self._router = router
         self._ledger = ledger
-        self._counters = counters
+        self._obs = observers
         self._max_bytes = max_message_bytes
         self._job_locks = [threading.Lock() for _ in range(64)]
-        self._all_sinks = {r.sink.name for r in routes}
 
     def handle(self, body: bytes) -> Verdict:
         try:
@@ -62,9 +64,13 @@ class Pipeline:
             )
         return self.deliver_job(event.job_id)
 
+    def complete(self, job_id: str) -> bool:
+        """Every configured sink has this job or does not want it (so CI need not be asked)."""
+        return self._router.names <= self._ledger.finished_sinks(job_id)
+
     def deliver_job(self, job_id: str) -> Verdict:
         """Fetch the job from CI (the truth) and deliver it; also used by the reconciler."""
-        if self._all_sinks <= self._ledger.delivered(job_id):
+        if self.complete(job_id):
             # A duplicate callback or a redelivery after a crash: no need to ask CI again.
             self._ledger.settle(job_id, None)
             return Verdict(Outcome.DONE, "already delivered to every sink", job_id)
@@ -86,35 +92,43 @@ class Pipeline:
             return Verdict(Outcome.DEAD, f"invalid result from CI: {exc}", job_id)
         if not record.terminal:
             return Verdict(Outcome.RETRY, f"job still {record.state} after its callback", job_id)
-        return self._dispatch(stamped(record))
+        return self.deliver(stamped(record))
 
-    def _dispatch(self, record: ResultRecord) -> Verdict:
+    def deliver(self, record: ResultRecord) -> Verdict:
+        """Deliver a record to the sinks that want it and do not have it yet."""
         # Duplicate callbacks (or the reconciler) may race on one job in this process: let one
         # deliver and the other find it in the ledger. Across replicas, sinks stay idempotent.
         with self._job_locks[hash(record.job_id) % len(self._job_locks)]:
             return self._deliver(record)
 
     def _deliver(self, record: ResultRecord) -> Verdict:
-        done = self._ledger.delivered(record.job_id)
+        done = self._ledger.finished_sinks(record.job_id)
+        wanted = self._router.wanted(record)
+        unwanted = self._router.names - {r.sink.name for r in wanted} - done
+        if unwanted:
+            # Remembered, so a duplicate callback is settled without asking CI again.
+            self._ledger.mark_not_wanted(record.job_id, unwanted)
         failures: list[str] = []
+        delivered: list[str] = []
         permanent = False
-        for route in self._routes:
+        for route in wanted:
             name = route.sink.name
-            if name in done or not route.selects(record):
+            if name in done:
                 continue
+            started = time.monotonic()
             try:
                 route.sink.deliver(record)
             except SinkError as exc:
                 failures.append(f"sink {name}: {exc}")
                 permanent = permanent or exc.permanent
-                self._counters.inc(f"sink_failures.{name}")
+                self._obs.sink_failed(name, record.job_id, str(exc), exc.permanent)
                 continue
             self._ledger.mark_delivered(record.job_id, name)
-            self._counters.inc(f"delivered.{name}")
+            delivered.append(name)
+            self._obs.sink_delivered(name, record.job_id, time.monotonic() - started)
         if failures:
-            return Verdict(
-                Outcome.DEAD if permanent else Outcome.RETRY, "; ".join(failures), record.job_id
-            )
+            outcome = Outcome.DEAD if permanent else Outcome.RETRY
+            return Verdict(outcome, "; ".join(failures), record.job_id, tuple(delivered))
         # Every selected sink has it: a job asrd submitted is no longer owed.
         self._ledger.settle(record.job_id, record.state)
-        return Verdict(Outcome.DONE, "", record.job_id)
+        return Verdict(Outcome.DONE, "", record.job_id, tuple(delivered))

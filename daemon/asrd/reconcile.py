@@ -8,16 +8,15 @@ alone for ``grace_s``, since their callback is probably on its way.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import structlog
 
 from .ci import CiClient
-from .ledger import Ledger
+from .observers import Observers
 from .pipeline import Outcome, Pipeline
-from .result import InvalidResult, normalise
-from .sinks import Route
 
 log = structlog.get_logger("asrd.reconcile")
 
@@ -34,26 +33,17 @@ class Report:
     failed: dict[str, str] = field(default_factory=dict)
 
 
-def _missing_sinks(routes: list[Route], ledger: Ledger, detail: dict[str, object]) -> bool:
-    try:
-        record = normalise(detail)
-    except InvalidResult:
-        return True  # let the pipeline say why, as it would for a callback
-    wanted = {r.sink.name for r in routes if r.selects(record)}
-    return not wanted <= ledger.delivered(record.job_id)
-
-
 def reconcile(
     ci: CiClient,
     pipeline: Pipeline,
-    routes: list[Route],
-    ledger: Ledger,
     queue_id: str,
     lookback_s: float,
     grace_s: float,
     now: datetime | None = None,
+    observers: Observers | None = None,
 ) -> Report:
     """One pass over jobs created in ``[now - lookback_s, now - grace_s]`` that have ended."""
+    started = time.monotonic()
     now = now or datetime.now(_CST)
     start = (now - timedelta(seconds=lookback_s)).astimezone(_CST).strftime(CI_TIME)
     end = (now - timedelta(seconds=grace_s)).astimezone(_CST).strftime(CI_TIME)
@@ -62,7 +52,7 @@ def reconcile(
     for detail in jobs:
         report.checked += 1
         job_id = str(detail.get("JobId", ""))
-        if not _missing_sinks(routes, ledger, detail):
+        if pipeline.complete(job_id):
             report.already += 1
             continue
         verdict = pipeline.deliver_job(job_id)
@@ -78,4 +68,5 @@ def reconcile(
         delivered=len(report.delivered),
         failed=len(report.failed),
     )
+    (observers or Observers()).reconcile_pass(report, time.monotonic() - started)
     return report

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from .. import backoff
 from ..cmq import CmqClient, CmqError, CmqMessage
 from ..config import CmqIntakeSettings
-from ..observability import Counters
+from ..observers import Observers
 from .forward import Forwarder, ForwardError, Outgoing
 
 __all__ = ["IntakeHealth", "MoveReport", "QueueIntake", "cmq_clients"]
@@ -86,14 +86,14 @@ class QueueIntake:
         settings: CmqIntakeSettings,
         clients: Sequence[CmqClient],
         forwarder: Forwarder,
-        counters: Counters,
+        observers: Observers,
     ) -> None:
         if not clients:
             raise ValueError("the intake needs at least one CMQ client")
         self._settings = settings
         self._clients = list(clients)
         self._forwarder = forwarder
-        self._counters = counters
+        self._obs = observers
         self.health = IntakeHealth()
 
     def move_once(self, wait_s: int | None = None, client: CmqClient | None = None) -> MoveReport:
@@ -103,6 +103,7 @@ class QueueIntake:
         wait = s.polling_wait_s if wait_s is None else wait_s
         messages = cmq.batch_receive(s.queue, s.batch_size, wait)
         self.health.last_ok = time.monotonic()
+        self._obs.intake_poll_ok(s.queue)
         if not messages:
             return MoveReport()
         failures = self._forwarder.send_all([self._outgoing(m) for m in messages])
@@ -110,11 +111,11 @@ class QueueIntake:
         for m, failed in zip(messages, failures, strict=True):
             if failed is not None:
                 # Not deleted: CMQ redelivers it after the queue's visibility timeout.
-                self._counters.inc("intake.produce_errors")
+                self._obs.intake_produce_errors(s.queue, 1)
                 log.warning("could not put a CMQ message on Pulsar", msg_id=m.msg_id, error=failed)
         refused = self._delete(cmq, persisted)
         moved = len(persisted) - len(refused)
-        self._counters.inc("intake.moved", moved)
+        self._obs.intake_moved(s.queue, moved)
         return MoveReport(len(messages), moved, len(messages) - moved)
 
     def _delete(self, cmq: CmqClient, persisted: list[CmqMessage]) -> dict[str, str]:
@@ -128,7 +129,7 @@ class QueueIntake:
         if refused:
             # Already on Pulsar; CMQ hands them out again and the copy is a duplicate the
             # ledger absorbs.
-            self._counters.inc("intake.delete_errors", len(refused))
+            self._obs.intake_delete_errors(self._settings.queue, len(refused))
             log.warning(
                 "CMQ refused deletes; those messages will be moved again",
                 count=len(refused),
@@ -157,6 +158,7 @@ class QueueIntake:
             queue=self._settings.queue,
             loops=len(self._clients),
         )
+        self._obs.intake_started(self._settings.queue)
         loops = [
             threading.Thread(
                 target=self._loop, args=(c, stop), name=f"asrd-intake-{i}", daemon=True
@@ -179,10 +181,10 @@ class QueueIntake:
                 report = self.move_once(client=client)
                 trouble = "" if report.moved or not report.kept else "nothing persisted on Pulsar"
             except CmqError as exc:
-                self._counters.inc("intake.receive_errors")
+                self._obs.intake_receive_error(self._settings.queue, str(exc))
                 trouble = str(exc)
             except ForwardError as exc:
-                self._counters.inc("intake.produce_errors")
+                self._obs.intake_produce_errors(self._settings.queue, 1)
                 trouble = str(exc)
             except Exception as exc:  # a bug must not stop the intake; the messages stay in CMQ
                 log.exception("intake round failed")

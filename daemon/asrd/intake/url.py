@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from ..config import UrlIntakeSettings
-from ..observability import Counters
+from ..observers import Observers
 from .forward import Forwarder, ForwardError, Outgoing
 
 __all__ = ["Answer", "UrlReceiver", "unwrap_push"]
@@ -53,13 +53,13 @@ def unwrap_push(body: bytes) -> bytes:
 
 class UrlReceiver:
     def __init__(
-        self, settings: UrlIntakeSettings, forwarder: Forwarder, counters: Counters
+        self, settings: UrlIntakeSettings, forwarder: Forwarder, observers: Observers
     ) -> None:
         token = settings.token.get_secret_value() if settings.token is not None else ""
         self._token = token.encode("utf-8")
         self.max_bytes = settings.max_bytes
         self._forwarder = forwarder
-        self._counters = counters
+        self._obs = observers
 
     def token_matches(self, token: str) -> bool:
         return hmac.compare_digest(token.encode("utf-8"), self._token)
@@ -80,10 +80,10 @@ class UrlReceiver:
         try:
             self._forwarder.send(Outgoing(unwrap_push(body), props))
         except ForwardError as exc:
-            self._counters.inc("intake.url_errors")
+            self._obs.url_callback(accepted=False)
             log.warning(
                 "URL callback not taken by the broker; the sender will retry", error=str(exc)
             )
             return Answer(503, {"error": "broker unavailable, retry later"})
-        self._counters.inc("intake.url_received")
+        self._obs.url_callback(accepted=True)
         return Answer(200, {"accepted": True})

@@ -1,59 +1,62 @@
-"""Sinks and routing: which configured sink receives which record."""
+"""Sinks: the interface plugins implement, and building the configured ones by type.
+
+Every sink type, asrd's own included, is an entry point in the ``asrd.sinks`` group whose name
+is the ``type`` in ``[[sinks]]`` and whose value is a factory ``(settings, shared) -> Sink``:
+``settings`` is that sink's table (for another package's type, an ``ExtensionSinkSettings``
+with ``name``, ``when`` and ``options``), ``shared`` the whole configuration. A new sink type is
+one module and one entry point; nothing here changes.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any, cast
 
-from ..ci import CiClient
-from ..config import (
-    CosSinkSettings,
-    FileSinkSettings,
-    PluginSinkSettings,
-    PulsarSinkSettings,
-    Settings,
-    SinkSettings,
-    StdoutSinkSettings,
-    WebhookSinkSettings,
-    When,
-)
-from ..result import ResultRecord
-from . import plugin
+from ..config import ConfigError, ExtensionSinkSettings, Settings
+from ..formats import render
+from ..result import ResultRecord, Segment, Word
 from .base import Sink, SinkError
-from .cos import CosSink
-from .file import FileSink
-from .pulsar import PulsarSink
-from .stdout import StdoutSink
-from .webhook import WebhookSink
+from .routing import Route
 
-__all__ = ["Route", "Sink", "SinkError", "build_routes"]
+# The names other packages may rely on; tests/test_sinks_api.py pins them.
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "ExtensionSinkSettings",
+    "ResultRecord",
+    "Segment",
+    "Sink",
+    "SinkError",
+    "SinkFactory",
+    "Word",
+    "render",
+]
+
+ENTRY_POINT_GROUP = "asrd.sinks"
+SinkFactory = Callable[[Any, Settings], Sink]
 
 
-@dataclass(frozen=True)
-class Route:
-    sink: Sink
-    when: When
-
-    def selects(self, record: ResultRecord) -> bool:
-        return record.state in self.when.state
-
-
-def build(sink: SinkSettings, settings: Settings) -> Sink:
-    """One sink; ``settings`` supplies what sinks share with the rest (CI credentials, broker)."""
-    if isinstance(sink, FileSinkSettings):
-        return FileSink(sink)
-    if isinstance(sink, StdoutSinkSettings):
-        return StdoutSink(sink)
-    if isinstance(sink, WebhookSinkSettings):
-        return WebhookSink(sink)
-    if isinstance(sink, PulsarSinkSettings):
-        token = settings.pulsar.token.get_secret_value() if settings.pulsar.token else ""
-        return PulsarSink(sink, settings.pulsar.service_url, token)
-    if isinstance(sink, CosSinkSettings):
-        return CosSink(sink, CiClient(settings.ci))
-    if isinstance(sink, PluginSinkSettings):
-        return plugin.load(sink)
-    raise TypeError(f"no sink for {type(sink).__name__}")
+def sink_types() -> dict[str, Any]:
+    """Every installed sink type → its (not yet loaded) entry point."""
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def build_routes(settings: Settings) -> list[Route]:
-    return [Route(build(s, settings), s.when) for s in settings.sinks]
+    """One route per ``[[sinks]]`` table, each sink built by its type's factory."""
+    types = sink_types()
+    routes = []
+    for index, sink_settings in enumerate(settings.sinks):
+        where = f"sinks.{index}.type"
+        ep = types.get(sink_settings.type)
+        if ep is None:
+            known = ", ".join(sorted(types))
+            raise ConfigError(
+                f"config error: {where}: no sink type {sink_settings.type!r} is installed "
+                f"(known: {known})"
+            )
+        try:
+            factory = cast(SinkFactory, ep.load())
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"config error: {where}: cannot load {ep.value}: {exc}") from None
+        routes.append(Route(factory(sink_settings, settings), sink_settings.when))
+    return routes

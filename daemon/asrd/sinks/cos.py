@@ -6,7 +6,7 @@ A put of a whole object is atomic and replaces the previous one, so the sink is 
 from __future__ import annotations
 
 from ..ci import CiClient, CiError
-from ..config import CosSinkSettings
+from ..config import CosSinkSettings, Settings
 from ..formats import render
 from ..result import ResultRecord
 from .base import SinkError
@@ -34,3 +34,8 @@ class CosSink:
 
     def close(self) -> None:
         return None
+
+
+def build(settings: CosSinkSettings, shared: Settings) -> CosSink:
+    """The ``asrd.sinks`` entry point for ``type = "cos"``, with the ``[ci]`` credentials."""
+    return CosSink(settings, CiClient(shared.ci))

@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..config import FileSinkSettings
+from ..config import FileSinkSettings, Settings
 from ..formats import render
 from ..result import ResultRecord
 from .base import SinkError
@@ -84,3 +84,8 @@ class FileSink:
 
     def close(self) -> None:
         return None
+
+
+def build(settings: FileSinkSettings, shared: Settings) -> FileSink:
+    """The ``asrd.sinks`` entry point for ``type = "file"``."""
+    return FileSink(settings)

@@ -1,15 +1,17 @@
-"""Plugin sinks: ``factory = "module:callable"`` builds a sink from another package."""
+"""Plugin sinks: ``factory = "module:callable"`` builds a sink from another package (the other
+way, an ``asrd.sinks`` entry point, needs no ``factory`` key; see ``asrd.sinks``)."""
 
 from __future__ import annotations
 
 import importlib
 from typing import cast
 
-from ..config import ConfigError, PluginSinkSettings
+from ..config import ConfigError, PluginSinkSettings, Settings
 from .base import Sink
 
 
-def load(settings: PluginSinkSettings) -> Sink:
+def build(settings: PluginSinkSettings, shared: Settings) -> Sink:
+    """The ``asrd.sinks`` entry point for ``type = "plugin"``."""
     module_name, _, attr = settings.factory.partition(":")
     where = f"sinks.{settings.name}.factory"
     try:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pulsar
 
-from ..config import PulsarSinkSettings
+from ..config import PulsarSinkSettings, Settings
 from ..formats import to_json
 from ..observability import pulsar_logger
 from ..result import ResultRecord
@@ -53,3 +53,10 @@ class PulsarSink:
         if self._producer is not None:
             self._producer.close()
         self._client.close()
+
+
+def build(settings: PulsarSinkSettings, shared: Settings) -> PulsarSink:
+    """The ``asrd.sinks`` entry point for ``type = "pulsar"``: empty connection keys reuse
+    ``[pulsar]``'s."""
+    token = shared.pulsar.token.get_secret_value() if shared.pulsar.token else ""
+    return PulsarSink(settings, shared.pulsar.service_url, token)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 
-from ..config import StdoutSinkSettings
+from ..config import Settings, StdoutSinkSettings
 from ..formats import to_json
 from ..result import ResultRecord
 from .base import SinkError
@@ -27,3 +27,8 @@ class StdoutSink:
 
     def close(self) -> None:
         return None
+
+
+def build(settings: StdoutSinkSettings, shared: Settings) -> StdoutSink:
+    """The ``asrd.sinks`` entry point for ``type = "stdout"``."""
+    return StdoutSink(settings)

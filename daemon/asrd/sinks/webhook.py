@@ -40,7 +40,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from .. import __version__
-from ..config import ConfigError, WebhookSinkSettings
+from ..config import ConfigError, Settings, WebhookSinkSettings
 from ..formats import to_json
 from ..result import ResultRecord
 from .base import SinkError
@@ -165,3 +165,8 @@ class WebhookSink:
 
     def close(self) -> None:
         self._session.close()
+
+
+def build(settings: WebhookSinkSettings, shared: Settings) -> WebhookSink:
+    """The ``asrd.sinks`` entry point for ``type = "webhook"``."""
+    return WebhookSink(settings)

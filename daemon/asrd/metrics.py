@@ -1,0 +1,252 @@
+"""Prometheus metrics (``prometheus-client``), fed by the observer hooks and served on /metrics.
+
+Every family lives in a registry owned by one ``Metrics`` (no module-level state), together
+with the library's process, platform and garbage-collector collectors.
+
+One process serves one endpoint today. Should several worker processes ever share one
+endpoint, prometheus-client's multiprocess mode is the way: set ``PROMETHEUS_MULTIPROC_DIR``
+before the processes start, serve ``MultiProcessCollector`` from the endpoint, and give the
+gauges a ``multiprocess_mode``; the names below stay. ``asrd_ready`` and the intake's
+poll age are computed at scrape time and would become per-process there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .jobs import SweepReport
+from .observers import MessageInfo, Observer
+from .pipeline import Outcome, Verdict
+from .reconcile import Report
+from .settle import Action, Settlement
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+# Seconds from a callback reaching the broker to the last selected sink having the record:
+# sub-second when all is well, minutes while a sink or CI is retried.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
+OUTCOMES = ("done", "ignored", "retried", "dead_lettered", "kept")
+CI_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class _IntakeAge(Collector):
+    """``asrd_intake_seconds_since_last_poll``, computed when scraped; absent until the intake
+    starts (a process has one intake queue at most, hence no label)."""
+
+    def __init__(self) -> None:
+        self.last_ok: float | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        if self.last_ok is not None:
+            yield GaugeMetricFamily(
+                "asrd_intake_seconds_since_last_poll",
+                "Seconds since the intake's last successful poll of its CMQ queue (since its "
+                "start before the first).",
+                value=time.monotonic() - self.last_ok,
+            )
+
+
+class _Gauges(Collector):
+    """Gauges read from elsewhere when scraped (the ledger's owed jobs): name → value, each
+    exposed as ``asrd_<name>``."""
+
+    def __init__(self, read: Callable[[], dict[str, float]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for name, value in sorted(self.read().items()):
+            yield GaugeMetricFamily(f"asrd_{name}", _GAUGE_HELP.get(name, name), value=value)
+
+
+_GAUGE_HELP = {
+    "jobs_owed": "Jobs asrd submitted whose result some selected sink still lacks.",
+    "jobs_overdue": "Owed jobs past their deadline.",
+    "jobs_oldest_owed_age_seconds": "Age of the oldest owed job.",
+}
+
+
+class Metrics(Observer):
+    def __init__(self, ready: Callable[[], bool] = lambda: False) -> None:
+        self.ready = ready
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.messages = Counter(
+            "asrd_messages_total",
+            "Messages settled, by outcome: done, ignored, retried, dead_lettered, kept "
+            "(a retry or dead-letter publish failed; the broker keeps the message).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in OUTCOMES:  # every outcome shows from the start, at 0
+            self.messages.labels(outcome)
+        self.deliveries = Counter(
+            "asrd_deliveries_total",
+            "Records handed to a sink, by sink and result (delivered, failed).",
+            ["sink", "result"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "asrd_delivery_latency_seconds",
+            "From the callback's arrival on the broker to every selected sink having the record.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ci_requests = Counter(
+            "asrd_ci_requests_total",
+            "Requests to CI/COS, by operation and status (ok, transient, permanent, error).",
+            ["operation", "status"],
+            registry=r,
+        )
+        self.ci_duration = Histogram(
+            "asrd_ci_request_duration_seconds",
+            "Duration of requests to CI/COS, by operation.",
+            ["operation"],
+            buckets=CI_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "asrd_in_flight", "Messages received and not yet settled.", registry=r
+        )
+        Gauge(
+            "asrd_ready", "1 when subscribed and connected to the broker.", registry=r
+        ).set_function(lambda: float(self.ready()))
+        self.dead_letters = Counter(
+            "asrd_dead_letters_total", "Messages published to the dead-letter topic.", registry=r
+        )
+        self.reconciled = Counter(
+            "asrd_reconciled_jobs_total",
+            "Finished jobs whose callback never came, delivered by the reconciler.",
+            registry=r,
+        )
+        self.reconcile_passes = Counter(
+            "asrd_reconcile_passes_total", "Reconcile passes over finished jobs.", registry=r
+        )
+        self._moved = Counter(
+            "asrd_intake_messages_moved_total",
+            "Notifications moved from the CMQ queue to the Pulsar topic.",
+            registry=r,
+        )
+        self._intake_errors = Counter(
+            "asrd_intake_receive_errors_total", "Failed polls of the CMQ queue.", registry=r
+        )
+        self._produce_errors = Counter(
+            "asrd_intake_produce_errors_total",
+            "Notifications the intake could not put on Pulsar (left in CMQ, they come again).",
+            registry=r,
+        )
+        self._delete_errors = Counter(
+            "asrd_intake_delete_errors_total",
+            "Moved notifications CMQ refused to delete (they come again as duplicates).",
+            registry=r,
+        )
+        self._url_callbacks = Counter(
+            "asrd_url_callbacks_total",
+            "URL callbacks with a valid token, by result (accepted, broker_unavailable).",
+            ["result"],
+            registry=r,
+        )
+        for result in ("accepted", "broker_unavailable"):
+            self._url_callbacks.labels(result)
+        self._sweep = Counter(
+            "asrd_deadline_sweep_jobs_total",
+            "Overdue jobs the deadline sweep looked up, by result (delivered, unfinished, failed).",
+            ["result"],
+            registry=r,
+        )
+        for result in ("delivered", "unfinished", "failed"):
+            self._sweep.labels(result)
+        self._intake_age = _IntakeAge()
+        r.register(self._intake_age)
+        self._gauges = _Gauges(dict)
+        r.register(self._gauges)
+
+    @property
+    def gauges(self) -> Callable[[], dict[str, float]]:
+        return self._gauges.read
+
+    @gauges.setter
+    def gauges(self, read: Callable[[], dict[str, float]]) -> None:
+        self._gauges.read = read
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format (``CONTENT_TYPE_LATEST``)."""
+        return generate_latest(self.registry)
+
+    # -- hooks ----------------------------------------------------------------------------
+    def message_received(self, info: MessageInfo) -> None:
+        self.in_flight.inc()
+
+    def settled(self, info: MessageInfo, verdict: Verdict, settlement: Settlement) -> None:
+        self.in_flight.dec()
+        if settlement.action is Action.RETRY:
+            self.messages.labels("retried").inc()
+        elif settlement.action is Action.DEAD_LETTER:
+            self.messages.labels("dead_lettered").inc()
+        else:
+            self.messages.labels(verdict.outcome.value).inc()
+        if verdict.outcome is Outcome.DONE and verdict.delivered and info.published_ms > 0:
+            self.latency.observe(max(time.time() - info.published_ms / 1000, 0.0))
+
+    def publish_failed(self, info: MessageInfo, settlement: Settlement, error: str) -> None:
+        self.in_flight.dec()
+        self.messages.labels("kept").inc()
+
+    def dead_lettered(self, info: MessageInfo, reason: str) -> None:
+        self.dead_letters.inc()
+
+    def sink_delivered(self, sink: str, job_id: str, seconds: float) -> None:
+        self.deliveries.labels(sink, "delivered").inc()
+
+    def sink_failed(self, sink: str, job_id: str, error: str, permanent: bool) -> None:
+        self.deliveries.labels(sink, "failed").inc()
+
+    def ci_call(self, operation: str, status: str, seconds: float) -> None:
+        self.ci_requests.labels(operation, status).inc()
+        self.ci_duration.labels(operation).observe(seconds)
+
+    def reconcile_pass(self, report: Report, seconds: float) -> None:
+        self.reconcile_passes.inc()
+        self.reconciled.inc(len(report.delivered))
+
+    def deadline_sweep(self, report: SweepReport) -> None:
+        self._sweep.labels("delivered").inc(len(report.delivered))
+        self._sweep.labels("unfinished").inc(len(report.still_running))
+        self._sweep.labels("failed").inc(len(report.failed))
+
+    def intake_started(self, queue: str) -> None:
+        self._intake_age.last_ok = time.monotonic()
+
+    def intake_moved(self, queue: str, count: int) -> None:
+        self._moved.inc(count)
+
+    def intake_receive_error(self, queue: str, error: str) -> None:
+        self._intake_errors.inc()
+
+    def intake_poll_ok(self, queue: str) -> None:
+        self._intake_age.last_ok = time.monotonic()
+
+    def intake_produce_errors(self, queue: str, count: int) -> None:
+        self._produce_errors.inc(count)
+
+    def intake_delete_errors(self, queue: str, count: int) -> None:
+        self._delete_errors.inc(count)
+
+    def url_callback(self, accepted: bool) -> None:
+        self._url_callbacks.labels("accepted" if accepted else "broker_unavailable").inc()

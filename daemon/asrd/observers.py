@@ -1,0 +1,173 @@
+"""Named hooks the daemon's stages call as things happen; metrics and logging attach here.
+
+The shape is dramatiq's middleware: an ``Observer`` has one no-op method per event and a
+subscriber overrides the ones it cares about; ``Observers`` fans every call out to its members.
+Stages only ever see an ``Observers`` (possibly empty), so they know nothing of Prometheus or
+of the log format. An observer that raises is logged and skipped: a broken metric must never
+fail a delivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+if TYPE_CHECKING:
+    from .jobs import SweepReport
+    from .pipeline import Verdict
+    from .reconcile import Report
+    from .settle import Settlement
+
+log = structlog.get_logger("asrd.observers")
+
+
+@dataclass(frozen=True)
+class MessageInfo:
+    """What observers learn about one received message (never its body)."""
+
+    message_id: str
+    attempt: int
+    published_ms: int  # when the first copy of the message reached the broker (epoch ms)
+
+
+class Observer:
+    """Override the hooks you need; every hook is called from the thread doing the work."""
+
+    # -- consumer -------------------------------------------------------------------------
+    def message_received(self, info: MessageInfo) -> None:
+        """A message was taken from the broker and its attempt counted."""
+
+    def verdict(self, info: MessageInfo, verdict: Verdict, seconds: float) -> None:
+        """The pipeline decided about a message (``seconds``: time spent deciding)."""
+
+    def settled(self, info: MessageInfo, verdict: Verdict, settlement: Settlement) -> None:
+        """The message left this process: acknowledged, parked for a retry, or dead-lettered."""
+
+    def dead_lettered(self, info: MessageInfo, reason: str) -> None:
+        """The message was published to the dead-letter topic."""
+
+    def publish_failed(self, info: MessageInfo, settlement: Settlement, error: str) -> None:
+        """A retry or dead-letter copy could not be published: the message was negatively
+        acknowledged instead and the broker keeps it."""
+
+    def receive_failed(self, error: str) -> None:
+        """The broker refused a receive (not a timeout)."""
+
+    def pipeline_crashed(self, info: MessageInfo, exc: BaseException) -> None:
+        """The pipeline raised instead of returning a verdict (a bug; the message is retried)."""
+
+    # -- pipeline -------------------------------------------------------------------------
+    def sink_delivered(self, sink: str, job_id: str, seconds: float) -> None:
+        """A sink has the record (and the ledger says so)."""
+
+    def sink_failed(self, sink: str, job_id: str, error: str, permanent: bool) -> None:
+        """A sink refused the record."""
+
+    def ci_call(self, operation: str, status: str, seconds: float) -> None:
+        """One request to CI/COS ended; ``status`` is ``ok`` or the error kind."""
+
+    def reconcile_pass(self, report: Report, seconds: float) -> None:
+        """A reconcile pass over finished jobs ended."""
+
+    def deadline_sweep(self, report: SweepReport) -> None:
+        """A deadline sweep over overdue submitted jobs ended."""
+
+    # -- intake (CMQ → Pulsar, URL callbacks → Pulsar) ------------------------------------------
+    def intake_started(self, queue: str) -> None:
+        """The intake began polling a notification queue."""
+
+    def intake_moved(self, queue: str, count: int) -> None:
+        """``count`` notifications were produced to Pulsar and deleted from the queue."""
+
+    def intake_receive_error(self, queue: str, error: str) -> None:
+        """A poll of the notification queue failed."""
+
+    def intake_poll_ok(self, queue: str) -> None:
+        """A poll of the notification queue answered (with or without messages)."""
+
+    def intake_produce_errors(self, queue: str, count: int) -> None:
+        """``count`` notifications could not be put on Pulsar (they stay in the queue)."""
+
+    def intake_delete_errors(self, queue: str, count: int) -> None:
+        """The queue refused to delete ``count`` moved notifications (they come again)."""
+
+    def url_callback(self, accepted: bool) -> None:
+        """A URL callback with a valid token was put on Pulsar (or the broker refused it)."""
+
+
+class Observers(Observer):
+    """Every hook called on each member in order; a member that raises is skipped."""
+
+    def __init__(self, members: Iterable[Observer] = ()) -> None:
+        self._members = list(members)
+
+    def add(self, member: Observer) -> None:
+        self._members.append(member)
+
+    def _each(self, hook: str, *args: Any) -> None:
+        for member in self._members:
+            fn: Callable[..., None] = getattr(member, hook)
+            try:
+                fn(*args)
+            except Exception:  # an observer's bug must not fail the work it watches
+                log.exception("observer failed", observer=type(member).__name__, hook=hook)
+
+    def message_received(self, info: MessageInfo) -> None:
+        self._each("message_received", info)
+
+    def verdict(self, info: MessageInfo, verdict: Verdict, seconds: float) -> None:
+        self._each("verdict", info, verdict, seconds)
+
+    def settled(self, info: MessageInfo, verdict: Verdict, settlement: Settlement) -> None:
+        self._each("settled", info, verdict, settlement)
+
+    def dead_lettered(self, info: MessageInfo, reason: str) -> None:
+        self._each("dead_lettered", info, reason)
+
+    def publish_failed(self, info: MessageInfo, settlement: Settlement, error: str) -> None:
+        self._each("publish_failed", info, settlement, error)
+
+    def receive_failed(self, error: str) -> None:
+        self._each("receive_failed", error)
+
+    def pipeline_crashed(self, info: MessageInfo, exc: BaseException) -> None:
+        self._each("pipeline_crashed", info, exc)
+
+    def sink_delivered(self, sink: str, job_id: str, seconds: float) -> None:
+        self._each("sink_delivered", sink, job_id, seconds)
+
+    def sink_failed(self, sink: str, job_id: str, error: str, permanent: bool) -> None:
+        self._each("sink_failed", sink, job_id, error, permanent)
+
+    def ci_call(self, operation: str, status: str, seconds: float) -> None:
+        self._each("ci_call", operation, status, seconds)
+
+    def reconcile_pass(self, report: Report, seconds: float) -> None:
+        self._each("reconcile_pass", report, seconds)
+
+    def deadline_sweep(self, report: SweepReport) -> None:
+        self._each("deadline_sweep", report)
+
+    def intake_started(self, queue: str) -> None:
+        self._each("intake_started", queue)
+
+    def intake_moved(self, queue: str, count: int) -> None:
+        self._each("intake_moved", queue, count)
+
+    def intake_receive_error(self, queue: str, error: str) -> None:
+        self._each("intake_receive_error", queue, error)
+
+    def intake_poll_ok(self, queue: str) -> None:
+        self._each("intake_poll_ok", queue)
+
+    def intake_produce_errors(self, queue: str, count: int) -> None:
+        self._each("intake_produce_errors", queue, count)
+
+    def intake_delete_errors(self, queue: str, count: int) -> None:
+        self._each("intake_delete_errors", queue, count)
+
+    def url_callback(self, accepted: bool) -> None:
+        self._each("url_callback", accepted)

@@ -1,0 +1,75 @@
+"""The settle policy: what becomes of a message, as a pure function of what is known about it.
+
+verdict + attempt + settings + now → acknowledge / retry after N seconds / dead-letter with a
+reason. No broker, no ledger, no clock of its own: the consumer applies the answer. The budget
+of a message ("out of attempts") is decided by ``out_of_attempts`` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from enum import Enum
+
+from . import backoff
+from .config import PulsarSettings
+from .ledger import Attempt
+from .pipeline import Outcome, Verdict
+
+DIED_ON_IT = "processing never finished (the daemon died on it)"
+
+
+class Action(Enum):
+    ACK = "ack"
+    RETRY = "retry"
+    DEAD_LETTER = "dead_letter"
+
+
+@dataclass(frozen=True)
+class Settlement:
+    action: Action
+    reason: str = ""
+    delay_s: float = 0.0  # only for RETRY: how long the copy waits on the retry-letter topic
+
+
+def out_of_attempts(made: int, attempt: Attempt, settings: PulsarSettings, now: float) -> str:
+    """Why a message that failed ``made`` times since ``attempt.first_at`` gets no more tries,
+    or ``""`` while it still has budget (attempts and time window)."""
+    age = now - attempt.first_at
+    if made >= settings.max_attempts or age > settings.retry_window_s:
+        return f"gave up after {made} attempts in {age:.0f}s"
+    return ""
+
+
+def before_processing(attempt: Attempt, settings: PulsarSettings, now: float) -> Settlement | None:
+    """A message whose earlier starts used up its budget is parked without another try.
+
+    Every start is counted before any work, so ``attempt.count - 1`` earlier tries failed or
+    never finished (the process died on them: a poison message must not crash-loop).
+    """
+    exhausted = out_of_attempts(attempt.count - 1, attempt, settings, now)
+    if not exhausted:
+        return None
+    return Settlement(Action.DEAD_LETTER, f"{exhausted}: {attempt.last_reason or DIED_ON_IT}")
+
+
+def settle(
+    verdict: Verdict,
+    attempt: Attempt,
+    settings: PulsarSettings,
+    now: float,
+    uniform: backoff.Uniform = random.uniform,
+) -> Settlement:
+    """What to do with a message the pipeline has judged (``uniform`` is the backoff jitter)."""
+    if verdict.outcome is Outcome.DONE:
+        return Settlement(Action.ACK, verdict.reason)
+    if verdict.outcome is Outcome.IGNORED:
+        foreign = Action.DEAD_LETTER if settings.foreign_messages == "dead-letter" else Action.ACK
+        return Settlement(foreign, verdict.reason)
+    if verdict.outcome is Outcome.DEAD:
+        return Settlement(Action.DEAD_LETTER, verdict.reason)
+    exhausted = out_of_attempts(attempt.count, attempt, settings, now)
+    if exhausted:
+        return Settlement(Action.DEAD_LETTER, f"{exhausted}: {verdict.reason}")
+    wait_s = backoff.delay(attempt.count, settings.retry_base_s, settings.retry_max_s, uniform)
+    return Settlement(Action.RETRY, verdict.reason, wait_s)

@@ -1,0 +1,84 @@
+"""One received message from attempt accounting to settlement: count the attempt in the ledger,
+ask the pipeline, ask the settle policy, and have the transport carry the answer out. Observers
+hear every step; nothing here knows about metrics or log formats.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from .broker import Inbound
+from .config import PulsarSettings
+from .ledger import Ledger
+from .observers import MessageInfo, Observers
+from .pipeline import Outcome, Verdict
+from .settle import Action, Settlement, before_processing, settle
+
+Handler = Callable[[bytes], Verdict]
+
+
+class Transport(Protocol):
+    def ack(self, m: Inbound) -> None: ...
+
+    def retry(self, m: Inbound, attempt: int, delay_s: float) -> str: ...
+
+    def dead_letter(self, m: Inbound, reason: str, attempts: int) -> str: ...
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: PulsarSettings,
+        handle: Handler,
+        ledger: Ledger,
+        transport: Transport,
+        observers: Observers,
+    ) -> None:
+        self._settings = settings
+        self._handle = handle
+        self._ledger = ledger
+        self._transport = transport
+        self._obs = observers
+
+    def process(self, m: Inbound) -> None:
+        attempt = self._ledger.begin_attempt(m.key)
+        info = MessageInfo(m.origin_id, attempt.count, m.published_ms)
+        self._obs.message_received(info)
+        started = time.monotonic()
+        settlement = before_processing(attempt, self._settings, time.time())
+        if settlement is not None:
+            verdict = Verdict(Outcome.DEAD, settlement.reason)
+        else:
+            verdict = self._judge(m, info)
+            settlement = settle(verdict, attempt, self._settings, time.time())
+        self._obs.verdict(info, verdict, time.monotonic() - started)
+        self._carry_out(m, info, verdict, settlement)
+
+    def _judge(self, m: Inbound, info: MessageInfo) -> Verdict:
+        try:
+            return self._handle(m.data)
+        except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker or lose the message
+            self._obs.pipeline_crashed(info, exc)
+            return Verdict(Outcome.RETRY, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _carry_out(
+        self, m: Inbound, info: MessageInfo, verdict: Verdict, settlement: Settlement
+    ) -> None:
+        if settlement.action is Action.RETRY:
+            self._ledger.note_failure(m.key, settlement.reason)
+            error = self._transport.retry(m, info.attempt, settlement.delay_s)
+        elif settlement.action is Action.DEAD_LETTER:
+            error = self._transport.dead_letter(m, settlement.reason, info.attempt)
+        else:
+            self._transport.ack(m)
+            error = ""
+        if error:
+            self._obs.publish_failed(info, settlement, error)
+            return
+        if settlement.action is not Action.RETRY:
+            self._ledger.clear_attempts(m.key)
+        if settlement.action is Action.DEAD_LETTER:
+            self._obs.dead_lettered(info, settlement.reason)
+        self._obs.settled(info, verdict, settlement)
