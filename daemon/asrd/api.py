@@ -27,6 +27,7 @@ from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.exceptions import HTTPException
@@ -94,7 +95,10 @@ class JobRequest(BaseModel):
         },
     )
     input: str | None = Field(default=None, max_length=850, pattern=_TEXT)
-    url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://[^\x00-\x20\x7f]+$")
+    # No brackets: an IPv6 literal host is not accepted (and a stray one breaks URL parsers).
+    url: str | None = Field(
+        default=None, max_length=2048, pattern=r"^https?://[^\x00-\x20\x7f\[\]]+$"
+    )
     output: str | None = Field(default=None, max_length=850, pattern=_TEXT)
     output_bucket: str | None = Field(default=None, pattern=r"^[a-z0-9-]+-\d+$")
     output_region: str | None = Field(default=None, pattern=r"^[a-z]+-[a-z0-9-]+$")
@@ -187,8 +191,18 @@ def create_app(ctx: ApiContext) -> FastAPI:
     guard = [Depends(authorised)] if ctx.token else []
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        headers = dict(exc.headers or {})  # e.g. Allow on a 405
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of one route; a path may have several (/v1/jobs).
+            path = request.url.path
+            methods = {
+                m
+                for r in app.routes
+                if isinstance(r, APIRoute) and r.path_regex.match(path)
+                for m in r.methods or ()
+            }
+            headers["Allow"] = ", ".join(sorted(methods))
         if exc.status_code == 401:
             headers["WWW-Authenticate"] = "Bearer"
         return _error(exc.status_code, str(exc.detail), headers)
@@ -272,7 +286,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     def list_jobs(
         state: Literal["owed", "settled", "overdue", "failed"] | None = None,
-        since: Annotated[str | None, Query(description="90s, 30m, 2h, 1d or ISO 8601")] = None,
+        since: Annotated[
+            str | None,
+            Query(
+                pattern=r"^(\d{1,9}(\.\d{1,6})?[smhd]|\d{4}-\d{2}-\d{2}T\S+)$",
+                description="90s, 30m, 2h, 1d ago, or an ISO 8601 time with its UTC offset",
+            ),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> JSONResponse:
         """The jobs the ledger knows, as ``asrd jobs`` lists them."""
