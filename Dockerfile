@@ -3,7 +3,9 @@
 #   config   /etc/asrd/asrd.toml (mounted read-only), overridden by ASRD_* variables
 #   secrets  /run/secrets/<name> (mounted files): relative *_file keys resolve there
 #   state    /var/lib/asrd (volume, writable by 10001): ledger.db, and file sinks by default
-#   API      :8090 (/healthz, /readyz, /metrics, /v1/jobs)
+#   API      :8090 (/healthz, /readyz, /metrics, /v1/jobs); on 0.0.0.0 /v1/* needs a bearer
+#            token: ASRD_HTTP__TOKEN_FILE=http_token with /run/secrets/http_token, or listen on
+#            loopback (ASRD_HTTP__LISTEN=127.0.0.1:8090), else asrd exits 78
 # Stopping: SIGTERM drains within [pulsar] shutdown_deadline_s (30 s by default), so give it
 # more than that: docker run/stop --stop-timeout 45, compose stop_grace_period: 45s, Kubernetes
 # terminationGracePeriodSeconds: 45. An idle daemon exits within 2 s.

@@ -56,7 +56,7 @@ def test_sidecar_matches_the_image_and_the_config(tmp_path: Path) -> None:
     volumes = {v["name"]: v for v in pod["volumes"]}
 
     # asrd's config, loaded by asrd itself with the Secret's files as credentials.
-    for name in ("secret_id", "secret_key", "pulsar_token"):
+    for name in ("secret_id", "secret_key", "pulsar_token", "http_token"):
         (tmp_path / name).write_text("x")
     (tmp_path / "asrd.toml").write_text(_kind("ConfigMap")["data"]["asrd.toml"])
     settings = config.load(tmp_path / "asrd.toml", {"CREDENTIALS_DIRECTORY": str(tmp_path)})
