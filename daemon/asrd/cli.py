@@ -26,9 +26,7 @@ from .ci import CiClient, CiError
 from .cmq import CmqError
 from .config import ConfigError, Settings
 from .consumer import Consumer
-from .intake.forward import Forwarder
-from .intake.queue import QueueIntake, cmq_clients
-from .intake.url import UrlReceiver
+from .intake.feeds import Feeds
 from .jobs import JobService, job_gauges, sweep_overdue
 from .ledger import SqliteLedger
 from .log_observer import LogObserver
@@ -92,49 +90,6 @@ def _stages(settings: Settings, observers: Observers) -> Stages:
     ci = CiClient(settings.ci, observers=observers)
     pipeline = Pipeline(ci, Router(routes), ledger, observers, settings.pulsar.max_message_bytes)
     return Stages(ci, routes, ledger, observers, pipeline)
-
-
-@dataclass
-class Feeds:
-    """The intake: what puts CI's notifications on the Pulsar topic (either part optional)."""
-
-    forwarder: Forwarder
-    queue: QueueIntake | None
-    url: UrlReceiver | None
-    thread: threading.Thread | None = None
-
-    @classmethod
-    def build(cls, settings: Settings, client: pulsar.Client, observers: Observers) -> Feeds:
-        forwarder = Forwarder(client, settings.pulsar.topic)
-        cmq = settings.intake.cmq
-        queue = QueueIntake(cmq, cmq_clients(cmq), forwarder, observers) if cmq else None
-        url = settings.intake.url
-        receiver = UrlReceiver(url, forwarder, observers) if url else None
-        return cls(forwarder, queue, receiver)
-
-    def start(self, stop: threading.Event) -> None:
-        if self.queue is not None:
-            # A daemon thread: a long poll in flight at stop is abandoned, its messages stay in
-            # CMQ and come back after the visibility timeout.
-            self.thread = threading.Thread(
-                target=self.queue.run, args=(stop,), name="asrd-intake", daemon=True
-            )
-            self.thread.start()
-
-    def reachable(self, settings: Settings) -> bool:
-        cmq = settings.intake.cmq
-        return (
-            self.queue is None
-            or cmq is None
-            or self.queue.health.reachable(cmq.unreachable_after_s)
-        )
-
-    def stop(self) -> None:
-        if self.thread is not None:
-            self.thread.join(timeout=1.0)
-        self.forwarder.close()
-        if self.queue is not None:
-            self.queue.close()
 
 
 def _serve_api(settings: Settings, ctx: ApiContext) -> ApiServer | None:
