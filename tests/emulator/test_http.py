@@ -49,7 +49,9 @@ def test_pipelined_keep_alive(emulator: Emulator) -> None:
 def test_garbage_request_line_gets_400(emulator: Emulator) -> None:
     with socket.create_connection(("127.0.0.1", emulator.port), timeout=5) as sock:
         sock.sendall(b"HELLO\r\n\r\n")
-        assert sock.recv(100).startswith(b"HTTP/1.1 400 ")
+        status_line = sock.recv(100).split(b"\r\n", 1)[0]
+        # No version to answer in: aiohttp answers as HTTP/1.0, as RFC 9112 §2.3 allows.
+        assert status_line.split(b" ")[:2] in ([b"HTTP/1.1", b"400"], [b"HTTP/1.0", b"400"])
 
 
 def test_chunked_upload_with_expect_continue(emulator: Emulator) -> None:

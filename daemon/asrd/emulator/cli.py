@@ -15,7 +15,7 @@ from typing import Any
 from asrd.emulator.cmq import REGION_RE, Cmq, QueueSpec, TopicSpec, queue_spec, topic_spec
 from asrd.emulator.cmq_api import CmqApi
 from asrd.emulator.faults import FaultConfig, Faults
-from asrd.emulator.http import serve
+from asrd.emulator.http import application, serve
 from asrd.emulator.jobs import JobStore
 from asrd.emulator.journal import Journal
 from asrd.emulator.lifecycle import JobRunner
@@ -262,21 +262,21 @@ async def run(args: argparse.Namespace, notifier: Notifier) -> int:
     app = App(Verifier(args.key), store, objects, runner, faults, stats, cmq)
     for job in unfinished:  # jobs cut short by the last stop run again from the start
         runner.start(job)
-    servers = [await serve(app.handle, *args.listen)]
+    servers = [await serve(application(app.routes(), app.dispatch), *args.listen)]
     if args.cmq_listen is not None:
         api = CmqApi(cmq, args.key, args.cmq_default_region, stats, faults)
-        servers.append(await serve(api.handle, *args.cmq_listen))
+        servers.append(await serve(application(api.routes(), api.dispatch), *args.cmq_listen))
     names = ["asrd emulator", "asrd emulator CMQ"]
     for name, server in zip(names, servers, strict=False):
-        bound = server.sockets[0].getsockname()
-        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-        sys.stdout.write(f"{name} listening on http://{shown}:{bound[1]}\n")
+        host, port = server.address
+        shown = f"[{host}]" if ":" in host else host
+        sys.stdout.write(f"{name} listening on http://{shown}:{port}\n")
         sys.stdout.flush()
     try:
         await stop.wait()
     finally:
         for server in servers:
-            server.close()
+            await server.close()
         await runner.drain(timeout=5.0)
         try:
             await asyncio.wait_for(loop.run_in_executor(None, notifier.close), timeout=20)

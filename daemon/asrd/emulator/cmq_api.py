@@ -33,7 +33,7 @@ from asrd.emulator.cmq import (
     Message,
 )
 from asrd.emulator.faults import Faults
-from asrd.emulator.http import Request, Response
+from asrd.emulator.http import Request, Response, Route
 from asrd.emulator.signature import Credential
 
 log = logging.getLogger("asrd.emulator.cmq_api")
@@ -48,6 +48,7 @@ HOST_REGION_RE = re.compile(
 
 Params = dict[str, str]
 Action = Callable[[str, Params, Request], Awaitable[dict[str, Any]]]
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def string_to_sign(method: str, host: str, path: str, params: Mapping[str, str]) -> str:
@@ -183,12 +184,23 @@ class CmqApi:
             "BatchPublishMessage": self._batch_publish,
         }
 
+    def routes(self) -> list[Route[Endpoint]]:
+        """The two paths the SDKs post to; every method reaches ``handle``, which answers the
+        wrong ones in CMQ's own JSON, as it does unknown actions."""
+        known: list[Route[Endpoint]] = [Route("*", path, self.handle) for path in PATHS]
+        return [*known, Route("*", "/{path:.*}", self._unknown_path)]
+
+    @staticmethod
+    async def dispatch(req: Request, endpoint: Endpoint) -> Response:
+        return await endpoint(req)
+
+    async def _unknown_path(self, req: Request) -> Response:
+        # UNCONFIRMED what the gateway answers on other paths.
+        message = f"(10400)unknown path {req.path}"
+        return _json(404, {"code": INVALID, "message": message, "requestId": uuid.uuid4().hex})
+
     async def handle(self, req: Request) -> Response:
         request_id = uuid.uuid4().hex
-        if req.path not in PATHS:
-            # UNCONFIRMED what the gateway answers on other paths.
-            message = f"(10400)unknown path {req.path}"
-            return _json(404, {"code": INVALID, "message": message, "requestId": request_id})
         injected = self.faults.cmq_error() if self.faults is not None else None
         if injected is not None and injected >= 1000:
             message = "(6000)internal error" if injected == 6000 else "QPS throttled"

@@ -1,4 +1,5 @@
-"""HTTP routing: CI asr routes, COS objects, and the unsigned admin API under ``/-/``."""
+"""The CI/COS API: a route table (CI asr routes, COS objects, the unsigned admin API under
+``/-/``) and the dispatch that authenticates and injects faults around every signed call."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import re
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import formatdate
@@ -20,7 +22,7 @@ from asrd.emulator import xmlio
 from asrd.emulator.cmq import Cmq, queue_spec, topic_spec
 from asrd.emulator.errors import ApiError, invalid
 from asrd.emulator.faults import Faults
-from asrd.emulator.http import Request, Response
+from asrd.emulator.http import Request, Response, Route
 from asrd.emulator.jobs import JobStore
 from asrd.emulator.lifecycle import JobRunner
 from asrd.emulator.model import Template, now
@@ -57,6 +59,18 @@ def _target(req: Request) -> Target:
     return Target(None, "", host)
 
 
+@dataclass(frozen=True)
+class Call:
+    """One routed request with what the dispatch worked out for it (admin calls: no target)."""
+
+    req: Request
+    target: Target
+    rid: str
+
+
+Endpoint = Callable[["App", Call], Response]
+
+
 class App:
     def __init__(
         self,
@@ -82,10 +96,15 @@ class App:
         raw = f"{int(time.time()):x}_{self._id_prefix}_{next(self._ids)}"
         return base64.b64encode(raw.encode()).decode().rstrip("=")
 
-    async def handle(self, req: Request) -> Response:
-        if req.path.startswith("/-/") and "authorization" not in req.headers:
-            # Unsigned admin calls only: a signed request to /-/... is an ordinary object call.
-            return self._admin(req)
+    def routes(self) -> list[Route[Endpoint]]:
+        """The route table; ``/-/cmq`` administration only when the CMQ part runs."""
+        return [*ADMIN_ROUTES, *(CMQ_ADMIN_ROUTES if self.cmq is not None else ()), *API_ROUTES]
+
+    async def dispatch(self, req: Request, endpoint: Endpoint) -> Response:
+        if req.path.startswith("/-/"):
+            if "authorization" not in req.headers:
+                return endpoint(self, Call(req, Target(None, "", ""), ""))  # admin: unsigned
+            endpoint = App._object  # a signed request to /-/... is an ordinary object call
         rid = self._request_id()
         target = _target(req)
         try:
@@ -99,43 +118,14 @@ class App:
             failure = self.verifier.verify(req.method, req.path, req.query, req.headers, t)
             if failure is not None:
                 raise ApiError(failure.status, failure.code, failure.message)
-            resp = self._route(req, target, rid)
+            resp = endpoint(self, Call(req, target, rid))
         except ApiError as err:
             self.stats[f"http_{err.status}"] += 1
             body = xmlio.error_body(err.code, err.message, target.host + req.path, rid)
-            resp = Response(err.status, body, head=req.method == "HEAD")
+            resp = Response(err.status, body)
         resp.headers.append(("x-ci-request-id", rid))
         resp.headers.append(("x-cos-request-id", rid))
         return resp
-
-    # ---- routing ---------------------------------------------------------------------------
-
-    def _route(self, req: Request, target: Target, rid: str) -> Response:
-        path, method = req.path, req.method
-        if path == "/asr_jobs":
-            bucket = self._ci_bucket(target)
-            if method == "POST":
-                return self._create(req, bucket, target.region)
-            if method == "GET":
-                return self._list(req, bucket)
-            raise _not_allowed(method)
-        if path.startswith("/asr_jobs/"):
-            if method != "GET":
-                raise _not_allowed(method)
-            return self._get(path[len("/asr_jobs/") :], self._ci_bucket(target))
-        if path == "/asrqueue":
-            if method != "GET":
-                raise _not_allowed(method)
-            return self._queues(req, self._ci_bucket(target), rid)
-        if path.startswith("/asrqueue/"):
-            if method != "PUT":
-                raise _not_allowed(method)
-            return self._update_queue(req, path[len("/asrqueue/") :], self._ci_bucket(target), rid)
-        if path == "/template":
-            if method != "POST":
-                raise _not_allowed(method)
-            return self._create_template(req, self._ci_bucket(target), rid)
-        return self._object(req, target)
 
     @staticmethod
     def _ci_bucket(target: Target) -> str:
@@ -145,8 +135,9 @@ class App:
 
     # ---- CI asr jobs -----------------------------------------------------------------------
 
-    def _create(self, req: Request, bucket: str, region: str) -> Response:
-        root, body = _parse_body(req)
+    def _create(self, call: Call) -> Response:
+        bucket, region = self._ci_bucket(call.target), call.target.region
+        root, body = _parse_body(call.req)
         spec = parse_create(root, body, self.store.templates)
         if not BUCKET_RE.match(spec.output_bucket):
             raise invalid(f"invalid Operation.Output.Bucket {spec.output_bucket!r}")
@@ -161,7 +152,9 @@ class App:
             raise ApiError(500, "InternalError", "Internal error.")
         return Response(200, xmlio.wrap("Response", job.detail_xml()))
 
-    def _get(self, ids_text: str, bucket: str) -> Response:
+    def _get(self, call: Call) -> Response:
+        bucket = self._ci_bucket(call.target)
+        ids_text = call.req.path[len("/asr_jobs/") :]
         ids = [i.strip() for i in ids_text.split(",") if i.strip()]
         if not ids:
             raise invalid("no job id given")
@@ -175,8 +168,9 @@ class App:
                 found.append(job.detail_xml())
         return Response(200, xmlio.wrap("Response", b"".join(found + missing)))
 
-    def _list(self, req: Request, bucket: str) -> Response:
-        query = parse_list_query(req.query)
+    def _list(self, call: Call) -> Response:
+        bucket = self._ci_bucket(call.target)
+        query = parse_list_query(call.req.query)
         page, token = self.store.list(bucket, query)
         parts = [job.detail_xml() for job in page]
         parts.append(xmlio.fragment("NextToken", token or None))
@@ -184,7 +178,8 @@ class App:
 
     # ---- queues and templates --------------------------------------------------------------
 
-    def _queues(self, req: Request, bucket: str, rid: str) -> Response:
+    def _queues(self, call: Call) -> Response:
+        req, bucket, rid = call.req, self._ci_bucket(call.target), call.rid
         t = now()
         self.store.queue(bucket, None, t)  # every bucket has its default queue
         wanted = [q for q in (req.query.get("queueIds") or "").split(",") if q]
@@ -216,7 +211,9 @@ class App:
             content["NonExistPIDs"] = missing
         return Response(200, xmlio.document("Response", content))
 
-    def _update_queue(self, req: Request, queue_id: str, bucket: str, rid: str) -> Response:
+    def _update_queue(self, call: Call) -> Response:
+        req, bucket, rid = call.req, self._ci_bucket(call.target), call.rid
+        queue_id = req.path[len("/asrqueue/") :]
         if not re.fullmatch(r"p[0-9a-zA-Z]{1,64}", queue_id):
             raise invalid(f"invalid queue id {queue_id!r}")
         root, body = _parse_body(req)
@@ -234,17 +231,19 @@ class App:
         content = {"RequestId": rid, "Queue": queue.to_xml_dict()}
         return Response(200, xmlio.document("Response", content))
 
-    def _create_template(self, req: Request, bucket: str, rid: str) -> Response:
-        root, body = _parse_body(req)
+    def _create_template(self, call: Call) -> Response:
+        bucket = self._ci_bucket(call.target)
+        root, body = _parse_body(call.req)
         name, params = parse_template(root, body)
         template = Template("t1" + uuid.uuid4().hex, name, bucket, params, now())
         self.store.add_template(template)
-        content = {"RequestId": rid, "Template": template.to_xml_dict()}
+        content = {"RequestId": call.rid, "Template": template.to_xml_dict()}
         return Response(200, xmlio.document("Response", content))
 
     # ---- COS objects -----------------------------------------------------------------------
 
-    def _object(self, req: Request, target: Target) -> Response:
+    def _object(self, call: Call) -> Response:
+        req, target = call.req, call.target
         bucket, key = target.bucket, req.path.lstrip("/")
         if bucket is not None and not key and req.method == "GET":
             return self._list_objects(req, bucket)
@@ -264,11 +263,7 @@ class App:
                     ("Last-Modified", formatdate(obj.mtime, usegmt=True)),
                 ]
                 return Response(
-                    200,
-                    obj.data,
-                    headers=headers,
-                    content_type="application/octet-stream",
-                    head=req.method == "HEAD",
+                    200, obj.data, headers=headers, content_type="application/octet-stream"
                 )
             if req.method == "DELETE":
                 self.objects.delete(bucket, key)
@@ -323,37 +318,34 @@ class App:
 
     # ---- admin -----------------------------------------------------------------------------
 
-    def _admin(self, req: Request) -> Response:
-        if req.path == "/-/healthz" and req.method == "GET":
-            return _json(200, {"status": "ok", "jobs": len(self.store)})
-        if req.path == "/-/faults":
-            if req.method == "GET":
-                return _json(200, self._fault_state())
-            if req.method == "PUT":
-                try:
-                    values = json.loads(req.body or b"{}")
-                    if not isinstance(values, dict):
-                        raise ValueError("expected a JSON object")
-                    reset = bool(values.pop("reset_counts", False))
-                    self.faults.config.update(values)
-                except ValueError as exc:
-                    return _json(400, {"error": str(exc)})
-                if reset:
-                    self.faults.counts.clear()
-                return _json(200, self._fault_state())
-            return _json(405, {"error": "use GET or PUT"})
-        if req.path == "/-/cmq" and req.method == "GET" and self.cmq is not None:
-            return _json(200, self.cmq.state())
-        if req.path.startswith("/-/cmq/") and self.cmq is not None:
-            if req.method != "PUT":
-                return _json(405, {"error": "use PUT"})
-            return self._declare(req, req.path.split("/")[3:])
-        return _json(404, {"error": "unknown admin path"})
+    def _healthz(self, call: Call) -> Response:
+        return _json(200, {"status": "ok", "jobs": len(self.store)})
 
-    def _declare(self, req: Request, parts: list[str]) -> Response:
+    def _faults(self, call: Call) -> Response:
+        return _json(200, self._fault_state())
+
+    def _set_faults(self, call: Call) -> Response:
+        try:
+            values = json.loads(call.req.body or b"{}")
+            if not isinstance(values, dict):
+                raise ValueError("expected a JSON object")
+            reset = bool(values.pop("reset_counts", False))
+            self.faults.config.update(values)
+        except ValueError as exc:
+            return _json(400, {"error": str(exc)})
+        if reset:
+            self.faults.counts.clear()
+        return _json(200, self._fault_state())
+
+    def _cmq_state(self, call: Call) -> Response:
+        assert self.cmq is not None
+        return _json(200, self.cmq.state())
+
+    def _declare(self, call: Call) -> Response:
         """``PUT /-/cmq/queues/<region>/<name>`` or ``/-/cmq/topics/<region>/<name>``: declare at
         run time, as the console would (body: the flag's attributes as JSON, topics ``queues``)."""
         assert self.cmq is not None
+        req, parts = call.req, call.req.path.split("/")[3:]
         if len(parts) != 3 or parts[0] not in ("queues", "topics"):
             return _json(404, {"error": "use /-/cmq/queues/<region>/<name> or /-/cmq/topics/..."})
         kind, region, name = parts
@@ -374,6 +366,48 @@ class App:
 
     def _fault_state(self) -> dict[str, Any]:
         return {**self.faults.snapshot(), "stats": dict(sorted(self.stats.items()))}
+
+
+def _answer(status: int, error: str) -> Endpoint:
+    """An admin route that always gives one JSON error (wrong method, unknown path)."""
+
+    def endpoint(app: App, call: Call) -> Response:
+        return _json(status, {"error": error})
+
+    return endpoint
+
+
+def _method_not_allowed(app: App, call: Call) -> Response:
+    raise _not_allowed(call.req.method)
+
+
+# Rows of one path stay adjacent; a "*" row after a path's methods answers every other method.
+ADMIN_ROUTES: tuple[Route[Endpoint], ...] = (
+    Route("GET", "/-/healthz", App._healthz),
+    Route("GET", "/-/faults", App._faults),
+    Route("PUT", "/-/faults", App._set_faults),
+    Route("*", "/-/faults", _answer(405, "use GET or PUT")),
+)
+CMQ_ADMIN_ROUTES: tuple[Route[Endpoint], ...] = (
+    Route("GET", "/-/cmq", App._cmq_state),
+    Route("PUT", "/-/cmq/{rest:.*}", App._declare),
+    Route("*", "/-/cmq/{rest:.*}", _answer(405, "use PUT")),
+)
+API_ROUTES: tuple[Route[Endpoint], ...] = (
+    Route("*", "/-/{rest:.*}", _answer(404, "unknown admin path")),
+    Route("POST", "/asr_jobs", App._create),
+    Route("GET", "/asr_jobs", App._list),
+    Route("*", "/asr_jobs", _method_not_allowed),
+    Route("GET", "/asr_jobs/{ids:.*}", App._get),
+    Route("*", "/asr_jobs/{ids:.*}", _method_not_allowed),
+    Route("GET", "/asrqueue", App._queues),
+    Route("*", "/asrqueue", _method_not_allowed),
+    Route("PUT", "/asrqueue/{queue:.*}", App._update_queue),
+    Route("*", "/asrqueue/{queue:.*}", _method_not_allowed),
+    Route("POST", "/template", App._create_template),
+    Route("*", "/template", _method_not_allowed),
+    Route("*", "/{key:.*}", App._object),  # COS objects: anything else
+)
 
 
 def _json(status: int, doc: dict[str, Any]) -> Response:
