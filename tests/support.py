@@ -56,9 +56,17 @@ class Emulator:
         r.raise_for_status()
 
     def stats(self) -> dict[str, Any]:
+        """The ``/-/faults`` document: fault settings, ``counts`` of faults that fired and the
+        ``stats`` counters (jobs created, callbacks sent, HTTP errors...)."""
         import requests
 
         return dict(requests.get(f"{self.endpoint}/-/faults", timeout=10).json())
+
+    def cmq_state(self) -> dict[str, Any]:
+        """``/-/cmq``: every CMQ queue and topic with its depth."""
+        import requests
+
+        return dict(requests.get(f"{self.endpoint}/-/cmq", timeout=10).json())
 
     def callbacks_sent(self) -> int:
         stats = self.stats().get("stats", {})  # delivery counters; "counts" are fault hits
@@ -67,6 +75,11 @@ class Emulator:
     @property
     def port(self) -> int:
         return int(self.endpoint.rsplit(":", 1)[1])
+
+    @property
+    def cmq_port(self) -> int:
+        assert self.cmq_endpoint, "started without --cmq-listen"
+        return int(self.cmq_endpoint.rsplit(":", 1)[1])
 
     def set_faults(self, **values: object) -> None:
         set_faults(self.endpoint, **values)
@@ -87,10 +100,17 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 20.0) -> int:
     return int(proc.returncode)
 
 
-def start_emulator(data_dir: Path, pulsar_url: str, *extra: str, cmq: bool = True) -> Emulator:
+def start_emulator(
+    data_dir: Path,
+    pulsar_url: str,
+    *extra: str,
+    cmq: bool = True,
+    keys: tuple[str, ...] = (f"{SECRET_ID}:{SECRET_KEY}",),
+) -> Emulator:
     """The emulator on free ports; with ``cmq`` (the default) also its CMQ endpoint, where CI's
     callbacks go as in production. Without it, pass ``--tdmq-to-pulsar`` to have callbacks
-    published to Pulsar directly (the benchmarks' pre-filled topics)."""
+    published to Pulsar directly (the benchmarks' pre-filled topics). ``keys``: the accepted
+    ``SECRET_ID:SECRET_KEY[:TOKEN]`` pairs. Its stderr goes to ``data_dir/emulator.log``."""
     data_dir.mkdir(parents=True, exist_ok=True)
     log = (data_dir / "emulator.log").open("w")
     proc = subprocess.Popen(
@@ -103,8 +123,7 @@ def start_emulator(data_dir: Path, pulsar_url: str, *extra: str, cmq: bool = Tru
             pulsar_url,
             "--data-dir",
             str(data_dir),
-            "--key",
-            f"{SECRET_ID}:{SECRET_KEY}",
+            *(arg for key in keys for arg in ("--key", key)),
             *(["--cmq-listen", "127.0.0.1:0"] if cmq else []),
             *extra,
         ],

@@ -1,5 +1,6 @@
-"""Emulator fixtures: the emulator runs as a subprocess (``python -m asrd.emulator``) and is
-driven only through the official SDKs (COS, CMQ) or raw HTTP for malformed requests.
+"""Emulator fixtures: the emulator runs as a subprocess, started by the shared harness
+(``tests/support.py``), and is driven only through the official SDKs (COS, CMQ) or raw HTTP for
+malformed requests.
 
 No fixture here needs a broker: TDMQ callbacks go into the emulator's own CMQ queues, and the
 emulators are pointed at a Pulsar address where nothing listens to prove it. Only the legacy
@@ -8,10 +9,7 @@ emulators are pointed at a Pulsar address where nothing listens to prove it. Onl
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,38 +17,23 @@ import pytest
 import requests
 from qcloud_cos import CosConfig, CosS3Client
 
+from .. import support
 from .helpers import REGION, SECRET_ID, SECRET_KEY, TOKEN, TOKEN_ID, TOKEN_KEY, cmq_account
 
 NO_BROKER = "pulsar://127.0.0.1:9"  # discard port: a Pulsar client would fail here
+KEYS = (f"{SECRET_ID}:{SECRET_KEY}", f"{TOKEN_ID}:{TOKEN_KEY}:{TOKEN}")
 
 
-@dataclass
-class Emulator:
-    proc: subprocess.Popen[str]
-    port: int
-    data_dir: Path
-    cmq_port: int | None = None
-    clients: list[CosS3Client] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def cmq_url(self) -> str:
-        """The CMQ endpoint, as an operator copies it from the console (``http://host:port``)."""
-        assert self.cmq_port is not None, "started without --cmq-listen"
-        return f"http://127.0.0.1:{self.cmq_port}"
+class Emulator(support.Emulator):
+    """The harness's emulator with the official SDKs' clients on it, as these tests use them."""
 
     def cmq(self, secret_id: str = SECRET_ID, secret_key: str = SECRET_KEY) -> Any:
         """An official CMQ SDK ``Account`` on this emulator's CMQ endpoint."""
-        return cmq_account(self.cmq_url, secret_id, secret_key)
+        return cmq_account(self.cmq_endpoint, secret_id, secret_key)
 
-    def cmq_state(self) -> dict[str, Any]:
-        return dict(requests.get(f"{self.url}/-/cmq", timeout=5).json())
-
-    def stats(self) -> dict[str, int]:
-        return dict(self.state()["stats"])
+    def counters(self) -> dict[str, int]:
+        """The ``stats`` counters of the ``/-/faults`` document."""
+        return dict(self.stats()["stats"])
 
     def client(
         self,
@@ -72,65 +55,25 @@ class Emulator:
         return CosS3Client(conf, retry=retry, session=requests.Session())
 
     def faults(self, **settings: Any) -> dict[str, Any]:
-        r = requests.put(f"{self.url}/-/faults", data=json.dumps(settings), timeout=5)
+        """Change fault injection (``PUT /-/faults``); the document after the change."""
+        r = requests.put(f"{self.endpoint}/-/faults", data=json.dumps(settings), timeout=5)
         r.raise_for_status()
         return dict(r.json())
 
-    def state(self) -> dict[str, Any]:
-        return dict(requests.get(f"{self.url}/-/faults", timeout=5).json())
-
 
 def start_emulator(data_dir: Path, *extra: str, cmq: bool = True) -> Emulator:
-    """Start ``python -m asrd.emulator``; with ``cmq`` (default) also its CMQ endpoint."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "asrd.emulator",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        str(data_dir),
-        "--key",
-        f"{SECRET_ID}:{SECRET_KEY}",
-        "--key",
-        f"{TOKEN_ID}:{TOKEN_KEY}:{TOKEN}",
-        *(["--cmq-listen", "127.0.0.1:0"] if cmq else []),
-        *extra,
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("asrd emulator listening on http://"):
-        proc.kill()
-        raise RuntimeError(f"emulator did not start: {line!r}")
-    port = int(line.rsplit(":", 1)[1])
-    cmq_port = None
-    if cmq:
-        line = proc.stdout.readline()
-        if not line.startswith("asrd emulator CMQ listening on http://"):
-            proc.kill()
-            raise RuntimeError(f"emulator CMQ endpoint did not start: {line!r}")
-        cmq_port = int(line.rsplit(":", 1)[1])
-    return Emulator(proc, port, data_dir, cmq_port)
-
-
-def stop_emulator(emu: Emulator) -> int:
-    emu.proc.terminate()
-    try:
-        return emu.proc.wait(timeout=20)
-    finally:
-        if emu.proc.poll() is None:
-            emu.proc.kill()
+    """``asrd emulator`` through the harness, accepting this suite's keys (one with a token);
+    later ``extra`` flags win, so ``--pulsar-url`` may replace the unreachable default."""
+    emu = support.start_emulator(data_dir, NO_BROKER, *extra, cmq=cmq, keys=KEYS)
+    return Emulator(emu.proc, emu.endpoint, emu.data_dir, emu.cmq_endpoint)
 
 
 @pytest.fixture(scope="session")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
     """Shared emulator: jobs finish 0.3 s after creation; it declares no CMQ queue."""
-    emu = start_emulator(
-        tmp_path_factory.mktemp("emu"), "--pulsar-url", NO_BROKER, "--job-delay", "0.3"
-    )
+    emu = start_emulator(tmp_path_factory.mktemp("emu"), "--job-delay", "0.3")
     yield emu
-    assert stop_emulator(emu) == 0
+    assert emu.stop() == 0
 
 
 @pytest.fixture
@@ -140,13 +83,13 @@ def make_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable
     started: list[Emulator] = []
 
     def make(*extra: str) -> Emulator:
-        emu = start_emulator(tmp_path_factory.mktemp("emu"), "--pulsar-url", NO_BROKER, *extra)
+        emu = start_emulator(tmp_path_factory.mktemp("emu"), *extra)
         started.append(emu)
         return emu
 
     yield make
     for emu in started:
-        assert stop_emulator(emu) == 0
+        assert emu.stop() == 0
 
 
 @pytest.fixture

@@ -202,7 +202,7 @@ def test_objects_live_in_the_data_dir_and_traversal_is_refused(emulator: Emulato
         ("GET", "a//b.txt"),
     ]:
         # Dots percent-encoded so no client-side URL normalisation removes them.
-        url = emulator.url + "/" + key.replace(".", "%2E")
+        url = emulator.endpoint + "/" + key.replace(".", "%2E")
         prepared = requests.Request(method, url, data=b"y", headers={"Host": host}).prepare()
         CosS3Auth(client._conf, key)(prepared)
         with requests.Session() as s:

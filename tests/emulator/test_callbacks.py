@@ -153,7 +153,7 @@ def test_tdmq_callback_into_a_queue(make_emulator: MakeEmulator, fmt: str) -> No
     body = receive(emu, q)
     (check_xml if fmt == "XML" else check_json)(body, job_id, client, key)
     assert depth(emu, "gz", q) == 0 and depth(emu, "sh", q) == 0
-    stats = emu.stats()
+    stats = emu.counters()
     assert stats["cmq_callbacks_sent"] == 1 and stats["callback_sent_tdmq"] == 1
 
 
@@ -185,9 +185,9 @@ def test_queue_and_topic_names_are_separate(make_emulator: MakeEmulator) -> None
     job(client, tdmq_request(key, topic, None, mode="Queue"))  # no queue of that name
     job(client, tdmq_request(key, q, None, region="bj"))  # the queue lives in gz, not bj
     deadline = time.monotonic() + 10
-    while emu.stats().get("cmq_callbacks_no_queue", 0) < 3 and time.monotonic() < deadline:
+    while emu.counters().get("cmq_callbacks_no_queue", 0) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
-    stats = emu.stats()
+    stats = emu.counters()
     assert stats["cmq_callbacks_no_queue"] == 3
     assert "cmq_callbacks_sent" not in stats and "callback_sent_tdmq" not in stats
     assert_empty(emu, q)
@@ -211,7 +211,7 @@ def test_too_big_callback_is_lost_and_counted(make_emulator: MakeEmulator) -> No
     assert wait_state(client, small_id)["State"] == "Success"
     assert_empty(emu, q, 1)
     assert_empty(emu, small)
-    stats = emu.stats()
+    stats = emu.counters()
     assert stats["cmq_callbacks_oversize"] == 2 and stats["cmq_callbacks_sent"] == 1
     # What was lost: the job's detail alone is over the limit.
     detail = client.ci_get_asr_job(Bucket=BUCKET, JobID=big_id)["JobsDetail"][0]
@@ -242,7 +242,7 @@ def test_without_callbacktype_tdmq_nothing_is_delivered(make_emulator: MakeEmula
     del req["CallBackType"]
     assert wait_state(client, job(client, req))["State"] == "Success"
     assert_empty(emu, q, 1)
-    assert "cmq_callbacks_sent" not in emu.stats()
+    assert "cmq_callbacks_sent" not in emu.counters()
 
 
 def test_legacy_tdmq_to_pulsar(make_emulator: MakeEmulator, broker: Any, topic: str) -> None:
@@ -261,8 +261,8 @@ def test_legacy_tdmq_to_pulsar(make_emulator: MakeEmulator, broker: Any, topic: 
         props = msg.properties()
         assert (props["MqRegion"], props["MqMode"], props["JobId"]) == ("bj", "Queue", job_id)
         check_json(msg.data().decode(), job_id, client, key)
-        assert emu.stats()["callback_sent_tdmq"] == 1
-        assert "cmq_callbacks_no_queue" not in emu.stats()
+        assert emu.counters()["callback_sent_tdmq"] == 1
+        assert "cmq_callbacks_no_queue" not in emu.counters()
         consumer.close()
     finally:
         pc.close()

@@ -23,7 +23,7 @@ from cmq.topic import Message as TopicMessage
 
 from asrd.emulator.cmq_api import compute_signature, string_to_sign
 
-from .conftest import Emulator, start_emulator, stop_emulator
+from .conftest import Emulator, start_emulator
 from .helpers import cmq_name
 
 MakeEmulator = Callable[..., Emulator]
@@ -255,7 +255,7 @@ def test_errors_unknown_queue_signature_size(make_emulator: MakeEmulator) -> Non
         "y" * 2048
     ]
     assert code_of(lambda: emu.cmq().get_queue("1-bad-name").receive_message(0))[0] == 4000
-    stats = emu.stats()
+    stats = emu.counters()
     assert stats["cmq_error_4100"] == 2 and stats["cmq_error_4440"] == 2
 
 
@@ -319,7 +319,7 @@ def test_messages_and_declarations_survive_a_restart(tmp_path: Path) -> None:
         assert sorted(got) == ["deleted", "kept", "received"]
         queue.delete_message(got["deleted"].receiptHandle)
     finally:
-        assert stop_emulator(emu) == 0
+        assert emu.stop() == 0
     emu = start_emulator(tmp_path)  # no declarations on the command line this time
     try:
         account = emu.cmq()
@@ -332,7 +332,7 @@ def test_messages_and_declarations_survive_a_restart(tmp_path: Path) -> None:
         assert queue.receive_message(0).msgBody == "via topic"
         assert emu.cmq_state()["queues"][0]["visibility"] == 5
     finally:
-        assert stop_emulator(emu) == 0
+        assert emu.stop() == 0
 
 
 def test_ready_lines_and_bad_declarations(tmp_path: Path) -> None:
@@ -385,7 +385,7 @@ def test_injected_cmq_errors(make_emulator: MakeEmulator) -> None:
     assert err.value.status == 503
     with pytest.raises(requests.HTTPError):
         emu.faults(cmq_error_code=500)
-    assert emu.state()["counts"]["cmq_error"] == 3
+    assert emu.stats()["counts"]["cmq_error"] == 3
     emu.faults(cmq_error_rate=0.0)
     queue.send_message(Message("through"))
     assert queue.receive_message(0).msgBody == "through"
@@ -395,7 +395,7 @@ def test_declare_at_run_time_through_the_admin_api(tmp_path: Path) -> None:
     q, topic = cmq_name(), cmq_name("t")
     emu = start_emulator(tmp_path)
     try:
-        url = f"{emu.url}/-/cmq"
+        url = f"{emu.endpoint}/-/cmq"
         r = requests.put(f"{url}/queues/gz/{q}", json={"visibility": 7, "maxsize": 2048}, timeout=5)
         assert r.status_code == 200
         assert r.json()["queues"][0] | {"visibility": 7, "maxsize": 2048} == r.json()["queues"][0]
@@ -419,10 +419,10 @@ def test_declare_at_run_time_through_the_admin_api(tmp_path: Path) -> None:
         assert requests.put(f"{url}/queues/gz", json={}, timeout=5).status_code == 404
         assert requests.delete(f"{url}/queues/gz/{q}", timeout=5).status_code == 405
     finally:
-        assert stop_emulator(emu) == 0
+        assert emu.stop() == 0
     emu = start_emulator(tmp_path)  # declarations made at run time are journaled too
     try:
         assert [x["name"] for x in emu.cmq_state()["queues"]] == [q]
         assert emu.cmq_state()["queues"][0]["visibility"] == 7
     finally:
-        assert stop_emulator(emu) == 0
+        assert emu.stop() == 0

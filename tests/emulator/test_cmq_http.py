@@ -60,7 +60,7 @@ class Wire:
     ) -> dict[str, Any]:
         host = host or self.host
         form = urlencode(signed(params, method, host, path, **sign))
-        url = f"{self.emu.cmq_url}{path}"
+        url = f"{self.emu.cmq_endpoint}{path}"
         headers = {"Host": host}
         if method == "GET":
             r = requests.get(f"{url}?{form}", headers=headers, timeout=40)
@@ -181,12 +181,12 @@ def test_parameter_errors(wire_queue: tuple[Wire, str]) -> None:
     form = urlencode(
         signed({"Action": "SendMessage", "queueName": q, "msgBody": "x"}, "POST", wire.host, "/")
     )
-    r = requests.post(f"{wire.emu.cmq_url}/", data=(form + "&msgBody=y").encode(), timeout=10)
+    r = requests.post(f"{wire.emu.cmq_endpoint}/", data=(form + "&msgBody=y").encode(), timeout=10)
     assert r.json()["code"] == 4000 and r.json()["message"].startswith("(10330)")
     # Only GET and POST; other paths are not the API.
-    r = requests.put(f"{wire.emu.cmq_url}/v2/index.php", data=form.encode(), timeout=10)
+    r = requests.put(f"{wire.emu.cmq_endpoint}/v2/index.php", data=form.encode(), timeout=10)
     assert r.status_code == 200 and r.json()["message"].startswith("(10410)")
-    r = requests.post(f"{wire.emu.cmq_url}/v3/index.php", data=form.encode(), timeout=10)
+    r = requests.post(f"{wire.emu.cmq_endpoint}/v3/index.php", data=form.encode(), timeout=10)
     assert r.status_code == 404 and r.json()["code"] == 4000
 
 
@@ -201,19 +201,19 @@ def test_authentication(wire_queue: tuple[Wire, str]) -> None:
     assert wire.call({**send, "Timestamp": int(time.time()) - 250})["code"] == 0
     # The signature covers the path used and the Host header.
     form = signed(send, "POST", wire.host, "/v2/index.php")
-    r = requests.post(f"{wire.emu.cmq_url}/", data=urlencode(form).encode(), timeout=10)
+    r = requests.post(f"{wire.emu.cmq_endpoint}/", data=urlencode(form).encode(), timeout=10)
     assert r.json()["code"] == 4100
     form = signed(send, "POST", "127.0.0.1", "/")  # host without the port
-    r = requests.post(f"{wire.emu.cmq_url}/", data=urlencode(form).encode(), timeout=10)
+    r = requests.post(f"{wire.emu.cmq_endpoint}/", data=urlencode(form).encode(), timeout=10)
     assert r.json()["code"] == 4100
     # An unsigned parameter added afterwards breaks it too.
     form = signed(send, "POST", wire.host, "/")
     r = requests.post(
-        f"{wire.emu.cmq_url}/", data=(urlencode(form) + "&delaySeconds=0").encode(), timeout=10
+        f"{wire.emu.cmq_endpoint}/", data=(urlencode(form) + "&delaySeconds=0").encode(), timeout=10
     )
     assert r.json()["code"] == 4100
     missing = {k: v for k, v in signed(send, "POST", wire.host, "/").items() if k != "Signature"}
-    r = requests.post(f"{wire.emu.cmq_url}/", data=urlencode(missing).encode(), timeout=10)
+    r = requests.post(f"{wire.emu.cmq_endpoint}/", data=urlencode(missing).encode(), timeout=10)
     assert r.json()["code"] == 4100
     # A temporary key needs its Token, which is signed like any parameter.
     sts = {"secret_id": TOKEN_ID, "secret_key": TOKEN_KEY}

@@ -55,19 +55,19 @@ def assert_nothing(emu: Emulator, wait: int) -> None:
 
 def test_flags_are_reported_and_latency_applies(make_emulator: MakeEmulator) -> None:
     emu = make_emulator("--fault-latency-ms", "150:200", "--fault-seed", "7", "--job-delay", "0")
-    state = emu.state()
+    state = emu.stats()
     assert state["faults"]["latency_ms"] == 150 and state["faults"]["latency_max_ms"] == 200
     client = emu.client()
     t0 = time.monotonic()
     client.ci_get_asr_job(Bucket=BUCKET, JobID="s" + "1" * 32)
     assert 0.15 <= time.monotonic() - t0 < 1.5
-    assert emu.state()["counts"]["latency"] == 1
+    assert emu.stats()["counts"]["latency"] == 1
     emu.faults(latency_ms=0, latency_max_ms=0)
     t0 = time.monotonic()
     client.ci_get_asr_job(Bucket=BUCKET, JobID="s" + "1" * 32)
     assert time.monotonic() - t0 < 0.15
-    assert emu.state()["counts"]["latency"] == 1
-    health = requests.get(f"{emu.url}/-/healthz", timeout=5)
+    assert emu.stats()["counts"]["latency"] == 1
+    health = requests.get(f"{emu.endpoint}/-/healthz", timeout=5)
     assert health.status_code == 200 and health.json()["status"] == "ok"
 
 
@@ -84,7 +84,7 @@ def test_injected_5xx_and_sdk_retry(make_emulator: MakeEmulator) -> None:
         emu.client(retry=1).put_object(Bucket=BUCKET, Body=b"x", Key="k")
     assert err.value.get_status_code() == 503
     assert err.value.get_error_code() == "ServiceUnavailable"
-    counts = emu.state()["counts"]
+    counts = emu.stats()["counts"]
     assert counts["error"] == 3  # one plain call + one retried call (two attempts)
     assert counts["error_InternalError"] == 1 and counts["error_ServiceUnavailable"] == 2
     emu.faults(error_rate=0.0)
@@ -105,7 +105,7 @@ def test_throttling_answers_slowdown(make_emulator: MakeEmulator) -> None:
             assert (exc.get_status_code(), exc.get_error_code()) == (503, "SlowDown")
             statuses.append("slow")
     assert statuses.count("slow") >= 5
-    assert emu.state()["counts"]["throttled"] == statuses.count("slow")
+    assert emu.stats()["counts"]["throttled"] == statuses.count("slow")
 
 
 def test_jobs_fail_with_given_code(make_emulator: MakeEmulator) -> None:
@@ -122,7 +122,7 @@ def test_jobs_fail_with_given_code(make_emulator: MakeEmulator) -> None:
     )
     detail = xmltodict.parse(receive(emu).msgBody)["Response"]["JobsDetail"]
     assert (detail["JobId"], detail["State"], detail["Code"]) == (job_id, "Failed", "AudioBroken")
-    assert emu.state()["counts"]["job_failed"] == 1
+    assert emu.stats()["counts"]["job_failed"] == 1
 
 
 def test_callback_dropped(make_emulator: MakeEmulator) -> None:
@@ -130,8 +130,8 @@ def test_callback_dropped(make_emulator: MakeEmulator) -> None:
     job_id = tdmq_job(emu)
     assert wait_state(emu.client(), job_id)["State"] == "Success"
     assert_nothing(emu, 1)
-    assert emu.state()["counts"]["callback_dropped"] == 1
-    assert "cmq_callbacks_sent" not in emu.stats()
+    assert emu.stats()["counts"]["callback_dropped"] == 1
+    assert "cmq_callbacks_sent" not in emu.counters()
 
 
 def test_callback_duplicated(make_emulator: MakeEmulator) -> None:
@@ -142,8 +142,8 @@ def test_callback_duplicated(make_emulator: MakeEmulator) -> None:
     assert first.msgBody == second.msgBody
     assert xmltodict.parse(first.msgBody)["Response"]["JobsDetail"]["JobId"] == job_id
     assert first.msgId != second.msgId
-    assert emu.state()["counts"]["callback_duplicated"] == 1
-    assert emu.stats()["cmq_callbacks_sent"] == 2
+    assert emu.stats()["counts"]["callback_duplicated"] == 1
+    assert emu.counters()["cmq_callbacks_sent"] == 2
 
 
 def test_callback_delayed(make_emulator: MakeEmulator) -> None:
@@ -156,7 +156,7 @@ def test_callback_delayed(make_emulator: MakeEmulator) -> None:
     msg = receive(emu)  # the long poll ends when the delayed callback arrives
     assert xmltodict.parse(msg.msgBody)["Response"]["JobsDetail"]["JobId"] == job_id
     assert time.monotonic() - visible >= 1.0
-    assert emu.state()["counts"]["callback_delayed"] == 1
+    assert emu.stats()["counts"]["callback_delayed"] == 1
 
 
 def test_callback_before_job_is_visible(make_emulator: MakeEmulator) -> None:
@@ -172,18 +172,18 @@ def test_callback_before_job_is_visible(make_emulator: MakeEmulator) -> None:
     final = wait_state(emu.client(), job_id)
     assert final["State"] == "Success"
     assert final["EndTime"] == announced["EndTime"]
-    assert emu.state()["counts"]["callback_early"] == 1
+    assert emu.stats()["counts"]["callback_early"] == 1
 
 
 def test_admin_api_rejects_bad_settings(make_emulator: MakeEmulator) -> None:
     emu = make_emulator()
-    url = f"{emu.url}/-/faults"
+    url = f"{emu.endpoint}/-/faults"
     for bad in ({"nope": 1}, {"error_rate": 2}, {"error_code": "Teapot"}, {"latency_ms": "x"}):
         r = requests.put(url, data=json.dumps(bad), timeout=5)
         assert r.status_code == 400 and r.json()["error"]
     assert requests.put(url, data=b"[1]", timeout=5).status_code == 400
-    assert requests.get(f"{emu.url}/-/nothing", timeout=5).status_code == 404
-    assert emu.state()["faults"]["error_rate"] == 0
+    assert requests.get(f"{emu.endpoint}/-/nothing", timeout=5).status_code == 404
+    assert emu.stats()["faults"]["error_rate"] == 0
 
 
 def test_sigint_after_delivering_exits_zero(make_emulator: MakeEmulator) -> None:

@@ -64,7 +64,7 @@ def test_chunked_upload_with_expect_continue(emulator: Emulator) -> None:
 
     prepared = requests.Request(
         "PUT",
-        f"{emulator.url}/{key}",
+        f"{emulator.endpoint}/{key}",
         data=body(),
         headers={"Host": f"{BUCKET}.cos.{REGION}.myqcloud.com", "Expect": "100-continue"},
     ).prepare()

@@ -6,7 +6,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .conftest import NO_BROKER, start_emulator, stop_emulator
+from .conftest import NO_BROKER, start_emulator
 from .helpers import BUCKET, REGION, unique, wait_state
 
 
@@ -42,7 +42,7 @@ def test_restart_keeps_jobs_queues_and_templates(tmp_path: Path) -> None:
         before = wait_state(client, done)
         assert before["State"] == "Success"
     finally:
-        assert stop_emulator(emu) == 0
+        assert emu.stop() == 0
 
     emu = start_emulator(tmp_path, *flags, "--job-delay", "0")
     try:
@@ -69,7 +69,7 @@ def test_restart_keeps_jobs_queues_and_templates(tmp_path: Path) -> None:
         )["JobsDetail"]
         assert again["Operation"]["TemplateName"] == "kept"
     finally:
-        assert stop_emulator(emu) == 0
+        assert emu.stop() == 0
 
 
 def test_unfinished_jobs_run_again_after_restart(tmp_path: Path) -> None:
@@ -87,12 +87,12 @@ def test_unfinished_jobs_run_again_after_restart(tmp_path: Path) -> None:
             SpeechRecognition={"EngineModelType": "16k_zh"},
         )["JobsDetail"]["JobId"]
     finally:
-        assert stop_emulator(emu) == 0
+        assert emu.stop() == 0
     emu = start_emulator(tmp_path, *flags, "--job-delay", "0.1")
     try:
         assert wait_state(emu.client(), job_id)["State"] == "Success"
     finally:
-        assert stop_emulator(emu) == 0
+        assert emu.stop() == 0
 
 
 def test_unreadable_journal_refuses_to_start(tmp_path: Path) -> None:
@@ -138,8 +138,8 @@ def test_journal_is_compacted_at_start(tmp_path: Path) -> None:
             )
         wait_state(client, client.ci_list_asr_jobs(Bucket=BUCKET, Size=1)["JobsDetail"][0]["JobId"])
     finally:
-        assert stop_emulator(emu) == 0
+        assert emu.stop() == 0
     journal = tmp_path / ".asrd-emulator" / "journal.jsonl"
     assert len(journal.read_text().splitlines()) == 1 + 5 * 2  # queue + (created, ended) per job
-    stop_emulator(start_emulator(tmp_path))
+    start_emulator(tmp_path).stop()
     assert len(journal.read_text().splitlines()) == 1 + 5

@@ -37,7 +37,7 @@ def jobs_for(client: CosS3Client, key: str) -> list[dict[str, Any]]:
 
 def test_create_answer_lost_yet_the_job_exists(make_emulator: MakeEmulator) -> None:
     emu = make_emulator("--job-delay", "0.2", "--fault-create-response-drop-rate", "1")
-    assert emu.state()["faults"]["create_response_drop_mode"] == "mixed"
+    assert emu.stats()["faults"]["create_response_drop_mode"] == "mixed"
     client = emu.client(retry=0)
     emu.faults(create_response_drop_mode="close")
     closed = unique("in/closed") + ".mp3"
@@ -55,7 +55,7 @@ def test_create_answer_lost_yet_the_job_exists(make_emulator: MakeEmulator) -> N
     emu.faults(create_response_drop_rate=0)
     ok = unique("in/ok") + ".mp3"
     assert create(client, ok)["JobsDetail"]["State"] == "Submitted"
-    state = emu.state()
+    state = emu.stats()
     assert state["counts"]["create_response_dropped"] == 2
     assert state["counts"]["create_response_dropped_close"] == 1
     assert state["counts"]["create_response_dropped_error"] == 1
@@ -74,7 +74,7 @@ def test_a_stalled_job_runs_for_ever(make_emulator: MakeEmulator) -> None:
     assert wait_state(client, done)["State"] in ("Success", "Failed")  # no input: Failed
     time.sleep(0.5)
     assert wait_state(client, stuck, timeout=0)["State"] == "Running"
-    assert emu.state()["counts"]["job_stalled"] == 1
+    assert emu.stats()["counts"]["job_stalled"] == 1
 
 
 def test_bucket_listing_pages_by_marker(emulator: Emulator, client: CosS3Client) -> None:

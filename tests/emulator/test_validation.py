@@ -111,18 +111,18 @@ def test_raw_create_validation(emulator: Emulator, override: dict[str, Any]) -> 
     ],
 )
 def test_malformed_xml(emulator: Emulator, body: bytes) -> None:
-    r = signed_request(emulator.client(), emulator.url, "POST", "/asr_jobs", body)
+    r = signed_request(emulator.client(), emulator.endpoint, "POST", "/asr_jobs", body)
     assert r.status_code == 400
     assert error_fields(r)["Code"] == "MalformedXML"
 
 
 def test_wrong_root_and_wrong_method(emulator: Emulator) -> None:
     client = emulator.client()
-    r = signed_request(client, emulator.url, "POST", "/asr_jobs", b"<Job><Tag>x</Tag></Job>")
+    r = signed_request(client, emulator.endpoint, "POST", "/asr_jobs", b"<Job><Tag>x</Tag></Job>")
     assert r.status_code == 400 and error_fields(r)["Code"] == "InvalidArgument"
-    r = signed_request(client, emulator.url, "DELETE", "/asr_jobs")
+    r = signed_request(client, emulator.endpoint, "DELETE", "/asr_jobs")
     assert r.status_code == 405 and error_fields(r)["Code"] == "MethodNotAllowed"
-    r = signed_request(client, emulator.url, "POST", "/asr_jobs/s123")
+    r = signed_request(client, emulator.endpoint, "POST", "/asr_jobs/s123")
     assert r.status_code == 405
 
 
@@ -130,10 +130,10 @@ def test_unsigned_and_garbled_authorization(emulator: Emulator) -> None:
     import requests
 
     host = {"Host": f"{BUCKET}.cos.{REGION}.myqcloud.com"}
-    r = requests.get(f"{emulator.url}/asr_jobs/s1", headers=host, timeout=5)
+    r = requests.get(f"{emulator.endpoint}/asr_jobs/s1", headers=host, timeout=5)
     assert r.status_code == 403 and error_fields(r)["Code"] == "AccessDenied"
     r = requests.get(
-        f"{emulator.url}/asr_jobs/s1", headers={**host, "Authorization": "garbage"}, timeout=5
+        f"{emulator.endpoint}/asr_jobs/s1", headers={**host, "Authorization": "garbage"}, timeout=5
     )
     assert r.status_code == 403 and error_fields(r)["Code"] == "AccessDenied"
 
