@@ -1,9 +1,9 @@
 """Throughput of the emulator's hot path: GET /asr_jobs/<id>, signed, keep-alive, driven by wrk.
 
-Starts ``python -m asrd.emulator``, creates one job through the official SDK, signs one GET
-with the SDK's own signer (one-hour key time) and replays it with wrk. Writes
-benchmarks/results/emulator_get.json. Usage: .venv/bin/python benchmarks/emulator_get.py
-[--duration 10] [--connections 32] [--threads 1]
+Starts the emulator through the tests' harness (tests/support.py), creates one job through the
+official SDK, signs one GET with the SDK's own signer (one-hour key time) and replays it with
+wrk. Writes benchmarks/results/emulator_get.json. Usage: .venv/bin/python
+benchmarks/emulator_get.py [--duration 10] [--connections 32] [--threads 1]
 """
 
 from __future__ import annotations
@@ -25,9 +25,13 @@ from qcloud_cos import CosConfig, CosS3Client
 from qcloud_cos.cos_auth import CosS3Auth
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: the harness lives in tests/
+    sys.path.insert(0, str(ROOT))
+
+from tests.support import BUCKET, REGION, SECRET_ID, SECRET_KEY, start_emulator  # noqa: E402
+
 RESULT = ROOT / "benchmarks" / "results" / "emulator_get.json"
-SECRET_ID, SECRET_KEY = "AKIDbench", "bench-secret"
-BUCKET, REGION = "bench-1250000000", "ap-guangzhou"
+NO_BROKER = "pulsar://127.0.0.1:9"  # nothing is published: no job asks for a callback
 
 
 def cpu_model() -> str:
@@ -50,27 +54,9 @@ def main() -> int:
         print("wrk not found: apt-get install -y wrk", file=sys.stderr)
         return 1
     data_dir = Path(tempfile.mkdtemp(prefix="emu-bench-"))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "asrd.emulator",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(data_dir),
-            "--key",
-            f"{SECRET_ID}:{SECRET_KEY}",
-            "--job-delay",
-            "0",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    emulator = start_emulator(data_dir, NO_BROKER, "--job-delay", "0", cmq=False)
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        port = int(line.rsplit(":", 1)[1])
+        port = emulator.port
         conf = CosConfig(
             Region=REGION,
             SecretId=SECRET_ID,
@@ -147,8 +133,7 @@ def main() -> int:
         print(json.dumps(result, indent=2))
         return 0 if result["non_2xx"] == 0 else 1
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        emulator.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
