@@ -75,3 +75,17 @@ def test_chunked_upload_with_expect_continue(emulator: Emulator) -> None:
     assert r.status_code == 200, r.text
     got = client.get_object(Bucket=BUCKET, Key=key)["Body"].get_raw_stream().read()
     assert got == b"".join(parts)
+
+
+def test_admin_route_table_and_signed_dash_paths(emulator: Emulator) -> None:
+    """Unsigned ``/-/`` calls are the admin API (405/404 as JSON off its table); a signed one is
+    an ordinary object call, so a key ``-/faults`` is stored and read back."""
+    r = requests.delete(f"{emulator.endpoint}/-/faults", timeout=5)
+    assert (r.status_code, r.json()) == (405, {"error": "use GET or PUT"})
+    r = requests.get(f"{emulator.endpoint}/-/nowhere", timeout=5)
+    assert (r.status_code, r.json()) == (404, {"error": "unknown admin path"})
+    client = emulator.client()
+    client.put_object(Bucket=BUCKET, Key="-/faults", Body=b"an object, not the admin API")
+    got = client.get_object(Bucket=BUCKET, Key="-/faults")["Body"].get_raw_stream().read()
+    assert got == b"an object, not the admin API"
+    assert "faults" in requests.get(f"{emulator.endpoint}/-/faults", timeout=5).json()
