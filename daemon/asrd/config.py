@@ -14,7 +14,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -48,6 +48,17 @@ class ConfigError(Exception):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Secrets of the section that may come from a ``<key>_file`` instead (see _resolve_secret).
+    secret_keys: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, dict) and cls.secret_keys:
+            data = dict(data)
+            for key in cls.secret_keys:
+                data = _resolve_secret(data, key, info)
+        return data
 
 
 def _read_secret_file(path: Path, key: str) -> SecretStr:
@@ -138,13 +149,7 @@ class CiSettings(_Section):
     recognition: RecognitionSettings = RecognitionSettings()
     callback: CallbackSettings
 
-    @model_validator(mode="before")
-    @classmethod
-    def _secret_files(cls, data: Any, info: ValidationInfo) -> Any:
-        if isinstance(data, dict):
-            for key in ("secret_id", "secret_key", "token"):
-                data = _resolve_secret(dict(data), key, info)
-        return data
+    secret_keys = ("secret_id", "secret_key", "token")
 
     @model_validator(mode="after")
     def _need_credentials(self) -> CiSettings:
@@ -184,10 +189,7 @@ class PulsarSettings(_Section):
     max_message_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     shutdown_deadline_s: float = Field(default=30.0, gt=0)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _secret_files(cls, data: Any, info: ValidationInfo) -> Any:
-        return _resolve_secret(dict(data), "token", info) if isinstance(data, dict) else data
+    secret_keys = ("token",)
 
     @property
     def dlq_topic(self) -> str:
@@ -244,10 +246,7 @@ class HttpSettings(_Section):
     token_file: Path | None = None
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _secret_files(cls, data: Any, info: ValidationInfo) -> Any:
-        return _resolve_secret(dict(data), "token", info) if isinstance(data, dict) else data
+    secret_keys = ("token",)
 
     @property
     def host(self) -> str:
@@ -325,13 +324,7 @@ class CmqIntakeSettings(_Section):
     # /readyz fails once no poll has succeeded for this long.
     unreachable_after_s: float = Field(default=60.0, gt=0)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _secret_files(cls, data: Any, info: ValidationInfo) -> Any:
-        if isinstance(data, dict):
-            for key in ("secret_id", "secret_key", "token"):
-                data = _resolve_secret(dict(data), key, info)
-        return data
+    secret_keys = ("secret_id", "secret_key", "token")
 
     @field_validator("queue")
     @classmethod
@@ -347,10 +340,7 @@ class UrlIntakeSettings(_Section):
     token_file: Path | None = None
     max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=5 * 1024 * 1024)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _secret_files(cls, data: Any, info: ValidationInfo) -> Any:
-        return _resolve_secret(dict(data), "token", info) if isinstance(data, dict) else data
+    secret_keys = ("token",)
 
     @model_validator(mode="after")
     def _need_token(self) -> UrlIntakeSettings:
@@ -425,10 +415,7 @@ class WebhookSinkSettings(_SinkBase):
     timeout_s: float = Field(default=10.0, gt=0)
     headers: dict[str, str] = Field(default_factory=dict)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _secret_files(cls, data: Any, info: ValidationInfo) -> Any:
-        return _resolve_secret(dict(data), "secret", info) if isinstance(data, dict) else data
+    secret_keys = ("secret",)
 
 
 class PulsarSinkSettings(_SinkBase):
@@ -441,10 +428,7 @@ class PulsarSinkSettings(_SinkBase):
     token_file: Path | None = None
     send_timeout_ms: int = Field(default=30_000, ge=1000)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _secret_files(cls, data: Any, info: ValidationInfo) -> Any:
-        return _resolve_secret(dict(data), "token", info) if isinstance(data, dict) else data
+    secret_keys = ("token",)
 
 
 class CosSinkSettings(_SinkBase):
