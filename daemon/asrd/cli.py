@@ -8,13 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 import pulsar
 import structlog
@@ -105,18 +102,6 @@ def _serve_api(settings: Settings, ctx: ApiContext) -> ApiServer | None:
         ) from None
 
 
-def _on_signals(stop: threading.Event) -> None:
-    def on_signal(signum: int, _: FrameType | None) -> None:
-        if stop.is_set():
-            # Second signal: leave now; nothing unfinished was acknowledged, so nothing is lost.
-            os._exit(EX_FATAL)
-        log.info("signal received, stopping", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     # Before any thread exists (the broker client starts some): they inherit the signal mask.
@@ -201,6 +186,10 @@ def cmd_intake(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings.intake.cmq is None:
         raise ConfigError(f"config error: {args.config}: intake.cmq: section required")
+    # Nothing is lost by leaving at once: a batch not yet deleted comes back from CMQ.
+    shutdown = Shutdown(deadline_s=settings.pulsar.shutdown_deadline_s)
+    shutdown.install()
+    stop = shutdown.stop
     logs = LogObserver()
     metrics = Metrics(ready=lambda: feeds.reachable(settings))
     observers = Observers([logs, metrics])
@@ -208,7 +197,6 @@ def cmd_intake(args: argparse.Namespace) -> int:
     feeds = Feeds.build(settings, client, observers)
     queue = feeds.queue
     assert queue is not None  # built from intake.cmq above
-    stop = threading.Event()
     ci = CiClient(settings.ci, observers=observers)
     ledger = SqliteLedger(settings.ledger.path)  # a job submitted here is owed like any other
     metrics.gauges = lambda: job_gauges(ledger)
@@ -224,7 +212,6 @@ def cmd_intake(args: argparse.Namespace) -> int:
             jobs=JobService(cli_submit.make_submitter(settings, ci, ledger, stop=stop), ledger),
         ),
     )
-    _on_signals(stop)
     systemd.start_watchdog(systemd.loop_alive(lambda: queue.health.last_tick, 90.0), stop)
     feeds.start(stop)
     systemd.notify("READY=1")
@@ -236,6 +223,7 @@ def cmd_intake(args: argparse.Namespace) -> int:
     client.close()
     ledger.close()
     log.info("asrd intake stopped", counters=logs.counters.snapshot())
+    shutdown.finished()
     return EX_OK
 
 
