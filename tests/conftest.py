@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -118,3 +119,19 @@ def broker() -> Iterator[Broker]:
 def topic(broker: Broker) -> str:
     """A fresh topic name per test, so tests sharing the broker never see each other's messages."""
     return f"persistent://public/default/t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A PostgreSQL server for the session (Debian's package, run as ``nobody``); a server that
+    cannot be started fails the tests that need it."""
+    from tests import postgres as pg
+
+    try:
+        server = pg.start()
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        pytest.fail(f"could not start PostgreSQL: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -137,3 +137,23 @@ def test_submit_refuses_a_bad_queue_name_with_78(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 78
     assert out.stderr.count("\n") == 1 and "ci.callback.mq_name" in out.stderr
+
+
+def test_a_postgresql_ledger_url_with_its_password_from_a_credential(
+    creds: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "ledger_password").write_text("pg-secret\n")
+    env = {
+        **creds,
+        "STATE_DIRECTORY": "/var/lib/asrd-test",
+        "ASRD_LEDGER__URL": "postgresql://asrd@db.internal:5432/asrd",
+        "ASRD_LEDGER__PASSWORD_FILE": "ledger_password",
+    }
+    settings = config.load(EXAMPLE, env)
+    assert settings.ledger.url == "postgresql://asrd@db.internal:5432/asrd"  # not a state path
+    assert not settings.ledger.is_sqlite
+    assert settings.ledger.password is not None
+    assert settings.ledger.password.get_secret_value() == "pg-secret"
+    assert "pg-secret" not in repr(settings)
+    with pytest.raises(config.ConfigError, match=r"ledger\.url"):
+        config.load(EXAMPLE, {**creds, "ASRD_LEDGER__URL": "mysql://db/asrd"})

@@ -1,18 +1,94 @@
-"""The SQLite ledger on its own: deliveries, crash-proof attempt counts, submitted jobs, pruning,
-reopening, migration."""
+"""The ledger's contract, run against every backend (SQLite and a real PostgreSQL server):
+deliveries, crash-proof attempt counts, submitted jobs, pruning, reopening, migration from older
+schemas, several processes sharing one ledger, and errors that never show a password."""
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from asrd.jobs import job_gauges, select
-from asrd.ledger import FAILED, OWED, PENDING, SCHEMA_VERSION, SETTLED, JobEntry, SqliteLedger
+from asrd.ledger import (
+    FAILED,
+    OWED,
+    PENDING,
+    SCHEMA_VERSION,
+    SETTLED,
+    JobEntry,
+    Ledger,
+    LedgerError,
+    open_ledger,
+)
+from tests import postgres as pg
+
+BACKENDS = ["sqlite", "postgresql"]
 
 
-def test_deliveries_and_attempts_survive_reopening(tmp_path: Path) -> None:
-    path = tmp_path / "state" / "ledger.db"
-    ledger = SqliteLedger(path)
+class Store:
+    """One ledger location of a backend: open it (again), run raw SQL, read its version."""
+
+    def __init__(self, backend: str, tmp_path: Path, server: Any) -> None:
+        self.backend = backend
+        if backend == "sqlite":
+            self.path = tmp_path / "state" / "ledger.db"
+            self.url = f"sqlite:///{self.path}"
+        else:
+            self.url = server.url(server.create_database())
+
+    def open(self) -> Ledger:
+        return open_ledger(self.url, password=pg.PASSWORD)
+
+    def raw(self, *statements: str) -> None:
+        """Statements run outside asrd, as an older asrd would have."""
+        if self.backend == "sqlite":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path)
+            for statement in statements:
+                db.execute(statement)
+            db.commit()
+            db.close()
+            return
+        import psycopg
+
+        with psycopg.connect(self.url, password=pg.PASSWORD, autocommit=True) as conn:
+            for statement in statements:
+                conn.execute(statement.encode())
+
+    def version(self) -> int:
+        if self.backend == "sqlite":
+            return int(sqlite3.connect(self.path).execute("PRAGMA user_version").fetchone()[0])
+        import psycopg
+
+        with psycopg.connect(self.url, password=pg.PASSWORD) as conn:
+            row = conn.execute(b"SELECT max(version) FROM asrd_schema").fetchone()
+            return int(row[0]) if row else 0
+
+    @property
+    def time_type(self) -> str:
+        return "REAL" if self.backend == "sqlite" else "DOUBLE PRECISION"
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    server = request.getfixturevalue("postgres") if request.param == "postgresql" else None
+    return Store(request.param, tmp_path, server)
+
+
+@pytest.fixture
+def ledger(store: Store) -> Iterator[Ledger]:
+    opened = store.open()
+    yield opened
+    opened.close()
+
+
+def test_deliveries_and_attempts_survive_reopening(store: Store) -> None:
+    ledger = store.open()
     ledger.mark_delivered("s1", "files")
     ledger.mark_delivered("s1", "files")  # a second delivery of the same job is one row
     ledger.mark_delivered("s1", "app")
@@ -20,20 +96,19 @@ def test_deliveries_and_attempts_survive_reopening(tmp_path: Path) -> None:
     ledger.note_failure("topic|1:0:-1", "CI 503")
     ledger.close()
 
-    ledger = SqliteLedger(path)  # as after a crash and restart
+    ledger = store.open()  # as after a crash and restart
     assert ledger.delivered("s1") == {"files", "app"}
     assert ledger.delivered("s2") == set()
     second = ledger.begin_attempt("topic|1:0:-1")
     assert (first.count, second.count) == (1, 2)
-    assert second.first_at == first.first_at
+    assert second.first_at == first.first_at  # times keep their full precision
     assert second.last_reason == "CI 503"
     ledger.clear_attempts("topic|1:0:-1")
     assert ledger.begin_attempt("topic|1:0:-1").count == 1
     ledger.close()
 
 
-def test_prune_forgets_only_old_rows(tmp_path: Path) -> None:
-    ledger = SqliteLedger(tmp_path / "ledger.db")
+def test_prune_forgets_only_old_rows(ledger: Ledger) -> None:
     ledger.mark_delivered("s-old", "files")
     ledger.begin_attempt("old")
     time.sleep(0.2)
@@ -43,57 +118,80 @@ def test_prune_forgets_only_old_rows(tmp_path: Path) -> None:
     assert ledger.delivered("s-old") == set()
     assert ledger.delivered("s-new") == {"files"}
     assert ledger.begin_attempt("new").count == 2
-    ledger.close()
 
 
-def test_a_version_1_ledger_is_migrated_and_keeps_its_deliveries(tmp_path: Path) -> None:
-    import sqlite3
-
-    path = tmp_path / "ledger.db"
-    old = sqlite3.connect(path)
-    old.executescript(
-        """
-        CREATE TABLE deliveries (job_id TEXT NOT NULL, sink TEXT NOT NULL,
-            delivered_at REAL NOT NULL, PRIMARY KEY (job_id, sink)) WITHOUT ROWID;
-        CREATE TABLE attempts (message_key TEXT PRIMARY KEY, count INTEGER NOT NULL,
-            last_reason TEXT NOT NULL, updated_at REAL NOT NULL) WITHOUT ROWID;
-        """
+def test_a_version_1_ledger_is_migrated_and_keeps_its_deliveries(store: Store) -> None:
+    t = store.time_type
+    store.raw(
+        f"CREATE TABLE deliveries (job_id TEXT NOT NULL, sink TEXT NOT NULL,"
+        f" delivered_at {t} NOT NULL, PRIMARY KEY (job_id, sink))",
+        "CREATE TABLE attempts (message_key TEXT PRIMARY KEY, count INTEGER NOT NULL,"
+        f" last_reason TEXT NOT NULL, updated_at {t} NOT NULL)",
+        f"INSERT INTO deliveries VALUES ('s1', 'files', {time.time()})",
+        "INSERT INTO attempts VALUES ('k', 3, 'x', 0)",
     )
-    old.execute("INSERT INTO deliveries VALUES ('s1', 'files', ?)", (time.time(),))
-    old.execute("INSERT INTO attempts VALUES ('k', 3, 'x', 0)")
-    old.commit()
-    old.close()
-
-    ledger = SqliteLedger(path)
+    ledger = store.open()
     assert ledger.delivered("s1") == {"files"}
     assert ledger.begin_attempt("k").count == 1
     assert ledger.prune(older_than_s=3600) == 0
     ledger.close()
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert store.version() == SCHEMA_VERSION
 
 
-def test_a_version_2_ledger_gains_the_jobs_table(tmp_path: Path) -> None:
-    import sqlite3
-
-    path = tmp_path / "ledger.db"
-    old = sqlite3.connect(path)
-    old.executescript(
-        """
-        CREATE TABLE deliveries (job_id TEXT NOT NULL, sink TEXT NOT NULL,
-            delivered_at REAL NOT NULL, PRIMARY KEY (job_id, sink)) WITHOUT ROWID;
-        CREATE TABLE attempts (message_key TEXT PRIMARY KEY, count INTEGER NOT NULL,
-            last_reason TEXT NOT NULL, first_at REAL NOT NULL) WITHOUT ROWID;
-        PRAGMA user_version = 2;
-        """
+def test_a_version_2_ledger_gains_the_jobs_table(store: Store) -> None:
+    t = store.time_type
+    version = (
+        ["PRAGMA user_version = 2"]
+        if store.backend == "sqlite"
+        else ["CREATE TABLE asrd_schema (version INTEGER NOT NULL)",
+              "INSERT INTO asrd_schema VALUES (2)"]
+    )  # fmt: skip
+    store.raw(
+        f"CREATE TABLE deliveries (job_id TEXT NOT NULL, sink TEXT NOT NULL,"
+        f" delivered_at {t} NOT NULL, PRIMARY KEY (job_id, sink))",
+        "CREATE TABLE attempts (message_key TEXT PRIMARY KEY, count INTEGER NOT NULL,"
+        f" last_reason TEXT NOT NULL, first_at {t} NOT NULL)",
+        f"INSERT INTO deliveries VALUES ('s1', 'files', {time.time()})",
+        "INSERT INTO attempts VALUES ('k', 3, 'x', 0)",
+        *version,
     )
-    old.execute("INSERT INTO deliveries VALUES ('s1', 'files', ?)", (time.time(),))
-    old.commit()
-    old.close()
-    ledger = SqliteLedger(path)
+    ledger = store.open()
     assert ledger.delivered("s1") == {"files"}
+    assert ledger.begin_attempt("k").count == 4  # version 2 attempts are kept
     assert ledger.job_stats(time.time()).owed == 0
     ledger.close()
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert store.version() == SCHEMA_VERSION
+
+
+def test_several_processes_share_one_ledger(store: Store) -> None:
+    """Workers open the ledger together (one migrates, the others wait) and then count
+    attempts and record deliveries through their own connections without losing any."""
+    ledgers: list[Ledger] = []
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            ledger = store.open()
+            ledgers.append(ledger)
+            for i in range(50):
+                ledger.begin_attempt("shared")
+                ledger.mark_delivered(f"s{i}", "files")
+                ledger.mark_delivered(f"own-{n}-{i}", "files")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    check = store.open()
+    assert check.begin_attempt("shared").count == 4 * 50 + 1
+    assert all(check.delivered(f"s{i}") == {"files"} for i in range(50))
+    assert all(check.delivered(f"own-{n}-49") == {"files"} for n in range(4))
+    for ledger in [*ledgers, check]:
+        ledger.close()
 
 
 def entry(token: str, job_id: str | None, submitted_at: float, deadline_s: float) -> JobEntry:
@@ -101,8 +199,7 @@ def entry(token: str, job_id: str | None, submitted_at: float, deadline_s: float
                     submitted_at + deadline_s)  # fmt: skip
 
 
-def test_submitted_jobs_from_pending_to_settled(tmp_path: Path) -> None:
-    ledger = SqliteLedger(tmp_path / "ledger.db")
+def test_submitted_jobs_from_pending_to_settled(ledger: Ledger) -> None:
     now = time.time()
     ledger.record_pending(entry("t1", None, now - 100, 50))
     ledger.record_pending(entry("t1", None, now, 50))  # a second record keeps the first
@@ -139,11 +236,9 @@ def test_submitted_jobs_from_pending_to_settled(tmp_path: Path) -> None:
     time.sleep(0.2)
     assert ledger.prune(older_than_s=0.1) == 3  # settled and failed jobs go, owed ones stay
     assert ledger.job_by_token("t3") is not None and ledger.job_by_token("t1") is None
-    ledger.close()
 
 
-def test_a_refused_create_starts_again_and_sweeps_take_the_least_checked(tmp_path: Path) -> None:
-    ledger = SqliteLedger(tmp_path / "ledger.db")
+def test_a_refused_create_starts_again_and_sweeps_take_the_least_checked(ledger: Ledger) -> None:
     now = time.time()
     ledger.record_pending(entry("t1", None, now - 50, 10))
     ledger.fail_job("t1", "InvalidArgument")
@@ -160,4 +255,33 @@ def test_a_refused_create_starts_again_and_sweeps_take_the_least_checked(tmp_pat
     assert [e.job_id for e in ledger.overdue_jobs(now, 10)] == ["s2", "s3"]
     ledger.note_check("s2", "Running")
     assert [e.job_id for e in ledger.overdue_jobs(now, 1)] == ["s3"]
-    ledger.close()
+
+
+def test_ledger_urls_that_cannot_be_used_say_why_without_the_password(
+    postgres: Any, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(LedgerError) as err:
+        open_ledger(f"sqlite:///{blocker}/ledger.db")
+    assert err.value.config and str(err.value).startswith(f"ledger.url: cannot open {blocker}")
+
+    with pytest.raises(LedgerError) as err:
+        open_ledger(postgres.url(), password="wrong-secret-value")
+    assert err.value.config  # refused credentials: the configuration is wrong (exit 78)
+    assert "password authentication failed" in str(err.value)
+    assert "wrong-secret-value" not in str(err.value)
+    assert str(err.value).startswith(f"ledger.url: postgresql://asrd@127.0.0.1:{postgres.port}/")
+
+    with pytest.raises(LedgerError) as err:
+        open_ledger(postgres.url("no_such_db"), password=pg.PASSWORD)
+    assert err.value.config and "no_such_db" in str(err.value)
+
+    closed = postgres.url().replace(str(postgres.port), "1")
+    with pytest.raises(LedgerError) as err:
+        open_ledger(closed.replace("asrd@", "asrd:hunter2@"))
+    assert not err.value.config  # a server that does not answer may come back
+    assert "hunter2" not in str(err.value)
+
+    with pytest.raises(LedgerError, match="unknown scheme 'mysql'"):
+        open_ledger("mysql://x/y")

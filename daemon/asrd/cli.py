@@ -25,7 +25,7 @@ from .config import ConfigError, Settings
 from .consumer import Consumer
 from .intake.feeds import Feeds
 from .jobs import JobService, job_gauges, sweep_overdue
-from .ledger import SqliteLedger
+from .ledger import Ledger, LedgerError
 from .log_observer import LogObserver
 from .metrics import Metrics
 from .observers import Observers
@@ -56,7 +56,7 @@ class Stages:
 
     ci: CiClient
     routes: list[Route]
-    ledger: SqliteLedger
+    ledger: Ledger
     observers: Observers
     pipeline: Pipeline
 
@@ -80,7 +80,7 @@ def _stages(settings: Settings, observers: Observers) -> Stages:
     check_writable(settings)
     try:
         routes = build_routes(settings)
-        ledger = SqliteLedger(settings.ledger.path)
+        ledger = cli_submit.open_ledger(settings)
         ledger.prune(settings.ledger.retention_days * 86_400)
     except OSError as exc:
         raise ConfigError(f"config error: cannot prepare {exc.filename}: {exc.strerror}") from None
@@ -198,7 +198,7 @@ def cmd_intake(args: argparse.Namespace) -> int:
     queue = feeds.queue
     assert queue is not None  # built from intake.cmq above
     ci = CiClient(settings.ci, observers=observers)
-    ledger = SqliteLedger(settings.ledger.path)  # a job submitted here is owed like any other
+    ledger = cli_submit.open_ledger(settings)  # a job submitted here is owed like any other
     metrics.gauges = lambda: job_gauges(ledger)
     api = _serve_api(
         settings,
@@ -405,6 +405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_CONFIG
     except CiError as exc:
         print(f"asrd {args.command}: CI error: {exc}", file=sys.stderr)
+        return EX_FATAL
+    except LedgerError as exc:
+        print(f"asrd {args.command}: {exc}", file=sys.stderr)
         return EX_FATAL
     except pulsar.PulsarException as exc:
         print(f"asrd {args.command}: broker error: {type(exc).__name__}: {exc}", file=sys.stderr)

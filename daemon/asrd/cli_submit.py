@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -31,7 +30,7 @@ from .batch import (
 from .ci import CiClient
 from .config import ConfigError, Settings
 from .jobs import STATES, parse_since, select, show
-from .ledger import JobEntry, Ledger, SqliteLedger
+from .ledger import JobEntry, Ledger, LedgerError, from_settings
 from .limiter import RateLimiter
 from .progress import tracker
 from .submit import SKIPPED, JobSpec, Submitter, TokenLookup
@@ -60,14 +59,16 @@ def make_submitter(
     )
 
 
-def open_ledger(settings: Settings) -> SqliteLedger:
-    """The configured ledger; a path that cannot be used is a configuration error (78)."""
-    path = settings.ledger.path
+def open_ledger(settings: Settings) -> Ledger:
+    """The configured ledger. One the configuration gets wrong (a path that cannot be used,
+    refused credentials, no such database) is a configuration error (78); a server that does
+    not answer stays a ``LedgerError`` (exit 1: the service manager tries again)."""
     try:
-        return SqliteLedger(path)
-    except (OSError, sqlite3.Error) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-        raise ConfigError(f"config error: ledger.url: cannot open {path}: {reason}") from None
+        return from_settings(settings.ledger)
+    except LedgerError as exc:
+        if exc.config:
+            raise ConfigError(f"config error: {exc}") from None
+        raise
 
 
 def _settings(args: argparse.Namespace) -> Settings:

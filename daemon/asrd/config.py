@@ -203,9 +203,18 @@ class PulsarSettings(_Section):
 
 
 class LedgerSettings(_Section):
-    # Always an absolute path: a relative one would follow the working directory, and a one-off
-    # `asrd reconcile` run elsewhere would keep a second ledger (and deliver its jobs twice).
-    url: str = Field(default="sqlite:////var/lib/asrd/ledger.db", pattern=r"^sqlite:///")
+    # SQLite: always an absolute path. A relative one would follow the working directory, and a
+    # one-off `asrd reconcile` run elsewhere would keep a second ledger (and deliver its jobs
+    # twice). PostgreSQL: postgresql://user@host:port/dbname, shared by workers, hosts and pods.
+    url: str = Field(
+        default="sqlite:////var/lib/asrd/ledger.db", pattern=r"^(sqlite:///|postgres(ql)?://)"
+    )
+    # PostgreSQL's password, kept out of the URL (libpq's PGPASSWORD/PGPASSFILE work as well).
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    # Connections per process to PostgreSQL (each worker has its own pool).
+    pool_size: int = Field(default=4, ge=1, le=64)
+    secret_keys = ("password",)
     # How long a delivery is remembered: the window in which a duplicate is recognised.
     retention_days: float = Field(default=30.0, gt=0)
 
@@ -216,8 +225,11 @@ class LedgerSettings(_Section):
         state = str((info.context or {}).get("STATE_DIRECTORY") or "").split(":")[0]
         if not isinstance(data, dict) or not state:
             return data
+        url = str(data.get("url") or "sqlite:///ledger.db")
+        if not url.startswith("sqlite:///"):
+            return data
         data = dict(data)
-        path = str(data.get("url") or "sqlite:///ledger.db").removeprefix("sqlite:///")
+        path = url.removeprefix("sqlite:///")
         if path and not Path(path).is_absolute():
             data["url"] = f"sqlite:///{Path(state) / path}"
         return data
@@ -225,7 +237,10 @@ class LedgerSettings(_Section):
     @field_validator("url")
     @classmethod
     def _absolute(cls, value: str) -> str:
-        if not Path(value.removeprefix("sqlite:///")).is_absolute():
+        if (
+            value.startswith("sqlite:///")
+            and not Path(value.removeprefix("sqlite:///")).is_absolute()
+        ):
             raise ValueError(
                 "needs an absolute path, e.g. sqlite:////var/lib/asrd/ledger.db (four slashes)"
                 " (relative paths resolve only in systemd's $STATE_DIRECTORY)"
@@ -233,7 +248,12 @@ class LedgerSettings(_Section):
         return value
 
     @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite:///")
+
+    @property
     def path(self) -> Path:
+        """The SQLite file (only meaningful when ``is_sqlite``)."""
         return Path(self.url.removeprefix("sqlite:///"))
 
 

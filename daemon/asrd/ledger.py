@@ -6,7 +6,9 @@ recorded for a job is skipped. Attempt counts live here because the broker's red
 count resets when a consumer crashes. The jobs table remembers every job asrd submitted (by
 client token, before the create is sent) until every selected sink has its result, so lost
 create answers, re-runs of a manifest and jobs whose callback never came can all be found.
-The default is SQLite in WAL mode (one replica); the SQL stays portable.
+Backends are chosen by the URL's scheme (``open_ledger``): SQLite in WAL mode (the default; one
+host) and PostgreSQL (several workers, hosts or pods sharing one ledger). Both run the same
+statements (``_SqlLedger``); only the table definitions and the schema-version bookkeeping differ.
 """
 
 from __future__ import annotations
@@ -14,13 +16,18 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
-SCHEMA_VERSION = 3
+from .config import LedgerSettings
+
+# Version 1: deliveries, attempts without first_at. 2: attempts.first_at. 3: the jobs table.
+# 4: not_wanted (sinks whose route does not select a job).
+SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
     job_id TEXT NOT NULL,
@@ -203,101 +210,108 @@ class Ledger(Protocol):
     def close(self) -> None: ...
 
 
-class SqliteLedger:
-    """One connection shared by the worker threads under a lock; writes are short."""
+Params = Sequence[object]
+Rows = list[tuple[Any, ...]]
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        # WAL + NORMAL survives a process crash (SIGKILL); only an OS crash can drop the tail.
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
 
-    def _migrate(self) -> None:
-        """Bring a ledger written by an older asrd to this schema (``PRAGMA user_version``)."""
-        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-        if version < SCHEMA_VERSION:
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(attempts)")}
-            if columns and "first_at" not in columns:
-                # Version 1 kept no first-attempt time. Attempt counts are only retry
-                # bookkeeping: starting them again costs a few retries, never a delivery.
-                self._db.execute("DROP TABLE attempts")
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+class LedgerError(Exception):
+    """The ledger cannot be opened (a message safe to print: no secrets). ``config``: the
+    configuration is at fault (exit 78); else the ledger may become reachable later."""
+
+    def __init__(self, message: str, config: bool = True) -> None:
+        super().__init__(message)
+        self.config = config
+
+
+class _SqlLedger:
+    """Every ledger operation, written once in SQL both SQLite and PostgreSQL run.
+
+    Statements use ``?`` placeholders; a backend implements ``_run`` (one statement) and
+    ``_run_all`` (several in one transaction) and translates placeholders if it must.
+    """
+
+    def _run(self, sql: str, params: Params = ()) -> tuple[Rows, int]:
+        """Rows the statement returned (if any) and its row count."""
+        raise NotImplementedError
+
+    def _run_all(self, statements: Sequence[tuple[str, Params]]) -> list[int]:
+        """Run the statements in one transaction; their row counts."""
+        raise NotImplementedError
 
     def delivered(self, job_id: str) -> set[str]:
-        with self._lock:
-            rows = self._db.execute("SELECT sink FROM deliveries WHERE job_id = ?", (job_id,))
-            return {r[0] for r in rows}
+        rows, _ = self._run("SELECT sink FROM deliveries WHERE job_id = ?", (job_id,))
+        return {str(r[0]) for r in rows}
 
     def finished_sinks(self, job_id: str) -> set[str]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT sink FROM deliveries WHERE job_id = ?"
-                " UNION ALL SELECT sink FROM not_wanted WHERE job_id = ?",
-                (job_id, job_id),
-            )
-            return {r[0] for r in rows}
-
-    def mark_delivered(self, job_id: str, sink: str) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT OR IGNORE INTO deliveries (job_id, sink, delivered_at) VALUES (?, ?, ?)",
-                (job_id, sink, time.time()),
-            )
+        rows, _ = self._run(
+            "SELECT sink FROM deliveries WHERE job_id = ?"
+            " UNION ALL SELECT sink FROM not_wanted WHERE job_id = ?",
+            (job_id, job_id),
+        )
+        return {str(r[0]) for r in rows}
 
     def mark_not_wanted(self, job_id: str, sinks: Iterable[str]) -> None:
         now = time.time()
-        with self._lock:
-            self._db.executemany(
-                "INSERT OR IGNORE INTO not_wanted (job_id, sink, decided_at) VALUES (?, ?, ?)",
-                [(job_id, sink, now) for sink in sinks],
-            )
+        self._run_all(
+            [
+                (
+                    "INSERT INTO not_wanted (job_id, sink, decided_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (job_id, sink) DO NOTHING",
+                    (job_id, sink, now),
+                )
+                for sink in sinks
+            ]
+        )
+
+    def mark_delivered(self, job_id: str, sink: str) -> None:
+        self._run(
+            "INSERT INTO deliveries (job_id, sink, delivered_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (job_id, sink) DO NOTHING",
+            (job_id, sink, time.time()),
+        )
 
     def begin_attempt(self, message_key: str) -> Attempt:
-        with self._lock:
-            row = self._db.execute(
-                "INSERT INTO attempts (message_key, count, last_reason, first_at)"
-                " VALUES (?, 1, '', ?) ON CONFLICT(message_key) DO UPDATE SET"
-                " count = count + 1 RETURNING count, first_at, last_reason",
-                (message_key, time.time()),
-            ).fetchone()
-            return Attempt(int(row[0]), float(row[1]), str(row[2]))
+        rows, _ = self._run(
+            "INSERT INTO attempts (message_key, count, last_reason, first_at)"
+            " VALUES (?, 1, '', ?) ON CONFLICT (message_key) DO UPDATE SET"
+            " count = attempts.count + 1 RETURNING count, first_at, last_reason",
+            (message_key, time.time()),
+        )
+        row = rows[0]
+        return Attempt(int(row[0]), float(row[1]), str(row[2]))
 
     def note_failure(self, message_key: str, reason: str) -> None:
-        with self._lock:
-            self._db.execute(
-                "UPDATE attempts SET last_reason = ? WHERE message_key = ?",
-                (reason[:500], message_key),
-            )
+        self._run(
+            "UPDATE attempts SET last_reason = ? WHERE message_key = ?",
+            (reason[:500], message_key),
+        )
 
     def clear_attempts(self, message_key: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM attempts WHERE message_key = ?", (message_key,))
+        self._run("DELETE FROM attempts WHERE message_key = ?", (message_key,))
 
     def prune(self, older_than_s: float) -> int:
         cutoff = time.time() - older_than_s
-        with self._lock:
-            gone = self._db.execute("DELETE FROM deliveries WHERE delivered_at < ?", (cutoff,))
-            self._db.execute("DELETE FROM not_wanted WHERE decided_at < ?", (cutoff,))
-            stale = self._db.execute("DELETE FROM attempts WHERE first_at < ?", (cutoff,))
-            # Jobs still owed are kept whatever their age: they are what the ledger is for.
-            done = self._db.execute(
-                "DELETE FROM jobs WHERE status IN (?, ?) AND settled_at < ?",
-                (SETTLED, FAILED, cutoff),
-            )
-            return int(gone.rowcount) + int(stale.rowcount) + int(done.rowcount)
+        counts = self._run_all(
+            [
+                ("DELETE FROM deliveries WHERE delivered_at < ?", (cutoff,)),
+                ("DELETE FROM attempts WHERE first_at < ?", (cutoff,)),
+                ("DELETE FROM not_wanted WHERE decided_at < ?", (cutoff,)),
+                # Jobs still owed are kept whatever their age: they are what the ledger is for.
+                (
+                    "DELETE FROM jobs WHERE status IN (?, ?) AND settled_at < ?",
+                    (SETTLED, FAILED, cutoff),
+                ),
+            ]
+        )
+        return counts[0] + counts[1] + counts[3]  # not_wanted rows are bookkeeping
 
     # -- submitted jobs ------------------------------------------------------------------
     def _one(self, where: str, value: str) -> JobEntry | None:
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where} = ?",  # noqa: S608 - fixed names
-                (value,),
-            ).fetchone()
-        return None if row is None else _entry(row)
+        rows, _ = self._run(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where} = ?",  # noqa: S608 - fixed names
+            (value,),
+        )
+        return _entry(rows[0]) if rows else None
 
     def job_by_token(self, client_token: str) -> JobEntry | None:
         return self._one("client_token", client_token)
@@ -307,54 +321,49 @@ class SqliteLedger:
 
     def record_pending(self, entry: JobEntry) -> None:
         # An entry whose create CI refused (failed, no job) starts again; any other is kept.
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO jobs (client_token, input, status, submitted_at, deadline_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (client_token) DO UPDATE SET"
-                " status = excluded.status, submitted_at = excluded.submitted_at,"
-                " deadline_at = excluded.deadline_at, settled_at = NULL, reason = ''"
-                " WHERE jobs.status = ? AND jobs.job_id IS NULL",
-                (entry.client_token, entry.input, PENDING, entry.submitted_at, entry.deadline_at,
-                 FAILED),
-            )  # fmt: skip
+        self._run(
+            "INSERT INTO jobs (client_token, input, status, submitted_at, deadline_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (client_token) DO UPDATE SET"
+            " status = excluded.status, submitted_at = excluded.submitted_at,"
+            " deadline_at = excluded.deadline_at, settled_at = NULL, reason = ''"
+            " WHERE jobs.status = ? AND jobs.job_id IS NULL",
+            (entry.client_token, entry.input, PENDING, entry.submitted_at, entry.deadline_at,
+             FAILED),
+        )  # fmt: skip
 
     def record_job(self, entry: JobEntry) -> None:
         assert entry.job_id is not None
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO jobs (client_token, job_id, input, status, submitted_at,"
-                " deadline_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (client_token) DO UPDATE"
-                " SET job_id = excluded.job_id, reason = '', status = CASE"
-                " WHEN jobs.status IN (?, ?) THEN ? ELSE jobs.status END",
-                (
-                    entry.client_token, entry.job_id, entry.input, OWED,
-                    entry.submitted_at, entry.deadline_at, PENDING, FAILED, OWED,
-                ),
-            )  # fmt: skip
+        self._run(
+            "INSERT INTO jobs (client_token, job_id, input, status, submitted_at,"
+            " deadline_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (client_token) DO UPDATE"
+            " SET job_id = excluded.job_id, reason = '', status = CASE"
+            " WHEN jobs.status IN (?, ?) THEN ? ELSE jobs.status END",
+            (
+                entry.client_token, entry.job_id, entry.input, OWED,
+                entry.submitted_at, entry.deadline_at, PENDING, FAILED, OWED,
+            ),
+        )  # fmt: skip
 
     def settle(self, job_id: str, ci_state: str | None) -> None:
         status = FAILED if ci_state in ("Failed", "Cancel") else SETTLED
-        with self._lock:
-            self._db.execute(
-                "UPDATE jobs SET status = ?, settled_at = ?,"
-                " ci_state = COALESCE(?, ci_state) WHERE job_id = ? AND status IN (?, ?)",
-                (status, time.time(), ci_state, job_id, *OPEN_STATUSES),
-            )
+        self._run(
+            "UPDATE jobs SET status = ?, settled_at = ?,"
+            " ci_state = COALESCE(?, ci_state) WHERE job_id = ? AND status IN (?, ?)",
+            (status, time.time(), ci_state, job_id, *OPEN_STATUSES),
+        )
 
     def fail_job(self, client_token: str, reason: str) -> None:
-        with self._lock:
-            self._db.execute(
-                "UPDATE jobs SET status = ?, settled_at = ?, reason = ? WHERE client_token = ?"
-                " AND status IN (?, ?)",
-                (FAILED, time.time(), reason[:500], client_token, *OPEN_STATUSES),
-            )
+        self._run(
+            "UPDATE jobs SET status = ?, settled_at = ?, reason = ? WHERE client_token = ?"
+            " AND status IN (?, ?)",
+            (FAILED, time.time(), reason[:500], client_token, *OPEN_STATUSES),
+        )
 
     def note_check(self, job_id: str, ci_state: str, reason: str = "") -> None:
-        with self._lock:
-            self._db.execute(
-                "UPDATE jobs SET ci_state = ?, checked_at = ?, reason = ? WHERE job_id = ?",
-                (ci_state, time.time(), reason[:500], job_id),
-            )
+        self._run(
+            "UPDATE jobs SET ci_state = ?, checked_at = ?, reason = ? WHERE job_id = ?",
+            (ci_state, time.time(), reason[:500], job_id),
+        )
 
     def list_jobs(
         self, statuses: tuple[str, ...], since: float | None, overdue_at: float | None, limit: int
@@ -373,28 +382,125 @@ class SqliteLedger:
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         # Only fixed clauses are joined; every value is a parameter.
         sql = f"SELECT {_JOB_COLUMNS} FROM jobs{where} ORDER BY submitted_at DESC LIMIT ?"  # noqa: S608
-        with self._lock:
-            rows = self._db.execute(sql, (*params, limit)).fetchall()
+        rows, _ = self._run(sql, (*params, limit))
         return [_entry(r) for r in rows]
 
     def overdue_jobs(self, now: float, limit: int) -> list[JobEntry]:
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status IN (?, ?) AND deadline_at < ?"  # noqa: S608
-                " ORDER BY COALESCE(checked_at, 0), deadline_at LIMIT ?",
-                (*OPEN_STATUSES, now, limit),
-            ).fetchall()
+        rows, _ = self._run(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status IN (?, ?) AND deadline_at < ?"  # noqa: S608
+            " ORDER BY COALESCE(checked_at, 0), deadline_at LIMIT ?",
+            (*OPEN_STATUSES, now, limit),
+        )
         return [_entry(r) for r in rows]
 
     def job_stats(self, now: float) -> JobStats:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT COUNT(*), SUM(CASE WHEN deadline_at < ? THEN 1 ELSE 0 END),"
-                " MIN(submitted_at) FROM jobs WHERE status IN (?, ?)",
-                (now, *OPEN_STATUSES),
-            ).fetchone()
+        rows, _ = self._run(
+            "SELECT COUNT(*), SUM(CASE WHEN deadline_at < ? THEN 1 ELSE 0 END),"
+            " MIN(submitted_at) FROM jobs WHERE status IN (?, ?)",
+            (now, *OPEN_STATUSES),
+        )
+        row = rows[0]
         return JobStats(int(row[0]), int(row[1] or 0), None if row[2] is None else float(row[2]))
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class SqliteLedger(_SqlLedger):
+    """One connection shared by the worker threads under a lock; writes are short.
+
+    Several processes may open the same file (``[pulsar] workers``): SQLite lets one of them
+    write at a time, so they share the ledger correctly but write no faster than one.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        # WAL + NORMAL survives a process crash (SIGKILL); only an OS crash can drop the tail.
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a ledger written by an older asrd to this schema (``PRAGMA user_version``)."""
+        with self._lock:
+            # One process migrates at a time (several workers may start together).
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+                if version < SCHEMA_VERSION:
+                    columns = {r[1] for r in self._db.execute("PRAGMA table_info(attempts)")}
+                    if columns and "first_at" not in columns:
+                        # Version 1 kept no first-attempt time. Attempt counts are only retry
+                        # bookkeeping: starting them again costs a few retries, never a delivery.
+                        self._db.execute("DROP TABLE attempts")
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
+                    self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _run(self, sql: str, params: Params = ()) -> tuple[Rows, int]:
+        with self._lock:
+            cur = self._db.execute(sql, params)
+            rows = cur.fetchall() if cur.description else []
+            return rows, int(cur.rowcount)
+
+    def _run_all(self, statements: Sequence[tuple[str, Params]]) -> list[int]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                counts = [int(self._db.execute(sql, p).rowcount) for sql, p in statements]
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return counts
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _open_sqlite(url: str) -> Ledger:
+    path = Path(url.removeprefix("sqlite:///"))
+    try:
+        return SqliteLedger(path)
+    except (OSError, sqlite3.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise LedgerError(f"ledger.url: cannot open {path}: {reason}") from None
+
+
+def _open_postgresql(url: str, password: str | None = None, pool_size: int = 4) -> Ledger:
+    from .ledger_pg import PostgresLedger  # psycopg only where PostgreSQL is used
+
+    return PostgresLedger(url, password=password, pool_size=pool_size)
+
+
+# Ledger backends by URL scheme.
+BACKENDS: dict[str, Callable[..., Ledger]] = {
+    "sqlite": _open_sqlite,
+    "postgresql": _open_postgresql,
+    "postgres": _open_postgresql,
+}
+
+
+def open_ledger(url: str, password: str | None = None, pool_size: int = 4) -> Ledger:
+    """The ledger at ``url`` (``sqlite:////abs/path`` or ``postgresql://user@host/db``)."""
+    scheme = urlsplit(url).scheme
+    opener = BACKENDS.get(scheme)
+    if opener is None:
+        raise LedgerError(f"ledger.url: unknown scheme {scheme!r} (one of {', '.join(BACKENDS)})")
+    if opener is _open_sqlite:
+        return opener(url)
+    return opener(url, password=password, pool_size=pool_size)
+
+
+def from_settings(settings: LedgerSettings) -> Ledger:
+    """The configured ledger; one that cannot be opened raises ``LedgerError``."""
+    secret = settings.password.get_secret_value() if settings.password else None
+    return open_ledger(settings.url, password=secret, pool_size=settings.pool_size)

@@ -15,7 +15,7 @@ from .config import ConfigError, FileSinkSettings, Settings
 
 def writable_dirs(settings: Settings) -> list[tuple[str, Path]]:
     """(config key, directory) pairs the daemon must be able to create files in."""
-    dirs = [("ledger.url", settings.ledger.path.parent)]
+    dirs = [("ledger.url", settings.ledger.path.parent)] if settings.ledger.is_sqlite else []
     for index, sink in enumerate(settings.sinks):
         if isinstance(sink, FileSinkSettings):
             dirs.append((f"sinks.{index}.dir", sink.dir))

@@ -1,0 +1,157 @@
+"""The ledger on PostgreSQL: one database shared by every worker, host and pod of a subscription.
+
+The statements are the SQLite ledger's (``_SqlLedger``); here are the table definitions (times
+as ``DOUBLE PRECISION``: PostgreSQL's ``REAL`` is 4 bytes and would round a Unix time to
+minutes), the schema version kept in a table, and a connection pool (psycopg-pool) in autocommit
+mode: every statement is its own short transaction, as with SQLite.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import psycopg
+from psycopg import conninfo
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from .ledger import SCHEMA_VERSION, LedgerError, Params, Rows, _SqlLedger
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS asrd_schema (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS deliveries (
+    job_id TEXT NOT NULL,
+    sink TEXT NOT NULL,
+    delivered_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (job_id, sink)
+);
+CREATE TABLE IF NOT EXISTS not_wanted (
+    job_id TEXT NOT NULL,
+    sink TEXT NOT NULL,
+    decided_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (job_id, sink)
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    message_key TEXT PRIMARY KEY,
+    count INTEGER NOT NULL,
+    last_reason TEXT NOT NULL,
+    first_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    client_token TEXT PRIMARY KEY,
+    job_id TEXT UNIQUE,
+    input TEXT NOT NULL,
+    status TEXT NOT NULL,
+    submitted_at DOUBLE PRECISION NOT NULL,
+    deadline_at DOUBLE PRECISION NOT NULL,
+    settled_at DOUBLE PRECISION,
+    ci_state TEXT NOT NULL DEFAULT '',
+    checked_at DOUBLE PRECISION,
+    reason TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS jobs_status_deadline ON jobs (status, deadline_at);
+CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs (submitted_at);
+"""
+_TRANSIENT_FATAL = ("starting up", "shutting down", "too many", "recovery mode", "remaining")
+# Any constant: workers starting together take turns at migrating.
+_MIGRATION_LOCK = 0x61737264
+
+
+@functools.lru_cache(maxsize=256)
+def _pg(sql: str) -> str:
+    """The shared statements' ``?`` placeholders as psycopg's ``%s`` (no statement has a ``%``)."""
+    return sql.replace("?", "%s")
+
+
+def describe(url: str) -> str:
+    """``user@host:port/db`` of a URL, without its password (for messages)."""
+    try:
+        parts = conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "postgresql://(unparseable URL)"
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return f"postgresql://{user}{parts.get('host', '')}{port}/{parts.get('dbname', '')}"
+
+
+class PostgresLedger(_SqlLedger):
+    def __init__(
+        self, url: str, password: str | None = None, pool_size: int = 4, connect_s: float = 15.0
+    ) -> None:
+        kwargs: dict[str, object] = {"autocommit": True}
+        if password:
+            kwargs["password"] = password
+        self._where = describe(url)
+        try:
+            # One connection first: its error says why (a pool would only time out).
+            psycopg.connect(url, connect_timeout=max(1, int(connect_s)), **kwargs).close()  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            raise _error(self._where, exc) from None
+        self._pool = ConnectionPool(
+            url, min_size=1, max_size=pool_size, kwargs=kwargs, open=False, name="asrd-ledger"
+        )
+        try:
+            self._pool.open(wait=True, timeout=connect_s)
+            self._migrate()
+        except PoolTimeout:
+            self._pool.close()
+            raise LedgerError(
+                f"ledger.url: cannot connect to {self._where} within {connect_s:.0f} s",
+                config=False,
+            ) from None
+        except psycopg.Error as exc:
+            self._pool.close()
+            raise _error(self._where, exc) from None
+
+    def _migrate(self) -> None:
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS asrd_schema (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT max(version) FROM asrd_schema").fetchone()
+            version = int(row[0]) if row and row[0] is not None else 0
+            if version >= SCHEMA_VERSION:
+                return
+            columns = {
+                str(r[0])
+                for r in conn.execute(
+                    "SELECT column_name FROM information_schema.columns"
+                    " WHERE table_schema = current_schema() AND table_name = 'attempts'"
+                )
+            }
+            if columns and "first_at" not in columns:
+                # As in SQLite: version 1 kept no first-attempt time; counts start again.
+                conn.execute("DROP TABLE attempts")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement.encode())
+            conn.execute("DELETE FROM asrd_schema")
+            conn.execute("INSERT INTO asrd_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
+
+    def schema_version(self) -> int:
+        rows, _ = self._run("SELECT max(version) FROM asrd_schema")
+        return int(rows[0][0])
+
+    def _run(self, sql: str, params: Params = ()) -> tuple[Rows, int]:
+        with self._pool.connection() as conn:
+            cur = conn.execute(_pg(sql).encode(), params)
+            rows = cur.fetchall() if cur.description else []
+            return rows, int(cur.rowcount)
+
+    def _run_all(self, statements: Sequence[tuple[str, Params]]) -> list[int]:
+        with self._pool.connection() as conn, conn.transaction():
+            return [int(conn.execute(_pg(sql).encode(), p).rowcount) for sql, p in statements]
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _error(where: str, exc: psycopg.Error) -> LedgerError:
+    # libpq's messages name host, port and user, never the password.
+    reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+    # A server that answered and refused (credentials, role, database, pg_hba: "FATAL:" with no
+    # SQLSTATE at connect time, or 28xxx/3D000) is the configuration's fault; one that does not
+    # answer, or is starting or full, may come back (the service manager restarts asrd).
+    text = str(exc)
+    refused = "FATAL:" in text and not any(t in text for t in _TRANSIENT_FATAL)
+    config = refused or (exc.sqlstate or "")[:2] in ("28", "3D")
+    return LedgerError(f"ledger.url: {where}: {reason}", config=config)
