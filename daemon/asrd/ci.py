@@ -31,6 +31,7 @@ from requests.adapters import HTTPAdapter
 
 from . import backoff
 from .config import CiSettings
+from .limiter import AdaptiveLimiter
 from .observers import Observers
 
 # The SDK logs request headers (Authorization, security token) at DEBUG: never let that through.
@@ -66,7 +67,13 @@ class CiError(Exception):
     def transient(self) -> bool:
         return self.kind is ErrorKind.TRANSIENT
 
+    @property
+    def throttling(self) -> bool:
+        return self.status == 429 or (self.status == 503 and self.code in _THROTTLE_CODES)
 
+
+# Answers that say the request quota is spent: the limiter slows every caller down.
+_THROTTLE_CODES = {"SlowDown", "TooManyRequests", "RequestLimitExceeded"}
 # 4xx codes that mean "slow down" rather than "your request is wrong".
 _RETRYABLE_CODES = {"SlowDown", "RequestTimeout", "TooManyRequests", "ServiceUnavailable"}
 # 4xx codes that say asrd's own credentials or settings are wrong, not the message: retried
@@ -292,22 +299,37 @@ class CiClient:
         self._client = CosS3Client(sdk_config(settings), retry=0, session=session)
         self._backoff = backoff or Backoff()
         self._obs = observers or Observers()
+        # One limiter per client, and one client per process: the process's share of the quota.
+        rate = settings.max_requests_per_s
+        self.limiter = AdaptiveLimiter(rate) if rate > 0 else None
         self._gets = GetBatcher(self._describe, settings.max_connections, settings.get_batch_size)
 
     def _call(self, operation: str, fn: Callable[[], T]) -> T:
-        """One request to CI/COS, timed for the observers, its SDK errors classified."""
+        """One request to CI/COS, within the request quota, timed for the observers, its SDK
+        errors classified; throttling answers slow the limiter down."""
+        limiter = self.limiter
+        if limiter is not None:
+            limiter.acquire()
         started = time.monotonic()
         status = "error"  # anything the SDK raises that classify does not know
         try:
             result = fn()
             status = "ok"
+            if limiter is not None:
+                limiter.passed()
             return result
         except CiError as exc:
             status = exc.kind.value
+            if limiter is not None:
+                limiter.passed()  # CI answered; the answer did not fit
             raise
         except (CosServiceError, CosClientError, ParseError) as exc:
             err = classify(exc)
             status = err.kind.value
+            if limiter is not None and err.throttling:
+                limiter.throttled()
+            elif limiter is not None and err.status is not None:
+                limiter.passed()
             raise err from None
         finally:
             self._obs.ci_call(operation, status, time.monotonic() - started)

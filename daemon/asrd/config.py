@@ -144,6 +144,9 @@ class CiSettings(_Section):
     timeout_s: float = Field(default=10.0, gt=0)
     max_connections: int = Field(default=8, ge=1, le=256)
     get_batch_size: int = Field(default=10, ge=1, le=100)
+    # CI's request quota as this process may use it (0: no client-side limit). Every CI call of
+    # the process (consumer, reconciler, sweep, submit) draws on it; throttling answers slow it.
+    max_requests_per_s: float = Field(default=0.0, ge=0)
     output_prefix: str = "asr-results/"
     template_id: str = ""
     recognition: RecognitionSettings = RecognitionSettings()
