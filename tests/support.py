@@ -149,6 +149,8 @@ class DaemonConfig:
     results: Path
     mq_name: str
     env: dict[str, str] = field(default_factory=dict)
+    ledger_url: str = ""  # empty: the SQLite file next to the config
+    ledger_password: str = ""
 
     @property
     def dir(self) -> Path:
@@ -172,11 +174,15 @@ def write_config(
     mq_name: str = "",
     intake: bool = True,
     formats: tuple[str, ...] = ("json", "txt"),
+    ledger_url: str = "",
+    ledger_password: str = "",
 ) -> DaemonConfig:
     """The daemon's config wired as in production: CI notifies a CMQ queue (declared here in the
     emulator), ``[intake.cmq]`` moves it onto the run's Pulsar topic. A plain endpoint string
     (no emulator running) gets a placeholder CMQ endpoint, for tests that never connect.
-    ``intake=False`` leaves the intake out (the topic is filled some other way)."""
+    ``intake=False`` leaves the intake out (the topic is filled some other way).
+    ``ledger_url``: another ledger than the SQLite file (a PostgreSQL database, its password
+    passed through ``password_file``)."""
     tmp.mkdir(parents=True, exist_ok=True)
     mq_name = mq_name or f"asr-{uuid.uuid4().hex[:10]}"
     topic = f"persistent://public/default/{mq_name}"
@@ -194,6 +200,8 @@ def write_config(
         if intake
         else ""
     )
+    sqlite_url = f"sqlite:///{tmp / 'ledger.db'}"
+    password_line = f'password_file = "{tmp / "ledger_password"}"' if ledger_password else ""
     path.write_text(
         f"""
 [ci]
@@ -216,7 +224,8 @@ nack_delay_ms = 1000
 {extra_pulsar}
 
 [ledger]
-url = "sqlite:///{tmp / "ledger.db"}"
+url = "{ledger_url or sqlite_url}"
+{password_line}
 
 [log]
 level = "info"
@@ -231,13 +240,19 @@ formats = {json.dumps(list(formats))}
 """
     )
     (tmp / "secret_key").write_text(SECRET_KEY + "\n")
-    return DaemonConfig(path, topic, "asrd", results, mq_name)
+    if ledger_password:
+        (tmp / "ledger_password").write_text(ledger_password + "\n")
+    return DaemonConfig(
+        path, topic, "asrd", results, mq_name, ledger_url=ledger_url,
+        ledger_password=ledger_password,
+    )  # fmt: skip
 
 
 def start_daemon(
-    cfg: DaemonConfig, log_path: Path, wait_subscribed: bool = True
+    cfg: DaemonConfig, log_path: Path, wait_subscribed: bool = True, ready_event: str = "subscribed"
 ) -> subprocess.Popen[bytes]:
-    """``asrd run`` as its own process; by default returns once it has subscribed."""
+    """``asrd run`` as its own process; by default returns once it has subscribed (with
+    ``[pulsar] workers``: ``ready_event="all workers subscribed"``)."""
     env = {**os.environ, **cfg.env}
     offset = log_path.stat().st_size if log_path.exists() else 0
     proc = subprocess.Popen(
@@ -253,7 +268,7 @@ def start_daemon(
                 raise AssertionError(f"daemon exited {proc.returncode}; see {log_path}")
             with log_path.open("rb") as fh:
                 fh.seek(offset)
-                return b'"event": "subscribed"' in fh.read()
+                return f'"event": "{ready_event}"'.encode() in fh.read()
 
         wait_for(subscribed, 30, "the daemon to subscribe")
     return proc
@@ -302,6 +317,12 @@ def result_ids(cfg: DaemonConfig) -> set[str]:
 
 
 def ledger_rows(cfg: DaemonConfig) -> list[tuple[str, str]]:
+    if cfg.ledger_url.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(cfg.ledger_url, password=cfg.ledger_password) as conn:
+            rows = conn.execute(b"SELECT job_id, sink FROM deliveries").fetchall()
+        return [(str(r[0]), str(r[1])) for r in rows]
     import sqlite3
 
     db = sqlite3.connect(cfg.path.parent / "ledger.db")

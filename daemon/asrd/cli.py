@@ -21,7 +21,7 @@ from .api import ApiContext, ApiServer, serve
 from .broker import make_client
 from .ci import CiClient, CiError
 from .cmq import CmqError
-from .config import ConfigError, Settings
+from .config import ConfigError, HttpSettings, Settings
 from .consumer import Consumer
 from .intake.feeds import Feeds
 from .jobs import JobService, job_gauges, sweep_overdue
@@ -37,6 +37,7 @@ from .result import InvalidResult, normalise
 from .shutdown import Shutdown
 from .sinks import build_routes
 from .sinks.routing import Route, Router
+from .supervisor import Supervisor, worker_command
 from .worker import Worker
 
 EX_OK, EX_FATAL, EX_CONFIG = 0, 1, 78
@@ -102,8 +103,28 @@ def _serve_api(settings: Settings, ctx: ApiContext) -> ApiServer | None:
         ) from None
 
 
+def _supervise(settings: Settings, args: argparse.Namespace) -> int:
+    workers = settings.pulsar.workers
+    if settings.ledger.is_sqlite:
+        log.warning(
+            "workers share one SQLite ledger: duplicates are still delivered at most once, but "
+            "SQLite takes one writer at a time, so ledger writes do not scale with workers; "
+            "use a postgresql:// ledger to scale",
+            workers=workers,
+        )
+    return Supervisor(
+        workers, worker_command(str(args.config)), settings.pulsar.shutdown_deadline_s
+    ).run()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if settings.pulsar.workers > 1 and args.worker is None:
+        return _supervise(settings, args)
+    # Worker 0 (or the only process) also runs the intake, the API and the periodic chores.
+    primary = not args.worker
+    if args.worker is not None:
+        structlog.contextvars.bind_contextvars(worker=args.worker)
     # Before any thread exists (the broker client starts some): they inherit the signal mask.
     shutdown = Shutdown(settings.pulsar.shutdown_deadline_s)
     shutdown.install()
@@ -126,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     feeds = Feeds.build(settings, client, observers)
     submitter = cli_submit.make_submitter(settings, ci, ledger, stop=stop)
     api = _serve_api(
-        settings,
+        settings if primary else settings.model_copy(update={"http": HttpSettings()}),
         ApiContext(
             ci,
             settings.ci,
@@ -141,7 +162,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     rc = settings.reconcile
     retention_s = settings.ledger.retention_days * 86_400
     chores = [every(6 * 3600.0, stop, lambda: ledger.prune(retention_s), "prune-ledger")]
-    if rc.interval_s > 0:
+    if not primary:
+        chores = []
+    if rc.interval_s > 0 and primary:
         chores.append(
             every(
                 rc.interval_s,
@@ -151,7 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         )
 
-    if rc.sweep_interval_s > 0:
+    if rc.sweep_interval_s > 0 and primary:
         lookup = submitter.lookup
         chores.append(
             every(
@@ -164,7 +187,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         )
     log.info("asrd starting", version=__version__, sinks=[r.sink.name for r in routes])
-    feeds.start(stop)
+    if primary:
+        feeds.start(stop)
     consumer.run(stop, worker.process)
     systemd.notify("STOPPING=1")
     if api is not None:
@@ -365,7 +389,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
         return sp
 
-    add(sub, "run", cmd_run, "consume callbacks and deliver results (the daemon)")
+    sp = add(sub, "run", cmd_run, "consume callbacks and deliver results (the daemon)")
+    sp.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     add(sub, "intake", cmd_intake, "only move CMQ notifications onto the Pulsar topic")
     cli_submit.add_commands(sub, add)
     sp = add(sub, "get", cmd_get, "print the normalised record of jobs as CI has them now")

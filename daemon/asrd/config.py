@@ -182,6 +182,8 @@ class PulsarSettings(_Section):
     retry_topic: str = ""
     max_in_flight: int = Field(default=256, ge=1, le=100_000)
     concurrency: int = Field(default=32, ge=1, le=1024)
+    # Consumer processes on the subscription under one supervisor (each uses a core).
+    workers: int = Field(default=1, ge=1, le=64)
     receiver_queue_size: int = Field(default=100, ge=1, le=50_000)
     nack_delay_ms: int = Field(default=10_000, ge=100)
     max_attempts: int = Field(default=10, ge=1, le=1000)

@@ -1,0 +1,253 @@
+"""``[pulsar] workers = 3`` on a PostgreSQL ledger: the supervisor's contract (READY=1 once all
+workers are subscribed, watchdog only while all are alive, dead workers restarted, one exit
+status) and the delivery guarantees when single workers and the supervisor are killed, under CI
+faults and duplicate callbacks."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import postgres as pg
+
+from .conftest import Broker
+from .receiver import Receiver
+from .support import (
+    DaemonConfig,
+    Emulator,
+    create_jobs,
+    ledger_rows,
+    read_topic,
+    result_ids,
+    set_faults,
+    start_daemon,
+    start_emulator,
+    wait_for,
+    write_config,
+)
+from .test_reliability import FAST_RETRY, check_delivered_once
+
+ALL_READY = "all workers subscribed"
+
+
+@pytest.fixture
+def emulator(tmp_path: Path, broker: Broker) -> Iterator[Emulator]:
+    emu = start_emulator(tmp_path / "emulator", broker.service_url, "--job-delay", "0.2")
+    yield emu
+    emu.stop()
+
+
+def workers_config(
+    tmp_path: Path,
+    emulator: Emulator,
+    broker: Broker,
+    postgres: Any,
+    extra_pulsar: str = "",
+    **kw: Any,
+) -> DaemonConfig:
+    return write_config(
+        tmp_path,
+        emulator,
+        broker.service_url,
+        extra_pulsar=f"workers = 3\n{FAST_RETRY}\n{extra_pulsar}",
+        ledger_url=postgres.url(postgres.create_database()),
+        ledger_password=pg.PASSWORD,
+        **kw,
+    )
+
+
+def children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split() if not gone(int(p))]
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie (not yet reaped) counts as gone.
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def dead_letters(broker: Broker, cfg: DaemonConfig) -> list[object]:
+    return read_topic(broker.service_url, f"{cfg.topic}-asrd-DLQ", timeout_ms=1000)
+
+
+class Notifications:
+    """A stand-in for systemd's notify socket: what the supervisor says, with arrival times."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.05)
+        self.seen: list[tuple[float, str]] = []
+
+    def drain(self) -> list[tuple[float, str]]:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                return self.seen
+            for line in data.decode().splitlines():
+                self.seen.append((time.monotonic(), line))
+
+    def times(self, state: str) -> list[float]:
+        return [t for t, s in self.drain() if s == state]
+
+
+def test_supervisor_ready_watchdog_restart_and_stop(
+    tmp_path: Path, broker: Broker, emulator: Emulator, postgres: Any
+) -> None:
+    cfg = workers_config(tmp_path, emulator, broker, postgres)
+    notify = Notifications(tmp_path / "notify")
+    cfg.env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "2000000"}
+    log = tmp_path / "daemon.log"
+    daemon = start_daemon(cfg, log, ready_event=ALL_READY)
+    try:
+        wait_for(lambda: notify.times("READY=1"), 10, "READY=1")
+        text = log.read_text()
+        assert text.count('"event": "worker subscribed"') == 3  # all three before READY=1
+        assert text.count('"event": "subscribed"') == 3
+        workers = children(daemon.pid)
+        assert len(workers) == 3
+        wait_for(lambda: len(notify.times("WATCHDOG=1")) >= 2, 5, "watchdog pings")
+
+        os.kill(workers[1], signal.SIGKILL)  # one worker dies
+        killed_at = time.monotonic()
+        wait_for(
+            lambda: len(children(daemon.pid)) == 3 and workers[1] not in children(daemon.pid),
+            15,
+            "the worker restarted",
+        )
+        wait_for(lambda: log.read_text().count('"event": "worker subscribed"') == 4, 30, "resub")
+        time.sleep(2.5)
+        pings = notify.times("WATCHDOG=1")
+        after = [t for t in pings if t > killed_at]
+        gaps = [b - a for a, b in zip([killed_at, *after], after, strict=False)]
+        assert max(gaps) >= 1.5, gaps  # no ping while a worker was dead or not yet subscribed
+        assert after and after[-1] > time.monotonic() - 2.0  # pings again once all are back
+        assert "worker died; restarting" in log.read_text()
+        assert "killed by SIGKILL" in log.read_text()
+        assert len(notify.times("READY=1")) == 1  # READY=1 once, not per restart
+
+        # Work still flows through the restarted set of workers.
+        jobs = create_jobs(cfg, 30)
+        wait_for(lambda: result_ids(cfg) >= set(jobs), 60, "results")
+        workers = children(daemon.pid)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        status = daemon.wait(timeout=45)
+    assert status == 0
+    assert all(gone(pid) for pid in workers)
+    assert "STOPPING=1" in [s for _, s in notify.drain()]
+    check_delivered_once(cfg, jobs)
+
+
+def test_a_worker_configuration_error_is_the_supervisors_exit_78(
+    tmp_path: Path, broker: Broker, emulator: Emulator, postgres: Any
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    cfg = workers_config(tmp_path, emulator, broker, postgres)
+    cfg.path.write_text(cfg.path.read_text().replace(str(cfg.results), str(blocker / "results")))
+    done = subprocess.run(
+        [*_asrd_run(cfg)], capture_output=True, text=True, timeout=60, env={**os.environ}
+    )
+    assert done.returncode == 78, done.stderr[-2000:]
+    assert f"config error: sinks.0.dir: cannot write to {blocker / 'results'}" in done.stderr
+    assert "worker died; restarting" not in done.stderr  # a config error is not retried
+
+
+def _asrd_run(cfg: DaemonConfig) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "asrd.cli", "run", "--config", str(cfg.path)]
+
+
+def test_killing_single_workers_and_the_supervisor_loses_and_duplicates_nothing(
+    tmp_path: Path, broker: Broker, emulator: Emulator, postgres: Any
+) -> None:
+    cfg = workers_config(tmp_path, emulator, broker, postgres, extra_pulsar="concurrency = 8")
+    jobs = create_jobs(cfg, 600)
+    set_faults(emulator.endpoint, latency_ms=40, latency_max_ms=120)
+    log = tmp_path / "daemon.log"
+    rng = random.Random(11)
+    daemon = start_daemon(cfg, log, ready_event=ALL_READY)
+    kills = 0
+    try:
+        while kills < 4 and len(result_ids(cfg)) < len(jobs):
+            time.sleep(rng.uniform(0.5, 1.5))
+            workers = children(daemon.pid)
+            if workers:
+                os.kill(rng.choice(workers), signal.SIGKILL)
+                kills += 1
+        assert len(result_ids(cfg)) < len(jobs), "the jobs went too fast to kill anything"
+        wait_for(lambda: log.read_text().count("worker died; restarting") == kills, 5, "restarts")
+        # The supervisor itself, without warning: its workers get SIGTERM and drain.
+        workers = children(daemon.pid)
+        daemon.kill()
+        daemon.wait()
+        wait_for(lambda: all(gone(p) for p in workers), 45, "the orphaned workers to stop")
+        daemon = start_daemon(cfg, log, ready_event=ALL_READY)
+        set_faults(emulator.endpoint, latency_ms=0, latency_max_ms=0)
+        wait_for(lambda: result_ids(cfg) >= set(jobs), 180, "all 600 results after the kills")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=45) == 0
+    assert kills == 4
+    check_delivered_once(cfg, jobs)
+    assert dead_letters(broker, cfg) == []
+
+
+def test_duplicates_across_workers_reach_a_sink_once_under_ci_faults(
+    tmp_path: Path, broker: Broker, emulator: Emulator, postgres: Any
+) -> None:
+    hook = Receiver()
+    cfg = workers_config(
+        tmp_path,
+        emulator,
+        broker,
+        postgres,
+        extra_pulsar="concurrency = 8",
+        extra_sinks=f'[[sinks]]\nname = "app"\ntype = "webhook"\nurl = "{hook.url()}"',
+    )
+    jobs = create_jobs(cfg, 150)
+    set_faults(
+        emulator.endpoint, callback_duplicate_rate=1.0, error_rate=0.2, error_code="mixed",
+        throttle_rps=30, latency_ms=0, latency_max_ms=200,
+    )  # fmt: skip
+    log = tmp_path / "daemon.log"
+    daemon = start_daemon(cfg, log, ready_event=ALL_READY)
+    try:
+        wait_for(lambda: set(hook.by_job()) >= set(jobs), 120, "every job at the webhook")
+        wait_for(lambda: result_ids(cfg) >= set(jobs), 60, "every job in the files")
+        time.sleep(2)  # let the duplicates arrive and be settled
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=45) == 0
+        hook.close()
+    assert {k: len(v) for k, v in hook.by_job().items()} == dict.fromkeys(jobs, 1)
+    rows = Counter(ledger_rows(cfg))
+    assert set(rows) == {(j, s) for j in jobs for s in ("files", "app")}
+    assert max(rows.values()) == 1
+    done = log.read_text()
+    # The copies were spread over the workers, and more than one worker delivered.
+    assert len({line.split('"worker": ')[1][0] for line in done.splitlines()
+                if '"asrd stopped"' in line and '"worker": ' in line}) == 3  # fmt: skip
+    assert dead_letters(broker, cfg) == []
