@@ -19,8 +19,11 @@ from tests.support import ROOT, DaemonConfig, Emulator, stop_process
 __all__ = ["Emulator", "stop_process"]  # re-exported for the scenarios
 
 BIN = ROOT / ".venv" / "bin"
-PULSAR_URL = "pulsar://127.0.0.1:6650"
-ADMIN_URL = "http://127.0.0.1:8080"
+# The broker of the tests: PULSAR_SERVICE_URL / PULSAR_ADMIN_URL when set (never started or
+# stopped here), else the local one scripts/pulsar runs.
+EXTERNAL_BROKER = bool(os.environ.get("PULSAR_SERVICE_URL"))
+PULSAR_URL = os.environ.get("PULSAR_SERVICE_URL") or "pulsar://127.0.0.1:6650"
+ADMIN_URL = os.environ.get("PULSAR_ADMIN_URL") or "http://127.0.0.1:8080"
 DaemonSetup = DaemonConfig  # one daemon's files: config (.path), ledger, results, log
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -48,6 +51,8 @@ class Broker:
     def ensure(self) -> None:
         if self.healthy():
             return
+        if EXTERNAL_BROKER:
+            raise RuntimeError(f"the broker at {ADMIN_URL} (PULSAR_ADMIN_URL) is not healthy")
         subprocess.run([str(ROOT / "scripts" / "pulsar"), "start"], check=True)
         self.started_here = True
 

@@ -108,3 +108,8 @@ def start() -> Server:
         shutil.rmtree(top, ignore_errors=True)
         raise RuntimeError(f"pg_ctl start failed: {done.stderr.strip()}\n{log}")
     return server
+
+
+def ledger_config(server: Server) -> dict[str, str]:
+    """``write_config`` keywords for a fresh database of ``server`` as the daemon's ledger."""
+    return {"ledger_url": server.url(server.create_database()), "ledger_password": PASSWORD}

@@ -103,16 +103,24 @@ def receive_all(consumer: Any, timeout_ms: int) -> list[Any]:
         out.append(msg)
 
 
+@pytest.mark.parametrize("workers", [1, 3], ids=["one-process", "3-workers-postgresql"])
 def test_daemon_dead_letters_or_ignores_every_file_and_keeps_working(
-    tmp_path: Path, broker: Broker, emulator: Emulator
+    tmp_path: Path, broker: Broker, emulator: Emulator, workers: int, request: pytest.FixtureRequest
 ) -> None:
     home = tmp_path / "daemon"
     home.mkdir()
+    ledger: dict[str, str] = {}
+    if workers > 1:  # several processes share the attempt counts through PostgreSQL
+        from tests import postgres as pg
+
+        ledger = pg.ledger_config(request.getfixturevalue("postgres"))
     cfg = write_config(
         home,
         emulator,
         broker.service_url,
-        extra_pulsar=f"max_attempts = {MAX_ATTEMPTS}\nretry_base_s = 0.2\nretry_max_s = 0.5",
+        extra_pulsar=f"max_attempts = {MAX_ATTEMPTS}\nretry_base_s = 0.2\nretry_max_s = 0.5\n"
+        f"workers = {workers}",
+        **ledger,
     )
     settings = config.load(cfg.path)
     dlq_topic = settings.pulsar.dlq_topic
@@ -128,7 +136,8 @@ def test_daemon_dead_letters_or_ignores_every_file_and_keeps_working(
     before = tree(home)
     log = home / "daemon.log"
     client = pulsar.Client(broker.service_url, operation_timeout_seconds=30)
-    daemon = start_daemon(cfg, log)
+    ready = "all workers subscribed" if workers > 1 else "subscribed"
+    daemon = start_daemon(cfg, log, ready_event=ready)
     try:
         dlq = client.subscribe(
             dlq_topic,

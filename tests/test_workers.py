@@ -60,8 +60,7 @@ def workers_config(
         emulator,
         broker.service_url,
         extra_pulsar=f"workers = 3\n{FAST_RETRY}\n{extra_pulsar}",
-        ledger_url=postgres.url(postgres.create_database()),
-        ledger_password=pg.PASSWORD,
+        **pg.ledger_config(postgres),
         **kw,
     )
 
