@@ -58,18 +58,23 @@ def test_transient_error_reaches_every_waiter() -> None:
                 fut.result(timeout=10)
 
 
-def test_refused_batch_falls_back_to_single_lookups() -> None:
+def test_refused_batch_is_split_in_halves_down_to_the_bad_id() -> None:
     describe = FakeDescribe(delay=0.05, poison="bad")
-    batcher = GetBatcher(describe, lanes=1, max_ids=10)
-    with ThreadPoolExecutor(6) as pool:
-        futures = {i: pool.submit(batcher.get, i) for i in ["a", "b", "c", "d", "e"]}
+    batcher = GetBatcher(describe, lanes=1, max_ids=16)
+    good = [f"g{i}" for i in range(15)]
+    with ThreadPoolExecutor(17) as pool:
+        first = pool.submit(batcher.get, "first")  # occupies the lane while the rest queue
         time.sleep(0.01)
-        futures["bad"] = pool.submit(batcher.get, "bad")
+        futures = {i: pool.submit(batcher.get, i) for i in [*good[:7], "bad", *good[7:]]}
         results = {i: f.result(timeout=10) for i, f in futures.items() if i != "bad"}
         with pytest.raises(CiError, match="InvalidArgument"):
             futures["bad"].result(timeout=10)
+        assert first.result(timeout=10) == {"JobId": "first"}
     assert all(r is not None and r["JobId"] == i for i, r in results.items())
-    assert ["bad"] in describe.calls  # it was asked for alone after its batch was refused
+    refused = describe.calls.index([*good[:7], "bad", *good[7:]])
+    after = describe.calls[refused + 1 :]
+    assert ["bad"] in after  # it was asked for alone in the end
+    assert len(after) <= 8, after  # halves: 2 per level of 16 ids, not 16 single requests
 
 
 @pytest.mark.parametrize(
