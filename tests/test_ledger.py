@@ -163,6 +163,23 @@ def test_a_version_2_ledger_gains_the_jobs_table(store: Store) -> None:
     assert store.version() == SCHEMA_VERSION
 
 
+def test_a_batch_of_messages_in_one_transaction_each_way(ledger: Ledger) -> None:
+    keys = [f"topic|{i}:0:-1" for i in range(3)]
+    ledger.begin_attempt(keys[0])
+    first = ledger.begin_attempts(keys)
+    assert [first[k].count for k in keys] == [2, 1, 1]
+    assert ledger.delivered_many([]) == {}
+    ledger.mark_delivered("s1", "files")
+    assert ledger.delivered_many(["s1", "s2", "s1"]) == {"s1": {"files"}, "s2": set()}
+    ledger.finish_batch([("s2", "files"), ("s2", "app"), ("s1", "files")], cleared=keys[:2])
+    assert ledger.delivered_many(["s1", "s2"]) == {"s1": {"files"}, "s2": {"files", "app"}}
+    again = ledger.begin_attempts(keys)
+    assert [again[k].count for k in keys] == [1, 1, 2]  # the cleared ones start again
+    many = [f"s{i:05d}" for i in range(1200)]  # more ids than one statement may carry
+    ledger.finish_batch([(j, "files") for j in many], cleared=[])
+    assert all(v == {"files"} for v in ledger.delivered_many(many).values())
+
+
 def test_several_processes_share_one_ledger(store: Store) -> None:
     """Workers open the ledger together (one migrates, the others wait) and then count
     attempts and record deliveries through their own connections without losing any."""

@@ -172,6 +172,20 @@ class Ledger(Protocol):
         """Forget deliveries, attempts and settled jobs older than this; returns rows removed."""
         ...
 
+    # -- a batch of messages in one transaction each way (workers, batched pipelines) --------
+    def begin_attempts(self, message_keys: Sequence[str]) -> dict[str, Attempt]:
+        """``begin_attempt`` for several messages in one transaction."""
+        ...
+
+    def delivered_many(self, job_ids: Sequence[str]) -> dict[str, set[str]]:
+        """``delivered`` for several jobs in one query (every id is a key of the answer)."""
+        ...
+
+    def finish_batch(self, delivered: Sequence[tuple[str, str]], cleared: Sequence[str]) -> None:
+        """Record (job id, sink) deliveries and forget the attempts of settled messages, in one
+        transaction."""
+        ...
+
     def job_by_token(self, client_token: str) -> JobEntry | None: ...
 
     def job(self, job_id: str) -> JobEntry | None: ...
@@ -211,6 +225,15 @@ class Ledger(Protocol):
 
 
 Params = Sequence[object]
+_MARK_DELIVERED = (
+    "INSERT INTO deliveries (job_id, sink, delivered_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (job_id, sink) DO NOTHING"
+)
+_BEGIN_ATTEMPT = (
+    "INSERT INTO attempts (message_key, count, last_reason, first_at)"
+    " VALUES (?, 1, '', ?) ON CONFLICT (message_key) DO UPDATE SET"
+    " count = attempts.count + 1 RETURNING count, first_at, last_reason"
+)
 Rows = list[tuple[Any, ...]]
 
 
@@ -236,6 +259,10 @@ class _SqlLedger:
 
     def _run_all(self, statements: Sequence[tuple[str, Params]]) -> list[int]:
         """Run the statements in one transaction; their row counts."""
+        raise NotImplementedError
+
+    def _returning_all(self, statements: Sequence[tuple[str, Params]]) -> Rows:
+        """Run ``... RETURNING`` statements in one transaction; the first row of each."""
         raise NotImplementedError
 
     def delivered(self, job_id: str) -> set[str]:
@@ -264,19 +291,10 @@ class _SqlLedger:
         )
 
     def mark_delivered(self, job_id: str, sink: str) -> None:
-        self._run(
-            "INSERT INTO deliveries (job_id, sink, delivered_at) VALUES (?, ?, ?)"
-            " ON CONFLICT (job_id, sink) DO NOTHING",
-            (job_id, sink, time.time()),
-        )
+        self._run(_MARK_DELIVERED, (job_id, sink, time.time()))
 
     def begin_attempt(self, message_key: str) -> Attempt:
-        rows, _ = self._run(
-            "INSERT INTO attempts (message_key, count, last_reason, first_at)"
-            " VALUES (?, 1, '', ?) ON CONFLICT (message_key) DO UPDATE SET"
-            " count = attempts.count + 1 RETURNING count, first_at, last_reason",
-            (message_key, time.time()),
-        )
+        rows, _ = self._run(_BEGIN_ATTEMPT, (message_key, time.time()))
         row = rows[0]
         return Attempt(int(row[0]), float(row[1]), str(row[2]))
 
@@ -288,6 +306,35 @@ class _SqlLedger:
 
     def clear_attempts(self, message_key: str) -> None:
         self._run("DELETE FROM attempts WHERE message_key = ?", (message_key,))
+
+    def begin_attempts(self, message_keys: Sequence[str]) -> dict[str, Attempt]:
+        now = time.time()
+        rows = self._returning_all([(_BEGIN_ATTEMPT, (key, now)) for key in message_keys])
+        return {
+            key: Attempt(int(r[0]), float(r[1]), str(r[2]))
+            for key, r in zip(message_keys, rows, strict=True)
+        }
+
+    def delivered_many(self, job_ids: Sequence[str]) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {job_id: set() for job_id in job_ids}
+        unique = list(found)
+        for i in range(0, len(unique), 500):  # SQLite allows 999 parameters per statement
+            chunk = unique[i : i + 500]
+            marks = ", ".join("?" for _ in chunk)
+            rows, _ = self._run(
+                f"SELECT job_id, sink FROM deliveries WHERE job_id IN ({marks})",  # noqa: S608
+                chunk,
+            )
+            for job_id, sink in rows:
+                found[str(job_id)].add(str(sink))
+        return found
+
+    def finish_batch(self, delivered: Sequence[tuple[str, str]], cleared: Sequence[str]) -> None:
+        now = time.time()
+        self._run_all(
+            [(_MARK_DELIVERED, (job_id, sink, now)) for job_id, sink in delivered]
+            + [("DELETE FROM attempts WHERE message_key = ?", (key,)) for key in cleared]
+        )
 
     def prune(self, older_than_s: float) -> int:
         cutoff = time.time() - older_than_s
@@ -460,6 +507,17 @@ class SqliteLedger(_SqlLedger):
                 self._db.execute("ROLLBACK")
                 raise
             return counts
+
+    def _returning_all(self, statements: Sequence[tuple[str, Params]]) -> Rows:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = [self._db.execute(sql, p).fetchone() for sql, p in statements]
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return rows
 
     def close(self) -> None:
         with self._lock:

@@ -141,6 +141,15 @@ class PostgresLedger(_SqlLedger):
         with self._pool.connection() as conn, conn.transaction():
             return [int(conn.execute(_pg(sql).encode(), p).rowcount) for sql, p in statements]
 
+    def _returning_all(self, statements: Sequence[tuple[str, Params]]) -> Rows:
+        rows: Rows = []
+        with self._pool.connection() as conn, conn.transaction():
+            for sql, p in statements:
+                row = conn.execute(_pg(sql).encode(), p).fetchone()
+                assert row is not None  # every statement here has a RETURNING clause
+                rows.append(row)
+        return rows
+
     def close(self) -> None:
         self._pool.close()
 
