@@ -136,4 +136,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    # pulsar-client's C++ side can abort during interpreter teardown; everything is closed.
+    os._exit(code)

@@ -164,9 +164,12 @@ def run_baseline(
             "--bucket", bucket, "--secret-id", SECRET_ID, "--secret-key", SECRET_KEY,
             "--out", str(out), "--expected", str(expected), "--seconds", str(seconds),
         ],
-        capture_output=True, text=True, timeout=900, check=True,
+        capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    lines = done.stdout.strip().splitlines()
+    if not lines:
+        raise RuntimeError(f"baseline.py exited {done.returncode}: {done.stderr[-2000:]}")
+    result = json.loads(lines[-1])
     return Drain(name, expected, int(result["files"]), float(result["seconds"]),
                  float(result["cpu_s"]), notes={"errors": result["errors"]})  # fmt: skip
 
