@@ -5,6 +5,7 @@ faults and duplicate callbacks."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from tests import postgres as pg
 
@@ -26,6 +28,7 @@ from .support import (
     DaemonConfig,
     Emulator,
     create_jobs,
+    free_port,
     ledger_rows,
     read_topic,
     result_ids,
@@ -113,7 +116,10 @@ class Notifications:
 def test_supervisor_ready_watchdog_restart_and_stop(
     tmp_path: Path, broker: Broker, emulator: Emulator, postgres: Any
 ) -> None:
-    cfg = workers_config(tmp_path, emulator, broker, postgres)
+    port = free_port()
+    cfg = workers_config(
+        tmp_path, emulator, broker, postgres, extra=f'[http]\nlisten = "127.0.0.1:{port}"\n'
+    )
     notify = Notifications(tmp_path / "notify")
     cfg.env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "2000000"}
     log = tmp_path / "daemon.log"
@@ -145,9 +151,11 @@ def test_supervisor_ready_watchdog_restart_and_stop(
         assert "killed by SIGKILL" in log.read_text()
         assert len(notify.times("READY=1")) == 1  # READY=1 once, not per restart
 
-        # Work still flows through the restarted set of workers.
+        # Work still flows through the restarted set of workers, and worker 0's /metrics
+        # counts what all of them did.
         jobs = create_jobs(cfg, 30)
         wait_for(lambda: result_ids(cfg) >= set(jobs), 60, "results")
+        wait_for(lambda: done_total(port) == 30.0, 10, "/metrics to count all 30 messages")
         workers = children(daemon.pid)
     finally:
         daemon.send_signal(signal.SIGTERM)
@@ -156,6 +164,25 @@ def test_supervisor_ready_watchdog_restart_and_stop(
     assert all(gone(pid) for pid in workers)
     assert "STOPPING=1" in [s for _, s in notify.drain()]
     check_delivered_once(cfg, jobs)
+    by_worker = {
+        line["worker"]: line["counters"].get("messages.done", 0)
+        for line in map(json.loads, log.read_text().splitlines())
+        if line.get("event") == "asrd stopped"
+    }
+    assert sorted(by_worker) == [0, 1, 2] and sum(by_worker.values()) == 30
+    assert sum(1 for n in by_worker.values() if n) >= 2, by_worker  # not worker 0 alone
+
+
+def done_total(port: int) -> float:
+    """``asrd_messages_total{outcome="done"}`` as /metrics shows it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "asrd_messages_total" and sample.labels == {"outcome": "done"}:
+                return float(sample.value)
+    return -1.0
 
 
 def test_a_worker_configuration_error_is_the_supervisors_exit_78(

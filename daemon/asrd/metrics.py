@@ -3,15 +3,18 @@
 Every family lives in a registry owned by one ``Metrics`` (no module-level state), together
 with the library's process, platform and garbage-collector collectors.
 
-One process serves one endpoint today. Should several worker processes ever share one
-endpoint, prometheus-client's multiprocess mode is the way: set ``PROMETHEUS_MULTIPROC_DIR``
-before the processes start, serve ``MultiProcessCollector`` from the endpoint, and give the
-gauges a ``multiprocess_mode``; the names below stay. ``asrd_ready`` and the intake's
-poll age are computed at scrape time and would become per-process there.
+With ``[pulsar] workers = N`` the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before the
+workers start (prometheus-client's multiprocess mode): every worker's counters, histograms and
+``asrd_in_flight`` (summed over the live workers) go to files there, and worker 0's /metrics
+serves ``MultiProcessCollector`` over all of them, so one endpoint counts for all workers.
+``asrd_ready``, the intake's poll age and the ledger's gauges are computed at scrape time by
+worker 0 (the intake and the chores run there); the process collectors are left out then (they
+would describe worker 0 alone).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 
@@ -80,13 +83,33 @@ _GAUGE_HELP = {
 }
 
 
+class _Ready(Collector):
+    """``asrd_ready``, computed when scraped (a collector, so it works in multiprocess mode)."""
+
+    def __init__(self, ready: Callable[[], bool]) -> None:
+        self.ready = ready
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "asrd_ready",
+            "1 when subscribed and connected to the broker.",
+            value=float(self.ready()),
+        )
+
+
+def multiprocess_dir() -> str:
+    """Where the workers of a supervisor keep their metrics ('' when one process serves)."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+
+
 class Metrics(Observer):
     def __init__(self, ready: Callable[[], bool] = lambda: False) -> None:
-        self.ready = ready
         self.registry = r = CollectorRegistry(auto_describe=True)
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
-        GCCollector(registry=r)
+        self._shared_dir = multiprocess_dir()
+        if not self._shared_dir:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
         self.messages = Counter(
             "asrd_messages_total",
             "Messages settled, by outcome: done, ignored, retried, dead_lettered, kept "
@@ -122,11 +145,12 @@ class Metrics(Observer):
             registry=r,
         )
         self.in_flight = Gauge(
-            "asrd_in_flight", "Messages received and not yet settled.", registry=r
+            "asrd_in_flight",
+            "Messages received and not yet settled.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
-        Gauge(
-            "asrd_ready", "1 when subscribed and connected to the broker.", registry=r
-        ).set_function(lambda: float(self.ready()))
+        self._ready = _Ready(ready)
         self.dead_letters = Counter(
             "asrd_dead_letters_total", "Messages published to the dead-letter topic.", registry=r
         )
@@ -173,9 +197,21 @@ class Metrics(Observer):
         for result in ("delivered", "unfinished", "failed"):
             self._sweep.labels(result)
         self._intake_age = _IntakeAge()
-        r.register(self._intake_age)
+        if not self._shared_dir:
+            r.register(self._intake_age)
         self._gauges = _Gauges(dict)
-        r.register(self._gauges)
+        self._scraped: list[Collector] = [self._ready, self._intake_age, self._gauges]
+        if not self._shared_dir:
+            r.register(self._gauges)
+            r.register(self._ready)
+
+    @property
+    def ready(self) -> Callable[[], bool]:
+        return self._ready.ready
+
+    @ready.setter
+    def ready(self, read: Callable[[], bool]) -> None:
+        self._ready.ready = read
 
     @property
     def gauges(self) -> Callable[[], dict[str, float]]:
@@ -186,8 +222,17 @@ class Metrics(Observer):
         self._gauges.read = read
 
     def exposition(self) -> bytes:
-        """The registry in the Prometheus text format (``CONTENT_TYPE_LATEST``)."""
-        return generate_latest(self.registry)
+        """The registry in the Prometheus text format (``CONTENT_TYPE_LATEST``); with workers,
+        every worker's figures from the shared directory."""
+        if not self._shared_dir:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        shared = CollectorRegistry()
+        MultiProcessCollector(shared, path=self._shared_dir)  # type: ignore[no-untyped-call]
+        for collector in self._scraped:
+            shared.register(collector)
+        return generate_latest(shared)
 
     # -- hooks ----------------------------------------------------------------------------
     def message_received(self, info: MessageInfo) -> None:

@@ -12,7 +12,9 @@ sees (systemd's main PID, a container's PID 1 child):
   said READY=1 (subscribed), and WATCHDOG=1 only while every worker is alive and has pinged its
   own watchdog in time;
 - it restarts a worker that died (a crash, SIGKILL, the OOM killer) with exponential backoff,
-  reset once the worker has run for ``stable_s``.
+  reset once the worker has run for ``stable_s``;
+- it gives the workers one directory for their metrics (prometheus-client's multiprocess mode,
+  ``PROMETHEUS_MULTIPROC_DIR``), so worker 0's /metrics counts for all of them.
 
 It holds no broker connection, ledger or CI client of its own, and all its waiting happens in
 one thread.
@@ -23,17 +25,20 @@ from __future__ import annotations
 import os
 import secrets
 import selectors
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
 import structlog
+from prometheus_client.multiprocess import mark_process_dead
 
 from . import backoff, systemd
 
@@ -80,6 +85,7 @@ class Supervisor:
     _stopping: int = 0  # signals received
     _signals: list[int] = field(default_factory=list)
     _announced_ready: bool = False
+    _metrics_dir: str = ""
 
     def run(self) -> int:
         upstream_watchdog = _watchdog_interval()
@@ -90,6 +96,9 @@ class Supervisor:
         sock.bind("\0" + name[1:])
         sock.setblocking(False)
         env = _worker_env(name, upstream_watchdog)
+        shared = _metrics_dir()
+        if shared:
+            env["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir = shared
         self.workers = [Worker(i) for i in range(self.count)]
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         selector = selectors.DefaultSelector()
@@ -102,6 +111,8 @@ class Supervisor:
         finally:
             selector.close()
             sock.close()
+            if self._metrics_dir:
+                shutil.rmtree(self._metrics_dir, ignore_errors=True)
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         return status
@@ -128,6 +139,9 @@ class Supervisor:
                 code = worker.proc.poll() if worker.proc is not None else None
                 if worker.proc is None or code is None:
                     continue
+                if self._metrics_dir:
+                    # Its counters stay (they count what it did); its live gauges go.
+                    mark_process_dead(worker.proc.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
                 worker.proc, worker.ready = None, False
                 if code == EX_CONFIG:
                     config_error = True
@@ -232,6 +246,17 @@ class Supervisor:
 
     def _pids(self) -> list[int]:
         return [w.proc.pid for w in self.workers if w.proc is not None]
+
+
+def _metrics_dir() -> str:
+    """A fresh directory for the workers' metrics files ('' if none can be made: then each
+    worker's /metrics would be its own, and worker 0 alone serves one)."""
+    try:
+        return tempfile.mkdtemp(prefix="asrd-metrics-")
+    except OSError as exc:
+        log.warning("no directory for the workers' metrics; /metrics shows worker 0 only",
+                    error=str(exc))  # fmt: skip
+        return ""
 
 
 def _watchdog_interval() -> float | None:
