@@ -86,15 +86,17 @@ _GAUGE_HELP = {
 class _Ready(Collector):
     """``asrd_ready``, computed when scraped (a collector, so it works in multiprocess mode)."""
 
+    HELP = "1 when subscribed and connected to the broker."
+
     def __init__(self, ready: Callable[[], bool]) -> None:
         self.ready = ready
 
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        # Registering asks for the names; the daemon is not ready to be asked yet.
+        yield GaugeMetricFamily("asrd_ready", self.HELP)
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        yield GaugeMetricFamily(
-            "asrd_ready",
-            "1 when subscribed and connected to the broker.",
-            value=float(self.ready()),
-        )
+        yield GaugeMetricFamily("asrd_ready", self.HELP, value=float(self.ready()))
 
 
 def multiprocess_dir() -> str:
