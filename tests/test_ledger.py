@@ -180,6 +180,37 @@ def test_a_batch_of_messages_in_one_transaction_each_way(ledger: Ledger) -> None
     assert all(v == {"files"} for v in ledger.delivered_many(many).values())
 
 
+def test_claims_let_one_owner_deliver_a_job_at_a_time(store: Store) -> None:
+    one, two = store.open(), store.open()  # two workers
+    assert one.claim_jobs(["s1", "s2"], "w1", lease_s=30) == {"s1", "s2"}
+    assert two.claim_jobs(["s1", "s3"], "w2", lease_s=30) == {"s3"}  # s1 is w1's
+    assert one.claim_jobs(["s1"], "w1", lease_s=30) == {"s1"}  # an owner may renew
+    one.release_jobs(["s1"], "w1")
+    assert two.claim_jobs(["s1"], "w2", lease_s=30) == {"s1"}
+    assert one.claim_jobs(["s2"], "w1", lease_s=0.0) == {"s2"}  # a lease that has ended...
+    time.sleep(0.05)
+    assert two.claim_jobs(["s2"], "w2", lease_s=30) == {"s2"}  # ...is taken over
+    one.release_jobs(["s2"], "w1")  # not w1's any more: nothing happens
+    assert one.claim_jobs(["s2"], "w1", lease_s=30) == set()
+    one.close()
+    two.close()
+
+
+def test_a_batch_settles_jobs_and_records_unwanted_sinks_in_one_go(ledger: Ledger) -> None:
+    now = time.time()
+    ledger.record_job(entry("t1", "s1", now, 3600))
+    ledger.mark_delivered("s1", "files")
+    ledger.finish_batch(
+        [("s2", "files")], [], not_wanted=[("s1", "app"), ("s1", "app")],
+        settled=[("s1", "Success"), ("s9", None)],
+    )  # fmt: skip
+    assert ledger.finished_many(["s1", "s2", "s3"]) == {
+        "s1": {"files", "app"}, "s2": {"files"}, "s3": set(),
+    }  # fmt: skip
+    assert ledger.delivered_many(["s1"]) == {"s1": {"files"}}  # unwanted is not delivered
+    assert ledger.job("s1").status == SETTLED  # type: ignore[union-attr]
+
+
 def test_several_processes_share_one_ledger(store: Store) -> None:
     """Workers open the ledger together (one migrates, the others wait) and then count
     attempts and record deliveries through their own connections without losing any."""

@@ -210,8 +210,9 @@ def test_killing_single_workers_and_the_supervisor_loses_and_duplicates_nothing(
     tmp_path: Path, broker: Broker, emulator: Emulator, postgres: Any
 ) -> None:
     cfg = workers_config(tmp_path, emulator, broker, postgres, extra_pulsar="concurrency = 8")
-    jobs = create_jobs(cfg, 600)
-    set_faults(emulator.endpoint, latency_ms=40, latency_max_ms=120)
+    jobs = create_jobs(cfg, 1200)
+    # Slow enough to be killed in the middle of: 3 workers look up to 8 x 10 ids at a time each.
+    set_faults(emulator.endpoint, latency_ms=1500, latency_max_ms=2500)
     log = tmp_path / "daemon.log"
     rng = random.Random(11)
     daemon = start_daemon(cfg, log, ready_event=ALL_READY)
@@ -232,7 +233,7 @@ def test_killing_single_workers_and_the_supervisor_loses_and_duplicates_nothing(
         wait_for(lambda: all(gone(p) for p in workers), 45, "the orphaned workers to stop")
         daemon = start_daemon(cfg, log, ready_event=ALL_READY)
         set_faults(emulator.endpoint, latency_ms=0, latency_max_ms=0)
-        wait_for(lambda: result_ids(cfg) >= set(jobs), 180, "all 600 results after the kills")
+        wait_for(lambda: result_ids(cfg) >= set(jobs), 180, "all 1200 results after the kills")
     finally:
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=45) == 0

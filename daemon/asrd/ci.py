@@ -207,11 +207,28 @@ class GetBatcher:
         threading.Thread(target=self._dispatch, name="asrd-ci-batcher", daemon=True).start()
 
     def get(self, job_id: str) -> JobsDetail | None:
-        fut: Future[JobsDetail | None] = Future()
+        return self._submit([job_id])[0].result()
+
+    def get_many(self, job_ids: list[str]) -> dict[str, JobsDetail | CiError | None]:
+        """Several ids at once (they share requests); a failure is the id's value."""
+        futures = self._submit(job_ids)
+        out: dict[str, JobsDetail | CiError | None] = {}
+        for job_id, fut in zip(job_ids, futures, strict=True):
+            exc = fut.exception()
+            if exc is None:
+                out[job_id] = fut.result()
+            elif isinstance(exc, CiError):
+                out[job_id] = exc
+            else:
+                raise exc
+        return out
+
+    def _submit(self, job_ids: list[str]) -> list[Future[JobsDetail | None]]:
+        futures: list[Future[JobsDetail | None]] = [Future() for _ in job_ids]
         with self._ready:
-            self._queue.append((job_id, fut))
+            self._queue.extend(zip(job_ids, futures, strict=True))
             self._ready.notify()
-        return fut.result()
+        return futures
 
     def _dispatch(self) -> None:
         while True:
@@ -399,6 +416,23 @@ class CiClient:
         """
         fetch = partial(self._gets.get, job_id)
         return with_retry(fetch, self._backoff) if retry else fetch()
+
+    def get_jobs(self, job_ids: list[str]) -> dict[str, JobsDetail | CiError | None]:
+        """Several jobs as CI knows them now (``None``: CI does not know it; a ``CiError``: the
+        look-up failed). Transient failures are tried again within the in-process backoff."""
+        out: dict[str, JobsDetail | CiError | None] = {}
+        pending = list(dict.fromkeys(job_ids))
+        delays = self._backoff.delays()
+        while pending:
+            got = self._gets.get_many(pending)
+            out.update(got)
+            pending = [j for j, v in got.items() if isinstance(v, CiError) and v.transient]
+            delay = next(delays, None)
+            if delay is None:
+                break
+            if pending:
+                time.sleep(delay)
+        return out
 
     def _describe(self, job_ids: list[str], paced: bool = False) -> dict[str, JobsDetail]:
         """One describe request for several ids; CI omits the ones it does not know."""

@@ -142,7 +142,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         on_ready=lambda: systemd.notify("READY=1"),
         on_receive_error=observers.receive_failed,
     )
-    worker = Worker(settings.pulsar, stages.pipeline.handle, ledger, consumer, observers)
+    worker = Worker(
+        settings.pulsar,
+        stages.pipeline.handle,
+        ledger,
+        consumer,
+        observers,
+        handle_batch=stages.pipeline.handle_batch,
+    )
     shutdown.busy = lambda: consumer.health.subscribed
     feeds = Feeds.build(settings, client, observers)
     submitter = cli_submit.make_submitter(settings, ci, ledger, stop=stop)
@@ -189,7 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("asrd starting", version=__version__, sinks=[r.sink.name for r in routes])
     if primary:
         feeds.start(stop)
-    consumer.run(stop, worker.process)
+    consumer.run(stop, worker.process, worker.process_batch)
     systemd.notify("STOPPING=1")
     if api is not None:
         api.shutdown()

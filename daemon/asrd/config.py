@@ -182,6 +182,9 @@ class PulsarSettings(_Section):
     retry_topic: str = ""
     max_in_flight: int = Field(default=256, ge=1, le=100_000)
     concurrency: int = Field(default=32, ge=1, le=1024)
+    # Messages handled together when they are waiting (one CI describe, one ledger transaction
+    # each way); 1 handles every message on its own.
+    batch_size: int = Field(default=10, ge=1, le=100)
     # Consumer processes on the subscription under one supervisor (each uses a core).
     workers: int = Field(default=1, ge=1, le=64)
     receiver_queue_size: int = Field(default=100, ge=1, le=50_000)

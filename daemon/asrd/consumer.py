@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import pulsar
@@ -40,6 +41,11 @@ class Health:
     @property
     def ready(self) -> bool:
         return self.subscribed and self.connected
+
+
+def _release(slots: threading.Semaphore, n: int, _: object = None) -> None:
+    for _i in range(n):
+        slots.release()
 
 
 class Consumer:
@@ -104,15 +110,24 @@ class Consumer:
         return False
 
     # -- main loop ----------------------------------------------------------------------
-    def run(self, stop: threading.Event, process: Callable[[Inbound], None]) -> None:
+    def run(
+        self,
+        stop: threading.Event,
+        process: Callable[[Inbound], None],
+        process_batch: Callable[[list[Inbound]], None] | None = None,
+    ) -> None:
         """Hand every message to ``process`` on a worker thread until ``stop`` is set, then
         drain within the shutdown deadline. ``process`` settles each message through ``ack``,
-        ``retry`` or ``dead_letter``."""
+        ``retry`` or ``dead_letter``. With ``process_batch`` and ``[pulsar] batch_size`` > 1,
+        messages already waiting in the client's queue go with the one received, up to
+        ``batch_size`` per call (never waiting for more: a lone message is not delayed)."""
         if not self._subscribe(stop):
             self.close()
             return
         slots = threading.Semaphore(self._settings.max_in_flight)
         pool = ThreadPoolExecutor(self._settings.concurrency, thread_name_prefix="asrd-worker")
+        retry_topic = self._settings.retry_letter_topic
+        batch_size = self._settings.batch_size if process_batch is not None else 1
         last_health = 0.0
         try:
             while not stop.is_set():
@@ -130,11 +145,26 @@ class Consumer:
                         self._on_receive_error(str(exc))
                         stop.wait(0.5)
                     continue
-                pool.submit(
-                    process, broker.inbound(msg, self._settings.retry_letter_topic)
-                ).add_done_callback(lambda _: slots.release())
+                batch = [broker.inbound(msg, retry_topic), *self._more(slots, batch_size - 1)]
+                if process_batch is not None:
+                    fut = pool.submit(process_batch, batch)
+                else:
+                    fut = pool.submit(process, batch[0])
+                fut.add_done_callback(partial(_release, slots, len(batch)))
         finally:
             self._drain(pool, slots)
+
+    def _more(self, slots: threading.Semaphore, up_to: int) -> list[Inbound]:
+        """Messages the client has already prefetched, up to ``up_to`` and the free slots."""
+        more: list[Inbound] = []
+        while len(more) < up_to and slots.acquire(blocking=False):
+            try:
+                msg = self._consumer.receive(timeout_millis=0)
+            except pulsar.PulsarException:  # nothing waiting (Timeout), or a broken receive
+                slots.release()
+                break
+            more.append(broker.inbound(msg, self._settings.retry_letter_topic))
+        return more
 
     def _drain(self, pool: ThreadPoolExecutor, slots: threading.Semaphore) -> None:
         """Wait for in-flight messages: they are done when every slot is free again."""

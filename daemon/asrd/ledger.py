@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 from .config import LedgerSettings
 
 # Version 1: deliveries, attempts without first_at. 2: attempts.first_at. 3: the jobs table.
-# 4: not_wanted (sinks whose route does not select a job).
-SCHEMA_VERSION = 4
+# 4: not_wanted (sinks whose route does not select a job). 5: claims (who delivers a job now).
+SCHEMA_VERSION = 5
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
     job_id TEXT NOT NULL,
@@ -40,6 +40,11 @@ CREATE TABLE IF NOT EXISTS not_wanted (
     sink TEXT NOT NULL,
     decided_at REAL NOT NULL,
     PRIMARY KEY (job_id, sink)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS claims (
+    job_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    until REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS attempts (
     message_key TEXT PRIMARY KEY,
@@ -181,9 +186,26 @@ class Ledger(Protocol):
         """``delivered`` for several jobs in one query (every id is a key of the answer)."""
         ...
 
-    def finish_batch(self, delivered: Sequence[tuple[str, str]], cleared: Sequence[str]) -> None:
-        """Record (job id, sink) deliveries and forget the attempts of settled messages, in one
-        transaction."""
+    def finished_many(self, job_ids: Sequence[str]) -> dict[str, set[str]]:
+        """``finished_sinks`` for several jobs in one query (every id is a key of the answer)."""
+        ...
+
+    def claim_jobs(self, job_ids: Sequence[str], owner: str, lease_s: float) -> set[str]:
+        """Take the right to deliver these jobs for ``lease_s`` (one transaction); the ids
+        claimed. A job another owner holds an unexpired claim on is not claimed."""
+        ...
+
+    def release_jobs(self, job_ids: Sequence[str], owner: str) -> None: ...
+
+    def finish_batch(
+        self,
+        delivered: Sequence[tuple[str, str]],
+        cleared: Sequence[str],
+        not_wanted: Sequence[tuple[str, str]] = (),
+        settled: Sequence[tuple[str, str | None]] = (),
+    ) -> None:
+        """In one transaction: record (job id, sink) deliveries and sinks that do not want a
+        job, ``settle`` (job id, CI state) jobs, forget the attempts of settled messages."""
         ...
 
     def job_by_token(self, client_token: str) -> JobEntry | None: ...
@@ -229,12 +251,31 @@ _MARK_DELIVERED = (
     "INSERT INTO deliveries (job_id, sink, delivered_at) VALUES (?, ?, ?)"
     " ON CONFLICT (job_id, sink) DO NOTHING"
 )
+_CLAIM = (
+    "INSERT INTO claims (job_id, owner, until) VALUES (?, ?, ?) ON CONFLICT (job_id) DO UPDATE"
+    " SET owner = excluded.owner, until = excluded.until"
+    " WHERE claims.until < ? OR claims.owner = excluded.owner RETURNING job_id"
+)
+_RELEASE = "DELETE FROM claims WHERE job_id = ? AND owner = ?"
+_NOT_WANTED = (
+    "INSERT INTO not_wanted (job_id, sink, decided_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (job_id, sink) DO NOTHING"
+)
 _BEGIN_ATTEMPT = (
     "INSERT INTO attempts (message_key, count, last_reason, first_at)"
     " VALUES (?, 1, '', ?) ON CONFLICT (message_key) DO UPDATE SET"
     " count = attempts.count + 1 RETURNING count, first_at, last_reason"
 )
 Rows = list[tuple[Any, ...]]
+
+
+def _settle_statement(job_id: str, ci_state: str | None, now: float) -> tuple[str, Params]:
+    status = FAILED if ci_state in ("Failed", "Cancel") else SETTLED
+    return (
+        "UPDATE jobs SET status = ?, settled_at = ?,"
+        " ci_state = COALESCE(?, ci_state) WHERE job_id = ? AND status IN (?, ?)",
+        (status, now, ci_state, job_id, *OPEN_STATUSES),
+    )
 
 
 class LedgerError(Exception):
@@ -261,8 +302,11 @@ class _SqlLedger:
         """Run the statements in one transaction; their row counts."""
         raise NotImplementedError
 
-    def _returning_all(self, statements: Sequence[tuple[str, Params]]) -> Rows:
-        """Run ``... RETURNING`` statements in one transaction; the first row of each."""
+    def _returning_all(
+        self, statements: Sequence[tuple[str, Params]], optional: bool = False
+    ) -> Rows:
+        """Run ``... RETURNING`` statements in one transaction; the first row of each (of each
+        that returned one, when ``optional``)."""
         raise NotImplementedError
 
     def delivered(self, job_id: str) -> set[str]:
@@ -279,16 +323,7 @@ class _SqlLedger:
 
     def mark_not_wanted(self, job_id: str, sinks: Iterable[str]) -> None:
         now = time.time()
-        self._run_all(
-            [
-                (
-                    "INSERT INTO not_wanted (job_id, sink, decided_at) VALUES (?, ?, ?)"
-                    " ON CONFLICT (job_id, sink) DO NOTHING",
-                    (job_id, sink, now),
-                )
-                for sink in sinks
-            ]
-        )
+        self._run_all([(_NOT_WANTED, (job_id, sink, now)) for sink in sinks])
 
     def mark_delivered(self, job_id: str, sink: str) -> None:
         self._run(_MARK_DELIVERED, (job_id, sink, time.time()))
@@ -316,25 +351,54 @@ class _SqlLedger:
         }
 
     def delivered_many(self, job_ids: Sequence[str]) -> dict[str, set[str]]:
+        return self._sinks_of(job_ids, with_not_wanted=False)
+
+    def finished_many(self, job_ids: Sequence[str]) -> dict[str, set[str]]:
+        return self._sinks_of(job_ids, with_not_wanted=True)
+
+    def claim_jobs(self, job_ids: Sequence[str], owner: str, lease_s: float) -> set[str]:
+        now = time.time()
+        rows = self._returning_all(
+            [(_CLAIM, (job_id, owner, now + lease_s, now)) for job_id in job_ids], optional=True
+        )
+        return {str(r[0]) for r in rows}
+
+    def release_jobs(self, job_ids: Sequence[str], owner: str) -> None:
+        if job_ids:
+            self._run_all([(_RELEASE, (job_id, owner)) for job_id in job_ids])
+
+    def _sinks_of(self, job_ids: Sequence[str], with_not_wanted: bool) -> dict[str, set[str]]:
         found: dict[str, set[str]] = {job_id: set() for job_id in job_ids}
         unique = list(found)
-        for i in range(0, len(unique), 500):  # SQLite allows 999 parameters per statement
-            chunk = unique[i : i + 500]
+        for i in range(0, len(unique), 400):  # SQLite allows 999 parameters per statement
+            chunk = unique[i : i + 400]
             marks = ", ".join("?" for _ in chunk)
-            rows, _ = self._run(
-                f"SELECT job_id, sink FROM deliveries WHERE job_id IN ({marks})",  # noqa: S608
-                chunk,
-            )
+            sql = f"SELECT job_id, sink FROM deliveries WHERE job_id IN ({marks})"  # noqa: S608
+            params = list(chunk)
+            if with_not_wanted:
+                sql += f" UNION ALL SELECT job_id, sink FROM not_wanted WHERE job_id IN ({marks})"  # noqa: S608
+                params += chunk
+            rows, _ = self._run(sql, params)
             for job_id, sink in rows:
                 found[str(job_id)].add(str(sink))
         return found
 
-    def finish_batch(self, delivered: Sequence[tuple[str, str]], cleared: Sequence[str]) -> None:
+    def finish_batch(
+        self,
+        delivered: Sequence[tuple[str, str]],
+        cleared: Sequence[str],
+        not_wanted: Sequence[tuple[str, str]] = (),
+        settled: Sequence[tuple[str, str | None]] = (),
+    ) -> None:
         now = time.time()
-        self._run_all(
-            [(_MARK_DELIVERED, (job_id, sink, now)) for job_id, sink in delivered]
-            + [("DELETE FROM attempts WHERE message_key = ?", (key,)) for key in cleared]
-        )
+        statements: list[tuple[str, Params]] = [
+            (_MARK_DELIVERED, (job_id, sink, now)) for job_id, sink in delivered
+        ]
+        statements += [(_NOT_WANTED, (job_id, sink, now)) for job_id, sink in not_wanted]
+        statements += [_settle_statement(job_id, state, now) for job_id, state in settled]
+        statements += [("DELETE FROM attempts WHERE message_key = ?", (k,)) for k in cleared]
+        if statements:
+            self._run_all(statements)
 
     def prune(self, older_than_s: float) -> int:
         cutoff = time.time() - older_than_s
@@ -343,6 +407,7 @@ class _SqlLedger:
                 ("DELETE FROM deliveries WHERE delivered_at < ?", (cutoff,)),
                 ("DELETE FROM attempts WHERE first_at < ?", (cutoff,)),
                 ("DELETE FROM not_wanted WHERE decided_at < ?", (cutoff,)),
+                ("DELETE FROM claims WHERE until < ?", (cutoff,)),
                 # Jobs still owed are kept whatever their age: they are what the ledger is for.
                 (
                     "DELETE FROM jobs WHERE status IN (?, ?) AND settled_at < ?",
@@ -350,7 +415,7 @@ class _SqlLedger:
                 ),
             ]
         )
-        return counts[0] + counts[1] + counts[3]  # not_wanted rows are bookkeeping
+        return counts[0] + counts[1] + counts[4]  # not_wanted and claims are bookkeeping
 
     # -- submitted jobs ------------------------------------------------------------------
     def _one(self, where: str, value: str) -> JobEntry | None:
@@ -392,12 +457,7 @@ class _SqlLedger:
         )  # fmt: skip
 
     def settle(self, job_id: str, ci_state: str | None) -> None:
-        status = FAILED if ci_state in ("Failed", "Cancel") else SETTLED
-        self._run(
-            "UPDATE jobs SET status = ?, settled_at = ?,"
-            " ci_state = COALESCE(?, ci_state) WHERE job_id = ? AND status IN (?, ?)",
-            (status, time.time(), ci_state, job_id, *OPEN_STATUSES),
-        )
+        self._run(*_settle_statement(job_id, ci_state, time.time()))
 
     def fail_job(self, client_token: str, reason: str) -> None:
         self._run(
@@ -508,11 +568,14 @@ class SqliteLedger(_SqlLedger):
                 raise
             return counts
 
-    def _returning_all(self, statements: Sequence[tuple[str, Params]]) -> Rows:
+    def _returning_all(
+        self, statements: Sequence[tuple[str, Params]], optional: bool = False
+    ) -> Rows:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 rows = [self._db.execute(sql, p).fetchone() for sql, p in statements]
+                rows = [r for r in rows if r is not None] if optional else rows
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

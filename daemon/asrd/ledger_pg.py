@@ -31,6 +31,11 @@ CREATE TABLE IF NOT EXISTS not_wanted (
     decided_at DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (job_id, sink)
 );
+CREATE TABLE IF NOT EXISTS claims (
+    job_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    until DOUBLE PRECISION NOT NULL
+);
 CREATE TABLE IF NOT EXISTS attempts (
     message_key TEXT PRIMARY KEY,
     count INTEGER NOT NULL,
@@ -141,13 +146,17 @@ class PostgresLedger(_SqlLedger):
         with self._pool.connection() as conn, conn.transaction():
             return [int(conn.execute(_pg(sql).encode(), p).rowcount) for sql, p in statements]
 
-    def _returning_all(self, statements: Sequence[tuple[str, Params]]) -> Rows:
+    def _returning_all(
+        self, statements: Sequence[tuple[str, Params]], optional: bool = False
+    ) -> Rows:
         rows: Rows = []
         with self._pool.connection() as conn, conn.transaction():
             for sql, p in statements:
                 row = conn.execute(_pg(sql).encode(), p).fetchone()
-                assert row is not None  # every statement here has a RETURNING clause
-                rows.append(row)
+                if row is not None:
+                    rows.append(row)
+                elif not optional:
+                    raise LedgerError(f"ledger: {sql.split()[0]} returned nothing")
         return rows
 
     def close(self) -> None:

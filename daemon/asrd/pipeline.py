@@ -7,9 +7,11 @@ says so.
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from . import callback
@@ -19,6 +21,10 @@ from .observers import Observers
 from .result import InvalidResult, ResultRecord, normalise, stamped
 from .sinks import SinkError
 from .sinks.routing import Router
+
+# How long a worker may take to deliver a job before another may deliver it too (a worker
+# that died holding a claim blocks its jobs this long; shorter than the drain deadline).
+CLAIM_LEASE_S = 10.0
 
 
 class Outcome(Enum):
@@ -36,6 +42,15 @@ class Verdict:
     delivered: tuple[str, ...] = ()  # sinks that got the record on this attempt
 
 
+@dataclass
+class _Writes:
+    """What a batch's deliveries leave for the ledger, written in one transaction (deliveries
+    themselves are recorded as each sink accepts)."""
+
+    not_wanted: list[tuple[str, str]] = field(default_factory=list)
+    settled: list[tuple[str, str | None]] = field(default_factory=list)
+
+
 class Pipeline:
     def __init__(
         self,
@@ -50,7 +65,9 @@ class Pipeline:
         self._ledger = ledger
         self._obs = observers
         self._max_bytes = max_message_bytes
-        self._job_locks = [threading.Lock() for _ in range(64)]
+        # Striped by job id; many stripes, since a batch holds one per job it delivers.
+        self._job_locks = [threading.Lock() for _ in range(4096)]
+        self._owner = f"{socket.gethostname()}:{os.getpid()}"
 
     def handle(self, body: bytes) -> Verdict:
         try:
@@ -63,6 +80,143 @@ class Pipeline:
                 f"not an ASR TaskFinish (event {event.event_name!r}, tag {event.tag!r})",
             )
         return self.deliver_job(event.job_id)
+
+    def handle_batch(self, bodies: list[bytes]) -> list[Verdict]:
+        """``handle`` for a batch of messages: one ledger query for what is already done, the
+        rest looked up together (multi-id describes), one ledger transaction for the jobs
+        settled. A verdict per body, in order; one bad job never fails its neighbours."""
+        verdicts: list[Verdict | None] = []
+        wanted: dict[str, list[int]] = {}  # job id -> positions of its messages
+        for i, body in enumerate(bodies):
+            try:
+                event = callback.parse(body, self._max_bytes)
+            except callback.BadMessage as exc:
+                verdicts.append(Verdict(Outcome.DEAD, f"bad message: {exc}"))
+                continue
+            if not event.is_asr_task_finish:
+                verdicts.append(
+                    Verdict(
+                        Outcome.IGNORED,
+                        f"not an ASR TaskFinish (event {event.event_name!r}, tag {event.tag!r})",
+                    )
+                )
+                continue
+            verdicts.append(None)
+            wanted.setdefault(event.job_id, []).append(i)
+        for job_id, verdict in self._deliver_jobs(list(wanted)).items():
+            for i in wanted[job_id]:
+                verdicts[i] = verdict
+        return [
+            v if v is not None else Verdict(Outcome.RETRY, "internal: no verdict") for v in verdicts
+        ]
+
+    def _deliver_jobs(self, job_ids: list[str]) -> dict[str, Verdict]:
+        out: dict[str, Verdict] = {}
+        names = self._router.names
+        finished = self._ledger.finished_many(job_ids)
+        done = [j for j in job_ids if names <= finished[j]]
+        if done:
+            # Duplicate callbacks or redeliveries after a crash: no need to ask CI again.
+            self._ledger.finish_batch([], [], settled=[(j, None) for j in done])
+            for j in done:
+                out[j] = Verdict(Outcome.DONE, "already delivered to every sink", j)
+        lookup = [j for j in job_ids if j not in out]
+        records: list[ResultRecord] = []
+        for job_id, detail in self._ci.get_jobs(lookup).items() if lookup else ():
+            if isinstance(detail, CiError):
+                outcome = Outcome.RETRY if detail.transient else Outcome.DEAD
+                out[job_id] = Verdict(outcome, f"CI get job failed: {detail}", job_id)
+            elif detail is None:
+                out[job_id] = Verdict(
+                    Outcome.RETRY, "CI does not know this job (NonExistJobIds)", job_id
+                )
+            else:
+                try:
+                    record = normalise(detail)
+                except InvalidResult as exc:
+                    out[job_id] = Verdict(Outcome.DEAD, f"invalid result from CI: {exc}", job_id)
+                    continue
+                if not record.terminal:
+                    out[job_id] = Verdict(
+                        Outcome.RETRY, f"job still {record.state} after its callback", job_id
+                    )
+                    continue
+                records.append(stamped(record))
+        if records:
+            out.update(self._deliver_records(records))
+        return out
+
+    def _deliver_records(self, records: list[ResultRecord]) -> dict[str, Verdict]:
+        """Deliver several records under their job locks (this process) and claims (every
+        worker and replica on the ledger); what is left to record (sinks that do not want a
+        job, settled jobs) goes in one transaction."""
+        stripes = sorted({hash(r.job_id) % len(self._job_locks) for r in records})
+        for stripe in stripes:  # in order: two batches never wait for each other in a cycle
+            self._job_locks[stripe].acquire()
+        claimed: set[str] = set()
+        try:
+            claimed = self._claim([r.job_id for r in records])
+            out = {
+                r.job_id: Verdict(
+                    Outcome.RETRY, "another worker was still delivering this job", r.job_id
+                )
+                for r in records
+                if r.job_id not in claimed
+            }
+            mine = [r for r in records if r.job_id in claimed]
+            # Read after claiming: a worker that delivered and let go is seen here.
+            finished = self._ledger.finished_many([r.job_id for r in mine])
+            writes = _Writes()
+            out.update({r.job_id: self._deliver_one(r, finished[r.job_id], writes) for r in mine})
+            self._ledger.finish_batch([], [], not_wanted=writes.not_wanted, settled=writes.settled)
+            return out
+        finally:
+            self._ledger.release_jobs(sorted(claimed), self._owner)
+            for stripe in stripes:
+                self._job_locks[stripe].release()
+
+    def _claim(self, job_ids: list[str]) -> set[str]:
+        """Claim the jobs, waiting while another worker holds some (it is delivering them now:
+        milliseconds; one that died frees them when its lease ends)."""
+        claimed = self._ledger.claim_jobs(job_ids, self._owner, CLAIM_LEASE_S)
+        deadline = time.monotonic() + CLAIM_LEASE_S + 1.0
+        wait = 0.02
+        while len(claimed) < len(job_ids) and time.monotonic() < deadline:
+            time.sleep(wait)
+            wait = min(wait * 2, 0.5)
+            rest = [j for j in job_ids if j not in claimed]
+            claimed |= self._ledger.claim_jobs(rest, self._owner, CLAIM_LEASE_S)
+        return claimed
+
+    def _deliver_one(self, record: ResultRecord, done: set[str], writes: _Writes) -> Verdict:
+        wanted = self._router.wanted(record)
+        unwanted = self._router.names - {r.sink.name for r in wanted} - done
+        writes.not_wanted += [(record.job_id, name) for name in unwanted]
+        failures: list[str] = []
+        delivered: list[str] = []
+        permanent = False
+        for route in wanted:
+            name = route.sink.name
+            if name in done:
+                continue
+            started = time.monotonic()
+            try:
+                route.sink.deliver(record)
+            except SinkError as exc:
+                failures.append(f"sink {name}: {exc}")
+                permanent = permanent or exc.permanent
+                self._obs.sink_failed(name, record.job_id, str(exc), exc.permanent)
+                continue
+            # Recorded at once, not with the batch: a duplicate of this job in another worker
+            # then finds it in the ledger as soon as this sink has it.
+            self._ledger.mark_delivered(record.job_id, name)
+            delivered.append(name)
+            self._obs.sink_delivered(name, record.job_id, time.monotonic() - started)
+        if failures:
+            outcome = Outcome.DEAD if permanent else Outcome.RETRY
+            return Verdict(outcome, "; ".join(failures), record.job_id, tuple(delivered))
+        writes.settled.append((record.job_id, record.state))
+        return Verdict(Outcome.DONE, "", record.job_id, tuple(delivered))
 
     def complete(self, job_id: str) -> bool:
         """Every configured sink has this job or does not want it (so CI need not be asked)."""
@@ -96,39 +250,6 @@ class Pipeline:
 
     def deliver(self, record: ResultRecord) -> Verdict:
         """Deliver a record to the sinks that want it and do not have it yet."""
-        # Duplicate callbacks (or the reconciler) may race on one job in this process: let one
-        # deliver and the other find it in the ledger. Across replicas, sinks stay idempotent.
-        with self._job_locks[hash(record.job_id) % len(self._job_locks)]:
-            return self._deliver(record)
-
-    def _deliver(self, record: ResultRecord) -> Verdict:
-        done = self._ledger.finished_sinks(record.job_id)
-        wanted = self._router.wanted(record)
-        unwanted = self._router.names - {r.sink.name for r in wanted} - done
-        if unwanted:
-            # Remembered, so a duplicate callback is settled without asking CI again.
-            self._ledger.mark_not_wanted(record.job_id, unwanted)
-        failures: list[str] = []
-        delivered: list[str] = []
-        permanent = False
-        for route in wanted:
-            name = route.sink.name
-            if name in done:
-                continue
-            started = time.monotonic()
-            try:
-                route.sink.deliver(record)
-            except SinkError as exc:
-                failures.append(f"sink {name}: {exc}")
-                permanent = permanent or exc.permanent
-                self._obs.sink_failed(name, record.job_id, str(exc), exc.permanent)
-                continue
-            self._ledger.mark_delivered(record.job_id, name)
-            delivered.append(name)
-            self._obs.sink_delivered(name, record.job_id, time.monotonic() - started)
-        if failures:
-            outcome = Outcome.DEAD if permanent else Outcome.RETRY
-            return Verdict(outcome, "; ".join(failures), record.job_id, tuple(delivered))
-        # Every selected sink has it: a job asrd submitted is no longer owed.
-        self._ledger.settle(record.job_id, record.state)
-        return Verdict(Outcome.DONE, "", record.job_id, tuple(delivered))
+        # Duplicate callbacks (or the reconciler) may race on one job: one delivers, the other
+        # finds it in the ledger (the job locks in this process, the ledger's claims across).
+        return self._deliver_records([record])[record.job_id]

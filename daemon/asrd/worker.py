@@ -17,6 +17,7 @@ from .pipeline import Outcome, Verdict
 from .settle import Action, Settlement, before_processing, settle
 
 Handler = Callable[[bytes], Verdict]
+BatchHandler = Callable[[list[bytes]], list[Verdict]]
 
 
 class Transport(Protocol):
@@ -35,9 +36,11 @@ class Worker:
         ledger: Ledger,
         transport: Transport,
         observers: Observers,
+        handle_batch: BatchHandler | None = None,
     ) -> None:
         self._settings = settings
         self._handle = handle
+        self._handle_batch = handle_batch
         self._ledger = ledger
         self._transport = transport
         self._obs = observers
@@ -56,6 +59,57 @@ class Worker:
         self._obs.verdict(info, verdict, time.monotonic() - started)
         self._carry_out(m, info, verdict, settlement)
 
+    def process_batch(self, ms: list[Inbound]) -> None:
+        """``process`` for several messages: attempts counted in one ledger transaction, the
+        pipeline asked once, each message settled on its own, attempts of the settled ones
+        forgotten in one transaction."""
+        if self._handle_batch is None or len(ms) == 1:
+            for m in ms:
+                self.process(m)
+            return
+        attempts = self._ledger.begin_attempts([m.key for m in ms])
+        now = time.time()
+        infos, early, todo = [], {}, []
+        for m in ms:
+            attempt = attempts[m.key]
+            info = MessageInfo(m.origin_id, attempt.count, m.published_ms)
+            self._obs.message_received(info)
+            infos.append(info)
+            settlement = before_processing(attempt, self._settings, now)
+            if settlement is not None:
+                early[m.key] = settlement
+            else:
+                todo.append(m)
+        started = time.monotonic()
+        verdicts = dict(zip((m.key for m in todo), self._judge_batch(todo, infos), strict=True))
+        seconds = time.monotonic() - started
+        cleared: list[str] = []
+        for m, info in zip(ms, infos, strict=True):
+            attempt = attempts[m.key]
+            if m.key in early:
+                settlement = early[m.key]
+                verdict = Verdict(Outcome.DEAD, settlement.reason)
+            else:
+                verdict = verdicts[m.key]
+                settlement = settle(verdict, attempt, self._settings, time.time())
+            self._obs.verdict(info, verdict, seconds)
+            if self._carry_out(m, info, verdict, settlement, clear=False):
+                cleared.append(m.key)
+        if cleared:
+            self._ledger.finish_batch([], cleared)
+
+    def _judge_batch(self, todo: list[Inbound], infos: list[MessageInfo]) -> list[Verdict]:
+        if not todo:
+            return []
+        assert self._handle_batch is not None
+        try:
+            return self._handle_batch([m.data for m in todo])
+        except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker or lose messages
+            self._obs.pipeline_crashed(infos[0], exc)
+            return [Verdict(Outcome.RETRY, f"internal error: {type(exc).__name__}: {exc}")] * len(
+                todo
+            )
+
     def _judge(self, m: Inbound, info: MessageInfo) -> Verdict:
         try:
             return self._handle(m.data)
@@ -64,8 +118,14 @@ class Worker:
             return Verdict(Outcome.RETRY, f"internal error: {type(exc).__name__}: {exc}")
 
     def _carry_out(
-        self, m: Inbound, info: MessageInfo, verdict: Verdict, settlement: Settlement
-    ) -> None:
+        self,
+        m: Inbound,
+        info: MessageInfo,
+        verdict: Verdict,
+        settlement: Settlement,
+        clear: bool = True,
+    ) -> bool:
+        """Settle the message; True when its attempts may be forgotten (``clear``: now)."""
         if settlement.action is Action.RETRY:
             self._ledger.note_failure(m.key, settlement.reason)
             error = self._transport.retry(m, info.attempt, settlement.delay_s)
@@ -76,9 +136,11 @@ class Worker:
             error = ""
         if error:
             self._obs.publish_failed(info, settlement, error)
-            return
-        if settlement.action is not Action.RETRY:
+            return False
+        forget = settlement.action is not Action.RETRY
+        if forget and clear:
             self._ledger.clear_attempts(m.key)
         if settlement.action is Action.DEAD_LETTER:
             self._obs.dead_lettered(info, settlement.reason)
         self._obs.settled(info, verdict, settlement)
+        return forget
