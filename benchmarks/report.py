@@ -79,7 +79,7 @@ def machine() -> dict[str, Any]:
             break
     commit = subprocess.run(
         ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True
-    ).stdout.strip()
+    ).stdout.strip() or os.environ.get("BENCH_COMMIT", "")  # a run from an exported tree
     mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
     return {
         "cores": os.cpu_count(),
@@ -135,6 +135,7 @@ def _steady_note(run: DaemonRun, cores: int, bound_ms: float) -> str:
 
 def targets(r: Results) -> list[Target]:
     a, b, s = r.backlog, r.latency, r.steady
+    notes_scale: dict[str, str] = {}
     bound_ms = 3 * s.run.latency_ms + 50
     p99 = s.run.latency_ms_at(99)
     growth = a.rss_growth
@@ -178,11 +179,26 @@ def targets(r: Results) -> list[Target]:
     ]
     if r.scale is not None:
         out = _scale_targets(r, r.scale) + out
+        cores = r.machine["cores"]
+        for ledger in ("sqlite", "postgresql"):
+            one, two = r.scale.workers[f"{ledger}-1"], r.scale.workers[f"{ledger}-2"]
+            notes_scale[f"workers_{ledger}"] = (
+                f"{two.cpu_ms_per_job:.2f} CPU-ms per job with two workers "
+                f"({one.cpu_ms_per_job:.2f} with one): at {two.rate:.0f} jobs/s they use "
+                f"{two.rate * two.cpu_ms_per_job / 1000:.2f} of the {cores} cores the broker, "
+                "the emulator, the ledger's server and the load share"
+            )
+        notes_scale["cpu_vs_baseline"] = (
+            "the afternoon script does one describe, one file write and one ack per job and "
+            "nothing else; asrd adds the ledger (attempts, deliveries, claims), routing and "
+            "normalisation"
+        )
     notes = {
         "vs_baseline_latency_0": _cores_note(a, r.machine["cores"]),
         "vs_baseline_latency_50": _cores_note(b, r.machine["cores"]),
         "cpu_per_job": _cores_note(a, r.machine["cores"]),
         "steady_p99": _steady_note(s.run, r.machine["cores"], bound_ms),
+        **notes_scale,
     }
     return [t if t.passed else Target(**{**asdict(t), "note": notes.get(t.key, "")}) for t in out]
 
