@@ -106,7 +106,9 @@ def test_a_smaller_quota_than_configured_is_found_by_backing_off(
         # Within its three tries each call got through, but for a few of the first second's
         # burst at 40/s (the daemon retries those later through the retry topic).
         assert failed <= 3
-        assert throttled <= 25  # settled near CI's 10/s (without a limiter: ~60 of ~75)
+        # Settled near CI's 10/s: most throttling answers come in the first second's burst at
+        # 40/s (13-30 here; without a limiter ~62 of ~75 requests are throttled).
+        assert throttled <= 40
         assert elapsed <= 8.0  # and used it: 60 calls at 10/s take at least 5 s
     finally:
         client.emulator.stop()  # type: ignore[attr-defined]

@@ -125,6 +125,9 @@ def test_ci_faults_5xx_throttling_latency(
         broker.service_url,
         extra_pulsar=f"concurrency = 16\n{FAST_RETRY}",
     )
+    # One id per describe: every job costs CI requests of its own, so the faults hit often
+    # (batches of messages still go through the pipeline together).
+    cfg.env = {"ASRD_CI__GET_BATCH_SIZE": "1"}
     jobs = create_jobs(cfg, 200)
     set_faults(
         emulator.endpoint, error_rate=0.2, error_code="mixed", throttle_rps=20,
@@ -137,12 +140,10 @@ def test_ci_faults_5xx_throttling_latency(
         assert stop(daemon) == 0
     check_delivered_once(cfg, jobs)
     assert dead_letters(broker, cfg) == []
-    # The faults really happened: the emulator counts what it injected. Every request gets a
-    # latency; look-ups share requests (up to get_batch_size ids), so there are fewer than jobs.
+    # The faults really happened: the emulator counts what it injected.
     counts = requests.get(f"{emulator.endpoint}/-/faults", timeout=5).json()["counts"]
-    requests_made = counts.get("latency", 0)
-    assert requests_made >= 200 / 10, counts
-    assert counts.get("error", 0) >= 0.1 * requests_made, counts  # 20% asked for
+    assert counts.get("error", 0) >= 10, counts
+    assert counts.get("latency", 0) >= 100, counts
     assert counts.get("throttled", 0) >= 1, counts
 
 
