@@ -1,5 +1,6 @@
 # asrd developer entry points. Everything the project needs is installed from here:
-# .venv from PyPI, the Pulsar broker jars from Maven Central (scripts/pulsar).
+# .venv from PyPI, the Pulsar broker jars from Maven Central (scripts/pulsar), Debian packages
+# for PostgreSQL and the deployment tests (scripts/deploy-deps).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
