@@ -387,3 +387,16 @@ def official_cmq_queue(cmq_endpoint: str, name: str) -> Any:
     from cmq.account import Account
 
     return Account(cmq_endpoint, SECRET_ID, SECRET_KEY).get_queue(name)
+
+
+class Clock:
+    """A fake clock for pure timing logic (rate limiters): ``sleep`` moves it, nothing waits."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds

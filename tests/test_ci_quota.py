@@ -15,18 +15,7 @@ from asrd.ci import CiClient, CiError
 from asrd.limiter import AdaptiveLimiter
 
 from .conftest import Broker
-from .support import set_faults, start_emulator, write_config
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
+from .support import Clock, set_faults, start_emulator, write_config
 
 
 def test_throttling_slows_and_pauses_every_caller_then_the_rate_recovers() -> None:

@@ -9,16 +9,7 @@ import pytest
 
 from asrd.limiter import RateLimiter
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
+from .support import Clock
 
 
 def test_slots_are_spaced_exactly_and_never_drift() -> None:
