@@ -5,10 +5,12 @@ tested end to end in test_intake.py."""
 from __future__ import annotations
 
 import json
+import re
 
 from tencentcloud.common.sign import Sign
 
-from asrd.cmq import QUEUE_NAME, string_to_sign
+from asrd.cmq import string_to_sign
+from asrd.config import CMQ_NAME
 from asrd.intake.url import unwrap_push
 
 # tdmq-cmq.md §2.2: computed with the official SDK's Sign.make and cross-checked with hmac.
@@ -49,10 +51,10 @@ def test_array_keys_sign_with_dots_and_raw_values() -> None:
 
 
 def test_queue_name_rule() -> None:
-    assert QUEUE_NAME.fullmatch("asr-callbacks")
-    assert QUEUE_NAME.fullmatch("a" * 64)
+    assert re.fullmatch(CMQ_NAME, "asr-callbacks")
+    assert re.fullmatch(CMQ_NAME, "a" * 64)
     for bad in ("", "1abc", "a_b", "a" * 65, "a.b"):
-        assert not QUEUE_NAME.fullmatch(bad)
+        assert not re.fullmatch(CMQ_NAME, bad)
 
 
 def test_push_envelope_is_unwrapped_and_raw_bodies_pass() -> None:

@@ -16,7 +16,6 @@ list, never as an error.
 from __future__ import annotations
 
 import random
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,15 +26,12 @@ import requests
 from tencentcloud.common.sign import Sign
 
 __all__ = [
-    "QUEUE_NAME",
     "CmqClient",
     "CmqError",
     "CmqMessage",
     "string_to_sign",
 ]
 
-# CMQ's queue and topic name rule (tdmq-cmq.md §4.6).
-QUEUE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,63}$")
 MAX_BATCH = 16
 MAX_POLL_S = 30
 NO_MESSAGE = 7000
