@@ -19,7 +19,7 @@ from .ci import CiClient, CiError, JobsDetail
 from .ledger import Ledger
 from .observers import Observers
 from .result import InvalidResult, ResultRecord, normalise, stamped
-from .sinks import SinkError
+from .sinks.base import deliver_all
 from .sinks.routing import Router
 
 # How long a worker may take to deliver a job before another may deliver it too (a worker
@@ -167,7 +167,7 @@ class Pipeline:
             # Read after claiming: a worker that delivered and let go is seen here.
             finished = self._ledger.finished_many([r.job_id for r in mine])
             writes = _Writes()
-            out.update({r.job_id: self._deliver_one(r, finished[r.job_id], writes) for r in mine})
+            out.update(self._deliver_claimed(mine, finished, writes))
             self._ledger.finish_batch([], [], not_wanted=writes.not_wanted, settled=writes.settled)
             return out
         finally:
@@ -188,35 +188,48 @@ class Pipeline:
             claimed |= self._ledger.claim_jobs(rest, self._owner, CLAIM_LEASE_S)
         return claimed
 
-    def _deliver_one(self, record: ResultRecord, done: set[str], writes: _Writes) -> Verdict:
-        wanted = self._router.wanted(record)
-        unwanted = self._router.names - {r.sink.name for r in wanted} - done
-        writes.not_wanted += [(record.job_id, name) for name in unwanted]
-        failures: list[str] = []
-        delivered: list[str] = []
-        permanent = False
-        for route in wanted:
+    def _deliver_claimed(
+        self, records: list[ResultRecord], done: dict[str, set[str]], writes: _Writes
+    ) -> dict[str, Verdict]:
+        """Each sink gets the records it wants and lacks in one batch; one record's failure
+        never fails its neighbours."""
+        wanted = {r.job_id: {route.sink.name for route in self._router.wanted(r)} for r in records}
+        failures: dict[str, list[str]] = {r.job_id: [] for r in records}
+        permanent: set[str] = set()
+        delivered: dict[str, list[str]] = {r.job_id: [] for r in records}
+        for r in records:
+            unwanted = self._router.names - wanted[r.job_id] - done[r.job_id]
+            writes.not_wanted += [(r.job_id, name) for name in unwanted]
+        for route in self._router.routes:
             name = route.sink.name
-            if name in done:
+            batch = [r for r in records if name in wanted[r.job_id] and name not in done[r.job_id]]
+            if not batch:
                 continue
             started = time.monotonic()
-            try:
-                route.sink.deliver(record)
-            except SinkError as exc:
-                failures.append(f"sink {name}: {exc}")
-                permanent = permanent or exc.permanent
-                self._obs.sink_failed(name, record.job_id, str(exc), exc.permanent)
-                continue
-            # Recorded at once, not with the batch: a duplicate of this job in another worker
-            # then finds it in the ledger as soon as this sink has it.
-            self._ledger.mark_delivered(record.job_id, name)
-            delivered.append(name)
-            self._obs.sink_delivered(name, record.job_id, time.monotonic() - started)
-        if failures:
-            outcome = Outcome.DEAD if permanent else Outcome.RETRY
-            return Verdict(outcome, "; ".join(failures), record.job_id, tuple(delivered))
-        writes.settled.append((record.job_id, record.state))
-        return Verdict(Outcome.DONE, "", record.job_id, tuple(delivered))
+            errors = deliver_all(route.sink, batch)
+            seconds = time.monotonic() - started
+            for job_id, exc in errors.items():
+                failures[job_id].append(f"sink {name}: {exc}")
+                if exc.permanent:
+                    permanent.add(job_id)
+                self._obs.sink_failed(name, job_id, str(exc), exc.permanent)
+            ok = [r.job_id for r in batch if r.job_id not in errors]
+            # Recorded at once, not with the batch's settlement: a duplicate of a job in another
+            # worker then finds it in the ledger as soon as this sink has it.
+            self._ledger.finish_batch([(job_id, name) for job_id in ok], [])
+            for job_id in ok:
+                delivered[job_id].append(name)
+                self._obs.sink_delivered(name, job_id, seconds)
+        out: dict[str, Verdict] = {}
+        for r in records:
+            got = tuple(delivered[r.job_id])
+            if failures[r.job_id]:
+                outcome = Outcome.DEAD if r.job_id in permanent else Outcome.RETRY
+                out[r.job_id] = Verdict(outcome, "; ".join(failures[r.job_id]), r.job_id, got)
+            else:
+                writes.settled.append((r.job_id, r.state))
+                out[r.job_id] = Verdict(Outcome.DONE, "", r.job_id, got)
+        return out
 
     def complete(self, job_id: str) -> bool:
         """Every configured sink has this job or does not want it (so CI need not be asked)."""

@@ -1,7 +1,9 @@
-"""The sink interface: deliver one record, idempotently, or raise ``SinkError``."""
+"""The sink interface: deliver one record, idempotently, or raise ``SinkError``; optionally
+several at once (``BatchSink``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from ..result import ResultRecord
@@ -27,3 +29,26 @@ class Sink(Protocol):
     def deliver(self, record: ResultRecord) -> None: ...
 
     def close(self) -> None: ...
+
+
+class BatchSink(Sink, Protocol):
+    """A sink that takes several records at once (files written then synced together, one
+    producer flush). Returns the records that failed, by job id; the others are durable."""
+
+    def deliver_many(self, records: Sequence[ResultRecord]) -> dict[str, SinkError]: ...
+
+
+def deliver_all(sink: Sink, records: Sequence[ResultRecord]) -> dict[str, SinkError]:
+    """``records`` to ``sink``: at once where it takes batches, else one by one. One record's
+    failure never fails the others."""
+    many = getattr(sink, "deliver_many", None)
+    if many is not None:
+        failed: dict[str, SinkError] = many(records)
+        return failed
+    failed = {}
+    for record in records:
+        try:
+            sink.deliver(record)
+        except SinkError as exc:
+            failed[record.job_id] = exc
+    return failed

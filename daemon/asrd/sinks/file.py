@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..config import FileSinkSettings, Settings
@@ -15,25 +17,55 @@ from .base import SinkError
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Readers see the old file or the whole new one, never a part; durable on return.
 
-    ``mode`` is set exactly (mkstemp makes 0600 and the umask does not apply to fchmod)."""
-    # The writer's pid in the name lets a later start remove what a killed process left.
-    prefix = f".{path.name}.{os.getpid()}."
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=_TMP_SUFFIX)
+    ``mode`` is set exactly (the umask does not apply to fchmod)."""
+    write_all([(path, data)], mode)
+
+
+def write_all(files: Sequence[tuple[Path, bytes]], mode: int = 0o644) -> dict[Path, OSError]:
+    """``write_atomic`` for several files of one directory: each written to a temp file and
+    fsynced, renamed into place, then the directory fsynced once for all the renames. Returns
+    the files that could not be written (the others are in place and durable)."""
+    failed: dict[Path, OSError] = {}
+    placed: list[Path] = []
+    for path, data in files:
+        tmp = _temp_name(path)
+        try:
+            _write_synced(tmp, data, mode)
+            os.replace(tmp, path)
+        except OSError as exc:
+            failed[path] = exc
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            continue
+        placed.append(path)
+    for directory in {p.parent for p in placed}:
+        try:
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:  # the renames may not survive a crash: not durable, not done
+            failed.update((p, exc) for p in placed if p.parent == directory)
+    return failed
+
+
+def _temp_name(path: Path) -> Path:
+    # Unique among live writers without a random part: the writer's pid (which also lets a
+    # later start remove what a killed process left) and thread.
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_native_id()}{_TMP_SUFFIX}")
+
+
+def _write_synced(tmp: Path, data: bytes, mode: int) -> None:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)
 
 
 _TMP_SUFFIX = ".tmp"
@@ -54,7 +86,7 @@ def sweep_orphans(directory: Path) -> int:
     removed = 0
     for tmp in directory.glob(f".*{_TMP_SUFFIX}"):
         parts = tmp.name.split(".")
-        # ".<job>.<fmt>.<pid>.<random>.tmp" -> pid is the third part from the end
+        # ".<job>.<fmt>.<pid>.<thread>.tmp" -> pid is the third part from the end
         pid = parts[-3] if len(parts) >= 5 else ""
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)
@@ -72,15 +104,28 @@ class FileSink:
         sweep_orphans(self.dir)
 
     def deliver(self, record: ResultRecord) -> None:
-        # job_id was checked against CI's id pattern, so it is a safe file name.
-        try:
-            # json last: its presence means every other format is already in place.
-            for fmt in sorted(self.formats, key=lambda f: f == "json"):
-                path = self.dir / f"{record.job_id}.{fmt}"
-                write_atomic(path, render(record, fmt), self.file_mode)
-        except OSError as exc:
-            # A full or read-only disk may recover; keep the message and retry later.
-            raise SinkError(f"cannot write to {self.dir}: {exc.strerror}") from None
+        failed = self.deliver_many([record])
+        if failed:
+            raise failed[record.job_id]
+
+    def deliver_many(self, records: Sequence[ResultRecord]) -> dict[str, SinkError]:
+        """Every format of every record; the directory is synced once for the batch."""
+        # json last: its presence means every other format is already in place.
+        formats = sorted(self.formats, key=lambda f: f == "json")
+        failed: dict[str, SinkError] = {}
+        for stage in (formats[:-1], formats[-1:]):
+            files = {
+                self.dir / f"{r.job_id}.{fmt}": (r.job_id, render(r, fmt))
+                for r in records
+                if r.job_id not in failed
+                for fmt in stage
+            }
+            # job_id was checked against CI's id pattern, so it is a safe file name.
+            errors = write_all([(p, data) for p, (_, data) in files.items()], self.file_mode)
+            for path, exc in errors.items():
+                # A full or read-only disk may recover; keep the message and retry later.
+                failed[files[path][0]] = SinkError(f"cannot write to {self.dir}: {exc.strerror}")
+        return failed
 
     def close(self) -> None:
         return None

@@ -1,11 +1,16 @@
-"""Pulsar sink: the record as JSON on a topic, keyed by job id, sent synchronously.
+"""Pulsar sink: the record as JSON on a topic, keyed by job id.
 
-A send returns only once the broker has persisted the message. Consumers downstream dedupe on
-the ``job_id`` property (asrd delivers at least once).
+A delivery returns only once the broker has persisted the message; a batch is sent
+asynchronously and flushed once. Consumers downstream dedupe on the ``job_id`` property (asrd
+delivers at least once).
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import pulsar
@@ -40,14 +45,63 @@ class PulsarSink:
         return self._producer
 
     def deliver(self, record: ResultRecord) -> None:
-        body = to_json(record)
-        props = {"job_id": record.job_id, "state": record.state, "schema_version": "1"}
+        failed = self.deliver_many([record])
+        if failed:
+            raise failed[record.job_id]
+
+    def deliver_many(self, records: Sequence[ResultRecord]) -> dict[str, SinkError]:
+        """Send every record without waiting, flush once, then wait for each send's answer."""
+        done = threading.Semaphore(0)
+        results: dict[str, Any] = {}
+
+        def sent(job_id: str, result: Any, _msg_id: Any) -> None:
+            results[job_id] = result
+            done.release()
+
+        failed: dict[str, SinkError] = {}
+        sizes: dict[str, int] = {}
         try:
-            self._ensure_producer().send(body, properties=props, partition_key=record.job_id)
-        except pulsar.MessageTooBig:
-            raise SinkError(f"{self.topic}: record of {len(body)} bytes is too big", True) from None
+            producer = self._ensure_producer()
         except pulsar.PulsarException as exc:
-            raise SinkError(f"{self.topic}: {type(exc).__name__}: {exc}") from None
+            error = SinkError(f"{self.topic}: {type(exc).__name__}: {exc}")
+            return {r.job_id: error for r in records}
+        waiting = 0
+        for record in records:
+            body = to_json(record)
+            sizes[record.job_id] = len(body)
+            props = {"job_id": record.job_id, "state": record.state, "schema_version": "1"}
+            try:
+                producer.send_async(
+                    body,
+                    partial(sent, record.job_id),
+                    properties=props,
+                    partition_key=record.job_id,
+                )
+            except pulsar.PulsarException as exc:
+                failed[record.job_id] = self._error(record.job_id, exc, len(body))
+                continue
+            waiting += 1
+        with contextlib.suppress(pulsar.PulsarException):  # each send's own answer says
+            producer.flush()
+        for _ in range(waiting):
+            # The send timeout bounds every answer; the margin covers the callback thread.
+            if not done.acquire(timeout=self._timeout_ms / 1000 + 30):
+                break
+        for record in records:
+            if record.job_id in failed:
+                continue
+            result = results.get(record.job_id)
+            if result is None:
+                failed[record.job_id] = SinkError(f"{self.topic}: no answer to the send")
+            elif result != pulsar.Result.Ok:
+                failed[record.job_id] = self._error(record.job_id, result, sizes[record.job_id])
+        return failed
+
+    def _error(self, job_id: str, problem: object, size: int) -> SinkError:
+        if isinstance(problem, pulsar.MessageTooBig) or problem == pulsar.Result.MessageTooBig:
+            return SinkError(f"{self.topic}: record of {size} bytes is too big", True)
+        name = type(problem).__name__ if isinstance(problem, Exception) else str(problem)
+        return SinkError(f"{self.topic}: {name}: {problem}")
 
     def close(self) -> None:
         if self._producer is not None:
