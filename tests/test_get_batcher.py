@@ -98,3 +98,27 @@ def test_sdk_errors_are_classified(status: int, code: str, transient: bool) -> N
     info = {"code": code, "message": "m", "resource": "r", "requestid": "id"}
     err = classify(CosServiceError("GET", info, status))
     assert (err.code, err.status, err.transient) == (code, status, transient)
+
+
+def test_get_many_asks_whole_requests_itself_and_queues_only_the_rest() -> None:
+    """With one lane the caller's own requests and the dispatcher's share it without a
+    deadlock; the caller's thread sends the whole requests, the batcher's lane the rest."""
+    threads: list[str] = []
+
+    class Recording(FakeDescribe):
+        def __call__(self, ids: list[str]) -> dict[str, JobsDetail]:
+            threads.append(threading.current_thread().name)
+            return super().__call__(ids)
+
+    describe = Recording(delay=0, poison="s-poison")
+    batcher = GetBatcher(describe, lanes=1, max_ids=10)
+    ids = [f"s{i:032x}" for i in range(24)] + ["missing-1"]
+    ids[3] = "s-poison"  # refused as a whole: its request is split, its neighbours found
+    got = batcher.get_many(ids)
+    assert list(got) == ids
+    assert isinstance(got["s-poison"], CiError) and got["missing-1"] is None
+    assert all(isinstance(got[i], dict) for i in ids if i not in ("s-poison", "missing-1"))
+    first_two = describe.calls[:2]
+    assert [len(c) for c in first_two] == [10, 5]  # the refused 10 split in halves
+    assert threads[0] == threading.current_thread().name
+    assert any(t.startswith("asrd-ci") for t in threads), "the remainder went through a lane"

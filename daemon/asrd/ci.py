@@ -215,6 +215,11 @@ _PROXY_ENV = (
 )  # fmt: skip
 
 
+def _outcome(fut: Future[JobsDetail | None]) -> JobsDetail | BaseException | None:
+    exc = fut.exception()
+    return exc if exc is not None else fut.result()
+
+
 class GetBatcher:
     """Coalesces concurrent job lookups into describe requests of up to ``max_ids`` ids.
 
@@ -254,17 +259,33 @@ class GetBatcher:
         return self._submit([job_id])[0].result()
 
     def get_many(self, job_ids: list[str]) -> dict[str, JobsDetail | CiError | None]:
-        """Several ids at once (they share requests); a failure is the id's value."""
-        futures = self._submit(job_ids)
+        """Several ids at once (they share requests); a failure is the id's value.
+
+        Whole requests' worth of ids are asked from the caller's thread (a batch of messages
+        already is a batch of ids: handing it to a lane costs thread switches and gains
+        nothing); only the rest joins the queue, to share a request with other callers' ids."""
+        whole = len(job_ids) - len(job_ids) % self._max_ids
+        rest = job_ids[whole:]
+        futures = self._submit(rest) if rest else []
+        found: dict[str, JobsDetail | BaseException | None] = {}
+        for i in range(0, whole, self._max_ids):
+            with self._lanes:
+                if self._pace is not None:
+                    self._pace()
+                with self._ready:
+                    self._busy += 1  # in flight: the dispatcher lingers for fuller batches
+                try:
+                    found.update(self._lookup(job_ids[i : i + self._max_ids]))
+                finally:
+                    with self._ready:
+                        self._busy -= 1
+        found.update((job_id, _outcome(fut)) for job_id, fut in zip(rest, futures, strict=True))
         out: dict[str, JobsDetail | CiError | None] = {}
-        for job_id, fut in zip(job_ids, futures, strict=True):
-            exc = fut.exception()
-            if exc is None:
-                out[job_id] = fut.result()
-            elif isinstance(exc, CiError):
-                out[job_id] = exc
-            else:
-                raise exc
+        for job_id in job_ids:
+            value = found.get(job_id)
+            if isinstance(value, BaseException) and not isinstance(value, CiError):
+                raise value
+            out[job_id] = value
         return out
 
     def _submit(self, job_ids: list[str]) -> list[Future[JobsDetail | None]]:
@@ -276,10 +297,11 @@ class GetBatcher:
 
     def _dispatch(self) -> None:
         while True:
-            self._lanes.acquire()  # first a free lane: meanwhile ids pile up into one batch
             with self._ready:
                 while not self._queue:
                     self._ready.wait()
+            # A free lane (callers' own requests hold lanes too); meanwhile ids pile up.
+            self._lanes.acquire()
             if self._pace is not None:
                 self._pace()  # a request slot of the quota: more ids pile up meanwhile
             with self._ready:
@@ -297,13 +319,7 @@ class GetBatcher:
 
     def _run(self, batch: list[tuple[str, Future[JobsDetail | None]]]) -> None:
         try:
-            ids = list(dict.fromkeys(job_id for job_id, _ in batch))
-            try:
-                outcome: dict[str, JobsDetail | BaseException | None] = dict(self._describe(ids))
-            except CiError as exc:
-                if exc.transient or len(ids) == 1:
-                    raise
-                outcome = self._split(ids)
+            outcome = self._lookup([job_id for job_id, _ in batch])
             for job_id, fut in batch:
                 result = outcome.get(job_id)
                 if isinstance(result, BaseException):
@@ -318,6 +334,16 @@ class GetBatcher:
             with self._ready:
                 self._busy -= 1
             self._lanes.release()
+
+    def _lookup(self, job_ids: list[str]) -> dict[str, JobsDetail | BaseException | None]:
+        """One describe request for the ids (a refused one split in halves)."""
+        ids = list(dict.fromkeys(job_ids))
+        try:
+            return dict(self._describe(ids))
+        except CiError as exc:
+            if exc.transient or len(ids) == 1:
+                return dict.fromkeys(ids, exc)
+            return self._split(ids)
 
     def _split(self, ids: list[str]) -> dict[str, JobsDetail | BaseException | None]:
         """The ids of a refused request, asked again in halves (each half paced)."""
