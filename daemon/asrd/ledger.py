@@ -203,9 +203,12 @@ class Ledger(Protocol):
         cleared: Sequence[str],
         not_wanted: Sequence[tuple[str, str]] = (),
         settled: Sequence[tuple[str, str | None]] = (),
+        release: Sequence[str] = (),
+        owner: str = "",
     ) -> None:
         """In one transaction: record (job id, sink) deliveries and sinks that do not want a
-        job, ``settle`` (job id, CI state) jobs, forget the attempts of settled messages."""
+        job, ``settle`` (job id, CI state) jobs, forget the attempts of settled messages, and
+        give up ``owner``'s claims on the ``release`` jobs."""
         ...
 
     def job_by_token(self, client_token: str) -> JobEntry | None: ...
@@ -389,6 +392,8 @@ class _SqlLedger:
         cleared: Sequence[str],
         not_wanted: Sequence[tuple[str, str]] = (),
         settled: Sequence[tuple[str, str | None]] = (),
+        release: Sequence[str] = (),
+        owner: str = "",
     ) -> None:
         now = time.time()
         statements: list[tuple[str, Params]] = [
@@ -397,6 +402,7 @@ class _SqlLedger:
         statements += [(_NOT_WANTED, (job_id, sink, now)) for job_id, sink in not_wanted]
         statements += [_settle_statement(job_id, state, now) for job_id, state in settled]
         statements += [("DELETE FROM attempts WHERE message_key = ?", (k,)) for k in cleared]
+        statements += [(_RELEASE, (job_id, owner)) for job_id in release]
         if statements:
             self._run_all(statements)
 

@@ -44,9 +44,9 @@ class Verdict:
 
 @dataclass
 class _Writes:
-    """What a batch's deliveries leave for the ledger, written in one transaction (deliveries
-    themselves are recorded as each sink accepts)."""
+    """What a batch's deliveries leave for the ledger, written in one transaction."""
 
+    delivered: list[tuple[str, str]] = field(default_factory=list)
     not_wanted: list[tuple[str, str]] = field(default_factory=list)
     settled: list[tuple[str, str | None]] = field(default_factory=list)
 
@@ -148,30 +148,43 @@ class Pipeline:
 
     def _deliver_records(self, records: list[ResultRecord]) -> dict[str, Verdict]:
         """Deliver several records under their job locks (this process) and claims (every
-        worker and replica on the ledger); what is left to record (sinks that do not want a
-        job, settled jobs) goes in one transaction."""
+        worker and replica on the ledger); what the deliveries leave to record (sinks that
+        have a job or do not want it, settled jobs, the claims given up) goes in one
+        transaction."""
         stripes = sorted({hash(r.job_id) % len(self._job_locks) for r in records})
         for stripe in stripes:  # in order: two batches never wait for each other in a cycle
             self._job_locks[stripe].acquire()
-        claimed: set[str] = set()
+        claimed: list[str] = []
         try:
-            claimed = self._claim([r.job_id for r in records])
+            got = self._claim([r.job_id for r in records])
+            claimed = sorted(got)
             out = {
                 r.job_id: Verdict(
                     Outcome.RETRY, "another worker was still delivering this job", r.job_id
                 )
                 for r in records
-                if r.job_id not in claimed
+                if r.job_id not in got
             }
-            mine = [r for r in records if r.job_id in claimed]
+            mine = [r for r in records if r.job_id in got]
             # Read after claiming: a worker that delivered and let go is seen here.
             finished = self._ledger.finished_many([r.job_id for r in mine])
             writes = _Writes()
             out.update(self._deliver_claimed(mine, finished, writes))
-            self._ledger.finish_batch([], [], not_wanted=writes.not_wanted, settled=writes.settled)
+            # Until this commits, the claims keep other workers from delivering these jobs
+            # again; a crash before it means one more (idempotent) delivery, never none.
+            self._ledger.finish_batch(
+                writes.delivered,
+                [],
+                not_wanted=writes.not_wanted,
+                settled=writes.settled,
+                release=claimed,
+                owner=self._owner,
+            )
+            claimed = []
             return out
         finally:
-            self._ledger.release_jobs(sorted(claimed), self._owner)
+            if claimed:  # the batch failed before its transaction: let the jobs go
+                self._ledger.release_jobs(claimed, self._owner)
             for stripe in stripes:
                 self._job_locks[stripe].release()
 
@@ -213,12 +226,9 @@ class Pipeline:
                 if exc.permanent:
                     permanent.add(job_id)
                 self._obs.sink_failed(name, job_id, str(exc), exc.permanent)
-            ok = [r.job_id for r in batch if r.job_id not in errors]
-            # Recorded at once, not with the batch's settlement: a duplicate of a job in another
-            # worker then finds it in the ledger as soon as this sink has it.
-            self._ledger.finish_batch([(job_id, name) for job_id in ok], [])
-            for job_id in ok:
+            for job_id in (r.job_id for r in batch if r.job_id not in errors):
                 delivered[job_id].append(name)
+                writes.delivered.append((job_id, name))
                 self._obs.sink_delivered(name, job_id, seconds)
         out: dict[str, Verdict] = {}
         for r in records:
