@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,14 @@ from asrd.ci import CiClient
 from asrd.consumer import ATTEMPTS, ORIGIN_MESSAGE_ID, REAL_TOPIC, REASON
 
 from .conftest import Broker
-from .support import Emulator, asrd, start_daemon, start_emulator, wait_for, write_config
+from .support import (
+    Emulator,
+    asrd,
+    start_daemon,
+    stop_daemon,
+    wait_for,
+    write_config,
+)
 
 CORPUS = Path(__file__).resolve().parent / "data" / "bad_messages"
 EXPECTED: dict[str, dict[str, str]] = tomllib.loads((CORPUS / "EXPECTED.toml").read_text())
@@ -66,16 +71,6 @@ def test_parse_refuses_or_recognises_each_file(name: str) -> None:
 
 
 # -- through the real daemon -----------------------------------------------------------------
-
-
-@pytest.fixture
-def emulator(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iterator[Emulator]:
-    # Outside the daemon's directory, which the test watches for stray files.
-    emu = start_emulator(
-        tmp_path_factory.mktemp("emulator"), broker.service_url, "--job-delay", "0.3"
-    )
-    yield emu
-    assert emu.stop() == 0
 
 
 def tree(root: Path) -> set[str]:
@@ -173,8 +168,7 @@ def test_daemon_dead_letters_or_ignores_every_file_and_keeps_working(
         dlq.close()
         assert daemon.poll() is None, log.read_text()[-3000:]
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        code = daemon.wait(timeout=40)
+        code = stop_daemon(daemon)
     assert code == 0, log.read_text()[-3000:]
 
     # Dead letters: each dead file exactly once, with the reason and where it came from.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import time
 from pathlib import Path
 
@@ -19,7 +18,15 @@ from asrd.pipeline import Outcome, Verdict
 from asrd.settle import Action, Settlement
 
 from .conftest import Broker
-from .support import ROOT, create_jobs, free_port, start_daemon, start_emulator, wait_for
+from .support import (
+    ROOT,
+    create_jobs,
+    free_port,
+    start_daemon,
+    start_emulator,
+    stop_daemon,
+    wait_for,
+)
 from .support import write_config as daemon_config
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "asrd-dashboard.json"
@@ -129,8 +136,7 @@ def test_metrics_after_an_end_to_end_run(tmp_path: Path, broker: Broker) -> None
         )
         response = requests.get(url, timeout=5)
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=40) == 0
+        assert stop_daemon(daemon) == 0
         emu.stop()
     assert response.headers["Content-Type"].startswith("text/plain")
     text = response.text

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 from asrd import config
@@ -17,6 +16,7 @@ from .support import (
     result_ids,
     start_daemon,
     start_emulator,
+    stop_daemon,
     wait_for,
     write_config,
 )
@@ -50,8 +50,7 @@ options = {{ path = "{lines}" }}
         wait_for(lambda: result_ids(cfg) >= set(jobs), 30, "the file sink")
         wait_for(lambda: lines.exists() and len(lines.read_text().splitlines()) >= 3, 10, "plugin")
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=40) == 0
+        assert stop_daemon(daemon) == 0
 
     published = read_topic(broker.service_url, topic)
     assert sorted(m.properties()["job_id"] for m in published) == sorted(jobs)

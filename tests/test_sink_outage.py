@@ -3,7 +3,6 @@ drains once it is back; the file sink is not written again; nothing is dead-lett
 
 from __future__ import annotations
 
-import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -14,12 +13,14 @@ from .conftest import Broker
 from .receiver import Receiver
 from .support import (
     create_jobs,
+    dead_letters,
     ledger_rows,
-    read_topic,
     result_ids,
     start_daemon,
     start_emulator,
+    stop_daemon,
     wait_for,
+    webhook_sink,
     write_config,
 )
 
@@ -55,8 +56,7 @@ def test_webhook_down_30s_backlog_drains_memory_bounded(
         broker.service_url,
         extra_pulsar="concurrency = 8\nmax_in_flight = 32\nmax_attempts = 1000\n"
         f"retry_base_s = 0.5\nretry_max_s = 4.0\nworkers = {workers}",
-        extra_sinks=f'[[sinks]]\nname = "app"\ntype = "webhook"\nurl = "{hook.url()}"\n'
-        "timeout_s = 2",
+        extra_sinks=webhook_sink(hook.url(), "timeout_s = 2"),
         **ledger,
     )
     jobs = create_jobs(cfg, 600)
@@ -82,15 +82,14 @@ def test_webhook_down_30s_backlog_drains_memory_bounded(
             lambda: before | set(hook.by_job()) >= set(jobs), 120, "the webhook backlog to drain"
         )
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=40) == 0
+        assert stop_daemon(daemon) == 0
         hook.close()
         emu.stop()
 
     rows = Counter(ledger_rows(cfg))
     assert set(rows) == {(j, s) for j in jobs for s in ("files", "app")}
     assert max(rows.values()) == 1, "a sink was recorded twice for a job"
-    assert read_topic(broker.service_url, f"{cfg.topic}-asrd-DLQ", timeout_ms=1000) == []
+    assert dead_letters(broker.service_url, cfg) == []
     # Memory: waiting messages live on the broker, so RSS stays flat through the outage.
     first, peak = samples[0], max(samples)
     assert peak < first * 1.25, f"RSS grew from {first} KiB to {peak} KiB during the outage"

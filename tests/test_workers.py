@@ -13,11 +13,9 @@ import socket
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import requests
 
 from tests import postgres as pg
@@ -28,26 +26,20 @@ from .support import (
     DaemonConfig,
     Emulator,
     create_jobs,
+    dead_letters,
     free_port,
     ledger_rows,
-    read_topic,
     result_ids,
     set_faults,
     start_daemon,
-    start_emulator,
+    stop_daemon,
     wait_for,
+    webhook_sink,
     write_config,
 )
 from .test_reliability import FAST_RETRY, check_delivered_once
 
 ALL_READY = "all workers subscribed"
-
-
-@pytest.fixture
-def emulator(tmp_path: Path, broker: Broker) -> Iterator[Emulator]:
-    emu = start_emulator(tmp_path / "emulator", broker.service_url, "--job-delay", "0.2")
-    yield emu
-    emu.stop()
 
 
 def workers_config(
@@ -84,10 +76,6 @@ def gone(pid: int) -> bool:
     # A zombie (not yet reaped) counts as gone.
     stat = Path(f"/proc/{pid}/stat").read_text()
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
-def dead_letters(broker: Broker, cfg: DaemonConfig) -> list[object]:
-    return read_topic(broker.service_url, f"{cfg.topic}-asrd-DLQ", timeout_ms=1000)
 
 
 class Notifications:
@@ -158,8 +146,7 @@ def test_supervisor_ready_watchdog_restart_and_stop(
         wait_for(lambda: done_total(port) == 30.0, 10, "/metrics to count all 30 messages")
         workers = children(daemon.pid)
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        status = daemon.wait(timeout=45)
+        status = stop_daemon(daemon)
     assert status == 0
     assert all(gone(pid) for pid in workers)
     assert "STOPPING=1" in [s for _, s in notify.drain()]
@@ -235,11 +222,10 @@ def test_killing_single_workers_and_the_supervisor_loses_and_duplicates_nothing(
         set_faults(emulator.endpoint, latency_ms=0, latency_max_ms=0)
         wait_for(lambda: result_ids(cfg) >= set(jobs), 180, "all 1200 results after the kills")
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=45) == 0
+        assert stop_daemon(daemon) == 0
     assert kills == 4
     check_delivered_once(cfg, jobs)
-    assert dead_letters(broker, cfg) == []
+    assert dead_letters(broker.service_url, cfg) == []
 
 
 def test_duplicates_across_workers_reach_a_sink_once_under_ci_faults(
@@ -252,7 +238,7 @@ def test_duplicates_across_workers_reach_a_sink_once_under_ci_faults(
         broker,
         postgres,
         extra_pulsar="concurrency = 8",
-        extra_sinks=f'[[sinks]]\nname = "app"\ntype = "webhook"\nurl = "{hook.url()}"',
+        extra_sinks=webhook_sink(hook.url()),
     )
     jobs = create_jobs(cfg, 150)
     set_faults(
@@ -266,8 +252,7 @@ def test_duplicates_across_workers_reach_a_sink_once_under_ci_faults(
         wait_for(lambda: result_ids(cfg) >= set(jobs), 60, "every job in the files")
         time.sleep(2)  # let the duplicates arrive and be settled
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=45) == 0
+        assert stop_daemon(daemon) == 0
         hook.close()
     assert {k: len(v) for k, v in hook.by_job().items()} == dict.fromkeys(jobs, 1)
     rows = Counter(ledger_rows(cfg))
@@ -277,4 +262,4 @@ def test_duplicates_across_workers_reach_a_sink_once_under_ci_faults(
     # The copies were spread over the workers, and more than one worker delivered.
     assert len({line.split('"worker": ')[1][0] for line in done.splitlines()
                 if '"asrd stopped"' in line and '"worker": ' in line}) == 3  # fmt: skip
-    assert dead_letters(broker, cfg) == []
+    assert dead_letters(broker.service_url, cfg) == []
