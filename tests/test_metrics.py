@@ -38,6 +38,7 @@ FAMILIES = {
     "asrd_ci_request_duration_seconds": "histogram",
     "asrd_in_flight": "gauge",
     "asrd_ready": "gauge",
+    "asrd_workers_ready": "gauge",
     "asrd_dead_letters": "counter",
     "asrd_reconciled_jobs": "counter",
     "asrd_intake_messages_moved": "counter",
@@ -85,9 +86,11 @@ def test_hooks_feed_the_families() -> None:
     m.intake_moved("q", 3)
     m.intake_receive_error("q", "refused")
     ready[0] = True
+    m.publish_ready(True)
 
     found = samples(m.exposition().decode())
     assert value(found, "asrd_ready") == 1.0
+    assert value(found, "asrd_workers_ready") == 1.0
     assert value(found, "asrd_in_flight") == 0.0
     assert value(found, "asrd_messages_total", outcome="done") == 1.0
     assert value(found, "asrd_messages_total", outcome="retried") == 1.0
@@ -133,6 +136,12 @@ def test_metrics_after_an_end_to_end_run(tmp_path: Path, broker: Broker) -> None
             lambda: "asrd_dead_letters_total 1.0" in requests.get(url, timeout=5).text,
             30,
             "a dead letter",
+        )
+        # Published by the process every half second, from the consumer's own check.
+        wait_for(
+            lambda: "asrd_workers_ready 1.0" in requests.get(url, timeout=5).text,
+            5,
+            "asrd_workers_ready 1",
         )
         response = requests.get(url, timeout=5)
     finally:
