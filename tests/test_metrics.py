@@ -20,10 +20,10 @@ from asrd.settle import Action, Settlement
 from .conftest import Broker
 from .support import (
     ROOT,
+    Emulator,
     create_jobs,
     free_port,
     start_daemon,
-    start_emulator,
     stop_daemon,
     wait_for,
 )
@@ -118,11 +118,12 @@ def test_two_daemons_keep_their_own_registries() -> None:
     assert value(samples(b.exposition().decode()), "asrd_intake_messages_moved_total") == 0.0
 
 
-def test_metrics_after_an_end_to_end_run(tmp_path: Path, broker: Broker) -> None:
-    emu = start_emulator(tmp_path / "emulator", broker.service_url, "--job-delay", "0.2")
+def test_metrics_after_an_end_to_end_run(
+    tmp_path: Path, broker: Broker, emulator: Emulator
+) -> None:
     port = free_port()
     cfg = daemon_config(
-        tmp_path, emu, broker.service_url, extra=f'[http]\nlisten = "127.0.0.1:{port}"\n'
+        tmp_path, emulator, broker.service_url, extra=f'[http]\nlisten = "127.0.0.1:{port}"\n'
     )
     daemon = start_daemon(cfg, tmp_path / "daemon.log")
     url = f"http://127.0.0.1:{port}/metrics"
@@ -146,7 +147,6 @@ def test_metrics_after_an_end_to_end_run(tmp_path: Path, broker: Broker) -> None
         response = requests.get(url, timeout=5)
     finally:
         assert stop_daemon(daemon) == 0
-        emu.stop()
     assert response.headers["Content-Type"].startswith("text/plain")
     text = response.text
     types = {f.name: f.type for f in text_string_to_metric_families(text)}

@@ -10,20 +10,21 @@ from asrd.ci import CiClient
 
 from .conftest import Broker
 from .support import (
+    Emulator,
     asrd,
     create_jobs,
     read_topic,
     result_ids,
     start_daemon,
-    start_emulator,
     stop_daemon,
     wait_for,
     write_config,
 )
 
 
-def test_pulsar_cos_and_plugin_sinks(tmp_path: Path, broker: Broker, topic: str) -> None:
-    emu = start_emulator(tmp_path / "emulator", broker.service_url, "--job-delay", "0.1")
+def test_pulsar_cos_and_plugin_sinks(
+    tmp_path: Path, broker: Broker, emulator: Emulator, topic: str
+) -> None:
     lines = tmp_path / "plugin.txt"
     sinks = f"""
 [[sinks]]
@@ -43,7 +44,7 @@ type = "plugin"
 factory = "tests.plugin_sink:make"
 options = {{ path = "{lines}" }}
 """
-    cfg = write_config(tmp_path, emu, broker.service_url, extra_sinks=sinks)
+    cfg = write_config(tmp_path, emulator, broker.service_url, extra_sinks=sinks)
     daemon = start_daemon(cfg, tmp_path / "daemon.log")
     try:
         jobs = create_jobs(cfg, 3)
@@ -64,7 +65,6 @@ options = {{ path = "{lines}" }}
         stored = json.loads(ci.get_object(f"records/{job_id}.json"))
         assert stored["job_id"] == job_id
         assert b"-->" in ci.get_object(f"records/{job_id}.srt")
-    emu.stop()
     assert sorted(lines.read_text().split()) == sorted([*jobs, *["Success"] * 3])
 
 
