@@ -201,12 +201,14 @@ def test_broker_restart_mid_run(tmp_path: Path, broker: Broker, emulator: Emulat
         tmp_path,
         emulator,
         broker.service_url,
-        extra_pulsar=f"concurrency = 8\n{FAST_RETRY}",
+        extra_pulsar=f"concurrency = 2\n{FAST_RETRY}",
     )
     port = free_port()
     cfg.path.write_text(cfg.path.read_text() + f'\n[http]\nlisten = "127.0.0.1:{port}"\n')
     jobs = create_jobs(cfg, 500)
-    set_faults(emulator.endpoint, latency_ms=50, latency_max_ms=100)
+    # Slow enough that the broker goes away mid-run (2 look-ups of up to 10 ids at a time):
+    # the daemon holds the backlog it has prefetched and works on it while the broker stops.
+    set_faults(emulator.endpoint, latency_ms=500, latency_max_ms=800)
     log = tmp_path / "daemon.log"
     daemon = start_daemon(cfg, log)
     try:
