@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import requests
 
+from .support import Emulator, start_emulator
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -119,6 +121,17 @@ def broker() -> Iterator[Broker]:
 def topic(broker: Broker) -> str:
     """A fresh topic name per test, so tests sharing the broker never see each other's messages."""
     return f"persistent://public/default/t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def emulator(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iterator[Emulator]:
+    """The emulator (CI, COS and CMQ) for one test; jobs finish 0.2 s after they are created.
+    Its files live outside the test's ``tmp_path``, which some tests watch for stray files."""
+    emu = start_emulator(
+        tmp_path_factory.mktemp("emulator"), broker.service_url, "--job-delay", "0.2"
+    )
+    yield emu
+    assert emu.stop() == 0
 
 
 @pytest.fixture(scope="session")

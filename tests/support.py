@@ -100,6 +100,13 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 20.0) -> int:
     return int(proc.returncode)
 
 
+def stop_daemon(daemon: subprocess.Popen[Any]) -> int:
+    """SIGTERM to ``asrd run`` (one process or a supervisor) and its exit status once drained;
+    SIGKILL, seen as -9, if it is still running 45 s later (the default shutdown deadline is
+    30 s)."""
+    return stop_process(daemon, timeout=45.0)
+
+
 def start_emulator(
     data_dir: Path,
     pulsar_url: str,
@@ -270,7 +277,11 @@ def start_daemon(
                 fh.seek(offset)
                 return f'"event": "{ready_event}"'.encode() in fh.read()
 
-        wait_for(subscribed, 30, "the daemon to subscribe")
+        try:
+            wait_for(subscribed, 30, "the daemon to subscribe")
+        except AssertionError:
+            stop_process(proc, timeout=5)  # no test holds it yet: it must not outlive this one
+            raise
     return proc
 
 
@@ -347,6 +358,17 @@ def read_topic(pulsar_url: str, topic: str, timeout_ms: int = 2000) -> list[Any]
                 return found
     finally:
         client.close()
+
+
+def dead_letters(pulsar_url: str, cfg: DaemonConfig, timeout_ms: int = 1000) -> list[Any]:
+    """Every message on the run's dead-letter topic."""
+    return read_topic(pulsar_url, f"{cfg.topic}-asrd-DLQ", timeout_ms=timeout_ms)
+
+
+def webhook_sink(url: str, extra: str = "") -> str:
+    """A ``[[sinks]]`` table for ``write_config(extra_sinks=...)``: the webhook sink "app"
+    posting to ``url``; ``extra``: more of its keys, as TOML lines."""
+    return f'\n[[sinks]]\nname = "app"\ntype = "webhook"\nurl = "{url}"\n{extra}'
 
 
 def quiet_client(pulsar_url: str) -> Any:

@@ -5,7 +5,6 @@ documented), bearer-token refusals, size limits, and the loopback rule at start-
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from .support import (
     quiet_client,
     start_daemon,
     start_emulator,
+    stop_daemon,
     wait_for,
     write_config,
 )
@@ -78,8 +78,7 @@ def test_api_health_metrics_submit_get_and_sd_notify(tmp_path: Path, broker: Bro
         assert "asrd_ready 1.0" in metrics
         assert 'asrd_deliveries_total{result="delivered",sink="files"} 1.0' in metrics
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=40) == 0
+        assert stop_daemon(daemon) == 0
         emu.stop()
     assert notify.recv(100) == b"STOPPING=1"
     record = json.loads((cfg.results / f"{job_id}.json").read_text())

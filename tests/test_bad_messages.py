@@ -1,14 +1,14 @@
 """Hostile and malformed callback messages (tests/data/bad_messages): each one is dead-lettered
-with its reason or acknowledged as not ours, and the daemon keeps working."""
+with its reason or acknowledged as not ours, and the real callbacks around them are delivered
+once."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 import tomllib
-from collections.abc import Iterator
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,18 @@ from asrd.ci import CiClient
 from asrd.consumer import ATTEMPTS, ORIGIN_MESSAGE_ID, REAL_TOPIC, REASON
 
 from .conftest import Broker
-from .support import Emulator, asrd, start_daemon, start_emulator, wait_for, write_config
+from .support import (
+    Emulator,
+    asrd,
+    create_jobs,
+    ledger_rows,
+    read_topic,
+    result_ids,
+    start_daemon,
+    stop_daemon,
+    wait_for,
+    write_config,
+)
 
 CORPUS = Path(__file__).resolve().parent / "data" / "bad_messages"
 EXPECTED: dict[str, dict[str, str]] = tomllib.loads((CORPUS / "EXPECTED.toml").read_text())
@@ -66,16 +77,6 @@ def test_parse_refuses_or_recognises_each_file(name: str) -> None:
 
 
 # -- through the real daemon -----------------------------------------------------------------
-
-
-@pytest.fixture
-def emulator(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iterator[Emulator]:
-    # Outside the daemon's directory, which the test watches for stray files.
-    emu = start_emulator(
-        tmp_path_factory.mktemp("emulator"), broker.service_url, "--job-delay", "0.3"
-    )
-    yield emu
-    assert emu.stop() == 0
 
 
 def tree(root: Path) -> set[str]:
@@ -133,6 +134,7 @@ def test_daemon_dead_letters_or_ignores_every_file_and_keeps_working(
     ignored = set(EXPECTED) - dead
     by_body = {body(n): n for n in EXPECTED}
 
+    good: list[str] = []  # the real jobs
     before = tree(home)
     log = home / "daemon.log"
     client = pulsar.Client(broker.service_url, operation_timeout_seconds=30)
@@ -149,13 +151,20 @@ def test_daemon_dead_letters_or_ignores_every_file_and_keeps_working(
             30,
             "the daemon to subscribe",
         )
+        # The hostile bodies go onto the topic between real callbacks (CI's, through CMQ and
+        # the intake): each half after a batch of jobs is submitted.
         producer = client.create_producer(cfg.topic, batching_enabled=False)
-        sent = {name: str(producer.send(body(name))) for name in sorted(EXPECTED)}
+        names = sorted(EXPECTED)
+        sent: dict[str, str] = {}
+        for part in (names[::2], names[1::2]):
+            good += create_jobs(cfg, 10, threads=2)
+            sent |= {name: str(producer.send(body(name))) for name in part}
         producer.close()
 
         submitted = asrd("submit", "--config", str(cfg.path), "--input", "media/control.mp3")
         assert submitted.returncode == 0, submitted.stderr
         control = submitted.stdout.strip()
+        good.append(control)
 
         letters: list[Any] = []
 
@@ -165,7 +174,7 @@ def test_daemon_dead_letters_or_ignores_every_file_and_keeps_working(
             return (
                 len(letters) >= len(dead)
                 and ignored_logged >= len(ignored)
-                and (cfg.results / f"{control}.json").exists()
+                and result_ids(cfg) >= set(good)
             )
 
         wait_for(settled, 45, "every file dead-lettered or ignored and the control job done")
@@ -173,8 +182,7 @@ def test_daemon_dead_letters_or_ignores_every_file_and_keeps_working(
         dlq.close()
         assert daemon.poll() is None, log.read_text()[-3000:]
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        code = daemon.wait(timeout=40)
+        code = stop_daemon(daemon)
     assert code == 0, log.read_text()[-3000:]
 
     # Dead letters: each dead file exactly once, with the reason and where it came from.
@@ -193,10 +201,17 @@ def test_daemon_dead_letters_or_ignores_every_file_and_keeps_working(
             assert props[ATTEMPTS] == "1", (name, props)
             assert props[REASON].startswith("bad message: "), (name, props[REASON])
 
-    # The control job went through the same daemon after every hostile message.
+    # The real jobs around the hostile messages, and the control job after all of them, went
+    # through the same daemon: each delivered once.
     record = json.loads((cfg.results / f"{control}.json").read_text())
     assert record["transcript"] == "控制组。\nStill working."
-    assert sorted(p.name for p in cfg.results.iterdir()) == [f"{control}.json", f"{control}.txt"]
+    for job_id in good[:-1]:
+        record = json.loads((cfg.results / f"{job_id}.json").read_text())
+        assert record["transcript"] == "第一句。\nsecond sentence"
+    assert sorted(p.name for p in cfg.results.iterdir()) == sorted(
+        f"{job_id}.{ext}" for job_id in good for ext in ("json", "txt")
+    )
+    assert Counter(ledger_rows(cfg)) == {(job_id, "files"): 1 for job_id in good}
 
     # Everything settled: nothing left on the subscription or on its retry topic.
     for topic in (cfg.topic, settings.pulsar.retry_letter_topic):
@@ -208,6 +223,7 @@ def test_daemon_dead_letters_or_ignores_every_file_and_keeps_working(
             pytest.fail(f"unacknowledged message left on {topic}: {msg.data()[:80]!r}")
         leftover.close()
     client.close()
+    topic_messages = read_topic(broker.service_url, cfg.topic)
 
     # The log names every reason, and no body made the pipeline crash.
     lines = log_lines(log)
@@ -218,6 +234,12 @@ def test_daemon_dead_letters_or_ignores_every_file_and_keeps_working(
     assert [line["event"] for line in lines].count("message ignored") == len(ignored)
     assert not [line for line in lines if line["event"] == "pipeline error"]
     assert not [line for line in lines if line.get("level") in ("critical", "exception")]
+
+    # The premise: on the topic, real callbacks (moved from CMQ) came before and after hostile
+    # bodies.
+    order = ["real" if "CMQ_QUEUE" in m.properties() else "bad" for m in topic_messages]
+    assert order.count("real") >= len(good)
+    assert order.index("real") < len(order) - 1 - order[::-1].index("bad"), order
 
     # Nothing written outside the sink's directory and the daemon's own files.
     created = tree(home) - before

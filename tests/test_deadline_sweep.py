@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from .support import (
     set_faults,
     start_daemon,
     start_emulator,
+    stop_daemon,
     wait_for,
     write_config,
 )
@@ -124,8 +124,7 @@ def test_deadline_sweep_delivers_what_the_list_window_misses(
         wait_for((cfg.results / f"{made.json()['job_id']}.json").exists, 30, "the API job")
         assert emu.stats()["stats"]["jobs_created"] == 4
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=40) == 0
+        assert stop_daemon(daemon) == 0
         emu.stop()
     log = (tmp_path / "daemon.log").read_text()
     assert "deadline sweep delivered an overdue job" in log

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pulsar
@@ -15,16 +13,16 @@ from asrd import config
 from asrd.ci import CiClient
 
 from .conftest import Broker
-from .support import Emulator, asrd, start_daemon, start_emulator, wait_for, write_config
+from .support import (
+    Emulator,
+    asrd,
+    start_daemon,
+    stop_daemon,
+    wait_for,
+    write_config,
+)
 
 SENTENCES = ["今天天气很好。", "我们去公园散步吧。", "The end."]
-
-
-@pytest.fixture
-def emulator(tmp_path: Path, broker: Broker) -> Iterator[Emulator]:
-    emu = start_emulator(tmp_path / "emulator", broker.service_url, "--job-delay", "0.3")
-    yield emu
-    assert emu.stop() == 0
 
 
 @pytest.mark.parametrize("callback_format", ["JSON", "XML"])
@@ -60,8 +58,7 @@ def test_submit_callback_get_sink_ack(
         assert (cfg.results / f"{job_id}.txt").read_text() == "\n".join(SENTENCES) + "\n"
         assert not list(cfg.results.glob(".*.tmp")), "temporary files left behind"
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=40) == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+        assert stop_daemon(daemon) == 0, (tmp_path / "daemon.log").read_text()[-3000:]
 
     # Acknowledged: a fresh consumer on the same subscription gets nothing.
     client = pulsar.Client(broker.service_url)

@@ -9,7 +9,6 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from .support import (
     Emulator,
     asrd,
     create_jobs,
+    dead_letters,
     free_port,
     ledger_rows,
     official_cmq_queue,
@@ -33,26 +33,14 @@ from .support import (
     readyz,
     result_ids,
     start_daemon,
-    start_emulator,
+    stop_daemon,
     wait_for,
+    webhook_sink,
     write_config,
 )
 
 SENTENCES = ["今天天气很好。", "我们去公园散步吧。", "The end."]
 TOKEN = "cb-token-0123456789abcdef"
-
-
-@pytest.fixture
-def emulator(tmp_path: Path, broker: Broker) -> Iterator[Emulator]:
-    emu = start_emulator(tmp_path / "emulator", broker.service_url, "--job-delay", "0.2")
-    yield emu
-    assert emu.stop() == 0
-
-
-def stop(daemon: subprocess.Popen[bytes], timeout: float = 40) -> int:
-    if daemon.poll() is None:
-        daemon.send_signal(signal.SIGTERM)
-    return daemon.wait(timeout=timeout)
 
 
 def put_audio(cfg: DaemonConfig, key: str, sentences: list[str]) -> CiClient:
@@ -104,7 +92,7 @@ def test_tdmq_callbacks_come_through_cmq_and_the_intake(
         assert (record["job_id"], record["state"]) == (job_id, "Success")
         assert record["transcript"] == "\n".join(SENTENCES)
     finally:
-        assert stop(daemon) == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+        assert stop_daemon(daemon) == 0, (tmp_path / "daemon.log").read_text()[-3000:]
     # The message on Pulsar is CI's body as it was, traced back to its CMQ origin.
     [message] = read_topic(broker.service_url, cfg.topic)
     assert message.properties()["CMQ_QUEUE"] == cfg.mq_name
@@ -122,7 +110,7 @@ def test_sigkill_while_moving_1000_callbacks(
         tmp_path,
         emulator,
         broker.service_url,
-        extra_sinks=f'[[sinks]]\nname = "app"\ntype = "webhook"\nurl = "{hook.url()}"\n',
+        extra_sinks=webhook_sink(hook.url()),
     )
     # One message per round, so moving the backlog takes long enough to be cut short.
     cfg.env["ASRD_INTAKE__CMQ__BATCH_SIZE"] = "1"
@@ -148,7 +136,7 @@ def test_sigkill_while_moving_1000_callbacks(
         wait_for(lambda: result_ids(cfg) >= set(jobs), 240, "all 1000 results after the kills")
         wait_for(lambda: set(hook.by_job()) >= set(jobs), 60, "all 1000 webhook deliveries")
     finally:
-        assert stop(daemon) == 0
+        assert stop_daemon(daemon) == 0
         hook.close()
     assert kills_mid_move >= 2, "the kills did not land while the intake was moving"
     assert result_ids(cfg) == set(jobs)
@@ -181,7 +169,7 @@ def test_callback_too_big_for_the_queue_is_delivered_by_the_reconciler(
         wait_for(result.exists, 60, "the reconciler to deliver the job")
         took = time.monotonic() - started
     finally:
-        assert stop(daemon) == 0
+        assert stop_daemon(daemon) == 0
     counts = emulator.stats().get("stats", {})
     assert counts.get("cmq_callbacks_oversize", 0) >= 1, counts
     # Job delay 0.2 s, then at most one interval until the next pass, plus the pass itself.
@@ -202,11 +190,10 @@ def test_a_body_that_is_not_a_task_finish_is_moved_and_dead_lettered(
     )
     daemon = start_daemon(cfg, tmp_path / "daemon.log")
     try:
-        dlq = f"{cfg.topic}-asrd-DLQ"
-        wait_for(lambda: read_topic(broker.service_url, dlq, 500), 60, "the dead letter")
+        wait_for(lambda: dead_letters(broker.service_url, cfg, 500), 60, "the dead letter")
     finally:
-        assert stop(daemon) == 0
-    [parked] = read_topic(broker.service_url, dlq)
+        assert stop_daemon(daemon) == 0
+    [parked] = dead_letters(broker.service_url, cfg, 2000)
     assert parked.data() == b"hello, not a callback"
     assert "neither XML nor JSON" in parked.properties()["ASRD_DLQ_REASON"]
     assert parked.properties()["CMQ_QUEUE"] == cfg.mq_name
@@ -251,7 +238,7 @@ def test_url_callbacks_and_cmq_push_reach_the_sinks(
         big = requests.post(callback_url, data=b"<" * (4 * 1024 * 1024 + 1), timeout=10)
         assert big.status_code == 413
     finally:
-        assert stop(daemon) == 0
+        assert stop_daemon(daemon) == 0
     assert {m.properties()["ASRD_SOURCE"] for m in read_topic(broker.service_url, cfg.topic)} == {
         "url",
         "cmq-push",
@@ -283,7 +270,7 @@ def test_url_callback_answers_503_when_the_broker_cannot_take_it(
         assert answer.status_code == 503
         assert answer.json() == {"error": "broker unavailable, retry later"}
     finally:
-        assert stop(daemon) == 0
+        assert stop_daemon(daemon) == 0
 
 
 def test_check_connect_names_the_failing_cmq_step(
@@ -364,7 +351,7 @@ def test_readyz_fails_while_cmq_is_unreachable(
         metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         assert metric(metrics, "asrd_intake_receive_errors_total") >= 1
     finally:
-        assert stop(daemon) == 0
+        assert stop_daemon(daemon) == 0
 
 
 def metric(text: str, name: str) -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import time
 from pathlib import Path
 
@@ -19,7 +18,15 @@ from asrd.pipeline import Outcome, Verdict
 from asrd.settle import Action, Settlement
 
 from .conftest import Broker
-from .support import ROOT, create_jobs, free_port, start_daemon, start_emulator, wait_for
+from .support import (
+    ROOT,
+    Emulator,
+    create_jobs,
+    free_port,
+    start_daemon,
+    stop_daemon,
+    wait_for,
+)
 from .support import write_config as daemon_config
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "asrd-dashboard.json"
@@ -31,6 +38,7 @@ FAMILIES = {
     "asrd_ci_request_duration_seconds": "histogram",
     "asrd_in_flight": "gauge",
     "asrd_ready": "gauge",
+    "asrd_workers_ready": "gauge",
     "asrd_dead_letters": "counter",
     "asrd_reconciled_jobs": "counter",
     "asrd_intake_messages_moved": "counter",
@@ -78,9 +86,11 @@ def test_hooks_feed_the_families() -> None:
     m.intake_moved("q", 3)
     m.intake_receive_error("q", "refused")
     ready[0] = True
+    m.publish_ready(True)
 
     found = samples(m.exposition().decode())
     assert value(found, "asrd_ready") == 1.0
+    assert value(found, "asrd_workers_ready") == 1.0
     assert value(found, "asrd_in_flight") == 0.0
     assert value(found, "asrd_messages_total", outcome="done") == 1.0
     assert value(found, "asrd_messages_total", outcome="retried") == 1.0
@@ -108,11 +118,12 @@ def test_two_daemons_keep_their_own_registries() -> None:
     assert value(samples(b.exposition().decode()), "asrd_intake_messages_moved_total") == 0.0
 
 
-def test_metrics_after_an_end_to_end_run(tmp_path: Path, broker: Broker) -> None:
-    emu = start_emulator(tmp_path / "emulator", broker.service_url, "--job-delay", "0.2")
+def test_metrics_after_an_end_to_end_run(
+    tmp_path: Path, broker: Broker, emulator: Emulator
+) -> None:
     port = free_port()
     cfg = daemon_config(
-        tmp_path, emu, broker.service_url, extra=f'[http]\nlisten = "127.0.0.1:{port}"\n'
+        tmp_path, emulator, broker.service_url, extra=f'[http]\nlisten = "127.0.0.1:{port}"\n'
     )
     daemon = start_daemon(cfg, tmp_path / "daemon.log")
     url = f"http://127.0.0.1:{port}/metrics"
@@ -127,11 +138,15 @@ def test_metrics_after_an_end_to_end_run(tmp_path: Path, broker: Broker) -> None
             30,
             "a dead letter",
         )
+        # Published by the process every half second, from the consumer's own check.
+        wait_for(
+            lambda: "asrd_workers_ready 1.0" in requests.get(url, timeout=5).text,
+            5,
+            "asrd_workers_ready 1",
+        )
         response = requests.get(url, timeout=5)
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=40) == 0
-        emu.stop()
+        assert stop_daemon(daemon) == 0
     assert response.headers["Content-Type"].startswith("text/plain")
     text = response.text
     types = {f.name: f.type for f in text_string_to_metric_families(text)}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 from asrd import config
@@ -11,19 +10,21 @@ from asrd.ci import CiClient
 
 from .conftest import Broker
 from .support import (
+    Emulator,
     asrd,
     create_jobs,
     read_topic,
     result_ids,
     start_daemon,
-    start_emulator,
+    stop_daemon,
     wait_for,
     write_config,
 )
 
 
-def test_pulsar_cos_and_plugin_sinks(tmp_path: Path, broker: Broker, topic: str) -> None:
-    emu = start_emulator(tmp_path / "emulator", broker.service_url, "--job-delay", "0.1")
+def test_pulsar_cos_and_plugin_sinks(
+    tmp_path: Path, broker: Broker, emulator: Emulator, topic: str
+) -> None:
     lines = tmp_path / "plugin.txt"
     sinks = f"""
 [[sinks]]
@@ -43,15 +44,14 @@ type = "plugin"
 factory = "tests.plugin_sink:make"
 options = {{ path = "{lines}" }}
 """
-    cfg = write_config(tmp_path, emu, broker.service_url, extra_sinks=sinks)
+    cfg = write_config(tmp_path, emulator, broker.service_url, extra_sinks=sinks)
     daemon = start_daemon(cfg, tmp_path / "daemon.log")
     try:
         jobs = create_jobs(cfg, 3)
         wait_for(lambda: result_ids(cfg) >= set(jobs), 30, "the file sink")
         wait_for(lambda: lines.exists() and len(lines.read_text().splitlines()) >= 3, 10, "plugin")
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=40) == 0
+        assert stop_daemon(daemon) == 0
 
     published = read_topic(broker.service_url, topic)
     assert sorted(m.properties()["job_id"] for m in published) == sorted(jobs)
@@ -65,7 +65,6 @@ options = {{ path = "{lines}" }}
         stored = json.loads(ci.get_object(f"records/{job_id}.json"))
         assert stored["job_id"] == job_id
         assert b"-->" in ci.get_object(f"records/{job_id}.srt")
-    emu.stop()
     assert sorted(lines.read_text().split()) == sorted([*jobs, *["Success"] * 3])
 
 

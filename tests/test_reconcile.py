@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from collections import Counter
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from .support import (
     set_faults,
     start_daemon,
     start_emulator,
+    stop_daemon,
     wait_for,
     write_config,
 )
@@ -54,8 +54,7 @@ def test_daemon_reconciles_periodically(tmp_path: Path, broker: Broker) -> None:
         jobs = create_jobs(cfg, 20)
         wait_for(lambda: result_ids(cfg) >= set(jobs), 30, "every job, called back or not")
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=40) == 0
+        assert stop_daemon(daemon) == 0
         emu.stop()
     assert Counter(ledger_rows(cfg)) == Counter({(j, "files"): 1 for j in jobs})
     assert "reconciled a job whose callback never came" in (tmp_path / "daemon.log").read_text()

@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import random
 import signal
-import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,32 +20,20 @@ from .support import (
     Emulator,
     asrd,
     create_jobs,
+    dead_letters,
     free_port,
     ledger_rows,
-    read_topic,
     readyz,
     result_ids,
     set_faults,
     start_daemon,
-    start_emulator,
+    stop_daemon,
     wait_for,
+    webhook_sink,
     write_config,
 )
 
 FAST_RETRY = "retry_base_s = 0.2\nretry_max_s = 1.0"
-
-
-@pytest.fixture
-def emulator(tmp_path: Path, broker: Broker) -> Iterator[Emulator]:
-    emu = start_emulator(tmp_path / "emulator", broker.service_url, "--job-delay", "0.2")
-    yield emu
-    emu.stop()
-
-
-def stop(daemon: subprocess.Popen[bytes], timeout: float = 40) -> int:
-    if daemon.poll() is None:
-        daemon.send_signal(signal.SIGTERM)
-    return daemon.wait(timeout=timeout)
 
 
 def check_delivered_once(cfg: DaemonConfig, jobs: list[str]) -> None:
@@ -63,10 +49,6 @@ def check_delivered_once(cfg: DaemonConfig, jobs: list[str]) -> None:
     assert not list(cfg.results.glob(".*.tmp"))
 
 
-def dead_letters(broker: Broker, cfg: DaemonConfig) -> list[object]:
-    return read_topic(broker.service_url, f"{cfg.topic}-asrd-DLQ", timeout_ms=1000)
-
-
 def test_callback_before_job_is_visible_is_retried_not_lost(
     tmp_path: Path, broker: Broker, emulator: Emulator
 ) -> None:
@@ -78,10 +60,10 @@ def test_callback_before_job_is_visible_is_retried_not_lost(
         jobs = create_jobs(cfg, 5)
         wait_for(lambda: result_ids(cfg) >= set(jobs), 60, "all results")
     finally:
-        assert stop(daemon) == 0
+        assert stop_daemon(daemon) == 0
     check_delivered_once(cfg, jobs)
     assert "still Running after its callback" in log.read_text()
-    assert dead_letters(broker, cfg) == []
+    assert dead_letters(broker.service_url, cfg) == []
 
 
 def test_dead_letter_then_replay(tmp_path: Path, broker: Broker, emulator: Emulator) -> None:
@@ -95,7 +77,7 @@ def test_dead_letter_then_replay(tmp_path: Path, broker: Broker, emulator: Emula
     set_faults(emulator.endpoint, error_rate=1.0)  # CI answers every get with 503
     daemon = start_daemon(cfg, tmp_path / "daemon.log")
     try:
-        wait_for(lambda: dead_letters(broker, cfg), 60, "the dead letter")
+        wait_for(lambda: dead_letters(broker.service_url, cfg), 60, "the dead letter")
         listed = asrd("dlq", "list", "--config", str(cfg.path))
         assert listed.returncode == 0, listed.stderr
         assert job in listed.stdout
@@ -112,7 +94,7 @@ def test_dead_letter_then_replay(tmp_path: Path, broker: Broker, emulator: Emula
         missing = asrd("dlq", "replay", "--config", str(cfg.path), "--id", "s" + "0" * 32)
         assert missing.returncode == 1 and "not found" in missing.stderr
     finally:
-        assert stop(daemon) == 0
+        assert stop_daemon(daemon) == 0
     check_delivered_once(cfg, [job])
 
 
@@ -137,9 +119,9 @@ def test_ci_faults_5xx_throttling_latency(
     try:
         wait_for(lambda: result_ids(cfg) >= set(jobs), 120, "all 200 results under CI faults")
     finally:
-        assert stop(daemon) == 0
+        assert stop_daemon(daemon) == 0
     check_delivered_once(cfg, jobs)
-    assert dead_letters(broker, cfg) == []
+    assert dead_letters(broker.service_url, cfg) == []
     # The faults really happened: the emulator counts what it injected.
     counts = requests.get(f"{emulator.endpoint}/-/faults", timeout=5).json()["counts"]
     assert counts.get("error", 0) >= 10, counts
@@ -176,10 +158,10 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         wait_for(lambda: result_ids(cfg) >= set(jobs), 180, "all 1000 results after the kills")
         wait_for(lambda: b'"event": "subscribed"' in log.read_bytes(), 30, "the last start")
     finally:
-        assert stop(daemon) == 0
+        assert stop_daemon(daemon) == 0
     assert kills >= 5
     check_delivered_once(cfg, jobs)
-    assert dead_letters(broker, cfg) == []
+    assert dead_letters(broker.service_url, cfg) == []
 
 
 def test_sigterm_under_load_drains_within_deadline(
@@ -208,7 +190,7 @@ def test_sigterm_under_load_drains_within_deadline(
     try:
         wait_for(lambda: result_ids(cfg) >= set(jobs), 120, "the rest after restart")
     finally:
-        assert stop(daemon) == 0
+        assert stop_daemon(daemon) == 0
     check_delivered_once(cfg, jobs)
 
 
@@ -219,12 +201,14 @@ def test_broker_restart_mid_run(tmp_path: Path, broker: Broker, emulator: Emulat
         tmp_path,
         emulator,
         broker.service_url,
-        extra_pulsar=f"concurrency = 8\n{FAST_RETRY}",
+        extra_pulsar=f"concurrency = 2\n{FAST_RETRY}",
     )
     port = free_port()
     cfg.path.write_text(cfg.path.read_text() + f'\n[http]\nlisten = "127.0.0.1:{port}"\n')
     jobs = create_jobs(cfg, 500)
-    set_faults(emulator.endpoint, latency_ms=50, latency_max_ms=100)
+    # Slow enough that the broker goes away mid-run (2 look-ups of up to 10 ids at a time):
+    # the daemon holds the backlog it has prefetched and works on it while the broker stops.
+    set_faults(emulator.endpoint, latency_ms=500, latency_max_ms=800)
     log = tmp_path / "daemon.log"
     daemon = start_daemon(cfg, log)
     try:
@@ -239,9 +223,9 @@ def test_broker_restart_mid_run(tmp_path: Path, broker: Broker, emulator: Emulat
         set_faults(emulator.endpoint, latency_ms=0, latency_max_ms=0)
         wait_for(lambda: result_ids(cfg) >= set(jobs), 180, "all 500 results after the restart")
     finally:
-        assert stop(daemon) == 0
+        assert stop_daemon(daemon) == 0
     check_delivered_once(cfg, jobs)
-    assert dead_letters(broker, cfg) == []
+    assert dead_letters(broker.service_url, cfg) == []
 
 
 def test_duplicate_callbacks_reach_a_sink_once(
@@ -252,7 +236,7 @@ def test_duplicate_callbacks_reach_a_sink_once(
         tmp_path,
         emulator,
         broker.service_url,
-        extra_sinks=f'[[sinks]]\nname = "app"\ntype = "webhook"\nurl = "{hook.url()}"',
+        extra_sinks=webhook_sink(hook.url()),
     )
     set_faults(emulator.endpoint, callback_duplicate_rate=1.0)
     daemon = start_daemon(cfg, tmp_path / "daemon.log")
@@ -261,7 +245,7 @@ def test_duplicate_callbacks_reach_a_sink_once(
         wait_for(lambda: set(hook.by_job()) >= set(jobs), 60, "every job at the webhook")
         time.sleep(2)  # let the duplicates arrive and be settled
     finally:
-        assert stop(daemon) == 0
+        assert stop_daemon(daemon) == 0
         hook.close()
     assert {k: len(v) for k, v in hook.by_job().items()} == dict.fromkeys(jobs, 1)
     # Both copies of every callback were settled; only one of each had an effect.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import signal
 import socket
 import threading
 import time
@@ -28,11 +27,12 @@ from .support import (
     DaemonConfig,
     Emulator,
     asrd,
+    dead_letters,
     ledger_rows,
-    read_topic,
     start_daemon,
-    start_emulator,
+    stop_daemon,
     wait_for,
+    webhook_sink,
     write_config,
 )
 
@@ -289,13 +289,6 @@ headers = { "X-Tenant" = "t1" }
 # -- end to end: emulator (CI) → broker → asrd run → webhook + file sink --------------------
 
 
-@pytest.fixture
-def emulator(tmp_path: Path, broker: Broker) -> Iterator[Emulator]:
-    emu = start_emulator(tmp_path / "emulator", broker.service_url, "--job-delay", "0.3")
-    yield emu
-    assert emu.stop() == 0
-
-
 def test_daemon_delivers_each_job_once_to_webhook_and_file(
     tmp_path: Path, broker: Broker, emulator: Emulator, receiver: Receiver
 ) -> None:
@@ -303,9 +296,9 @@ def test_daemon_delivers_each_job_once_to_webhook_and_file(
         tmp_path,
         emulator,
         broker.service_url,
-        extra_sinks=(
-            f'\n[[sinks]]\nname = "app"\ntype = "webhook"\nurl = "{receiver.url()}"\n'
-            f'secret = "{SECRET}"\ntimeout_s = 5.0\nheaders = {{ "X-Tenant" = "t1" }}\n'
+        extra_sinks=webhook_sink(
+            receiver.url(),
+            f'secret = "{SECRET}"\ntimeout_s = 5.0\nheaders = {{ "X-Tenant" = "t1" }}\n',
         ),
     )
     ci = CiClient(config.load(cfg.path).ci)
@@ -333,8 +326,7 @@ def test_daemon_delivers_each_job_once_to_webhook_and_file(
         time.sleep(1.0)  # a duplicate delivery would show up here
         assert daemon.poll() is None, log.read_text()[-3000:]
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=40) == 0, log.read_text()[-3000:]
+        assert stop_daemon(daemon) == 0, log.read_text()[-3000:]
 
     got = receiver.by_job()
     assert set(got) == set(jobs)
@@ -369,7 +361,7 @@ def submit_jobs(cfg: DaemonConfig, count: int) -> dict[str, str]:
 
 
 def webhook_table(url: str) -> str:
-    return f'\n[[sinks]]\nname = "app"\ntype = "webhook"\nurl = "{url}"\nsecret = "{SECRET}"\n'
+    return webhook_sink(url, f'secret = "{SECRET}"\n')
 
 
 FAST_RETRY = "max_attempts = 5\nretry_base_s = 0.3\nretry_max_s = 0.6"
@@ -403,8 +395,7 @@ def test_daemon_retries_a_503_and_the_receiver_can_dedupe(
         time.sleep(1.0)
         assert daemon.poll() is None
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=40) == 0, log.read_text()[-3000:]
+        assert stop_daemon(daemon) == 0, log.read_text()[-3000:]
         hook.close()
     got = hook.by_job()
     assert set(got) == set(jobs)
@@ -414,7 +405,7 @@ def test_daemon_retries_a_503_and_the_receiver_can_dedupe(
         assert second.headers["x-asrd-signature"] == expected_signature(SECRET, second)
     # The file sink was written once per job, not again on the webhook's retry.
     assert sorted(ledger_rows(cfg)) == sorted((j, s) for j in jobs for s in ("app", "files"))
-    assert read_topic(broker.service_url, f"{cfg.topic}-asrd-DLQ", timeout_ms=1000) == []
+    assert dead_letters(broker.service_url, cfg) == []
     assert "HTTP 503" in log.read_text()
 
 
@@ -434,14 +425,13 @@ def test_daemon_dead_letters_a_422_without_leaking_secrets(
     try:
         (job_id,) = submit_jobs(cfg, 1)
         letters = wait_for(
-            lambda: read_topic(broker.service_url, f"{cfg.topic}-asrd-DLQ", timeout_ms=300),
+            lambda: dead_letters(broker.service_url, cfg, timeout_ms=300),
             60,
             "the dead letter",
         )
         assert daemon.poll() is None
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=40) == 0, log.read_text()[-3000:]
+        assert stop_daemon(daemon) == 0, log.read_text()[-3000:]
         hook.close()
     (letter,) = letters
     reason = letter.properties()["ASRD_DLQ_REASON"]

@@ -1,7 +1,8 @@
-"""``[pulsar] workers = 3`` on a PostgreSQL ledger: the supervisor's contract (READY=1 once all
-workers are subscribed, watchdog only while all are alive, dead workers restarted, one exit
-status) and the delivery guarantees when single workers and the supervisor are killed, under CI
-faults and duplicate callbacks."""
+"""``[pulsar] workers = 3`` on a PostgreSQL ledger: the supervisor's contract (READY=1 and
+/readyz once all workers are subscribed, watchdog only while all are alive, dead workers
+restarted, one exit status) and the delivery guarantees when single workers and the supervisor
+are killed, when the broker restarts, under CI faults and duplicate callbacks. The sink outage
+and hostile messages with workers are in test_sink_outage.py and test_bad_messages.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import socket
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,26 +28,21 @@ from .support import (
     DaemonConfig,
     Emulator,
     create_jobs,
+    dead_letters,
     free_port,
     ledger_rows,
-    read_topic,
+    readyz,
     result_ids,
     set_faults,
     start_daemon,
-    start_emulator,
+    stop_daemon,
     wait_for,
+    webhook_sink,
     write_config,
 )
 from .test_reliability import FAST_RETRY, check_delivered_once
 
 ALL_READY = "all workers subscribed"
-
-
-@pytest.fixture
-def emulator(tmp_path: Path, broker: Broker) -> Iterator[Emulator]:
-    emu = start_emulator(tmp_path / "emulator", broker.service_url, "--job-delay", "0.2")
-    yield emu
-    emu.stop()
 
 
 def workers_config(
@@ -84,10 +79,6 @@ def gone(pid: int) -> bool:
     # A zombie (not yet reaped) counts as gone.
     stat = Path(f"/proc/{pid}/stat").read_text()
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
-def dead_letters(broker: Broker, cfg: DaemonConfig) -> list[object]:
-    return read_topic(broker.service_url, f"{cfg.topic}-asrd-DLQ", timeout_ms=1000)
 
 
 class Notifications:
@@ -129,18 +120,24 @@ def test_supervisor_ready_watchdog_restart_and_stop(
         text = log.read_text()
         assert text.count('"event": "worker subscribed"') == 3  # all three before READY=1
         assert text.count('"event": "subscribed"') == 3
-        workers = children(daemon.pid)
-        assert len(workers) == 3
+        workers = worker_pids(log)
+        assert sorted(children(daemon.pid)) == sorted(workers)
         wait_for(lambda: len(notify.times("WATCHDOG=1")) >= 2, 5, "watchdog pings")
+        wait_for(lambda: readyz(port) == 200, 5, "/readyz to say ready")
+        assert scrape(port, "asrd_workers_ready") == 3.0
 
-        os.kill(workers[1], signal.SIGKILL)  # one worker dies
+        os.kill(workers[1], signal.SIGKILL)  # worker 1 dies (worker 0 serves the API)
         killed_at = time.monotonic()
+        # Worker 0 is still subscribed, but not every worker is: not ready.
+        wait_for(lambda: readyz(port) == 503, 5, "/readyz to say not ready")
+        assert scrape(port, "asrd_workers_ready") == 2.0
         wait_for(
             lambda: len(children(daemon.pid)) == 3 and workers[1] not in children(daemon.pid),
             15,
             "the worker restarted",
         )
         wait_for(lambda: log.read_text().count('"event": "worker subscribed"') == 4, 30, "resub")
+        wait_for(lambda: readyz(port) == 200, 5, "/readyz to say ready again")
         time.sleep(2.5)
         pings = notify.times("WATCHDOG=1")
         after = [t for t in pings if t > killed_at]
@@ -155,11 +152,14 @@ def test_supervisor_ready_watchdog_restart_and_stop(
         # counts what all of them did.
         jobs = create_jobs(cfg, 30)
         wait_for(lambda: result_ids(cfg) >= set(jobs), 60, "results")
-        wait_for(lambda: done_total(port) == 30.0, 10, "/metrics to count all 30 messages")
+        wait_for(
+            lambda: scrape(port, "asrd_messages_total", outcome="done") == 30.0,
+            10,
+            "/metrics to count all 30 messages",
+        )
         workers = children(daemon.pid)
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        status = daemon.wait(timeout=45)
+        status = stop_daemon(daemon)
     assert status == 0
     assert all(gone(pid) for pid in workers)
     assert "STOPPING=1" in [s for _, s in notify.drain()]
@@ -173,16 +173,22 @@ def test_supervisor_ready_watchdog_restart_and_stop(
     assert sum(1 for n in by_worker.values() if n) >= 2, by_worker  # not worker 0 alone
 
 
-def done_total(port: int) -> float:
-    """``asrd_messages_total{outcome="done"}`` as /metrics shows it."""
+def scrape(port: int, name: str, **labels: str) -> float:
+    """One sample as /metrics shows it (-1 if it is not there)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "asrd_messages_total" and sample.labels == {"outcome": "done"}:
+            if sample.name == name and sample.labels == labels:
                 return float(sample.value)
     return -1.0
+
+
+def worker_pids(log: Path) -> list[int]:
+    """The workers' pids by index, as the supervisor's latest start says."""
+    starts = [line for line in log.read_text().splitlines() if '"workers started"' in line]
+    return [int(pid) for pid in json.loads(starts[-1])["pids"]]
 
 
 def test_a_worker_configuration_error_is_the_supervisors_exit_78(
@@ -235,11 +241,54 @@ def test_killing_single_workers_and_the_supervisor_loses_and_duplicates_nothing(
         set_faults(emulator.endpoint, latency_ms=0, latency_max_ms=0)
         wait_for(lambda: result_ids(cfg) >= set(jobs), 180, "all 1200 results after the kills")
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=45) == 0
+        assert stop_daemon(daemon) == 0
     assert kills == 4
     check_delivered_once(cfg, jobs)
-    assert dead_letters(broker, cfg) == []
+    assert dead_letters(broker.service_url, cfg) == []
+
+
+def subscription_consumers(broker: Broker, cfg: DaemonConfig) -> int:
+    """How many consumers the broker has on the run's subscription of its topic."""
+    name = cfg.topic.removeprefix("persistent://")
+    stats = requests.get(f"{broker.admin_url}/admin/v2/persistent/{name}/stats", timeout=10)
+    stats.raise_for_status()
+    return len(stats.json()["subscriptions"][cfg.subscription]["consumers"])
+
+
+def test_broker_restart_with_workers(
+    tmp_path: Path, broker: Broker, emulator: Emulator, postgres: Any
+) -> None:
+    if broker.script is None:
+        pytest.fail("this test restarts the broker: run it against scripts/pulsar")
+    port = free_port()
+    cfg = workers_config(
+        tmp_path, emulator, broker, postgres, extra_pulsar="concurrency = 2",
+        extra=f'[http]\nlisten = "127.0.0.1:{port}"\n',
+    )  # fmt: skip
+    jobs = create_jobs(cfg, 600)
+    # Slow enough that the broker goes away mid-run: 3 workers x 2 look-ups of 10 ids at a time.
+    set_faults(emulator.endpoint, latency_ms=1000, latency_max_ms=1500)
+    log = tmp_path / "daemon.log"
+    daemon = start_daemon(cfg, log, ready_event=ALL_READY)
+    try:
+        wait_for(lambda: readyz(port) == 200, 10, "/readyz to say ready")
+        assert subscription_consumers(broker, cfg) == 3
+        wait_for(lambda: len(result_ids(cfg)) >= 50, 60, "the first results")
+        broker.stop()
+        assert len(result_ids(cfg)) < len(jobs), "the broker went down too late to test anything"
+        wait_for(lambda: readyz(port) == 503, 15, "/readyz to say not ready")
+        broker.start()
+        assert daemon.poll() is None, "the daemon must survive a broker restart"
+        wait_for(lambda: readyz(port) == 200, 60, "/readyz to say ready again")
+        # Ready means every worker is back on the subscription, not just worker 0.
+        assert subscription_consumers(broker, cfg) == 3
+        set_faults(emulator.endpoint, latency_ms=0, latency_max_ms=0)
+        wait_for(lambda: result_ids(cfg) >= set(jobs), 120, "all 600 results after the restart")
+    finally:
+        assert stop_daemon(daemon) == 0
+    assert "worker died" not in log.read_text()  # the workers rode it out; none was restarted
+    check_delivered_once(cfg, jobs)
+    assert dead_letters(broker.service_url, cfg) == []
 
 
 def test_duplicates_across_workers_reach_a_sink_once_under_ci_faults(
@@ -252,7 +301,7 @@ def test_duplicates_across_workers_reach_a_sink_once_under_ci_faults(
         broker,
         postgres,
         extra_pulsar="concurrency = 8",
-        extra_sinks=f'[[sinks]]\nname = "app"\ntype = "webhook"\nurl = "{hook.url()}"',
+        extra_sinks=webhook_sink(hook.url()),
     )
     jobs = create_jobs(cfg, 150)
     set_faults(
@@ -266,8 +315,7 @@ def test_duplicates_across_workers_reach_a_sink_once_under_ci_faults(
         wait_for(lambda: result_ids(cfg) >= set(jobs), 60, "every job in the files")
         time.sleep(2)  # let the duplicates arrive and be settled
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(timeout=45) == 0
+        assert stop_daemon(daemon) == 0
         hook.close()
     assert {k: len(v) for k, v in hook.by_job().items()} == dict.fromkeys(jobs, 1)
     rows = Counter(ledger_rows(cfg))
@@ -277,4 +325,4 @@ def test_duplicates_across_workers_reach_a_sink_once_under_ci_faults(
     # The copies were spread over the workers, and more than one worker delivered.
     assert len({line.split('"worker": ')[1][0] for line in done.splitlines()
                 if '"asrd stopped"' in line and '"worker": ' in line}) == 3  # fmt: skip
-    assert dead_letters(broker, cfg) == []
+    assert dead_letters(broker.service_url, cfg) == []

@@ -1,8 +1,9 @@
 """The sidecar HTTP API (FastAPI on uvicorn, in a thread of the daemon's process).
 
-``GET /healthz`` (process up), ``GET /readyz`` (subscribed and connected, intake reachable),
-``GET /metrics`` (Prometheus text), ``GET /openapi.json``, ``POST /v1/jobs`` (submit, recorded
-in the ledger), ``GET /v1/jobs?state=&since=&limit=`` (the ledger's jobs),
+``GET /healthz`` (process up), ``GET /readyz`` (subscribed and connected — with workers, all of
+them — and the intake reachable), ``GET /metrics`` (Prometheus text), ``GET /openapi.json``,
+``POST /v1/jobs`` (submit, recorded in the ledger), ``GET /v1/jobs?state=&since=&limit=`` (the
+ledger's jobs),
 ``GET /v1/jobs/{id}`` (the job as CI has it now, and which sinks asrd delivered it to),
 ``POST /v1/callbacks/{token}`` (URL callbacks onto the Pulsar topic, when ``[intake.url]`` is set).
 

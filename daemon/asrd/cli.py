@@ -27,7 +27,7 @@ from .intake.feeds import Feeds
 from .jobs import JobService, job_gauges, sweep_overdue
 from .ledger import Ledger, LedgerError
 from .log_observer import LogObserver
-from .metrics import Metrics
+from .metrics import Metrics, multiprocess_dir
 from .observers import Observers
 from .periodic import every
 from .pipeline import Pipeline
@@ -130,7 +130,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     shutdown.install()
     stop = shutdown.stop
     logs = LogObserver()
-    metrics = Metrics(ready=lambda: consumer.health.ready and feeds.reachable(settings))
+
+    def subscribed() -> bool:
+        """With workers, /readyz (worker 0's) and asrd_ready wait for every one of them."""
+        if settings.pulsar.workers > 1 and multiprocess_dir():
+            return metrics.workers_ready() >= settings.pulsar.workers
+        return consumer.health.ready
+
+    metrics = Metrics(ready=lambda: subscribed() and feeds.reachable(settings))
     observers = Observers([logs, metrics])
     stages = _stages(settings, observers)
     ci, routes, ledger = stages.ci, stages.routes, stages.ledger
@@ -171,6 +178,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     chores = [every(6 * 3600.0, stop, lambda: ledger.prune(retention_s), "prune-ledger")]
     if not primary:
         chores = []
+    # Each process's own readiness, for worker 0 to add up (about as fresh as the consumer's
+    # connection check, once a second).
+    chores.append(
+        every(0.5, stop, lambda: metrics.publish_ready(consumer.health.ready), "readiness")
+    )
     if rc.interval_s > 0 and primary:
         chores.append(
             every(

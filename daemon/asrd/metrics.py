@@ -10,10 +10,16 @@ serves ``MultiProcessCollector`` over all of them, so one endpoint counts for al
 ``asrd_ready``, the intake's poll age and the ledger's gauges are computed at scrape time by
 worker 0 (the intake and the chores run there); the process collectors are left out then (they
 would describe worker 0 alone).
+
+Readiness across workers goes the same way: each worker keeps ``asrd_workers_ready`` at 1 while
+it is subscribed and connected (a ``livesum`` gauge, so the supervisor's ``mark_process_dead``
+drops a dead worker's file), and worker 0 is ready only while the sum over the live workers is
+the configured count (``workers_ready``).
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -152,6 +158,13 @@ class Metrics(Observer):
             registry=r,
             multiprocess_mode="livesum",
         )
+        self._worker_ready = Gauge(
+            "asrd_workers_ready",
+            "Workers subscribed and connected to the broker (with [pulsar] workers: summed over "
+            "the live workers).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self._ready = _Ready(ready)
         self.dead_letters = Counter(
             "asrd_dead_letters_total", "Messages published to the dead-letter topic.", registry=r
@@ -222,6 +235,23 @@ class Metrics(Observer):
     @gauges.setter
     def gauges(self, read: Callable[[], dict[str, float]]) -> None:
         self._gauges.read = read
+
+    def publish_ready(self, ready: bool) -> None:
+        """This process's own readiness, where ``workers_ready`` (in worker 0) reads it."""
+        self._worker_ready.set(float(ready))
+
+    def workers_ready(self) -> int:
+        """How many live workers last published that they are ready (from the shared
+        directory; 0 without one)."""
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        if not self._shared_dir:
+            return 0
+        files = glob.glob(os.path.join(self._shared_dir, "gauge_livesum_*.db"))
+        for family in MultiProcessCollector.merge(files, accumulate=False):  # type: ignore[no-untyped-call]
+            if family.name == "asrd_workers_ready":
+                return int(sum(sample.value for sample in family.samples))
+        return 0
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format (``CONTENT_TYPE_LATEST``); with workers,

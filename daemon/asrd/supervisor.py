@@ -14,7 +14,8 @@ sees (systemd's main PID, a container's PID 1 child):
 - it restarts a worker that died (a crash, SIGKILL, the OOM killer) with exponential backoff,
   reset once the worker has run for ``stable_s``;
 - it gives the workers one directory for their metrics (prometheus-client's multiprocess mode,
-  ``PROMETHEUS_MULTIPROC_DIR``), so worker 0's /metrics counts for all of them.
+  ``PROMETHEUS_MULTIPROC_DIR``), so worker 0's /metrics counts for all of them and its
+  /readyz answers 200 only while every worker says it is subscribed and connected.
 
 It holds no broker connection, ledger or CI client of its own, and all its waiting happens in
 one thread.
@@ -249,13 +250,14 @@ class Supervisor:
 
 
 def _metrics_dir() -> str:
-    """A fresh directory for the workers' metrics files ('' if none can be made: then each
-    worker's /metrics would be its own, and worker 0 alone serves one)."""
+    """A fresh directory for the workers' metrics files and readiness ('' if none can be
+    made: then each worker's /metrics would be its own, worker 0 alone serves one, and its
+    /readyz is its own)."""
     try:
         return tempfile.mkdtemp(prefix="asrd-metrics-")
     except OSError as exc:
-        log.warning("no directory for the workers' metrics; /metrics shows worker 0 only",
-                    error=str(exc))  # fmt: skip
+        log.warning("no directory for the workers' metrics; /metrics and /readyz show "
+                    "worker 0 only", error=str(exc))  # fmt: skip
         return ""
 
 
