@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import MutableMapping
 from typing import Any
 
+import pulsar
 import structlog
 
 _SECRET_WORDS = ("secret", "token", "password", "authorization", "signature", "credential")
@@ -82,15 +83,16 @@ def configure(level: str = "info", fmt: str = "json") -> None:
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
-def pulsar_logger() -> logging.Logger:
-    """The stdlib logger handed to ``pulsar.Client`` (it must be a real ``logging.Logger``).
+def pulsar_logger() -> pulsar.ConsoleLogger:
+    """The Pulsar C++ client's own logger, writing its warnings and errors (at asrd's debug
+    level, its INFO lines too) to standard output in its own format.
 
-    The C++ side formats every DEBUG line and crosses into Python for it, so the level is
-    pinned at INFO whatever the root level is.
-    """
-    logger = logging.getLogger("asrd.pulsar")
-    logger.setLevel(logging.INFO)
-    return logger
+    Not a Python logger: the client cannot tell a Python logger's level, so it crossed into
+    Python for every DEBUG line it formats, three per message received, each taking the
+    interpreter lock from a C++ thread. That was most of the daemon's thread switching; a native
+    logger filters by level without Python."""
+    debug = logging.getLogger().isEnabledFor(logging.DEBUG)
+    return pulsar.ConsoleLogger(pulsar.LoggerLevel.Info if debug else pulsar.LoggerLevel.Warn)
 
 
 class Counters:
