@@ -47,13 +47,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--expected", type=int, default=0)
     p.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: never)")
     p.add_argument("--idle-seconds", type=float, default=20.0)
+    p.add_argument(
+        "--logger",
+        choices=("python", "native"),
+        default="python",
+        help="quiet the client through a Python logger (as the issue's script did) or its own "
+        "console logger at WARN (no crossing into Python for its DEBUG lines)",
+    )
     return p
 
 
 def main() -> int:
     args = _parser().parse_args()
-    quiet = logging.getLogger("baseline.pulsar")
-    quiet.setLevel(logging.ERROR)
+    quiet: logging.Logger | pulsar.ConsoleLogger
+    if args.logger == "native":
+        quiet = pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn)
+    else:
+        quiet = logging.getLogger("baseline.pulsar")
+        quiet.setLevel(logging.ERROR)
     client = pulsar.Client(args.service_url or "pulsar://127.0.0.1:6650", logger=quiet)
     consumer = client.subscribe(
         args.topic, args.subscription, consumer_type=pulsar.ConsumerType.Shared,

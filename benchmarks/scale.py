@@ -153,7 +153,12 @@ def run_asrd(
 
 
 def run_baseline(
-    ctx: Context, setup: DaemonSetup, name: str, expected: int, seconds: float = 0.0
+    ctx: Context,
+    setup: DaemonSetup,
+    name: str,
+    expected: int,
+    seconds: float = 0.0,
+    logger: str = "python",
 ) -> Drain:
     out = setup.dir / "baseline-out"  # type: ignore[attr-defined]
     bucket = _bucket(setup)
@@ -163,6 +168,7 @@ def run_baseline(
             "--subscription", setup.subscription, "--endpoint", ctx.emulator.endpoint,
             "--bucket", bucket, "--secret-id", SECRET_ID, "--secret-key", SECRET_KEY,
             "--out", str(out), "--expected", str(expected), "--seconds", str(seconds),
+            "--logger", logger,
         ],
         capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip

@@ -142,7 +142,7 @@ class CiSettings(_Section):
     token_file: Path | None = None
     endpoint: str = ""
     timeout_s: float = Field(default=10.0, gt=0)
-    max_connections: int = Field(default=8, ge=1, le=256)
+    max_connections: int = Field(default=16, ge=1, le=256)
     get_batch_size: int = Field(default=10, ge=1, le=100)
     # CI's request quota as this process may use it (0: no client-side limit). Every CI call of
     # the process (consumer, reconciler, sweep, submit) draws on it; throttling answers slow it.
