@@ -23,6 +23,7 @@ VS_BASELINE = 3.0  # asrd's jobs/s over the afternoon script's
 QUOTA_SHARE = 0.9  # of QUOTA_RPS x get_batch_size jobs/s
 CPU_MS_PER_JOB = 0.7
 WORKERS_GAIN = 1.6  # workers = 2 over workers = 1
+WORKER_RSS_MB = 200.0  # peak RSS of any one process with workers = 2
 GET_BATCH_SIZE = 10  # the default [ci] get_batch_size the runs use
 
 
@@ -254,6 +255,19 @@ def _scale_targets(r: Results, sc: ScaleResults) -> list[Target]:
             False,
         ),
     ]
+    two = w["sqlite-2"]
+    largest, total = two.notes["peak_rss_mb_largest_process"], two.notes["peak_rss_mb_total"]
+    out.append(
+        Target(
+            "peak_rss_workers",
+            f"workers = 2: peak RSS of each process < {WORKER_RSS_MB:.0f} MB (total reported)",
+            f"largest {largest:.0f} MB, total {total:.0f} MB over {two.notes['processes']} "
+            "processes (supervisor and workers)",
+            largest / WORKER_RSS_MB,
+            1.0,
+            False,
+        )
+    )
     for ledger in ("sqlite", "postgresql"):
         one, two = w[f"{ledger}-1"], w[f"{ledger}-2"]
         out.append(
@@ -376,12 +390,26 @@ def to_markdown(r: Results, ts: list[Target]) -> str:
             "",
             "Issue 10's runs (same backlog, same broker and emulator):",
             "",
-            "| run | jobs | jobs/s | CPU-ms per job |",
-            "|---|---|---|---|",
+            "| run | jobs | jobs/s | CPU-ms per job | peak RSS MB, largest / all processes |",
+            "|---|---|---|---|---|",
         ]
         sc = r.scale
-        for d in (sc.baseline_0, sc.baseline_50, sc.quota, sc.quota_baseline, *sc.workers.values()):
-            lines.append(f"| {d.name} | {d.delivered:,} | {d.rate:.0f} | {d.cpu_ms_per_job:.2f} |")
+        runs = (sc.baseline_0, sc.baseline_native, sc.baseline_50, sc.quota, sc.quota_baseline)
+        for d in (*runs, *sc.workers.values()):
+            rss = d.notes.get("peak_rss_mb_total")
+            lines.append(
+                f"| {d.name} | {d.delivered:,} | {d.rate:.0f} | {d.cpu_ms_per_job:.2f} | "
+                + (f"{d.notes['peak_rss_mb_largest_process']:.0f} / {rss:.0f} |" if rss else "- |")
+            )
+        lines += [
+            "",
+            f"asrd over the afternoon script with the client's native logger (no target; the "
+            f"script as the issue measured it quiets the client through a Python logger, which "
+            f"costs it a crossing into Python per DEBUG line): "
+            f"{r.backlog.rate / sc.baseline_native.rate:.2f} "
+            f"({r.backlog.rate:.0f} vs {sc.baseline_native.rate:.0f} jobs/s; "
+            f"{sc.baseline_native.cpu_ms_per_job:.2f} CPU-ms per job).",
+        ]
     lines += [
         "",
         f"asrd over raw consume-and-ack (no target): {r.backlog.rate / r.raw_backlog.rate:.2f} "

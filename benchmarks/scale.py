@@ -69,6 +69,7 @@ class Drain:
 @dataclass
 class ScaleResults:
     baseline_0: Drain
+    baseline_native: Drain  # the same script with the client's native logger (no target)
     baseline_50: Drain
     quota: Drain
     quota_baseline: Drain
@@ -77,6 +78,7 @@ class ScaleResults:
     def to_dict(self) -> dict[str, Any]:
         return {
             "baseline_latency_0": self.baseline_0.to_dict(),
+            "baseline_native_logger_latency_0": self.baseline_native.to_dict(),
             "baseline_latency_50": self.baseline_50.to_dict(),
             "quota": self.quota.to_dict(),
             "quota_baseline": self.quota_baseline.to_dict(),
@@ -127,6 +129,7 @@ def run_asrd(
     CPU summed over its process tree (a worker's CPU is read until it exits)."""
     proc = start_daemon(setup)
     cpu: dict[int, float] = {}
+    peak_kb: dict[int, int] = {}  # VmHWM per process of the tree
     seen, progress = 0, time.monotonic()
     deadline = time.monotonic() + limit_s
     try:
@@ -136,6 +139,7 @@ def run_asrd(
                 sample = read_proc(pid)
                 if sample is not None:
                     cpu[pid] = sample.cpu_s
+                    peak_kb[pid] = max(peak_kb.get(pid, 0), sample.hwm_kb)
             now = count_files(setup.results)
             if now >= expected:
                 break
@@ -149,7 +153,13 @@ def run_asrd(
     span = max(delivered.values()) - min(delivered.values()) if delivered else 0.0
     counters = daemon_counters(setup)
     dead = counters.get("messages.dead_lettered", 0)
-    return Drain(name, expected, len(delivered), span, sum(cpu.values()), dead)
+    rss = {
+        # The supervisor (workers > 1) is one more process of the tree; its peak counts too.
+        "peak_rss_mb_largest_process": round(max(peak_kb.values(), default=0) / 1024, 1),
+        "peak_rss_mb_total": round(sum(peak_kb.values()) / 1024, 1),
+        "processes": len(peak_kb),
+    }
+    return Drain(name, expected, len(delivered), span, sum(cpu.values()), dead, rss)
 
 
 def run_baseline(
@@ -195,6 +205,12 @@ def run_all(ctx: Context, jobs: int, latency_ms: float) -> ScaleResults:
     setup = fresh_backlog(ctx, "baseline-0", count)
     baseline_0 = run_baseline(ctx, setup, "baseline (32 threads), CI latency 0", count)
     print(f"  baseline, latency 0: {baseline_0.rate:.0f} jobs/s", flush=True)
+
+    setup = fresh_backlog(ctx, "baseline-native", count)
+    native = run_baseline(
+        ctx, setup, "baseline, native client logger, CI latency 0", count, logger="native"
+    )
+    print(f"  baseline with the native logger, latency 0: {native.rate:.0f} jobs/s", flush=True)
 
     setup = fresh_backlog(ctx, "baseline-50", count)
     emu.set_faults(latency_ms=latency_ms)
@@ -246,4 +262,4 @@ def run_all(ctx: Context, jobs: int, latency_ms: float) -> ScaleResults:
                 print(f"  workers = {n}, {ledger}: {workers[key].rate:.0f} jobs/s", flush=True)
     finally:
         server.stop()
-    return ScaleResults(baseline_0, baseline_50, quota, quota_baseline, workers)
+    return ScaleResults(baseline_0, native, baseline_50, quota, quota_baseline, workers)
