@@ -6,6 +6,7 @@ Exit status: 0 clean stop, 78 configuration error (EX_CONFIG), 1 any other fatal
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -208,6 +209,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("asrd starting", version=__version__, sinks=[r.sink.name for r in routes])
     if primary:
         feeds.start(stop)
+    _settle_heap()
     consumer.run(stop, worker.process, worker.process_batch)
     systemd.notify("STOPPING=1")
     if api is not None:
@@ -222,6 +224,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     sys.stderr.flush()
     # Worker threads stuck past the deadline must not hold the exit; their messages are unacked.
     os._exit(EX_OK)
+
+
+def _settle_heap() -> None:
+    """What start-up built lives as long as the process: out of the collector's way (``freeze``),
+    and collections rarer than CPython's default, which allocates past 700 objects per message
+    batch and spent ~6% of a busy daemon's CPU walking the same long-lived objects."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
 
 
 def cmd_intake(args: argparse.Namespace) -> int:
