@@ -142,17 +142,23 @@ class PostgresLedger(_SqlLedger):
             rows = cur.fetchall() if cur.description else []
             return rows, int(cur.rowcount)
 
+    # A batch's statements go in one pipeline (psycopg's pipeline mode): sent together, one
+    # round trip to the server instead of one per statement; the results are read after.
     def _run_all(self, statements: Sequence[tuple[str, Params]]) -> list[int]:
         with self._pool.connection() as conn, conn.transaction():
-            return [int(conn.execute(_pg(sql).encode(), p).rowcount) for sql, p in statements]
+            with conn.pipeline():
+                cursors = [conn.execute(_pg(sql).encode(), p) for sql, p in statements]
+            return [int(cur.rowcount) for cur in cursors]
 
     def _returning_all(
         self, statements: Sequence[tuple[str, Params]], optional: bool = False
     ) -> Rows:
         rows: Rows = []
         with self._pool.connection() as conn, conn.transaction():
-            for sql, p in statements:
-                row = conn.execute(_pg(sql).encode(), p).fetchone()
+            with conn.pipeline():
+                cursors = [conn.execute(_pg(sql).encode(), p) for sql, p in statements]
+            for (sql, _), cur in zip(statements, cursors, strict=True):
+                row = cur.fetchone()
                 if row is not None:
                     rows.append(row)
                 elif not optional:
