@@ -38,6 +38,7 @@ from .result import InvalidResult, normalise
 from .shutdown import Shutdown
 from .sinks import build_routes
 from .sinks.routing import Route, Router
+from .submit import Submitter
 from .supervisor import Supervisor, worker_command
 from .worker import Worker
 
@@ -163,15 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     submitter = cli_submit.make_submitter(settings, ci, ledger, stop=stop)
     api = _serve_api(
         settings if primary else settings.model_copy(update={"http": HttpSettings()}),
-        ApiContext(
-            ci,
-            settings.ci,
-            metrics.ready,
-            metrics.exposition,
-            callbacks=feeds.url,
-            ledger=ledger,
-            jobs=JobService(submitter, ledger),
-        ),
+        _api_context(settings, ci, ledger, metrics, feeds, submitter),
     )
     systemd.start_watchdog(systemd.loop_alive(lambda: consumer.health.last_tick, 30.0), stop)
     rc = settings.reconcile
@@ -235,6 +228,26 @@ def _settle_heap() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
+def _api_context(
+    settings: Settings,
+    ci: CiClient,
+    ledger: Ledger,
+    metrics: Metrics,
+    feeds: Feeds,
+    submitter: Submitter,
+) -> ApiContext:
+    """What the sidecar API serves, the same for ``asrd run`` and ``asrd intake``."""
+    return ApiContext(
+        ci,
+        settings.ci,
+        metrics.ready,
+        metrics.exposition,
+        callbacks=feeds.url,
+        ledger=ledger,
+        jobs=JobService(submitter, ledger),
+    )
+
+
 def cmd_intake(args: argparse.Namespace) -> int:
     """The CMQ intake alone, for operators who run it apart from the consumers."""
     settings = _settings(args)
@@ -254,18 +267,8 @@ def cmd_intake(args: argparse.Namespace) -> int:
     ci = CiClient(settings.ci, observers=observers)
     ledger = cli_submit.open_ledger(settings)  # a job submitted here is owed like any other
     metrics.gauges = lambda: job_gauges(ledger)
-    api = _serve_api(
-        settings,
-        ApiContext(
-            ci,
-            settings.ci,
-            metrics.ready,
-            metrics.exposition,
-            callbacks=feeds.url,
-            ledger=ledger,
-            jobs=JobService(cli_submit.make_submitter(settings, ci, ledger, stop=stop), ledger),
-        ),
-    )
+    submitter = cli_submit.make_submitter(settings, ci, ledger, stop=stop)
+    api = _serve_api(settings, _api_context(settings, ci, ledger, metrics, feeds, submitter))
     systemd.start_watchdog(systemd.loop_alive(lambda: queue.health.last_tick, 90.0), stop)
     feeds.start(stop)
     systemd.notify("READY=1")
