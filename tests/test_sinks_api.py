@@ -43,6 +43,7 @@ def settings(tmp_path: Path, sinks: str) -> Settings:
 def test_plugin_facing_names_are_pinned() -> None:
     assert asrd.sinks.__all__ == [
         "ENTRY_POINT_GROUP",
+        "BatchSink",
         "ExtensionSinkSettings",
         "ResultRecord",
         "Segment",

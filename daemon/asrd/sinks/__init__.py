@@ -16,12 +16,13 @@ from typing import Any, cast
 from ..config import ConfigError, ExtensionSinkSettings, Settings
 from ..formats import render
 from ..result import ResultRecord, Segment, Word
-from .base import Sink, SinkError
+from .base import BatchSink, Sink, SinkError
 from .routing import Route
 
 # The names other packages may rely on; tests/test_sinks_api.py pins them.
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "BatchSink",
     "ExtensionSinkSettings",
     "ResultRecord",
     "Segment",
