@@ -172,10 +172,12 @@ def test_sigterm_under_load_drains_within_deadline(
         tmp_path,
         emulator,
         broker.service_url,
-        extra_pulsar=f"concurrency = 8\nshutdown_deadline_s = {deadline}\n{FAST_RETRY}",
+        extra_pulsar=f"concurrency = 8\nmax_in_flight = 40\nshutdown_deadline_s = {deadline}\n"
+        f"{FAST_RETRY}",
     )
     jobs = create_jobs(cfg, 300)
-    # Look-ups of up to 10 ids share a request: slow enough that 300 jobs outlast the stop.
+    # Look-ups of up to 10 ids share a request, 40 messages in flight at most: slow enough that
+    # 300 jobs outlast the stop (16 look-ups in flight would finish them all within it).
     set_faults(emulator.endpoint, latency_ms=800, latency_max_ms=1200)
     log = tmp_path / "daemon.log"
     daemon = start_daemon(cfg, log)
