@@ -180,6 +180,7 @@ def targets(r: Results) -> list[Target]:
             False,
         ),
     ]
+    with_workers = ""
     if r.scale is not None:
         out = _scale_targets(r, r.scale) + out
         cores = r.machine["cores"]
@@ -192,7 +193,7 @@ def targets(r: Results) -> list[Target]:
                 "the emulator, the ledger's server and the load share"
             )
         two = r.scale.workers["sqlite-2"]
-        notes_scale["workers_note"] = (
+        with_workers = (
             f"; with `workers = 2` (a process per core) asrd drains {two.rate:.0f} jobs/s, "
             f"{two.rate / r.scale.baseline_0.rate:.2f}x the script"
         )
@@ -202,8 +203,7 @@ def targets(r: Results) -> list[Target]:
             "normalisation"
         )
     notes = {
-        "vs_baseline_latency_0": _cores_note(a, r.machine["cores"])
-        + notes_scale.pop("workers_note", ""),
+        "vs_baseline_latency_0": _cores_note(a, r.machine["cores"]) + with_workers,
         "vs_baseline_latency_50": _cores_note(b, r.machine["cores"]),
         "cpu_per_job": _cores_note(a, r.machine["cores"]),
         "steady_p99": _steady_note(s.run, r.machine["cores"], bound_ms),

@@ -148,3 +148,11 @@ def postgres() -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def creds(tmp_path: Path) -> dict[str, str]:
+    """Credentials as systemd passes them (``$CREDENTIALS_DIRECTORY``), for the example config."""
+    (tmp_path / "secret_id").write_text("AKIDexample\n")
+    (tmp_path / "secret_key").write_text("keyexample\n")
+    return {"CREDENTIALS_DIRECTORY": str(tmp_path)}

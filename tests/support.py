@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "config" / "asrd.example.toml"  # the example configuration README points to
 ASRD = [sys.executable, "-m", "asrd.cli"]
 SECRET_ID = "AKIDasrdtest0000000000000000000000"
 SECRET_KEY = "asrdtestsecretkey000000000000000"

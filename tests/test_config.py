@@ -8,16 +8,7 @@ import pytest
 
 from asrd import config
 
-from .support import asrd, write_config
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "asrd.example.toml"
-
-
-@pytest.fixture
-def creds(tmp_path: Path) -> dict[str, str]:
-    (tmp_path / "secret_id").write_text("AKIDexample\n")
-    (tmp_path / "secret_key").write_text("keyexample\n")
-    return {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+from .support import EXAMPLE, asrd, write_config
 
 
 def test_example_config_is_valid_and_reads_systemd_credentials(creds: dict[str, str]) -> None:

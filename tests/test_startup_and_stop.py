@@ -17,16 +17,16 @@ from asrd.result import normalise
 from asrd.sinks.file import FileSink
 
 from .conftest import Broker
-from .support import asrd, free_port, readyz, start_daemon, start_emulator, wait_for, write_config
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "asrd.example.toml"
-
-
-@pytest.fixture
-def creds(tmp_path: Path) -> dict[str, str]:
-    (tmp_path / "secret_id").write_text("AKIDexample\n")
-    (tmp_path / "secret_key").write_text("keyexample\n")
-    return {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+from .support import (
+    EXAMPLE,
+    asrd,
+    free_port,
+    readyz,
+    start_daemon,
+    start_emulator,
+    wait_for,
+    write_config,
+)
 
 
 def _without_ledger(tmp_path: Path) -> Path:

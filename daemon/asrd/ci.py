@@ -453,23 +453,10 @@ class CiClient:
         ``ci_create_asr_job`` drops ``CallBackType`` and cannot send ``UserData``/``JobLevel``
         (SDK bug), so the body goes through the SDK's own XML writer, signing and transport.
         """
-        path = "/asr_jobs"
-        conf = self._client.get_conf()
-        url = conf.uri(bucket=self.bucket, path=path, endpoint=conf._endpoint_ci)
         body = format_xml(data=request, root="Request")
 
         def send() -> JobsDetail:
-            rt = self._client.send_request(
-                method="POST",
-                url=url,
-                bucket=self.bucket,
-                data=body,
-                auth=CosS3Auth(conf, path, params={}),
-                params={},
-                headers={"Content-Type": "application/xml"},
-                ci_request=True,
-            )
-            detail = answer_dict(rt.content).get("JobsDetail")
+            detail = self._ci_request("POST", "/asr_jobs", body).get("JobsDetail")
             if not isinstance(detail, dict):
                 raise CiError(
                     ErrorKind.TRANSIENT, "BadResponse", "create answered without JobsDetail"
@@ -506,7 +493,8 @@ class CiClient:
 
     def _describe(self, job_ids: list[str], paced: bool = False) -> dict[str, JobsDetail]:
         """One describe request for several ids; CI omits the ones it does not know."""
-        data = self._call("get_jobs", partial(self._get_asr_jobs, ",".join(job_ids)), paced)
+        path = "/asr_jobs/" + ",".join(job_ids)  # ``ci_get_asr_job``'s request, several ids
+        data = self._call("get_jobs", partial(self._ci_request, "GET", path), paced)
         details = data.get("JobsDetail") or []
         wanted = set(job_ids)
         return {
@@ -515,19 +503,19 @@ class CiClient:
             if isinstance(d, dict) and d.get("JobId") in wanted
         }
 
-    def _get_asr_jobs(self, joined: str) -> dict[str, Any]:
-        """``ci_get_asr_job``'s request (the SDK's URL, signing and transport) with the answer
-        parsed by ``answer_dict``: the SDK's own parsing was most of a look-up's CPU."""
-        path = "/asr_jobs/" + joined
+    def _ci_request(self, method: str, path: str, body: str | None = None) -> dict[str, Any]:
+        """A CI request through the SDK's URL building, signing and transport, its XML answer
+        parsed by ``answer_dict`` (the SDK's own parsing was most of a look-up's CPU)."""
         conf = self._client.get_conf()
         rt = self._client.send_request(
-            method="GET",
+            method=method,
             url=conf.uri(bucket=self.bucket, path=path, endpoint=conf._endpoint_ci),
             bucket=self.bucket,
             auth=CosS3Auth(conf, path, params={}),
             params={},
             headers={"Content-Type": "application/xml"},
             ci_request=True,
+            **({"data": body} if body is not None else {}),  # any "data" key is a body to it
         )
         return answer_dict(rt.content)
 

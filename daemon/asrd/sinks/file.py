@@ -14,17 +14,11 @@ from ..result import ResultRecord
 from .base import SinkError
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Readers see the old file or the whole new one, never a part; durable on return.
-
-    ``mode`` is set exactly (the umask does not apply to fchmod)."""
-    write_all([(path, data)], mode)
-
-
 def write_all(files: Sequence[tuple[Path, bytes]], mode: int = 0o644) -> dict[Path, OSError]:
-    """``write_atomic`` for several files of one directory: each written to a temp file and
-    fsynced, renamed into place, then the directory fsynced once for all the renames. Returns
-    the files that could not be written (the others are in place and durable)."""
+    """Files written atomically and durably: each to a temp file, fsynced and renamed into
+    place (readers see the old file or the whole new one, never a part), then each directory
+    fsynced once for all its renames. ``mode`` is set exactly (the umask does not apply to
+    fchmod). Returns the files that could not be written (the others are in place)."""
     failed: dict[Path, OSError] = {}
     placed: list[Path] = []
     for path, data in files:
