@@ -17,12 +17,12 @@ from pathlib import Path
 import pulsar
 import structlog
 
-from . import __version__, cli_submit, config, dlq, observability, systemd
+from . import __version__, cli_submit, config, dlq, observability, pulsar_check, systemd
 from .api import ApiContext, ApiServer, serve
 from .broker import make_client
 from .ci import CiClient, CiError
 from .cmq import CmqError
-from .config import ConfigError, HttpSettings, Settings
+from .config import ConfigError, HttpSettings, PulsarSettings, Settings
 from .consumer import Consumer
 from .intake.feeds import Feeds
 from .jobs import JobService, job_gauges, sweep_overdue
@@ -360,15 +360,30 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.connect:
         next(iter(CiClient(settings.ci).list_jobs(limit=1)), None)
         print(f"CI reachable: bucket {settings.ci.bucket}")
-        client = make_client(settings.pulsar)
-        try:
-            client.get_topic_partitions(settings.pulsar.topic)
-        finally:
-            client.close()
-        print(f"Pulsar reachable: {settings.pulsar.topic}")
+        problems = _check_pulsar(settings.pulsar)
+        for problem in problems:
+            print(f"asrd check: Pulsar: {problem}", file=sys.stderr)
+        if problems:
+            return EX_FATAL
         if settings.intake.cmq is not None:
             return _check_cmq(settings)
     return EX_OK
+
+
+def _check_pulsar(settings: PulsarSettings) -> list[str]:
+    """The topics exist and the subscription is open on the topic and the retry-letter topic."""
+    client = make_client(settings, operation_timeout_s=10)
+    try:
+        for topic in (settings.topic, settings.retry_letter_topic, settings.dlq_topic):
+            client.get_topic_partitions(topic)
+        problems = pulsar_check.subscription_problems(settings, client)
+    except pulsar.TopicNotFound:
+        return [f"topic {topic} does not exist: create it (TDMQ: in the console or its API)"]
+    finally:
+        client.close()
+    if not problems:
+        print(f"Pulsar reachable: {settings.topic}, subscription {settings.subscription!r} open")
+    return problems
 
 
 def _check_cmq(settings: Settings) -> int:
