@@ -83,6 +83,12 @@ class TokenFile:
             return self._token
 
 
+def current_token(source: TokenSettings) -> str:
+    """The token a new connection would present now (the file's content, if it can be read)."""
+    token = source.token.get_secret_value() if source.token is not None else ""
+    return TokenFile(source.token_file, token)() if source.token_file is not None else token
+
+
 def authentication(source: TokenSettings) -> pulsar.Authentication | None:
     token = source.token.get_secret_value() if source.token is not None else ""
     if source.token_file is not None:

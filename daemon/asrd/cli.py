@@ -144,6 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     stages = _stages(settings, observers)
     ci, routes, ledger = stages.ci, stages.routes, stages.ledger
     metrics.gauges = lambda: job_gauges(ledger)
+    _pulsar_preflight(settings.pulsar)
     client = make_client(settings.pulsar)
     consumer = Consumer(
         settings.pulsar,
@@ -219,6 +220,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     os._exit(EX_OK)
 
 
+def _pulsar_preflight(settings: PulsarSettings) -> None:
+    """A refused certificate or token stops start-up with one line; warnings are logged."""
+    for warning in pulsar_check.warnings(settings):
+        log.warning(warning)
+    pulsar_check.preflight(settings)
+
+
 def _settle_heap() -> None:
     """What start-up built lives as long as the process: out of the collector's way (``freeze``),
     and collections rarer than CPython's default, which allocates past 700 objects per message
@@ -260,6 +268,7 @@ def cmd_intake(args: argparse.Namespace) -> int:
     logs = LogObserver()
     metrics = Metrics(ready=lambda: feeds.reachable(settings))
     observers = Observers([logs, metrics])
+    _pulsar_preflight(settings.pulsar)
     client = make_client(settings.pulsar)
     feeds = Feeds.build(settings, client, observers)
     queue = feeds.queue
@@ -360,6 +369,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.connect:
         next(iter(CiClient(settings.ci).list_jobs(limit=1)), None)
         print(f"CI reachable: bucket {settings.ci.bucket}")
+        for warning in pulsar_check.warnings(settings.pulsar):
+            print(f"asrd check: warning: {warning}", file=sys.stderr)
+        pulsar_check.preflight(settings.pulsar)
         problems = _check_pulsar(settings.pulsar)
         for problem in problems:
             print(f"asrd check: Pulsar: {problem}", file=sys.stderr)
@@ -379,6 +391,11 @@ def _check_pulsar(settings: PulsarSettings) -> list[str]:
         problems = pulsar_check.subscription_problems(settings, client)
     except pulsar.TopicNotFound:
         return [f"topic {topic} does not exist: create it (TDMQ: in the console or its API)"]
+    except pulsar.AuthorizationError:
+        return [
+            f"pulsar.token: the role may not use {topic} (AuthorizationError): grant it "
+            "produce and consume on the namespace"
+        ]
     finally:
         client.close()
     if not problems:

@@ -6,9 +6,14 @@ consumer that never starts).
 
 from __future__ import annotations
 
+import socket
+import ssl
+import struct
+
 import pulsar
 
-from .config import PulsarSettings
+from .broker import current_token
+from .config import ConfigError, PulsarSettings
 
 
 def _short(exc: Exception) -> str:
@@ -35,6 +40,8 @@ def subscription_problem(client: pulsar.Client, topic: str, subscription: str) -
         )
     except pulsar.TopicNotFound:
         return f"topic {topic} does not exist: create it (TDMQ: in the console or its API)"
+    except pulsar.AuthorizationError:
+        return f"the role may not consume {topic} (AuthorizationError): grant it consume"
     except pulsar.PulsarException as exc:
         return f"cannot subscribe {subscription!r} on {topic}: {_short(exc)}"
     consumer.close()
@@ -49,3 +56,184 @@ def subscription_problems(settings: PulsarSettings, client: pulsar.Client) -> li
         if problem:
             found.append(problem)
     return found
+
+
+# -- why a connection fails --------------------------------------------------------------------
+# pulsar-client only says "ConnectError" for a certificate it refuses and times out when the
+# broker refuses the token (it drops the broker's answer), so both are asked again here: the TLS
+# handshake through Python's ssl with the same settings, and the protocol's CONNECT command with
+# the same token, whose answer carries the broker's reason. No maintained Python library speaks
+# the binary protocol short of the client itself, so the two commands are encoded by hand.
+
+_PROBE_TIMEOUT_S = 10.0
+_CONNECT, _CONNECTED, _ERROR = 2, 3, 14  # BaseCommand.Type (PulsarApi.proto)
+_SERVER_ERRORS = {3: "AuthenticationError", 4: "AuthorizationError"}  # ServerError
+
+
+def _address(service_url: str) -> tuple[str, int]:
+    """The first host of ``pulsar[+ssl]://host:port[,host:port...]``."""
+    rest = service_url.split("://", 1)[1].split("/", 1)[0].split(",")[0]
+    host, _, port = rest.rpartition(":")
+    tls = service_url.startswith("pulsar+ssl://")
+    return (host or rest).strip("[]"), int(port) if host else (6651 if tls else 6650)
+
+
+def _ssl_context(settings: PulsarSettings) -> ssl.SSLContext:
+    ca = settings.tls_trust_certs_file
+    context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    if settings.tls_allow_insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif not settings.tls_validate_hostname:
+        context.check_hostname = False
+    return context
+
+
+def _open(settings: PulsarSettings) -> socket.socket:
+    host, port = _address(settings.service_url)
+    sock = socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S)
+    if not settings.service_url.startswith("pulsar+ssl://"):
+        return sock
+    try:
+        return _ssl_context(settings).wrap_socket(sock, server_hostname=host)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def tls_problem(settings: PulsarSettings) -> str:
+    """Why the broker's certificate is refused with these settings, or ``""`` (also when the
+    broker cannot be reached at all: that is an outage, not a configuration error)."""
+    if not settings.service_url.startswith("pulsar+ssl://") or settings.tls_allow_insecure:
+        return ""
+    host, port = _address(settings.service_url)
+    try:
+        _open(settings).close()
+    except ssl.SSLCertVerificationError as exc:
+        reason = exc.verify_message or str(exc)
+        if "mismatch" in reason.lower():
+            return (
+                f"pulsar.service_url: the broker's certificate at {host}:{port} is not valid for "
+                f"the name {host!r} ({reason}); connect by a name the certificate carries"
+            )
+        ca = settings.tls_trust_certs_file or "the system's CA store"
+        return (
+            f"pulsar.tls_trust_certs_file: the broker's certificate at {host}:{port} is not "
+            f"trusted by {ca} ({reason})"
+        )
+    except ssl.SSLError as exc:
+        return f"pulsar.service_url: TLS with {host}:{port} failed: {exc.reason or exc}"
+    except OSError:
+        return ""
+    return ""
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field(number: int, value: int | bytes) -> bytes:
+    if isinstance(value, int):
+        return _varint(number << 3) + _varint(value)
+    return _varint(number << 3 | 2) + _varint(len(value)) + value
+
+
+def _fields(data: bytes) -> dict[int, int | bytes]:
+    """A protobuf message's varint and length-delimited fields (enough for two answers)."""
+    found: dict[int, int | bytes] = {}
+    i = 0
+
+    def varint() -> int:
+        nonlocal i
+        value = shift = 0
+        while True:
+            byte = data[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+
+    while i < len(data):
+        key = varint()
+        number, kind = key >> 3, key & 7
+        if kind == 0:
+            found[number] = varint()
+        elif kind == 2:
+            size = varint()
+            found[number] = data[i : i + size]
+            i += size
+        else:  # no fixed-width field is needed here; stop rather than misread
+            break
+    return found
+
+
+def _connect_command(token: str) -> bytes:
+    connect = _field(1, b"asrd-check") + _field(4, 21)  # client_version, protocol_version
+    if token:
+        connect += _field(5, b"token") + _field(3, token.encode())  # auth method, auth data
+    command = _field(1, _CONNECT) + _field(2, connect)
+    return struct.pack(">II", len(command) + 4, len(command)) + command
+
+
+def _read_exact(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("the broker closed the connection without an answer")
+        data += chunk
+    return data
+
+
+def token_problem(settings: PulsarSettings, token: str) -> str:
+    """The broker's answer to CONNECT with ``token``: ``""`` when accepted (or when it cannot
+    be asked: an outage), else its reason in one line."""
+    try:
+        with _open(settings) as sock:
+            sock.sendall(_connect_command(token))
+            total = struct.unpack(">I", _read_exact(sock, 4))[0]
+            frame = _read_exact(sock, total)
+    except (OSError, struct.error):
+        return ""
+    command = _fields(frame[4 : 4 + struct.unpack(">I", frame[:4])[0]])
+    answer = command.get(_ERROR)
+    if command.get(1) != _ERROR or not isinstance(answer, bytes):
+        return ""
+    error = _fields(answer)
+    code = error.get(2, 0)
+    message = error.get(3, b"")
+    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else ""
+    name = _SERVER_ERRORS.get(code, f"error {code!r}") if isinstance(code, int) else "error"
+    where = "pulsar.token_file" if settings.token_file is not None else "pulsar.token"
+    if not token:
+        return f"{where}: the broker requires a token and none is configured ({name}: {text})"
+    return f"{where}: the broker refused the token ({name}: {text})"
+
+
+def connection_problem(settings: PulsarSettings, token: str) -> str:
+    """The first configuration problem of the connection: certificate, then token; or ``""``."""
+    return tls_problem(settings) or token_problem(settings, token)
+
+
+def preflight(settings: PulsarSettings) -> None:
+    """At start-up and in ``asrd check --connect``: a certificate or token the broker refuses is
+    a configuration error (one line, exit 78); a broker that cannot be reached is not."""
+    problem = connection_problem(settings, current_token(settings))
+    if problem:
+        raise ConfigError(f"config error: {problem}")
+
+
+def warnings(settings: PulsarSettings) -> list[str]:
+    """What start-up says about settings that work but should not stay."""
+    if settings.tls_allow_insecure:
+        return [
+            "pulsar.tls_allow_insecure is true: the broker's certificate is not checked, so "
+            "anyone on the path can read and change messages and the token"
+        ]
+    return []
