@@ -214,3 +214,22 @@ def test_an_expired_token_pauses_the_daemon_until_a_valid_one_is_written(
     log = cfg.log.read_text()
     assert "pulsar token file changed" in log
     assert sb.client_token not in log
+
+
+def test_allow_insecure_accepts_any_certificate_and_says_so(
+    tmp_path: Path, secure_broker: SecureBroker, emulator: Emulator
+) -> None:
+    sb = secure_broker
+    cfg = secure_config(tmp_path, emulator, sb, sb.client_token, ca=other_ca(tmp_path))
+    env = {"ASRD_PULSAR__TLS_ALLOW_INSECURE": "true"}
+    check = asrd("check", "--connect", "--config", str(cfg.path), env=env)
+    assert check.returncode == 0, check.stderr
+    assert "warning: pulsar.tls_allow_insecure is true" in check.stderr
+    cfg.env.update(env)
+    daemon = start_daemon(cfg, cfg.log)
+    try:
+        [job] = create_jobs(cfg, 1)
+        wait_for(lambda: result_ids(cfg) == {job}, 60, "the job")
+    finally:
+        assert stop_daemon(daemon) == 0
+    assert "pulsar.tls_allow_insecure is true" in cfg.log.read_text()
