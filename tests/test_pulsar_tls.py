@@ -191,7 +191,7 @@ def test_an_expired_token_pauses_the_daemon_until_a_valid_one_is_written(
         tmp_path,
         emulator,
         sb,
-        sb.mint("client", expires_in_s=25),
+        sb.mint("client", expires_in_s=40),  # time enough to start under load
         extra=f'[http]\nlisten = "127.0.0.1:{http}"\n',
     )
     daemon = start_daemon(cfg, cfg.log)

@@ -366,11 +366,11 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     print(f"config ok: {args.config}")
+    for warning in pulsar_check.warnings(settings.pulsar):
+        print(f"asrd check: warning: {warning}", file=sys.stderr)
     if args.connect:
         next(iter(CiClient(settings.ci).list_jobs(limit=1)), None)
         print(f"CI reachable: bucket {settings.ci.bucket}")
-        for warning in pulsar_check.warnings(settings.pulsar):
-            print(f"asrd check: warning: {warning}", file=sys.stderr)
         pulsar_check.preflight(settings.pulsar)
         problems = _check_pulsar(settings.pulsar)
         for problem in problems:
