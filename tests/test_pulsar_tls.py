@@ -15,6 +15,7 @@ from typing import Any
 
 import pulsar
 import pytest
+import requests
 
 from .conftest import ROOT, SecureBroker
 from .support import (
@@ -78,6 +79,7 @@ def secure_config(
     extra_sinks: str = "",
     extra: str = "",
 ) -> DaemonConfig:
+    tmp.mkdir(parents=True, exist_ok=True)
     lines = [f'tls_trust_certs_file = "{ca or sb.ca}"']
     if token is not None:
         write_token(tmp / "pulsar_token", token)
@@ -171,15 +173,29 @@ def test_check_and_start_up_name_the_cause(
         assert secret not in check.stderr + check.stdout + run.stderr
 
 
-def test_a_role_without_permission_is_refused(
+def test_a_role_without_consume_permission_is_refused(
     tmp_path: Path, secure_broker: SecureBroker, emulator: Emulator
 ) -> None:
     sb = secure_broker
-    cfg = secure_config(tmp_path, emulator, sb, sb.mint("nobody"))
-    check = asrd("check", "--connect", "--config", str(cfg.path))
+    granted = requests.post(
+        f"{sb.admin_url}/admin/v2/namespaces/public/default/permissions/writer",
+        json=["produce"],
+        headers={"Authorization": f"Bearer {sb.admin_token}"},
+        timeout=30,
+    )
+    assert granted.status_code == 204, granted.text
+    writer = secure_config(tmp_path / "writer", emulator, sb, sb.mint("writer"))
+    check = asrd("check", "--connect", "--config", str(writer.path))
+    assert check.returncode == 1, check.stderr
+    refused = [line for line in check.stderr.splitlines() if "Pulsar" in line]
+    assert len(refused) == 2, check.stderr  # the topic and the retry-letter topic
+    assert all("AuthorizationError" in line and "consume" in line for line in refused)
+
+    nobody = secure_config(tmp_path / "nobody", emulator, sb, sb.mint("nobody"))
+    check = asrd("check", "--connect", "--config", str(nobody.path))
     assert check.returncode == 1, check.stderr
     [line] = [line for line in check.stderr.splitlines() if "Pulsar" in line]
-    assert "AuthorizationError" in line and cfg.topic in line, line
+    assert "AuthorizationError" in line and nobody.topic in line, line
 
 
 def test_an_expired_token_pauses_the_daemon_until_a_valid_one_is_written(
