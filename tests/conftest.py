@@ -166,6 +166,7 @@ class SecureBroker:
     service_url: str  # pulsar+ssl://127.0.0.1:<tls port>
     admin_url: str  # plain HTTP admin API; needs ``admin_token``
     run_dir: Path
+    lookup_url: str  # https://127.0.0.1:<web tls port>: an HTTP lookup address, as TDMQ's
 
     @property
     def ca(self) -> Path:
@@ -200,6 +201,7 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBr
 
     run = tmp_path_factory.mktemp("pulsar-tls")
     web_port = free_port()
+    web_tls_port = os.environ.get("PULSAR_WEB_TLS_PORT") or str(free_port())
     env = {
         **os.environ,
         "PULSAR_RUN_DIR": str(run),
@@ -207,7 +209,7 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBr
         "PULSAR_WEB_PORT": str(web_port),
         "PULSAR_BOOKIE_PORT": str(free_port()),
         "PULSAR_BROKER_TLS_PORT": os.environ.get("PULSAR_BROKER_TLS_PORT") or str(free_port()),
-        "PULSAR_WEB_TLS_PORT": os.environ.get("PULSAR_WEB_TLS_PORT") or str(free_port()),
+        "PULSAR_WEB_TLS_PORT": web_tls_port,
     }
     script = str(ROOT / "scripts" / "pulsar")
     started = subprocess.run([script, "start", "--tls", "--auth"], capture_output=True,
@@ -216,6 +218,11 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBr
         subprocess.run([script, "stop"], env=env, check=False)
         pytest.fail(f"could not start the TLS broker with scripts/pulsar:\n{started.stderr}")
     try:
-        yield SecureBroker(started.stdout.strip(), f"http://127.0.0.1:{web_port}", run)
+        yield SecureBroker(
+            started.stdout.strip(),
+            f"http://127.0.0.1:{web_port}",
+            run,
+            f"https://127.0.0.1:{web_tls_port}",
+        )
     finally:
         subprocess.run([script, "stop"], env=env, check=False)

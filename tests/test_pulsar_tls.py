@@ -94,13 +94,15 @@ def secure_config(
     )
 
 
+@pytest.mark.parametrize("address", ["pulsar+ssl", "https lookup"])
 def test_delivery_through_tls_with_a_role_token(
-    tmp_path: Path, secure_broker: SecureBroker, emulator: Emulator
+    tmp_path: Path, secure_broker: SecureBroker, emulator: Emulator, address: str
 ) -> None:
     sb = secure_broker
+    url = sb.service_url if address == "pulsar+ssl" else sb.lookup_url
     records = f"persistent://public/default/records-{tmp_path.name[-20:]}"
     sink = f'\n[[sinks]]\nname = "bus"\ntype = "pulsar"\ntopic = "{records}"\n'
-    cfg = secure_config(tmp_path, emulator, sb, sb.client_token, extra_sinks=sink)
+    cfg = secure_config(tmp_path, emulator, sb, sb.client_token, service_url=url, extra_sinks=sink)
     check = asrd("check", "--connect", "--config", str(cfg.path))
     assert check.returncode == 0, check.stderr
     assert "Pulsar reachable" in check.stdout
@@ -138,7 +140,9 @@ def foreign_token(tmp: Path) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
 
 
-@pytest.mark.parametrize("case", ["wrong CA", "wrong host name", "wrong token", "no token"])
+@pytest.mark.parametrize(
+    "case", ["wrong CA", "wrong host name", "wrong token", "no token", "wrong token, https lookup"]
+)
 def test_check_and_start_up_name_the_cause(
     tmp_path: Path, secure_broker: SecureBroker, emulator: Emulator, case: str
 ) -> None:
@@ -158,6 +162,10 @@ def test_check_and_start_up_name_the_cause(
     elif case == "wrong token":
         cfg = secure_config(tmp_path, emulator, sb, foreign_token(tmp_path))
         expected = "pulsar.token_file: the broker refused the token (AuthenticationError"
+    elif case == "wrong token, https lookup":
+        url = sb.lookup_url
+        cfg = secure_config(tmp_path, emulator, sb, foreign_token(tmp_path), service_url=url)
+        expected = "pulsar.token_file: the broker refused the token (HTTP 401"
     else:
         cfg = secure_config(tmp_path, emulator, sb, None)
         expected = "pulsar.token: the broker requires a token and none is configured"

@@ -221,10 +221,6 @@ class PulsarSettings(_Section):
         return value
 
     @property
-    def uses_tls(self) -> bool:
-        return self.service_url.startswith(("pulsar+ssl://", "https://"))
-
-    @property
     def dlq_topic(self) -> str:
         # TDMQ names the auto-created DLQ <topic>-<subscription>-DLQ; always name it explicitly.
         return self.dead_letter_topic or f"{self.topic}-{self.subscription}-DLQ"

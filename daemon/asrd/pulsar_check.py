@@ -11,6 +11,7 @@ import ssl
 import struct
 
 import pulsar
+import requests
 
 from .broker import current_token
 from .config import ConfigError, PulsarSettings
@@ -61,21 +62,26 @@ def subscription_problems(settings: PulsarSettings, client: pulsar.Client) -> li
 # -- why a connection fails --------------------------------------------------------------------
 # pulsar-client only says "ConnectError" for a certificate it refuses and times out when the
 # broker refuses the token (it drops the broker's answer), so both are asked again here: the TLS
-# handshake through Python's ssl with the same settings, and the protocol's CONNECT command with
-# the same token, whose answer carries the broker's reason. No maintained Python library speaks
-# the binary protocol short of the client itself, so the two commands are encoded by hand.
+# handshake through Python's ssl with the same settings, then the token: with the protocol's
+# CONNECT command, whose answer carries the broker's reason, or, for an HTTP lookup address
+# (TDMQ's), with the lookup the client itself would make first. No maintained Python library
+# speaks the binary protocol short of the client itself, so the two commands are encoded by hand.
 
 _PROBE_TIMEOUT_S = 10.0
 _CONNECT, _CONNECTED, _ERROR = 2, 3, 14  # BaseCommand.Type (PulsarApi.proto)
 _SERVER_ERRORS = {3: "AuthenticationError", 4: "AuthorizationError"}  # ServerError
 
 
+_DEFAULT_PORTS = {"pulsar": 6650, "pulsar+ssl": 6651, "http": 80, "https": 443}
+_TLS_SCHEMES = ("pulsar+ssl://", "https://")
+
+
 def _address(service_url: str) -> tuple[str, int]:
-    """The first host of ``pulsar[+ssl]://host:port[,host:port...]``."""
-    rest = service_url.split("://", 1)[1].split("/", 1)[0].split(",")[0]
+    """The first host of ``scheme://host:port[,host:port...]``."""
+    scheme, rest = service_url.split("://", 1)
+    rest = rest.split("/", 1)[0].split(",")[0]
     host, _, port = rest.rpartition(":")
-    tls = service_url.startswith("pulsar+ssl://")
-    return (host or rest).strip("[]"), int(port) if host else (6651 if tls else 6650)
+    return (host or rest).strip("[]"), int(port) if host else _DEFAULT_PORTS[scheme]
 
 
 def _ssl_context(settings: PulsarSettings) -> ssl.SSLContext:
@@ -92,7 +98,7 @@ def _ssl_context(settings: PulsarSettings) -> ssl.SSLContext:
 def _open(settings: PulsarSettings) -> socket.socket:
     host, port = _address(settings.service_url)
     sock = socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S)
-    if not settings.service_url.startswith("pulsar+ssl://"):
+    if not settings.service_url.startswith(_TLS_SCHEMES):
         return sock
     try:
         return _ssl_context(settings).wrap_socket(sock, server_hostname=host)
@@ -104,7 +110,7 @@ def _open(settings: PulsarSettings) -> socket.socket:
 def tls_problem(settings: PulsarSettings) -> str:
     """Why the broker's certificate is refused with these settings, or ``""`` (also when the
     broker cannot be reached at all: that is an outage, not a configuration error)."""
-    if not settings.service_url.startswith("pulsar+ssl://") or settings.tls_allow_insecure:
+    if not settings.service_url.startswith(_TLS_SCHEMES) or settings.tls_allow_insecure:
         return ""
     host, port = _address(settings.service_url)
     try:
@@ -191,9 +197,54 @@ def _read_exact(sock: socket.socket, size: int) -> bytes:
     return data
 
 
+def _refused(settings: PulsarSettings, token: str, reason: str) -> str:
+    where = "pulsar.token_file" if settings.token_file is not None else "pulsar.token"
+    if not token:
+        return f"{where}: the broker requires a token and none is configured ({reason})"
+    return f"{where}: the broker refused the token ({reason})"
+
+
+def _lookup_path(topic: str) -> str:
+    """``persistent/<tenant>/<namespace>/<topic>`` of a full or short topic name."""
+    domain, _, name = topic.rpartition("://")
+    parts = name.split("/")
+    if len(parts) == 1:
+        parts = ["public", "default", *parts]
+    return "/".join([domain or "persistent", *parts])
+
+
+def _http_token_problem(settings: PulsarSettings, token: str) -> str:
+    """An HTTP(S) lookup address (TDMQ's access address): the lookup of the topic answers 401
+    without a body of reasons when the token is refused (with one when only permission is
+    missing, which ``asrd check --connect`` names later)."""
+    url = f"{settings.service_url.rstrip('/')}/lookup/v2/topic/{_lookup_path(settings.topic)}"
+    ca = settings.tls_trust_certs_file
+    verify: bool | str = str(ca) if ca is not None else True
+    try:
+        answer = requests.get(
+            url,
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+            timeout=_PROBE_TIMEOUT_S,
+            verify=False if settings.tls_allow_insecure else verify,
+        )
+    except requests.RequestException:
+        return ""  # unreachable, or TLS: tls_problem's business
+    if answer.status_code != 401:
+        return ""
+    try:
+        reason = answer.json().get("reason", "")
+    except (ValueError, AttributeError):
+        reason = ""
+    if "unauthorized" in str(reason).lower():
+        return ""
+    return _refused(settings, token, "HTTP 401 Authentication required")
+
+
 def token_problem(settings: PulsarSettings, token: str) -> str:
     """The broker's answer to CONNECT with ``token``: ``""`` when accepted (or when it cannot
     be asked: an outage), else its reason in one line."""
+    if settings.service_url.startswith(("http://", "https://")):
+        return _http_token_problem(settings, token)
     try:
         with _open(settings) as sock:
             sock.sendall(_connect_command(token))
@@ -210,10 +261,7 @@ def token_problem(settings: PulsarSettings, token: str) -> str:
     message = error.get(3, b"")
     text = message.decode("utf-8", "replace") if isinstance(message, bytes) else ""
     name = _SERVER_ERRORS.get(code, f"error {code!r}") if isinstance(code, int) else "error"
-    where = "pulsar.token_file" if settings.token_file is not None else "pulsar.token"
-    if not token:
-        return f"{where}: the broker requires a token and none is configured ({name}: {text})"
-    return f"{where}: the broker refused the token ({name}: {text})"
+    return _refused(settings, token, f"{name}: {text}")
 
 
 def connection_problem(settings: PulsarSettings, token: str) -> str:
