@@ -94,6 +94,9 @@ class Consumer:
                 # e.g. a TDMQ topic, retry or DLQ topic not created yet, or no permission on it;
                 # a refused token or certificate only shows as a timeout, so it is asked again.
                 cause = pulsar_check.connection_problem(s, broker.current_token(s))
+                if not cause and isinstance(exc, pulsar.Timeout):
+                    # What a subscription missing on a partitioned topic looks like.
+                    cause = "no answer: asrd check --connect names a missing subscription"
                 log.warning(
                     "subscribe failed, retrying",
                     error=str(exc),
