@@ -96,6 +96,8 @@ def test_token_file_resolves_in_the_credentials_directory(creds: dict[str, str])
     settings = config.load(EXAMPLE, env).pulsar
     assert settings.token_file == directory / "pulsar_token"
     assert broker.current_token(settings) == "secret-token"
+    (directory / "pulsar_token").write_text("rotated\n")
+    assert broker.current_token(settings) == "rotated"  # what the next connection presents
     settings = config.load(EXAMPLE, {**env, "ASRD_PULSAR__TOKEN": "given"}).pulsar
     assert settings.token_file is None and broker.current_token(settings) == "given"
 

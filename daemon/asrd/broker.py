@@ -54,7 +54,7 @@ class TokenFile:
     def __init__(self, path: Path, token: str) -> None:
         self.path = path
         self._token = token
-        self._seen: tuple[int, int, int] | None = self._stamp()
+        self._seen: tuple[int, int, int] | None = None  # the first call reads the file
         self._lock = threading.Lock()
 
     def _stamp(self) -> tuple[int, int, int] | None:

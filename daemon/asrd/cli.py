@@ -393,8 +393,8 @@ def _check_pulsar(settings: PulsarSettings) -> list[str]:
         return [f"topic {topic} does not exist: create it (TDMQ: in the console or its API)"]
     except pulsar.AuthorizationError:
         return [
-            f"pulsar.token: the role may not use {topic} (AuthorizationError): grant it "
-            "produce and consume on the namespace"
+            f"the token's role may not use {topic} (AuthorizationError): grant it produce "
+            "and consume on the namespace"
         ]
     finally:
         client.close()
