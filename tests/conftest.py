@@ -156,3 +156,73 @@ def creds(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "secret_id").write_text("AKIDexample\n")
     (tmp_path / "secret_key").write_text("keyexample\n")
     return {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+
+
+# -- a second broker, with TLS and token authentication (scripts/pulsar start --tls --auth) ----
+@dataclass(frozen=True)
+class SecureBroker:
+    """The broker as TDMQ for Pulsar is reached: TLS with a CA of its own, and role tokens."""
+
+    service_url: str  # pulsar+ssl://127.0.0.1:<tls port>
+    admin_url: str  # plain HTTP admin API; needs ``admin_token``
+    run_dir: Path
+    lookup_url: str  # https://127.0.0.1:<web tls port>: an HTTP lookup address, as TDMQ's
+
+    @property
+    def ca(self) -> Path:
+        return self.run_dir / "tls" / "ca.cert.pem"
+
+    @property
+    def secret_key(self) -> Path:
+        return self.run_dir / "auth" / "secret.key"
+
+    @property
+    def client_token(self) -> str:
+        """A token of the role "client": produce and consume on public/default."""
+        return (self.run_dir / "auth" / "client.token").read_text().strip()
+
+    @property
+    def admin_token(self) -> str:
+        return (self.run_dir / "auth" / "admin.token").read_text().strip()
+
+    def mint(self, role: str, expires_in_s: float | None = None) -> str:
+        """Another token signed by this broker's key (scripts/pulsar-token)."""
+        argv = [str(ROOT / "scripts" / "pulsar-token"), str(self.secret_key), role]
+        out = subprocess.run([*argv, *([str(expires_in_s)] if expires_in_s else [])], check=True,
+                             capture_output=True, text=True)  # fmt: skip
+        return out.stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    """scripts/pulsar start --tls --auth in a run directory and on ports of its own (the TLS
+    ports from PULSAR_BROKER_TLS_PORT / PULSAR_WEB_TLS_PORT when set), stopped at the end."""
+    from .support import free_port
+
+    run = tmp_path_factory.mktemp("pulsar-tls")
+    web_port = free_port()
+    web_tls_port = os.environ.get("PULSAR_WEB_TLS_PORT") or str(free_port())
+    env = {
+        **os.environ,
+        "PULSAR_RUN_DIR": str(run),
+        "PULSAR_BROKER_PORT": str(free_port()),
+        "PULSAR_WEB_PORT": str(web_port),
+        "PULSAR_BOOKIE_PORT": str(free_port()),
+        "PULSAR_BROKER_TLS_PORT": os.environ.get("PULSAR_BROKER_TLS_PORT") or str(free_port()),
+        "PULSAR_WEB_TLS_PORT": web_tls_port,
+    }
+    script = str(ROOT / "scripts" / "pulsar")
+    started = subprocess.run([script, "start", "--tls", "--auth"], capture_output=True,
+                             text=True, env=env)  # fmt: skip
+    if started.returncode != 0:
+        subprocess.run([script, "stop"], env=env, check=False)
+        pytest.fail(f"could not start the TLS broker with scripts/pulsar:\n{started.stderr}")
+    try:
+        yield SecureBroker(
+            started.stdout.strip(),
+            f"http://127.0.0.1:{web_port}",
+            run,
+            f"https://127.0.0.1:{web_tls_port}",
+        )
+    finally:
+        subprocess.run([script, "stop"], env=env, check=False)

@@ -7,7 +7,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from asrd.config import FileSinkSettings, PulsarSinkSettings
+from asrd.config import FileSinkSettings, PulsarSettings, PulsarSinkSettings
 from asrd.result import ResultRecord, normalise
 from asrd.sinks.base import SinkError, deliver_all
 from asrd.sinks.file import FileSink
@@ -75,7 +75,7 @@ def test_pulsar_sink_batch_is_on_the_topic_and_a_too_big_record_fails_alone(
     broker: Broker, topic: str
 ) -> None:
     settings = PulsarSinkSettings(type="pulsar", name="p", topic=topic, send_timeout_ms=10_000)
-    sink = PulsarSink(settings, broker.service_url, "")
+    sink = PulsarSink(settings, PulsarSettings(service_url=broker.service_url, topic=topic))
     try:
         batch = records(20)
         huge = replace(batch[7], transcript="x" * (6 * 1024 * 1024))  # over the 5 MiB limit

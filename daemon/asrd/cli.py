@@ -17,12 +17,12 @@ from pathlib import Path
 import pulsar
 import structlog
 
-from . import __version__, cli_submit, config, dlq, observability, systemd
+from . import __version__, cli_submit, config, dlq, observability, pulsar_check, systemd
 from .api import ApiContext, ApiServer, serve
 from .broker import make_client
 from .ci import CiClient, CiError
 from .cmq import CmqError
-from .config import ConfigError, HttpSettings, Settings
+from .config import ConfigError, HttpSettings, PulsarSettings, Settings
 from .consumer import Consumer
 from .intake.feeds import Feeds
 from .jobs import JobService, job_gauges, sweep_overdue
@@ -144,6 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     stages = _stages(settings, observers)
     ci, routes, ledger = stages.ci, stages.routes, stages.ledger
     metrics.gauges = lambda: job_gauges(ledger)
+    _pulsar_preflight(settings.pulsar)
     client = make_client(settings.pulsar)
     consumer = Consumer(
         settings.pulsar,
@@ -219,6 +220,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     os._exit(EX_OK)
 
 
+def _pulsar_preflight(settings: PulsarSettings) -> None:
+    """A refused certificate or token stops start-up with one line; warnings are logged."""
+    for warning in pulsar_check.warnings(settings):
+        log.warning(warning)
+    pulsar_check.preflight(settings)
+
+
 def _settle_heap() -> None:
     """What start-up built lives as long as the process: out of the collector's way (``freeze``),
     and collections rarer than CPython's default, which allocates past 700 objects per message
@@ -260,6 +268,7 @@ def cmd_intake(args: argparse.Namespace) -> int:
     logs = LogObserver()
     metrics = Metrics(ready=lambda: feeds.reachable(settings))
     observers = Observers([logs, metrics])
+    _pulsar_preflight(settings.pulsar)
     client = make_client(settings.pulsar)
     feeds = Feeds.build(settings, client, observers)
     queue = feeds.queue
@@ -357,18 +366,41 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     print(f"config ok: {args.config}")
+    for warning in pulsar_check.warnings(settings.pulsar):
+        print(f"asrd check: warning: {warning}", file=sys.stderr)
     if args.connect:
         next(iter(CiClient(settings.ci).list_jobs(limit=1)), None)
         print(f"CI reachable: bucket {settings.ci.bucket}")
-        client = make_client(settings.pulsar)
-        try:
-            client.get_topic_partitions(settings.pulsar.topic)
-        finally:
-            client.close()
-        print(f"Pulsar reachable: {settings.pulsar.topic}")
+        pulsar_check.preflight(settings.pulsar)
+        problems = _check_pulsar(settings.pulsar)
+        for problem in problems:
+            print(f"asrd check: Pulsar: {problem}", file=sys.stderr)
+        if problems:
+            return EX_FATAL
         if settings.intake.cmq is not None:
             return _check_cmq(settings)
     return EX_OK
+
+
+def _check_pulsar(settings: PulsarSettings) -> list[str]:
+    """The topics exist and the subscription is open on the topic and the retry-letter topic."""
+    client = make_client(settings, operation_timeout_s=10)
+    try:
+        for topic in (settings.topic, settings.retry_letter_topic, settings.dlq_topic):
+            client.get_topic_partitions(topic)
+        problems = pulsar_check.subscription_problems(settings, client)
+    except pulsar.TopicNotFound:
+        return [f"topic {topic} does not exist: create it (TDMQ: in the console or its API)"]
+    except pulsar.AuthorizationError:
+        return [
+            f"the token's role may not use {topic} (AuthorizationError): grant it produce "
+            "and consume on the namespace"
+        ]
+    finally:
+        client.close()
+    if not problems:
+        print(f"Pulsar reachable: {settings.topic}, subscription {settings.subscription!r} open")
+    return problems
 
 
 def _check_cmq(settings: Settings) -> int:

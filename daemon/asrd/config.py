@@ -78,6 +78,9 @@ def _resolve_secret(data: dict[str, Any], key: str, info: ValidationInfo) -> dic
         if not path.is_absolute() and creds:
             path = Path(creds) / path
         data[key] = _read_secret_file(path, file_key)
+        data[file_key] = path  # resolved, for whatever reads the file again later
+    elif file_value:
+        data[file_key] = None  # the value given directly wins; the file is never read
     return data
 
 
@@ -177,7 +180,13 @@ class PulsarSettings(_Section):
     topic: str = Field(min_length=1)
     subscription: str = Field(default="asrd", min_length=1)
     token: SecretStr | None = None
+    # Read again whenever it changes (a rotated TDMQ role token needs no restart).
     token_file: Path | None = None
+    # CA bundle that signed the broker's certificate (pulsar+ssl://); empty: the system's.
+    tls_trust_certs_file: Path | None = None
+    tls_validate_hostname: bool = True
+    # Accept any certificate (no verification at all): for a test broker only.
+    tls_allow_insecure: bool = False
     dead_letter_topic: str = ""
     retry_topic: str = ""
     max_in_flight: int = Field(default=256, ge=1, le=100_000)
@@ -198,6 +207,18 @@ class PulsarSettings(_Section):
     shutdown_deadline_s: float = Field(default=30.0, gt=0)
 
     secret_keys = ("token",)
+
+    @field_validator("tls_trust_certs_file")
+    @classmethod
+    def _readable_ca(cls, value: Path | None) -> Path | None:
+        # The client would only say "ConnectError" for a CA file it cannot read.
+        if value is not None:
+            try:
+                with value.open("rb"):
+                    pass
+            except OSError as exc:
+                raise ValueError(f"cannot read {str(value)!r}: {exc.strerror}") from None
+        return value
 
     @property
     def dlq_topic(self) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 import pulsar
 import structlog
 
-from . import broker
+from . import broker, pulsar_check
 from .broker import ATTEMPTS, ORIGIN_MESSAGE_ID, REAL_TOPIC, REASON, Inbound
 from .config import PulsarSettings
 
@@ -91,8 +91,18 @@ class Consumer:
                     for topic in (s.dlq_topic, s.retry_letter_topic)
                 )
             except pulsar.PulsarException as exc:
-                # e.g. a TDMQ topic, retry or DLQ topic not created yet, or no permission on it
-                log.warning("subscribe failed, retrying", error=str(exc), retry_in_s=delay)
+                # e.g. a TDMQ topic, retry or DLQ topic not created yet, or no permission on it;
+                # a refused token or certificate only shows as a timeout, so it is asked again.
+                cause = pulsar_check.connection_problem(s, broker.current_token(s))
+                if not cause and isinstance(exc, pulsar.Timeout):
+                    # What a subscription missing on a partitioned topic looks like.
+                    cause = "no answer: asrd check --connect names a missing subscription"
+                log.warning(
+                    "subscribe failed, retrying",
+                    error=str(exc),
+                    **({"cause": cause} if cause else {}),
+                    retry_in_s=delay,
+                )
                 self._close_handles()  # a half-made subscription must not linger as a consumer
                 stop.wait(delay)
                 delay = min(delay * 2, 30.0)

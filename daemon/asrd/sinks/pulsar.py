@@ -15,24 +15,19 @@ from typing import Any
 
 import pulsar
 
-from ..config import PulsarSinkSettings, Settings
+from ..broker import make_client
+from ..config import PulsarSettings, PulsarSinkSettings, Settings
 from ..formats import to_json
-from ..observability import pulsar_logger
 from ..result import ResultRecord
 from .base import SinkError
 
 
 class PulsarSink:
-    def __init__(self, settings: PulsarSinkSettings, default_url: str, default_token: str) -> None:
+    def __init__(self, settings: PulsarSinkSettings, shared: PulsarSettings) -> None:
         self.name = settings.name
         self.topic = settings.topic
-        token = settings.token.get_secret_value() if settings.token else default_token
-        self._client = pulsar.Client(
-            settings.service_url or default_url,
-            authentication=pulsar.AuthenticationToken(token) if token else None,
-            operation_timeout_seconds=30,
-            logger=pulsar_logger(),
-        )
+        own = settings.token is not None or settings.token_file is not None
+        self._client = make_client(shared, settings.service_url, settings if own else None)
         self._timeout_ms = settings.send_timeout_ms
         self._producer: Any = None
 
@@ -111,6 +106,5 @@ class PulsarSink:
 
 def build(settings: PulsarSinkSettings, shared: Settings) -> PulsarSink:
     """The ``asrd.sinks`` entry point for ``type = "pulsar"``: empty connection keys reuse
-    ``[pulsar]``'s."""
-    token = shared.pulsar.token.get_secret_value() if shared.pulsar.token else ""
-    return PulsarSink(settings, shared.pulsar.service_url, token)
+    ``[pulsar]``'s; the TLS settings are always ``[pulsar]``'s."""
+    return PulsarSink(settings, shared.pulsar)
