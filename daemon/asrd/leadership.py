@@ -1,21 +1,27 @@
 """Which process of the fleet runs the singleton chores (reconcile, deadline sweep, pruning).
 
 Every replica, host and worker of a deployment shares one ledger; a chore such as the
-reconciler costs CI quota per process that runs it, and one process is enough. With a ledger
-that offers fleet-wide locks (PostgreSQL's session-level advisory locks, ``Ledger.lock_session``)
-each candidate process keeps one connection of its own and tries, every ``poll_s``, to take a
-lock per chore it does not hold yet; the holder checks that connection on the same beat.
+reconciler costs CI quota in every process that runs it, and one process is enough. With a
+ledger that offers fleet-wide locks (PostgreSQL's session-level advisory locks,
+``Ledger.lock_sessions``) each candidate keeps one connection of its own and, every ``poll_s``,
+checks it with a round trip and tries to take a lock per chore it does not hold yet.
 
-- A holder that dies, or whose connection ends, loses its locks on the server at once (a killed
-  process's socket closes; a silent network is cut by keep-alives within seconds), and another
-  candidate takes them at its next try: the takeover is bounded by ``poll_s`` plus that.
-- A holder that cannot confirm its connection stops leading at once, and in any case once
-  ``lease_s`` has passed since its last confirmation (a check stuck on a dead network must not
-  let it lead on while another process already does).
+The rules that keep two processes from leading at once:
 
-Without such locks (SQLite: one host), the supervisor's first worker (or the only process)
-leads, as the candidate flag says. Leadership never touches readiness: a follower serves and
-consumes like the leader.
+- The server frees a holder's locks when its connection ends: at once when the process dies
+  (its socket closes), within about 20 s when its network goes silent (keep-alives on the lock
+  connection). A candidate with a working session takes them at its next beat.
+- A holder leads only within ``lease_s`` of its last confirmed round trip, shorter than the
+  server's silent-network cut, and it confirms its session again just before each pass of a
+  chore; a failed check ends its leadership at once.
+- A session just opened (at start, or after the old one was lost, e.g. to a server restart
+  that ended every session at once) tries no lock for ``lease_s``: by then any process that
+  held one on a lost session has stopped leading.
+
+A pass already under way when leadership moves finishes (the ledger's claims keep its effects
+single). Without fleet-wide locks (SQLite: one host), the supervisor's first worker (or the
+only process) leads, as ``candidate`` says. Leadership never touches readiness: a follower
+serves and consumes like the leader.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ CHORES = ("reconcile", "deadline_sweep", "prune_ledger")
 
 
 class Leadership:
-    """Start with ``start(stop)``; ``leads(chore)`` is what a chore asks before each pass.
+    """Start with ``start(stop)``, leave with ``stop()``; a chore runs through ``only_leader``.
 
     ``sessions``: opens a lock session (None: no fleet-wide locks, ``candidate`` decides).
     ``candidate``: whether this process may lead at all (one per host: the first worker).
@@ -45,8 +51,8 @@ class Leadership:
         chores: Sequence[str],
         sessions: Callable[[], LockSession] | None,
         candidate: bool,
-        poll_s: float = 5.0,
-        lease_s: float = 15.0,
+        poll_s: float = 3.0,
+        lease_s: float = 8.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.chores = tuple(chores)
@@ -57,6 +63,7 @@ class Leadership:
         self._session: LockSession | None = None
         self._held: set[str] = set()
         self._confirmed_at = 0.0
+        self._try_after = 0.0  # a new session's first try at the locks
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -85,6 +92,7 @@ class Leadership:
         self._drop("stopping", quiet=True)
 
     def leads(self, chore: str) -> bool:
+        """This process's view now (what ``asrd_leader`` shows): no round trip."""
         if not self._candidate:
             return False
         if not self.elected:
@@ -94,10 +102,13 @@ class Leadership:
             return chore in self._held and fresh
 
     def only_leader(self, chore: str, run: Callable[[], object]) -> Callable[[], object]:
-        """``run`` as a chore that does nothing in a process not leading ``chore``."""
+        """``run`` as a chore that runs only while this process leads ``chore``, confirmed by a
+        round trip on the lock session just before."""
 
         def guarded() -> object:
-            return run() if self.leads(chore) else None
+            if not self.leads(chore) or (self.elected and not self._confirm()):
+                return None
+            return run()
 
         return guarded
 
@@ -119,19 +130,18 @@ class Leadership:
     def step(self) -> None:
         """One beat: confirm the session (or open one), then try every chore not held.
 
-        Only this thread touches the session; ``_lock`` guards what ``leads`` reads, and is
-        never held across a round trip (a stuck one must not block the chores' question)."""
-        began = self._clock()
+        Only this thread opens sessions and takes locks; ``_lock`` guards what ``leads`` reads
+        and is never held across a round trip (a stuck one must not block the chores)."""
         session = self._session
-        if session is not None and not session.alive():
-            self._drop("lost the connection to the ledger")
+        if session is not None and not self._confirm():
             session = None
         if session is None:
             session = self._open()
             if session is None:
                 return
         with self._lock:
-            self._confirmed_at = began
+            if self._clock() < self._try_after:
+                return
             wanted = [chore for chore in self.chores if chore not in self._held]
         try:
             for chore in wanted:
@@ -142,17 +152,35 @@ class Leadership:
         except LedgerError as exc:
             self._drop(str(exc))
 
+    def _confirm(self) -> bool:
+        """A round trip on the session; its start time renews the lease. False (and every lock
+        given up) when the session is gone."""
+        session = self._session
+        began = self._clock()
+        if session is None:
+            return False
+        if not session.alive():
+            self._drop("lost the connection to the ledger")
+            return False
+        with self._lock:
+            self._confirmed_at = max(self._confirmed_at, began)
+        return True
+
     def _open(self) -> LockSession | None:
         assert self._sessions is not None
         try:
-            self._session = self._sessions()
+            session = self._sessions()
         except LedgerError as exc:
             if not self._unreachable_logged:  # once per outage: it is retried every beat
                 log.warning("cannot reach the ledger to elect a leader", error=str(exc))
                 self._unreachable_logged = True
             return None
         self._unreachable_logged = False
-        return self._session
+        with self._lock:
+            self._session = session
+            self._confirmed_at = self._clock()
+            self._try_after = self._confirmed_at + self.lease_s
+        return session
 
     def _drop(self, reason: str, quiet: bool = False) -> None:
         """Forget every lock and close the session (the server frees whatever it still holds)."""

@@ -65,20 +65,21 @@ CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs (submitted_at);
 _TRANSIENT_FATAL = ("starting up", "shutting down", "too many", "recovery mode", "remaining")
 # Any constant: workers starting together take turns at migrating.
 _MIGRATION_LOCK = 0x61737264
-# The lock session's connection gives up on a silent network within seconds, on both ends: the
-# client (libpq's keepalives and TCP_USER_TIMEOUT, in ms) so the holder knows it lost its
-# locks; the server (the same settings, per session) so it frees them for another process.
+# The lock session's connection gives up on a silent network on both ends: the client within
+# 10 s (libpq's keep-alives and TCP_USER_TIMEOUT, in ms), the server about 19 s after the last
+# traffic (the same settings, per session: 10 s idle, then 3 probes 3 s apart) before it frees
+# the locks. The second must stay above ``leadership``'s lease (8 s from the holder's last
+# round trip), so that the holder has stopped leading before another process can take over.
 _LOCK_USER_TIMEOUT_MS = 10_000
 _LOCK_CLIENT = {
     "keepalives": "1",
-    "keepalives_idle": "5",
-    "keepalives_interval": "2",
+    "keepalives_idle": "10",
+    "keepalives_interval": "3",
     "keepalives_count": "3",
     "tcp_user_timeout": str(_LOCK_USER_TIMEOUT_MS),
 }
 _LOCK_SERVER_OPTIONS = (
-    "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
-    f" -c tcp_user_timeout={_LOCK_USER_TIMEOUT_MS}"
+    "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=3 -c tcp_keepalives_count=3"
 )
 
 
