@@ -223,6 +223,7 @@ class PgLockSession:
         return key - (1 << 32) if key >= 1 << 31 else key
 
     def try_lock(self, name: str) -> bool:
+        # (asrd's constant, key): a two-key lock, never the same as the migration's one-key lock.
         try:
             row = self._conn.execute(
                 "SELECT pg_try_advisory_lock(%s, %s)", (_MIGRATION_LOCK, self._key(name))
