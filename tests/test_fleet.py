@@ -107,17 +107,20 @@ def _list_pages(emulator: Emulator) -> int:
 def _one_reconciler(emulator: Emulator, leader: Node, others: list[Node], passes: int) -> None:
     """Over the next ``passes`` passes of ``leader``: every list request is one of its passes,
     no other node runs one, and they come no faster than the interval."""
-    before_pages, before = _list_pages(emulator), leader.passes()
+    before, before_pages = leader.passes(), _list_pages(emulator)
     others_before = [n.passes() for n in others]
     started = time.monotonic()
     wait_for(lambda: leader.passes() >= before + passes, 60, f"{passes} reconcile passes")
-    elapsed = time.monotonic() - started
     done = leader.passes() - before
+    elapsed = time.monotonic() - started
     pages = _list_pages(emulator) - before_pages
-    # A pass may be under way while the counters are read: at most one list request ahead.
-    assert done <= pages <= done + 1, (done, pages)
+    # A pass under way while the two counters are read (its list request answered, its pass
+    # not yet counted) puts one at either end out of step; a second reconciler would add one
+    # list request per pass of its own.
+    assert done - 1 <= pages <= done + 1, (done, pages)
     assert [n.passes() for n in others] == others_before
-    assert done <= elapsed / INTERVAL_S + 1, (done, elapsed)
+    # Fleet-wide, as CI sees it: no more than one pass per interval.
+    assert pages <= elapsed / INTERVAL_S + 2, (pages, elapsed)
 
 
 def _the_leader(
@@ -174,7 +177,7 @@ def test_one_process_of_the_fleet_runs_the_chores(
         took = time.monotonic() - killed
         print(f"takeover after SIGKILL of the leader ({workers} workers each): {took:.1f} s")
         assert took < TAKEOVER_S
-        _one_reconciler(emulator, new, [n for n in candidates if n is not new], passes=2)
+        _one_reconciler(emulator, new, [n for n in candidates if n is not new], passes=3)
         if workers == 1:  # the killed process comes back as a follower
             _start(leader, workers)
             assert _the_leader(nodes, 5) is new
@@ -191,7 +194,7 @@ def test_one_process_of_the_fleet_runs_the_chores(
         stepped_down = _logged_since(new, offset, "lost leadership")
         again = _the_leader(candidates, TAKEOVER_S, after=stepped_down)
         print(f"one leader again {time.monotonic() - restarted:.1f} s after the restart")
-        _one_reconciler(emulator, again, [n for n in candidates if n is not again], passes=2)
+        _one_reconciler(emulator, again, [n for n in candidates if n is not again], passes=3)
         assert _the_leader(candidates, 5) is again
     finally:
         statuses = {id(n): stop_daemon(n.proc) for n in nodes if n.proc is not None}
