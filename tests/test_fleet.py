@@ -31,6 +31,7 @@ from .support import (
     DaemonConfig,
     Emulator,
     free_port,
+    readyz,
     start_daemon,
     stop_daemon,
     wait_for,
@@ -164,6 +165,8 @@ def test_one_process_of_the_fleet_runs_the_chores(
         follower = next(n for n in nodes if n is not leader)
         assert '"event": "gained leadership"' in leader.log.read_text()
         assert '"event": "gained leadership"' not in follower.log.read_text()
+        # Readiness has nothing to do with leadership: both consume and answer 200.
+        wait_for(lambda: [readyz(n.port) for n in nodes] == [200, 200], 30, "both ready")
         _one_reconciler(emulator, leader, [follower], passes=3)
 
         # The leader dies without a word: its worker 0 (the process holding the locks).
