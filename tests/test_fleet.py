@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,7 +157,7 @@ def test_one_process_of_the_fleet_runs_the_chores(
     tmp_path: Path, broker: Broker, emulator: Emulator, postgres: Any, workers: int
 ) -> None:
     ledger = pg.ledger_config(postgres)
-    mq = f"asr-fleet-{workers}"
+    mq = f"asr-fleet-{uuid.uuid4().hex[:10]}"
     nodes = [_node(tmp_path / n, emulator, broker, ledger, mq, workers) for n in ("a", "b")]
     try:
         for node in nodes:
@@ -182,6 +183,7 @@ def test_one_process_of_the_fleet_runs_the_chores(
         assert took < TAKEOVER_S
         _one_reconciler(emulator, new, [n for n in candidates if n is not new], passes=3)
         if workers == 1:  # the killed process comes back as a follower
+            assert leader.proc.wait(timeout=10) == -signal.SIGKILL
             _start(leader, workers)
             assert _the_leader(nodes, 5) is new
             candidates = nodes
