@@ -274,10 +274,16 @@ def test_submitted_jobs_from_pending_to_settled(ledger: Ledger) -> None:
     failed = {e.client_token: e.reason for e in select(ledger, "failed", None, now)}
     assert failed == {"t2": "", "t4": "the create never reached CI"}
     assert [e.job_id for e in select(ledger, "owed", now - 20, now)] == ["s3"]
+    ledger.begin_attempt("topic|1:0:-1")
+    ledger.begin_attempt("topic|1:1:-1")
+    ledger.note_failure("topic|1:1:-1", "sink down")  # waiting on the retry topic: pending
+    ledger.clear_attempts("topic|1:0:-1")  # settled for good: no longer pending
     gauges = job_gauges(ledger, now)
     assert gauges == {
         "jobs_owed": 1.0, "jobs_overdue": 0.0, "jobs_oldest_owed_age_seconds": 10.0,
+        "deliveries_pending": 1.0,
     }  # fmt: skip
+    ledger.clear_attempts("topic|1:1:-1")
 
     ledger.note_check("s3", "Running", "still Running at CI past its deadline")
     assert ledger.job("s3").ci_state == "Running"  # type: ignore[union-attr]

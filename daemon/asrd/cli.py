@@ -26,6 +26,7 @@ from .config import ConfigError, HttpSettings, PulsarSettings, Settings
 from .consumer import Consumer
 from .intake.feeds import Feeds
 from .jobs import JobService, job_gauges, sweep_overdue
+from .leadership import CHORES, Leadership
 from .ledger import Ledger, LedgerError
 from .log_observer import LogObserver
 from .metrics import Metrics, multiprocess_dir
@@ -84,7 +85,6 @@ def _stages(settings: Settings, observers: Observers) -> Stages:
     try:
         routes = build_routes(settings)
         ledger = cli_submit.open_ledger(settings)
-        ledger.prune(settings.ledger.retention_days * 86_400)
     except OSError as exc:
         raise ConfigError(f"config error: cannot prepare {exc.filename}: {exc.strerror}") from None
     ci = CiClient(settings.ci, observers=observers)
@@ -170,36 +170,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     systemd.start_watchdog(systemd.loop_alive(lambda: consumer.health.last_tick, 30.0), stop)
     rc = settings.reconcile
     retention_s = settings.ledger.retention_days * 86_400
-    chores = [every(6 * 3600.0, stop, lambda: ledger.prune(retention_s), "prune-ledger")]
-    if not primary:
-        chores = []
+    # One process of the fleet runs these (the other primaries' timers tick and do nothing).
+    leader = Leadership(CHORES, ledger.lock_sessions(), primary)
+    metrics.leader = leader.gauges
+    prune = leader.only_leader("prune_ledger", lambda: ledger.prune(retention_s))
+    chores = [every(6 * 3600.0, stop, prune, "prune-ledger", first_s=60.0)] if primary else []
     # Each process's own readiness, for worker 0 to add up (about as fresh as the consumer's
     # connection check, once a second).
     chores.append(
         every(0.5, stop, lambda: metrics.publish_ready(consumer.health.ready), "readiness")
     )
     if rc.interval_s > 0 and primary:
-        chores.append(
-            every(
-                rc.interval_s,
-                stop,
-                lambda: stages.reconcile(settings, rc.lookback_s, rc.grace_s),
-                "reconcile",
-            )
+        passes = leader.only_leader(
+            "reconcile", lambda: stages.reconcile(settings, rc.lookback_s, rc.grace_s)
         )
+        chores.append(every(rc.interval_s, stop, passes, "reconcile"))
 
     if rc.sweep_interval_s > 0 and primary:
         lookup = submitter.lookup
-        chores.append(
-            every(
-                rc.sweep_interval_s,
-                stop,
-                lambda: sweep_overdue(
-                    ci, stages.pipeline, ledger, lookup, observers, settings.ci.get_batch_size
-                ),
-                "deadline-sweep",
-            )
+        sweep = leader.only_leader(
+            "deadline_sweep",
+            lambda: sweep_overdue(
+                ci, stages.pipeline, ledger, lookup, observers, settings.ci.get_batch_size
+            ),
         )
+        chores.append(every(rc.sweep_interval_s, stop, sweep, "deadline-sweep"))
+    leader.start(stop)
     log.info("asrd starting", version=__version__, sinks=[r.sink.name for r in routes])
     if primary:
         feeds.start(stop)
@@ -211,6 +207,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     feeds.stop()
     for chore in chores:
         chore.join(timeout=settings.pulsar.shutdown_deadline_s)
+    leader.stop()
     stages.close()
     client.close()
     log.info("asrd stopped", counters=logs.counters.snapshot())

@@ -67,6 +67,7 @@ def job_gauges(ledger: Ledger, now: float | None = None) -> dict[str, float]:
         "jobs_owed": float(stats.owed),
         "jobs_overdue": float(stats.overdue),
         "jobs_oldest_owed_age_seconds": round(oldest, 3),
+        "deliveries_pending": float(stats.deliveries_pending),
     }
 
 

@@ -117,6 +117,9 @@ class JobStats:
     owed: int  # pending or owed
     overdue: int  # of those, past their deadline
     oldest_owed_at: float | None  # submitted_at of the oldest still owed
+    # Messages begun and not yet settled for good: in a worker's hands or waiting on the retry
+    # topic (the attempts table; a message acknowledged or dead-lettered leaves it).
+    deliveries_pending: int = 0
 
 
 def _iso(ts: float | None) -> str | None:
@@ -245,6 +248,26 @@ class Ledger(Protocol):
         ...
 
     def job_stats(self, now: float) -> JobStats: ...
+
+    def lock_sessions(self) -> Callable[[], LockSession] | None:
+        """What opens a session of its own for fleet-wide locks (``leadership``); None when
+        the ledger is on one host only (SQLite), where the supervisor's first worker leads."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LockSession(Protocol):
+    """Named locks that last as long as one connection to the shared ledger: the server
+    releases them when that connection ends (the holder died or lost its network)."""
+
+    def try_lock(self, name: str) -> bool:
+        """Take ``name`` unless another session holds it; True when this session has it."""
+        ...
+
+    def alive(self) -> bool:
+        """A cheap round trip; False once the connection is lost (its locks are gone)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -509,11 +532,15 @@ class _SqlLedger:
     def job_stats(self, now: float) -> JobStats:
         rows, _ = self._run(
             "SELECT COUNT(*), SUM(CASE WHEN deadline_at < ? THEN 1 ELSE 0 END),"
-            " MIN(submitted_at) FROM jobs WHERE status IN (?, ?)",
+            " MIN(submitted_at), (SELECT COUNT(*) FROM attempts) FROM jobs WHERE status IN (?, ?)",
             (now, *OPEN_STATUSES),
         )
         row = rows[0]
-        return JobStats(int(row[0]), int(row[1] or 0), None if row[2] is None else float(row[2]))
+        oldest = None if row[2] is None else float(row[2])
+        return JobStats(int(row[0]), int(row[1] or 0), oldest, int(row[3] or 0))
+
+    def lock_sessions(self) -> Callable[[], LockSession] | None:
+        return None
 
     def close(self) -> None:
         raise NotImplementedError

@@ -4,18 +4,23 @@ The statements are the SQLite ledger's (``_SqlLedger``); here are the table defi
 as ``DOUBLE PRECISION``: PostgreSQL's ``REAL`` is 4 bytes and would round a Unix time to
 minutes), the schema version kept in a table, and a connection pool (psycopg-pool) in autocommit
 mode: every statement is its own short transaction, as with SQLite.
+
+``lock_sessions`` opens one more connection, outside the pool, for session-level advisory locks
+(``pg_try_advisory_lock``): the chores one process of the fleet runs (``leadership``). A lock
+lives as long as its connection, so it cannot sit in a pool that hands connections around.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import zlib
+from collections.abc import Callable, Sequence
 
 import psycopg
 from psycopg import conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .ledger import SCHEMA_VERSION, LedgerError, Params, Rows, _SqlLedger
+from .ledger import SCHEMA_VERSION, LedgerError, LockSession, Params, Rows, _SqlLedger
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS asrd_schema (version INTEGER NOT NULL);
@@ -60,6 +65,22 @@ CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs (submitted_at);
 _TRANSIENT_FATAL = ("starting up", "shutting down", "too many", "recovery mode", "remaining")
 # Any constant: workers starting together take turns at migrating.
 _MIGRATION_LOCK = 0x61737264
+# The lock session's connection gives up on a silent network on both ends: the client within
+# 10 s (libpq's keep-alives and TCP_USER_TIMEOUT, in ms), the server about 19 s after the last
+# traffic (the same settings, per session: 10 s idle, then 3 probes 3 s apart) before it frees
+# the locks. The second must stay above ``leadership``'s lease (8 s from the holder's last
+# round trip), so that the holder has stopped leading before another process can take over.
+_LOCK_USER_TIMEOUT_MS = 10_000
+_LOCK_CLIENT = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "3",
+    "keepalives_count": "3",
+    "tcp_user_timeout": str(_LOCK_USER_TIMEOUT_MS),
+}
+_LOCK_SERVER_OPTIONS = (
+    "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=3 -c tcp_keepalives_count=3"
+)
 
 
 @functools.lru_cache(maxsize=256)
@@ -87,6 +108,7 @@ class PostgresLedger(_SqlLedger):
         if password:
             kwargs["password"] = password
         self._where = describe(url)
+        self._url, self._kwargs = url, kwargs
         try:
             # One connection first: its error says why (a pool would only time out).
             psycopg.connect(url, connect_timeout=max(1, int(connect_s)), **kwargs).close()  # type: ignore[arg-type]
@@ -165,8 +187,62 @@ class PostgresLedger(_SqlLedger):
                     raise LedgerError(f"ledger: {sql.split()[0]} returned nothing")
         return rows
 
+    def lock_sessions(self) -> Callable[[], LockSession]:
+        return lambda: PgLockSession(self._url, self._kwargs, self._where)
+
     def close(self) -> None:
         self._pool.close()
+
+
+class PgLockSession:
+    """Session-level advisory locks on a dedicated connection. Keys: the pair (``asrd``, CRC-32
+    of schema and name), so fleets in different schemas of one database do not meet."""
+
+    def __init__(self, url: str, kwargs: dict[str, object], where: str) -> None:
+        self._where = where
+        options = str(conninfo.conninfo_to_dict(url).get("options") or "")
+        try:
+            self._conn = psycopg.connect(
+                conninfo.make_conninfo(
+                    url,
+                    connect_timeout="5",
+                    options=f"{options} {_LOCK_SERVER_OPTIONS}".strip(),
+                    application_name="asrd-leadership",
+                    **_LOCK_CLIENT,
+                ),
+                **kwargs,  # type: ignore[arg-type]
+            )
+            row = self._conn.execute("SELECT current_schema()").fetchone()
+        except psycopg.Error as exc:
+            raise _error(where, exc) from None
+        self._schema = str(row[0]) if row else ""
+
+    def _key(self, name: str) -> int:
+        """A signed 32-bit key (PostgreSQL's ``int4``)."""
+        key = zlib.crc32(f"{self._schema}/{name}".encode())
+        return key - (1 << 32) if key >= 1 << 31 else key
+
+    def try_lock(self, name: str) -> bool:
+        # (asrd's constant, key): a two-key lock, never the same as the migration's one-key lock.
+        try:
+            row = self._conn.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)", (_MIGRATION_LOCK, self._key(name))
+            ).fetchone()
+        except psycopg.Error as exc:
+            raise _error(self._where, exc) from None
+        return bool(row and row[0])
+
+    def alive(self) -> bool:
+        if self._conn.broken or self._conn.closed:
+            return False
+        try:
+            self._conn.execute("SELECT 1")
+        except psycopg.Error:
+            return False
+        return True
+
+    def close(self) -> None:
+        self._conn.close()  # the server releases the session's locks with it
 
 
 def _error(where: str, exc: psycopg.Error) -> LedgerError:

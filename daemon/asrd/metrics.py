@@ -7,9 +7,9 @@ With ``[pulsar] workers = N`` the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` b
 workers start (prometheus-client's multiprocess mode): every worker's counters, histograms and
 ``asrd_in_flight`` (summed over the live workers) go to files there, and worker 0's /metrics
 serves ``MultiProcessCollector`` over all of them, so one endpoint counts for all workers.
-``asrd_ready``, the intake's poll age and the ledger's gauges are computed at scrape time by
-worker 0 (the intake and the chores run there); the process collectors are left out then (they
-would describe worker 0 alone).
+``asrd_ready``, the intake's poll age, the ledger's gauges and ``asrd_leader`` are computed at
+scrape time by worker 0 (the intake and the chores run there); the process collectors are left
+out then (they would describe worker 0 alone).
 
 Readiness across workers goes the same way: each worker keeps ``asrd_workers_ready`` at 1 while
 it is subscribed and connected (a ``livesum`` gauge, so the supervisor's ``mark_process_dead``
@@ -86,6 +86,8 @@ _GAUGE_HELP = {
     "jobs_owed": "Jobs asrd submitted whose result some selected sink still lacks.",
     "jobs_overdue": "Owed jobs past their deadline.",
     "jobs_oldest_owed_age_seconds": "Age of the oldest owed job.",
+    "deliveries_pending": "Callbacks begun and not yet settled for good, fleet-wide: in a "
+    "worker's hands or waiting on the retry topic.",
 }
 
 
@@ -103,6 +105,21 @@ class _Ready(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         yield GaugeMetricFamily("asrd_ready", self.HELP, value=float(self.ready()))
+
+
+class _Leader(Collector):
+    """``asrd_leader{chore}``, computed when scraped: 1 for the chores this process leads."""
+
+    HELP = "1 for each singleton chore (reconcile, deadline sweep, pruning) this process runs."
+
+    def __init__(self) -> None:
+        self.read: Callable[[], dict[str, bool]] = dict
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("asrd_leader", self.HELP, labels=["chore"])
+        for chore, leads in sorted(self.read().items()):
+            family.add_metric([chore], float(leads))
+        yield family
 
 
 def multiprocess_dir() -> str:
@@ -215,10 +232,12 @@ class Metrics(Observer):
         if not self._shared_dir:
             r.register(self._intake_age)
         self._gauges = _Gauges(dict)
-        self._scraped: list[Collector] = [self._ready, self._intake_age, self._gauges]
+        self._leader = _Leader()
+        self._scraped: list[Collector] = [self._ready, self._intake_age, self._gauges, self._leader]
         if not self._shared_dir:
             r.register(self._gauges)
             r.register(self._ready)
+            r.register(self._leader)
 
     @property
     def ready(self) -> Callable[[], bool]:
@@ -235,6 +254,14 @@ class Metrics(Observer):
     @gauges.setter
     def gauges(self, read: Callable[[], dict[str, float]]) -> None:
         self._gauges.read = read
+
+    @property
+    def leader(self) -> Callable[[], dict[str, bool]]:
+        return self._leader.read
+
+    @leader.setter
+    def leader(self, read: Callable[[], dict[str, bool]]) -> None:
+        self._leader.read = read
 
     def publish_ready(self, ready: bool) -> None:
         """This process's own readiness, where ``workers_ready`` (in worker 0) reads it."""

@@ -172,6 +172,7 @@ class App:
         bucket = self._ci_bucket(call.target)
         query = parse_list_query(call.req.query)
         page, token = self.store.list(bucket, query)
+        self.stats["job_list_pages"] += 1
         parts = [job.detail_xml() for job in page]
         parts.append(xmlio.fragment("NextToken", token or None))
         return Response(200, xmlio.wrap("Response", b"".join(parts)))
