@@ -203,7 +203,8 @@ def write_config(
     else:
         endpoint, cmq_endpoint = emulator, "http://127.0.0.1:1"
     intake_section = (
-        f'[intake.cmq]\nendpoint = "{cmq_endpoint}"\nqueue = "{mq_name}"\n'
+        # The emulator's CMQ host names no region; it serves gz, as mq_region's default says.
+        f'[intake.cmq]\nendpoint = "{cmq_endpoint}"\nqueue = "{mq_name}"\nregion = "gz"\n'
         "polling_wait_s = 5\nunreachable_after_s = 10\n"
         if intake
         else ""

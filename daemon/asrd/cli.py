@@ -17,7 +17,7 @@ from pathlib import Path
 import pulsar
 import structlog
 
-from . import __version__, cli_submit, config, dlq, observability, systemd
+from . import __version__, cli_submit, config, dlq, observability, systemd, wiring
 from .api import ApiContext, ApiServer, serve
 from .broker import make_client
 from .ci import CiClient, CiError
@@ -201,6 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     log.info("asrd starting", version=__version__, sinks=[r.sink.name for r in routes])
     if primary:
+        _log_wiring_warnings(settings)
         feeds.start(stop)
     _settle_heap()
     consumer.run(stop, worker.process, worker.process_batch)
@@ -217,6 +218,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     sys.stderr.flush()
     # Worker threads stuck past the deadline must not hold the exit; their messages are unacked.
     os._exit(EX_OK)
+
+
+def _log_wiring_warnings(settings: Settings) -> None:
+    for note in wiring.notes(settings):
+        if note.warning:
+            log.warning(note.text)
 
 
 def _settle_heap() -> None:
@@ -357,6 +364,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     print(f"config ok: {args.config}")
+    for note in wiring.notes(settings):
+        print(f"warning: {note.text}" if note.warning else note.text)
     if args.connect:
         next(iter(CiClient(settings.ci).list_jobs(limit=1)), None)
         print(f"CI reachable: bucket {settings.ci.bucket}")
