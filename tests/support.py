@@ -309,12 +309,13 @@ def create_jobs(cfg: DaemonConfig, count: int, threads: int = 8) -> list[str]:
     """Submit ``count`` jobs through asrd's own client (callbacks as configured); their ids."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from asrd import config
+    from asrd import config, queueid
     from asrd.ci import CiClient
     from asrd.submit import build_request
 
     settings = config.load(cfg.path).ci
     client = CiClient(settings)
+    settings = queueid.resolved(config.load(cfg.path), client).ci  # as asrd submit does
     client.put_object("media/bulk.mp3", b"not audio")
     client.put_object("media/bulk.mp3.transcript.txt", "第一句。\nsecond sentence".encode())
     request = build_request(settings, input_object="media/bulk.mp3")

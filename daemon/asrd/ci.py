@@ -528,6 +528,19 @@ class CiClient:
             found.update(with_retry(partial(self._describe, chunk), self._backoff))
         return found
 
+    def asr_queues(self) -> list[dict[str, Any]]:
+        """The bucket's speech-recognition queues (``QueueId``, ``Name``, ``State``...): the
+        SDK's queue description call (``GET /asrqueue``), one page of up to 100."""
+
+        def fetch() -> dict[str, Any]:
+            return self._call(
+                "get_asr_queue",
+                lambda: self._client.ci_get_asr_queue(Bucket=self.bucket, PageSize=100),
+            )
+
+        queues = with_retry(fetch, self._backoff).get("QueueList") or []
+        return [q for q in queues if isinstance(q, dict)]
+
     def list_objects(self, prefix: str, page_size: int = 1000) -> Iterator[tuple[str, int]]:
         """``(key, size)`` of every object under ``prefix`` in the bucket, following pages."""
         marker = ""

@@ -17,7 +17,7 @@ from pathlib import Path
 import pulsar
 import structlog
 
-from . import __version__, cli_submit, config, dlq, observability, systemd, wiring
+from . import __version__, cli_submit, config, dlq, observability, queueid, systemd, wiring
 from .api import ApiContext, ApiServer, serve
 from .broker import make_client
 from .ci import CiClient, CiError
@@ -123,6 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings.pulsar.workers > 1 and args.worker is None:
         return _supervise(settings, args)
+    settings = queueid.resolved(settings)
     # Worker 0 (or the only process) also runs the intake, the API and the periodic chores.
     primary = not args.worker
     if args.worker is not None:
@@ -260,6 +261,7 @@ def cmd_intake(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings.intake.cmq is None:
         raise ConfigError(f"config error: {args.config}: intake.cmq: section required")
+    settings = queueid.resolved(settings)  # jobs submitted through its API
     # Nothing is lost by leaving at once: a batch not yet deleted comes back from CMQ.
     shutdown = Shutdown(deadline_s=settings.pulsar.shutdown_deadline_s)
     shutdown.install()
@@ -310,7 +312,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = queueid.resolved(_settings(args))
     client = CiClient(settings.ci)
     for d in client.list_jobs(queue_id=settings.ci.queue_id, states=args.states, limit=args.limit):
         obj = (d.get("Input") or {}).get("Object") or (d.get("Input") or {}).get("Url") or ""
@@ -344,7 +346,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = queueid.resolved(_settings(args))
     stages = _stages(settings, Observers())
     try:
         report = stages.reconcile(settings, args.lookback, args.grace)
@@ -367,8 +369,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     for note in wiring.notes(settings):
         print(f"warning: {note.text}" if note.warning else note.text)
     if args.connect:
-        next(iter(CiClient(settings.ci).list_jobs(limit=1)), None)
-        print(f"CI reachable: bucket {settings.ci.bucket}")
+        ci = CiClient(settings.ci)
+        how = "configured" if settings.ci.queue_id else "the bucket's ASR queue, looked up"
+        settings = queueid.resolved(settings, ci)
+        next(iter(ci.list_jobs(queue_id=settings.ci.queue_id, limit=1)), None)
+        print(f"CI reachable: bucket {settings.ci.bucket}, queue {settings.ci.queue_id} ({how})")
         client = make_client(settings.pulsar)
         try:
             client.get_topic_partitions(settings.pulsar.topic)

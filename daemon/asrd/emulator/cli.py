@@ -161,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--job-delay", type=float, default=1.0, help="seconds from create to terminal state"
     )
+    p.add_argument(
+        "--queue-id-optional",
+        action="store_true",
+        help="accept create and list on /asr_jobs without QueueId (the bucket's default queue);"
+        " by default they are refused, as the /asr_jobs documents require it",
+    )
     p.add_argument("--log-level", default="WARNING")
     f = p.add_argument_group("fault injection (also changeable at run time: PUT /-/faults)")
     f.add_argument("--fault-latency-ms", type=_latency, default=(0.0, 0.0), metavar="MS[:MAX]")
@@ -259,7 +265,16 @@ async def run(args: argparse.Namespace, notifier: Notifier) -> int:
         cmq,
         tdmq_to_pulsar=args.tdmq_to_pulsar,
     )
-    app = App(Verifier(args.key), store, objects, runner, faults, stats, cmq)
+    app = App(
+        Verifier(args.key),
+        store,
+        objects,
+        runner,
+        faults,
+        stats,
+        cmq,
+        queue_id_required=not args.queue_id_optional,
+    )
     for job in unfinished:  # jobs cut short by the last stop run again from the start
         runner.start(job)
     servers = [await serve(application(app.routes(), app.dispatch), *args.listen)]
