@@ -123,7 +123,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings.pulsar.workers > 1 and args.worker is None:
         return _supervise(settings, args)
-    settings = queueid.resolved(settings)
     # Worker 0 (or the only process) also runs the intake, the API and the periodic chores.
     primary = not args.worker
     if args.worker is not None:
@@ -132,6 +131,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     shutdown = Shutdown(settings.pulsar.shutdown_deadline_s)
     shutdown.install()
     stop = shutdown.stop
+    # After install: the CI client may start threads, which must inherit the signal mask.
+    settings = queueid.resolved(settings)
     logs = LogObserver()
 
     def subscribed() -> bool:
@@ -261,11 +262,11 @@ def cmd_intake(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings.intake.cmq is None:
         raise ConfigError(f"config error: {args.config}: intake.cmq: section required")
-    settings = queueid.resolved(settings)  # jobs submitted through its API
     # Nothing is lost by leaving at once: a batch not yet deleted comes back from CMQ.
     shutdown = Shutdown(deadline_s=settings.pulsar.shutdown_deadline_s)
     shutdown.install()
     stop = shutdown.stop
+    settings = queueid.resolved(settings)  # jobs submitted through its API; after install
     logs = LogObserver()
     metrics = Metrics(ready=lambda: feeds.reachable(settings))
     observers = Observers([logs, metrics])
