@@ -17,7 +17,17 @@ from pathlib import Path
 import pulsar
 import structlog
 
-from . import __version__, cli_submit, config, dlq, observability, queueid, systemd, wiring
+from . import (
+    __version__,
+    canary,
+    cli_submit,
+    config,
+    dlq,
+    observability,
+    queueid,
+    systemd,
+    wiring,
+)
 from .api import ApiContext, ApiServer, serve
 from .broker import make_client
 from .ci import CiClient, CiError
@@ -369,6 +379,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"config ok: {args.config}")
     for note in wiring.notes(settings):
         print(f"warning: {note.text}" if note.warning else note.text)
+    if args.canary:
+        settings = queueid.resolved(settings)
+        ledger = cli_submit.open_ledger(settings)
+        try:
+            return canary.run(settings, ledger, sys.stdout)
+        finally:
+            ledger.close()
     if args.connect:
         ci = CiClient(settings.ci)
         how = "configured" if settings.ci.queue_id else "the bucket's ASR queue, looked up"
@@ -451,6 +468,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--grace", type=float, default=0.0, help="skip jobs created this recently")
     sp = add(sub, "check", cmd_check, "validate the configuration")
     sp.add_argument("--connect", action="store_true", help="also reach CI and the broker")
+    sp.add_argument(
+        "--canary",
+        action="store_true",
+        help="submit one short job and follow it through every stage (needs asrd run)",
+    )
     dlq_cmds = sub.add_parser("dlq", help="dead letters: list | replay").add_subparsers(
         dest="dlq_command", required=True, metavar="ACTION"
     )

@@ -428,6 +428,17 @@ class IntakeSettings(_Section):
     url: UrlIntakeSettings | None = None
 
 
+class CanarySettings(_Section):
+    """``asrd check --canary``: one short job through the whole production path."""
+
+    # Where the bundled audio is uploaded in the [ci] bucket (when ``object`` is empty).
+    prefix: str = "asrd-canary/"
+    # An object already in the bucket to use instead of the bundled audio.
+    object: str = ""
+    # How long the canary waits for every stage before naming the first one missing.
+    timeout_s: float = Field(default=300.0, gt=0)
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -557,6 +568,7 @@ class Settings(_Section):
     reconcile: ReconcileSettings = ReconcileSettings()
     submit: SubmitSettings = SubmitSettings()
     intake: IntakeSettings = IntakeSettings()
+    canary: CanarySettings = CanarySettings()
     sinks: list[SinkSettings] = Field(min_length=1)
 
     @model_validator(mode="before")
