@@ -97,3 +97,18 @@ def test_a_job_the_reconciler_delivered_is_not_a_passing_canary(
     assert code == 1, out + err
     assert "delivered by the reconciler or the deadline sweep, not by its callback" in out
     assert "stage 'CMQ received' did not happen" in out
+
+
+def test_a_refused_create_is_the_first_missing_stage(
+    tmp_path: Path, broker: Broker, emulator: Emulator
+) -> None:
+    cfg = write_config(tmp_path, emulator, broker.service_url)
+    code, out, _ = canary(
+        cfg,
+        ASRD_CI__QUEUE_ID="p" + "1" * 32,
+        ASRD_CANARY__OBJECT="media/already-there.mp3",
+        ASRD_CI__SECRET_ID="AKIDnobodyknows",
+    )
+    assert code == 1
+    assert "stage 'created' did not happen: CI refused the job" in out
+    assert "AKIDnobodyknows" not in out

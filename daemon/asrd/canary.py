@@ -234,6 +234,8 @@ def run(
             f"reconciler or the deadline sweep, not by its callback; {missing.cause}",
             file=out,
         )
+    elif missing.name == "created":
+        print(f"canary: stage 'created' did not happen: {missing.cause}", file=out)
     else:
         print(
             f"canary: stage {missing.name!r} did not happen within "
