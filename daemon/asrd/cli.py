@@ -77,7 +77,7 @@ class Stages:
         return reconcile(
             self.ci,
             self.pipeline,
-            settings.ci.queue_id,
+            self.ci.queue_id(),  # configured, or the bucket's queue looked up once
             lookback_s,
             grace_s,
             observers=self.observers,
@@ -141,8 +141,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     shutdown = Shutdown(settings.pulsar.shutdown_deadline_s)
     shutdown.install()
     stop = shutdown.stop
-    # After install: the CI client may start threads, which must inherit the signal mask.
-    settings = queueid.resolved(settings)
     logs = LogObserver()
 
     def subscribed() -> bool:
@@ -276,7 +274,6 @@ def cmd_intake(args: argparse.Namespace) -> int:
     shutdown = Shutdown(deadline_s=settings.pulsar.shutdown_deadline_s)
     shutdown.install()
     stop = shutdown.stop
-    settings = queueid.resolved(settings)  # jobs submitted through its API; after install
     logs = LogObserver()
     metrics = Metrics(ready=lambda: feeds.reachable(settings))
     observers = Observers([logs, metrics])
@@ -323,9 +320,9 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    settings = queueid.resolved(_settings(args))
+    settings = _settings(args)
     client = CiClient(settings.ci)
-    for d in client.list_jobs(queue_id=settings.ci.queue_id, states=args.states, limit=args.limit):
+    for d in client.list_jobs(queue_id=client.queue_id(), states=args.states, limit=args.limit):
         obj = (d.get("Input") or {}).get("Object") or (d.get("Input") or {}).get("Url") or ""
         print(f"{d.get('JobId', '')}\t{d.get('State', '')}\t{d.get('CreationTime', '')}\t{obj}")
     return EX_OK
@@ -357,7 +354,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    settings = queueid.resolved(_settings(args))
+    settings = _settings(args)
     stages = _stages(settings, Observers())
     try:
         report = stages.reconcile(settings, args.lookback, args.grace)

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from . import clienttoken, config, observability, queueid
+from . import clienttoken, config, observability
 from .batch import (
     ManifestError,
     Report,
@@ -86,7 +86,7 @@ def _defaults(args: argparse.Namespace) -> JobSpec:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    settings = queueid.resolved(_settings(args))
+    settings = _settings(args)
     if args.manifest or args.prefix is not None:
         return _submit_batch(args, settings)
     if args.force or args.report:

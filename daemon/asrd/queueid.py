@@ -1,34 +1,28 @@
-"""The bucket's ASR queue id, when ``[ci] queue_id`` is left empty.
+"""The bucket's ASR queue id for one-off commands, when ``[ci] queue_id`` is left empty.
 
 The ``/asr_jobs`` documents make ``QueueId`` required on create and list, and a bucket with ASR
-enabled has its queue; so asrd looks it up once (the SDK's queue description call) and uses it
-for every create, list, reconcile and client-token look-up, exactly as if it were configured.
+enabled has its queue. The daemon asks ``CiClient.queue_id`` on first use (CI may be down at
+start-up); a one-off command (``asrd submit``, ``list``, ``reconcile``, ``check --connect``)
+looks it up here first, so a bucket with no ASR queue or several is a configuration error
+(exit 78) before anything else happens.
 """
 
 from __future__ import annotations
 
-from .ci import CiClient
+from .ci import CiClient, CiError
 from .config import ConfigError, Settings
 
 __all__ = ["lookup", "resolved"]
 
 
 def lookup(ci: CiClient) -> str:
-    """The id of the bucket's only ASR queue; ``ConfigError`` when there is none or several
-    (asrd cannot guess which one the user means)."""
-    ids = [str(q.get("QueueId") or "") for q in ci.asr_queues()]
-    ids = [i for i in ids if i]
-    if not ids:
-        raise ConfigError(
-            f"config error: ci.queue_id: bucket {ci.bucket} has no ASR queue: enable speech "
-            "recognition on the bucket, or set ci.queue_id"
-        )
-    if len(ids) > 1:
-        raise ConfigError(
-            f"config error: ci.queue_id: bucket {ci.bucket} has {len(ids)} ASR queues "
-            f"({', '.join(ids)}): set ci.queue_id to the one jobs go to"
-        )
-    return ids[0]
+    """The queue id ``ci`` uses; ``ConfigError`` when the bucket has none or several."""
+    try:
+        return ci.queue_id()
+    except CiError as exc:
+        if exc.code == "QueueId":
+            raise ConfigError(f"config error: ci.queue_id: {str(exc).split(': ', 1)[1]}") from None
+        raise
 
 
 def resolved(settings: Settings, ci: CiClient | None = None) -> Settings:
