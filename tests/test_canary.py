@@ -12,6 +12,7 @@ from .support import (
     DaemonConfig,
     Emulator,
     asrd,
+    free_port,
     ledger_rows,
     result_ids,
     start_daemon,
@@ -112,3 +113,33 @@ def test_a_refused_create_is_the_first_missing_stage(
     assert code == 1
     assert "stage 'created' did not happen: CI refused the job" in out
     assert "AKIDnobodyknows" not in out
+
+
+def test_the_canary_follows_a_url_callback(
+    tmp_path: Path, broker: Broker, emulator: Emulator
+) -> None:
+    token = "canary-url-token-0123456789"
+    port = free_port()
+    cfg = write_config(
+        tmp_path,
+        emulator,
+        broker.service_url,
+        intake=False,
+        extra=f'[http]\nlisten = "127.0.0.1:{port}"\n[intake.url]\ntoken = "{token}"\n',
+    )
+    cfg.env.update(
+        {
+            "ASRD_CI__CALLBACK__TYPE": "url",
+            "ASRD_CI__CALLBACK__URL": f"http://127.0.0.1:{port}/v1/callbacks/{token}",
+        }
+    )
+    daemon = start_daemon(cfg, cfg.log)
+    try:
+        code, out, err = canary(cfg)
+    finally:
+        assert stop_daemon(daemon) == 0
+    assert code == 0, out + err
+    line = next(ln for ln in out.splitlines() if ln.startswith("callback received"))
+    assert "by url" in line
+    assert token not in out
+    assert result_ids(cfg) == set()
