@@ -54,7 +54,9 @@ def main() -> int:
         print("wrk not found: apt-get install -y wrk", file=sys.stderr)
         return 1
     data_dir = Path(tempfile.mkdtemp(prefix="emu-bench-"))
-    emulator = start_emulator(data_dir, NO_BROKER, "--job-delay", "0", cmq=False)
+    emulator = start_emulator(
+        data_dir, NO_BROKER, "--job-delay", "0", "--queue-id-optional", cmq=False
+    )
     try:
         port = emulator.port
         conf = CosConfig(

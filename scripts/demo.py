@@ -3,7 +3,8 @@
 
 Starts what is not running, submits sample jobs with `asrd submit` (CallBackType=TDMQ, so CI
 writes each TaskFinish message into the CMQ queue `asr-demo`), waits for their records in
-var/results/, prints a table, and stops what it started.
+var/results/, prints a table, runs `asrd check --canary` once (one job followed through every
+stage), and stops what it started.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ mq_name = "asr-demo"
 [intake.cmq]
 endpoint = "{cmq_endpoint}"
 queue = "asr-demo"
+region = "gz"                          # the emulator's address names no region
+
+[canary]
+timeout_s = 60
 
 [pulsar]
 service_url = "{pulsar}"
@@ -157,7 +162,14 @@ def main() -> int:
             text = rec["transcript"].replace("\n", " ")
             print(f"{job_id:34} {rec['state']:8} {rec['audio_time']:7.2f}  {key:18} {text[:60]}")
         print(f"\nrecords: {RESULTS}/<job id>.json (also .txt and .srt)")
-        return 0
+
+        step(
+            "the canary, the last production step: asrd check --canary (its record reaches no sink)"
+        )
+        canary = subprocess.run(
+            [*ASRD, "check", "--config", str(cfg), "--canary"], text=True, check=False
+        )
+        return canary.returncode
     finally:
         step("stopping what the demo started")
         stop(daemon)

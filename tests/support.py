@@ -203,7 +203,8 @@ def write_config(
     else:
         endpoint, cmq_endpoint = emulator, "http://127.0.0.1:1"
     intake_section = (
-        f'[intake.cmq]\nendpoint = "{cmq_endpoint}"\nqueue = "{mq_name}"\n'
+        # The emulator's CMQ host names no region; it serves gz, as mq_region's default says.
+        f'[intake.cmq]\nendpoint = "{cmq_endpoint}"\nqueue = "{mq_name}"\nregion = "gz"\n'
         "polling_wait_s = 5\nunreachable_after_s = 10\n"
         if intake
         else ""
@@ -308,12 +309,13 @@ def create_jobs(cfg: DaemonConfig, count: int, threads: int = 8) -> list[str]:
     """Submit ``count`` jobs through asrd's own client (callbacks as configured); their ids."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from asrd import config
+    from asrd import config, queueid
     from asrd.ci import CiClient
     from asrd.submit import build_request
 
     settings = config.load(cfg.path).ci
     client = CiClient(settings)
+    settings = queueid.resolved(config.load(cfg.path), client).ci  # as asrd submit does
     client.put_object("media/bulk.mp3", b"not audio")
     client.put_object("media/bulk.mp3.transcript.txt", "第一句。\nsecond sentence".encode())
     request = build_request(settings, input_object="media/bulk.mp3")

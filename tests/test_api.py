@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from asrd import config
+from asrd import config, queueid
 from asrd.api import ApiContext, serve
 from asrd.ci import CiClient
 from asrd.cli_submit import make_submitter
@@ -112,6 +112,7 @@ def serve_app(
     settings = config.load(cfg.path, environ={})
     ledger = SqliteLedger(tmp / "api-ledger.db")
     ci = CiClient(settings.ci)
+    settings = queueid.resolved(settings, ci)  # as asrd run does at start-up
     ctx = ApiContext(
         ci,
         settings.ci,

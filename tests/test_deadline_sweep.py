@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from asrd import config
+from asrd import config, queueid
 from asrd.ci import CiClient
 from asrd.ledger import JobEntry, SqliteLedger
 from asrd.submit import JobSpec
@@ -54,7 +54,7 @@ def test_deadline_sweep_delivers_what_the_list_window_misses(
     set_faults(emu.endpoint, job_stall_rate=0.0)
     # Two creates a killed `asrd submit` left unanswered (pending in the ledger): one reached
     # CI, one never did. The sweep resolves both by client token.
-    settings = config.load(cfg.path)
+    settings = queueid.resolved(config.load(cfg.path), ci)  # the queue id, as asrd submit has it
     ledger = SqliteLedger(settings.ledger.path)
     now = time.time()
     reached = JobSpec(input_object="media/lost.mp3", user_data="reached")

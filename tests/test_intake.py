@@ -218,8 +218,10 @@ def test_url_callbacks_and_cmq_push_reach_the_sinks(
         wait_for((cfg.results / f"{job_id}.json").exists, 60, "the URL-callback job's result")
 
         # A job whose URL callback went nowhere, then arrives in a CMQ topic's push envelope.
-        lost = submit(cfg, "media/a.mp3", {"ASRD_CI__CALLBACK__URL": "http://127.0.0.1:1/x"})
+        emulator.set_faults(callback_drop_rate=1.0)
+        lost = submit(cfg, "media/a.mp3")
         wait_for(lambda: asrd_state(cfg, lost) == "Success", 30, "the second job to finish")
+        emulator.set_faults(callback_drop_rate=0.0)
         inner = json.dumps(
             {"EventName": "TaskFinish", "JobsDetail": {"JobId": lost, "Tag": "SpeechRecognition"}}
         )
@@ -282,7 +284,8 @@ def test_check_connect_names_the_failing_cmq_step(
     assert f"CMQ reachable: queue {cfg.mq_name}" in ok.stdout
     missing = asrd(
         "check", "--config", str(cfg.path), "--connect",
-        env={"ASRD_INTAKE__CMQ__QUEUE": "no-such-queue"},
+        env={"ASRD_INTAKE__CMQ__QUEUE": "no-such-queue",
+             "ASRD_CI__CALLBACK__MQ_NAME": "no-such-queue"},
     )  # fmt: skip
     assert missing.returncode == 1
     assert "queue 'no-such-queue' does not exist" in missing.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from asrd import config
+from asrd import config, queueid
 from asrd.ci import CiClient
 
 from .conftest import Broker
@@ -30,7 +30,9 @@ def test_reconcile_delivers_jobs_whose_callback_was_dropped(tmp_path: Path, brok
         set_faults(emu.endpoint, callback_drop_rate=1.0)
         jobs = create_jobs(cfg, 30)
         ci = CiClient(config.load(cfg.path).ci)
-        wait_for(lambda: sum(1 for _ in ci.list_jobs(states="Success")) >= 30, 30, "jobs to finish")
+        queue = queueid.lookup(ci)
+        finished = lambda: sum(1 for _ in ci.list_jobs(queue_id=queue, states="Success"))  # noqa: E731
+        wait_for(lambda: finished() >= 30, 30, "jobs to finish")
 
         first = asrd("reconcile", "--config", str(cfg.path))
         assert first.returncode == 0, first.stderr

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from asrd import config
+from asrd import config, queueid
 from asrd.ci import CiClient
 
 from .conftest import Broker
@@ -33,7 +33,7 @@ from .support import (
 def ci_jobs(cfg: DaemonConfig) -> list[dict[str, Any]]:
     """Every job the emulator has, through its list API (all pages)."""
     client = CiClient(config.load(cfg.path).ci)
-    return list(client.list_jobs(states="All"))
+    return list(client.list_jobs(queue_id=queueid.lookup(client), states="All"))
 
 
 def created(emu: Emulator) -> int:

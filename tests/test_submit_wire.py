@@ -17,6 +17,7 @@ import xmltodict
 from .support import BUCKET, SECRET_ID, asrd, write_config
 
 JOB_ID = "s" + "0123456789abcdef" * 2
+QUEUE_ID = "p" + "fedcba9876543210" * 2
 CREATE_RESPONSE = f"""<Response><JobsDetail><Code>Success</Code><Message/><JobId>{JOB_ID}</JobId>
 <State>Submitted</State><Tag>SpeechRecognition</Tag></JobsDetail></Response>""".encode()
 
@@ -55,6 +56,7 @@ def test_submit_sends_callbacktype_tdmq(
     out = asrd(
         "submit", "--config", str(cfg.path), "--input", "in/a b.mp3",
         "--user-data", "order-42", "--job-level", "2",
+        env={"ASRD_CI__QUEUE_ID": QUEUE_ID},  # configured: no look-up request first
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == JOB_ID
@@ -71,6 +73,7 @@ def test_submit_sends_callbacktype_tdmq(
     assert req["CallBackFormat"] == "XML"
     assert req["CallBackMqConfig"] == {"MqRegion": "gz", "MqMode": "Queue", "MqName": cfg.mq_name}
     assert req["Tag"] == "SpeechRecognition"
+    assert req["QueueId"] == QUEUE_ID
     assert req["Input"] == {"Object": "in/a b.mp3"}
     op = req["Operation"]
     # The client token travels in front of the caller's user data (README: client tokens).

@@ -385,6 +385,17 @@ def sdk_config(settings: CiSettings) -> CosConfig:
     return CosConfig(Scheme="https", **common)
 
 
+def only_queue(ids: list[str], bucket: str) -> str:
+    """The one ASR queue id of a bucket; asrd does not guess among several."""
+    if len(ids) == 1:
+        return ids[0]
+    if not ids:
+        message = f"bucket {bucket} has no ASR queue: enable speech recognition on it"
+    else:
+        message = f"bucket {bucket} has {len(ids)} ASR queues ({', '.join(ids)})"
+    raise CiError(ErrorKind.PERMANENT, "QueueId", f"{message}, or set ci.queue_id")
+
+
 class CiClient:
     """CI ASR jobs and COS objects of one bucket.
 
@@ -400,6 +411,8 @@ class CiClient:
         observers: Observers | None = None,
     ) -> None:
         self.bucket = settings.bucket
+        self._queue_id = settings.queue_id
+        self._queue_lock = threading.Lock()
         # Its own connection pool, as large as the calls it may have in flight: the SDK's shared
         # default keeps 10 and opens (then discards) a connection for every call beyond that.
         session = _session(settings.max_connections + 4)
@@ -527,6 +540,32 @@ class CiClient:
             chunk = job_ids[i : i + batch]
             found.update(with_retry(partial(self._describe, chunk), self._backoff))
         return found
+
+    def queue_id(self) -> str:
+        """``[ci] queue_id``, else the bucket's only ASR queue, looked up on first use and kept.
+
+        The ``/asr_jobs`` documents require ``QueueId`` on create and list. A failed look-up is
+        tried again at the next use; a bucket with no ASR queue or several is a permanent
+        ``CiError`` naming them (set ``queue_id``).
+        """
+        with self._queue_lock:
+            if not self._queue_id:
+                ids = [str(q.get("QueueId") or "") for q in self.asr_queues()]
+                self._queue_id = only_queue([i for i in ids if i], self.bucket)
+            return self._queue_id
+
+    def asr_queues(self) -> list[dict[str, Any]]:
+        """The bucket's speech-recognition queues (``QueueId``, ``Name``, ``State``...): the
+        SDK's queue description call (``GET /asrqueue``), one page of up to 100."""
+
+        def fetch() -> dict[str, Any]:
+            return self._call(
+                "get_asr_queue",
+                lambda: self._client.ci_get_asr_queue(Bucket=self.bucket, PageSize=100),
+            )
+
+        queues = with_retry(fetch, self._backoff).get("QueueList") or []
+        return [q for q in queues if isinstance(q, dict)]
 
     def list_objects(self, prefix: str, page_size: int = 1000) -> Iterator[tuple[str, int]]:
         """``(key, size)`` of every object under ``prefix`` in the bucket, following pages."""

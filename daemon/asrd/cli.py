@@ -17,7 +17,18 @@ from pathlib import Path
 import pulsar
 import structlog
 
-from . import __version__, cli_submit, config, dlq, observability, pulsar_check, systemd
+from . import (
+    __version__,
+    canary,
+    cli_submit,
+    config,
+    dlq,
+    observability,
+    pulsar_check,
+    queueid,
+    systemd,
+    wiring,
+)
 from .api import ApiContext, ApiServer, serve
 from .broker import make_client
 from .ci import CiClient, CiError
@@ -68,7 +79,7 @@ class Stages:
         return reconcile(
             self.ci,
             self.pipeline,
-            settings.ci.queue_id,
+            self.ci.queue_id(),  # configured, or the bucket's queue looked up once
             lookback_s,
             grace_s,
             observers=self.observers,
@@ -198,6 +209,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     leader.start(stop)
     log.info("asrd starting", version=__version__, sinks=[r.sink.name for r in routes])
     if primary:
+        _log_wiring_warnings(settings)
         feeds.start(stop)
     _settle_heap()
     consumer.run(stop, worker.process, worker.process_batch)
@@ -222,6 +234,12 @@ def _pulsar_preflight(settings: PulsarSettings) -> None:
     for warning in pulsar_check.warnings(settings):
         log.warning(warning)
     pulsar_check.preflight(settings)
+
+
+def _log_wiring_warnings(settings: Settings) -> None:
+    for note in wiring.notes(settings):
+        if note.warning:
+            log.warning(note.text)
 
 
 def _settle_heap() -> None:
@@ -311,7 +329,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     settings = _settings(args)
     client = CiClient(settings.ci)
-    for d in client.list_jobs(queue_id=settings.ci.queue_id, states=args.states, limit=args.limit):
+    for d in client.list_jobs(queue_id=client.queue_id(), states=args.states, limit=args.limit):
         obj = (d.get("Input") or {}).get("Object") or (d.get("Input") or {}).get("Url") or ""
         print(f"{d.get('JobId', '')}\t{d.get('State', '')}\t{d.get('CreationTime', '')}\t{obj}")
     return EX_OK
@@ -365,9 +383,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"config ok: {args.config}")
     for warning in pulsar_check.warnings(settings.pulsar):
         print(f"asrd check: warning: {warning}", file=sys.stderr)
+    for note in wiring.notes(settings):
+        print(f"warning: {note.text}" if note.warning else note.text)
+    if args.canary:
+        settings = queueid.resolved(settings)
+        ledger = cli_submit.open_ledger(settings)
+        try:
+            return canary.run(settings, ledger, sys.stdout)
+        finally:
+            ledger.close()
     if args.connect:
-        next(iter(CiClient(settings.ci).list_jobs(limit=1)), None)
-        print(f"CI reachable: bucket {settings.ci.bucket}")
+        ci = CiClient(settings.ci)
+        how = "configured" if settings.ci.queue_id else "the bucket's ASR queue, looked up"
+        settings = queueid.resolved(settings, ci)
+        next(iter(ci.list_jobs(queue_id=settings.ci.queue_id, limit=1)), None)
+        print(f"CI reachable: bucket {settings.ci.bucket}, queue {settings.ci.queue_id} ({how})")
         pulsar_check.preflight(settings.pulsar)
         problems = _check_pulsar(settings.pulsar)
         for problem in problems:
@@ -465,6 +495,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--grace", type=float, default=0.0, help="skip jobs created this recently")
     sp = add(sub, "check", cmd_check, "validate the configuration")
     sp.add_argument("--connect", action="store_true", help="also reach CI and the broker")
+    sp.add_argument(
+        "--canary",
+        action="store_true",
+        help="submit one short job and follow it through every stage (needs asrd run)",
+    )
     dlq_cmds = sub.add_parser("dlq", help="dead letters: list | replay").add_subparsers(
         dest="dlq_command", required=True, metavar="ACTION"
     )

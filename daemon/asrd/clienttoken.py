@@ -35,6 +35,18 @@ def derive(fields: Mapping[str, object]) -> str:
     return hashlib.sha256(canonical).hexdigest()[:32]
 
 
+# Tokens of `asrd check --canary` jobs: their records go to no sink (reserved prefix).
+CANARY = "canary-"
+
+
+def canary() -> str:
+    return CANARY + uuid.uuid4().hex
+
+
+def is_canary(token: str | None) -> bool:
+    return bool(token) and str(token).startswith(CANARY)
+
+
 def fresh() -> str:
     """A token for a one-off submit that names no token of its own."""
     return uuid.uuid4().hex

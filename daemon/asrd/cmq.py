@@ -59,6 +59,8 @@ class CmqMessage:
     receipt_handle: str
     enqueue_time: int
     dequeue_count: int
+    # When CMQ hands the message out again if it is not deleted (Unix seconds; 0 = not said).
+    next_visible_time: int = 0
 
 
 def string_to_sign(method: str, host: str, path: str, params: Mapping[str, str]) -> str:
@@ -66,6 +68,30 @@ def string_to_sign(method: str, host: str, path: str, params: Mapping[str, str])
     values raw, not URL-encoded (tdmq-cmq.md §2.2)."""
     pairs = "&".join(f"{k.replace('_', '.')}={params[k]}" for k in sorted(params))
     return f"{method.upper()}{host}{path}?{pairs}"
+
+
+DEFAULT_PATH = "/v2/index.php"  # the documents' and the official SDKs' path (tdmq-cmq.md §1.3)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def request_target(endpoint: str) -> tuple[str, str, str]:
+    """``(url, host, path)`` of an endpoint copied from the console.
+
+    Without a path (or with just ``/``) the documented ``/v2/index.php``; any other path is
+    kept. The host is signed exactly as the Host header will carry it, so a default
+    port written out (``https://host:443``) is dropped from both, as HTTP clients drop it from
+    the header (the server would otherwise compute another signature: code 4100).
+    """
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"CMQ endpoint {endpoint!r} is not an http(s) URL")
+    host = parts.hostname
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal
+    if parts.port is not None and parts.port != _DEFAULT_PORTS[parts.scheme]:
+        host = f"{host}:{parts.port}"
+    path = parts.path if parts.path not in ("", "/") else DEFAULT_PATH
+    return f"{parts.scheme}://{host}{path}", host, path
 
 
 class CmqClient:
@@ -80,19 +106,15 @@ class CmqClient:
         signature_method: str = "HmacSHA256",
         timeout_s: float = 10.0,
     ) -> None:
-        parts = urlsplit(endpoint)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"CMQ endpoint {endpoint!r} is not an http(s) URL")
-        self._url = f"{parts.scheme}://{parts.netloc}{parts.path or '/'}"
-        self._host = parts.netloc  # what the server sees in Host, port included
-        self._path = parts.path or "/"
+        self._url, self._host, self._path = request_target(endpoint)
         self._secret_id = secret_id
         self._secret_key = secret_key
         self._token = token
         self._method = signature_method
         self._timeout = timeout_s
+        # trust_env stays on, as for CI: HTTPS_PROXY/NO_PROXY pick the route and
+        # REQUESTS_CA_BUNDLE the trusted CAs, the way every requests-based client behaves.
         self._session = requests.Session()
-        self._session.trust_env = False  # the queue endpoint is configuration, never a proxy guess
 
     @property
     def endpoint(self) -> str:
@@ -169,6 +191,7 @@ class CmqClient:
                 receipt_handle=str(m["receiptHandle"]),
                 enqueue_time=int(m.get("enqueueTime") or 0),
                 dequeue_count=int(m.get("dequeueCount") or 0),
+                next_visible_time=int(m.get("nextVisibleTime") or 0),
             )
             for m in answer.get("msgInfoList") or []
         ]

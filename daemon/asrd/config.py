@@ -7,6 +7,7 @@ systemd credentials (``$CREDENTIALS_DIRECTORY``) reach the daemon. Any problem r
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import os
@@ -15,6 +16,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -89,6 +91,22 @@ CMQ_NAME = r"^[A-Za-z][A-Za-z0-9-]{0,63}$"
 CMQ_NAME_RULE = "at most 64 characters: a letter, then letters, digits and '-'"
 
 
+# CI's MqRegion codes; the CMQ host names carry the same codes (tdmq-cmq.md §1.4).
+MqRegion = Literal["sh", "bj", "gz", "cd", "hk"]
+# cmq-<r>.public….tencenttdmq.com, the legacy cmq-queue-<r>/cmq-topic-<r>.api…, <r>.mqadapter.…
+_ENDPOINT_REGION = re.compile(
+    r"^(?:cmq-(?:queue-|topic-)?(?P<public>[a-z]+)\.|(?P<private>[a-z]+)\.mqadapter\.)"
+)
+
+
+def endpoint_region(endpoint: str) -> str:
+    """The region code a CMQ endpoint's host name carries, or "" (an IP address, a proxy, a
+    local emulator): the host decides which region's queues a request reaches."""
+    host = (urlsplit(endpoint).hostname or "").lower()
+    m = _ENDPOINT_REGION.match(host)
+    return (m["public"] or m["private"]) if m else ""
+
+
 def _cmq_name(value: str) -> str:
     if not re.fullmatch(CMQ_NAME, value):
         raise ValueError(f"{value!r} is not a CMQ queue or topic name ({CMQ_NAME_RULE})")
@@ -101,7 +119,7 @@ class CallbackSettings(_Section):
 
     type: Literal["tdmq", "url"] = "tdmq"
     format: Literal["JSON", "XML"] = "JSON"
-    mq_region: Literal["sh", "bj", "gz", "cd", "hk"] = "gz"
+    mq_region: MqRegion = "gz"
     mq_mode: Literal["Queue", "Topic"] = "Queue"
     mq_name: str = ""
     url: str = Field(default="", pattern=r"^$|^https?://[^\s]+$")
@@ -358,6 +376,9 @@ class CmqIntakeSettings(_Section):
 
     endpoint: str = Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
     queue: str
+    # The queue's region when the endpoint's host name does not carry it (an IP address, a
+    # proxy); compared with [ci.callback] mq_region.
+    region: MqRegion | Literal[""] = ""
     polling_wait_s: int = Field(default=10, ge=0, le=30)
     batch_size: int = Field(default=16, ge=1, le=16)
     # Receive loops in parallel: one waits for Pulsar to persist while the others poll.
@@ -372,6 +393,14 @@ class CmqIntakeSettings(_Section):
     timeout_s: float = Field(default=10.0, gt=0)
     # /readyz fails once no poll has succeeded for this long.
     unreachable_after_s: float = Field(default=60.0, gt=0)
+    # How long one move waits for Pulsar to persist a batch before leaving it in CMQ. Keep it
+    # below the queue's visibility timeout (default 30 s), or CMQ hands the batch to another
+    # loop while this one still waits (a warning says so when a message arrives like that).
+    produce_timeout_s: float = Field(default=20.0, gt=0, le=600)
+    # The queue's "max unacknowledged time" in the TDMQ console (30 s to 12 h): a message left
+    # undeleted that long is acknowledged by TDMQ and gone. `asrd check` compares it with
+    # [reconcile] lookback_s.
+    max_unacked_s: float = Field(default=43_200.0, ge=30, le=43_200)
 
     secret_keys = ("secret_id", "secret_key", "token")
 
@@ -379,6 +408,20 @@ class CmqIntakeSettings(_Section):
     @classmethod
     def _queue_rule(cls, value: str) -> str:
         return _cmq_name(value)
+
+    @model_validator(mode="after")
+    def _region_agrees(self) -> CmqIntakeSettings:
+        host_region = endpoint_region(self.endpoint)
+        if self.region and host_region and self.region != host_region:
+            raise ValueError(
+                f"region = {self.region!r} but endpoint = {self.endpoint!r} is in {host_region!r}"
+            )
+        return self
+
+    @property
+    def queue_region(self) -> str:
+        """Where the queue is: ``region``, else the endpoint's, else "" (unknown)."""
+        return self.region or endpoint_region(self.endpoint)
 
 
 class UrlIntakeSettings(_Section):
@@ -404,6 +447,17 @@ class IntakeSettings(_Section):
 
     cmq: CmqIntakeSettings | None = None
     url: UrlIntakeSettings | None = None
+
+
+class CanarySettings(_Section):
+    """``asrd check --canary``: one short job through the whole production path."""
+
+    # Where the bundled audio is uploaded in the [ci] bucket (when ``object`` is empty).
+    prefix: str = "asrd-canary/"
+    # An object already in the bucket to use instead of the bundled audio.
+    object: str = ""
+    # How long the canary waits for every stage before naming the first one missing.
+    timeout_s: float = Field(default=300.0, gt=0)
 
 
 class LogSettings(_Section):
@@ -535,6 +589,7 @@ class Settings(_Section):
     reconcile: ReconcileSettings = ReconcileSettings()
     submit: SubmitSettings = SubmitSettings()
     intake: IntakeSettings = IntakeSettings()
+    canary: CanarySettings = CanarySettings()
     sinks: list[SinkSettings] = Field(min_length=1)
 
     @model_validator(mode="before")
@@ -571,12 +626,59 @@ class Settings(_Section):
         return self
 
     @model_validator(mode="after")
+    def _callback_reaches_intake(self) -> Settings:
+        problem = callback_mismatch(self.ci.callback, self.intake)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
     def _unique_sink_names(self) -> Settings:
         names = [s.name for s in self.sinks]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"sink names must be unique, repeated: {', '.join(dupes)}")
         return self
+
+
+CALLBACK_PATH = re.compile(r"/v1/callbacks/(?P<token>[^/?#]+)$")
+
+
+def callback_mismatch(cb: CallbackSettings, intake: IntakeSettings) -> str:
+    """Why the callback target CI is given is not what this configuration's intake reads ("" when
+    it is, or when there is nothing to compare): otherwise callbacks are lost silently and only
+    the reconciler delivers, minutes later. Secrets are named, never printed."""
+    cmq = intake.cmq
+    if cb.type == "tdmq" and cmq is not None:
+        region = cmq.queue_region
+        if region and region != cb.mq_region:
+            where = "intake.cmq.region" if cmq.region else "intake.cmq.endpoint"
+            shown = cmq.region if cmq.region else cmq.endpoint
+            return (
+                f"ci.callback.mq_region = {cb.mq_region!r} but {where} = {shown!r} "
+                f"reads region {region!r}: CI would notify a queue the intake never polls"
+            )
+        if cb.mq_mode == "Queue" and cb.mq_name != cmq.queue:
+            return (
+                f"ci.callback.mq_name = {cb.mq_name!r} but intake.cmq.queue = {cmq.queue!r}: "
+                "CI would notify a queue the intake never polls"
+            )
+    if cb.type == "url" and intake.url is not None:
+        path = urlsplit(cb.url).path
+        m = CALLBACK_PATH.search(path)
+        token = intake.url.token.get_secret_value() if intake.url.token is not None else ""
+        if m is None:
+            return (
+                f"ci.callback.url = {cb.url!r} is not an intake.url endpoint "
+                "(…/v1/callbacks/<intake.url.token>)"
+            )
+        if not hmac.compare_digest(m["token"].encode(), token.encode()):
+            shown = cb.url.replace(m["token"], "<token>")
+            return (
+                f"ci.callback.url = {shown!r} carries a token other than intake.url.token: "
+                "the receiver would answer CI 404"
+            )
+    return ""
 
 
 def _env_value(raw: str) -> Any:
@@ -632,7 +734,9 @@ def _format_error(source: str, err: ValidationError) -> str:
     loc = re.sub(r"\.(file|stdout|webhook|pulsar|cos|plugin|extension)\.", ".", loc)
     extra = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     msg = first["msg"].removeprefix("Value error, ")
-    return f"config error: {source}: {loc or '<top>'}: {msg}{extra}"
+    # A check across sections names its keys in the message itself.
+    where = f"{loc}: " if loc else ""
+    return f"config error: {source}: {where}{msg}{extra}"
 
 
 def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:

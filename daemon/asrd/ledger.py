@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from .clienttoken import is_canary
 from .config import LedgerSettings
 
 # Version 1: deliveries, attempts without first_at. 2: attempts.first_at. 3: the jobs table.
@@ -109,6 +110,7 @@ class JobEntry:
             "ci_state": self.ci_state or None,
             "checked_at": _iso(self.checked_at),
             "reason": self.reason or None,
+            "canary": is_canary(self.client_token),
         }
 
 

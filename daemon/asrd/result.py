@@ -81,6 +81,14 @@ class ResultRecord:
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
 
+    @property
+    def canary(self) -> bool:
+        """A job of `asrd check --canary` (its client token says so): for no sink."""
+        operation = self.raw.get("Operation")
+        user_data = operation.get("UserData") if isinstance(operation, dict) else None
+        token, _ = clienttoken.split(user_data if isinstance(user_data, str) else None)
+        return clienttoken.is_canary(token)
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON form. ``raw`` is shared, not copied (``asdict`` would deep-copy it)."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -219,7 +219,7 @@ class TokenLookup:
         end = None if None in ends else max(e for e in ends if e is not None) + self._margin_s
         found: dict[str, str] = {}
         jobs = self._ci.list_jobs(
-            queue_id=self._queue_id or None,
+            queue_id=self._queue_id or self._ci.queue_id(),
             start=ci_time(start),
             end=ci_time(end) if end is not None else None,
         )
@@ -282,6 +282,12 @@ class Submitter:
         self._retry_base_s = retry_base_s
         self._stop = stop or threading.Event()
 
+    def _queued_settings(self) -> CiSettings:
+        """The settings with the queue id every create carries (looked up once if empty)."""
+        if self._settings.queue_id:
+            return self._settings
+        return self._settings.model_copy(update={"queue_id": self._ci.queue_id()})
+
     @property
     def lookup(self) -> TokenLookup:
         return self._lookup
@@ -294,7 +300,13 @@ class Submitter:
 
         Raises ValueError when ``spec`` cannot make a valid request (nothing is sent).
         """
-        request = spec.request(self._settings, token)
+        try:
+            settings = self._queued_settings()
+        except CiError as exc:
+            # Nothing was sent; the look-up is tried again with the next submit.
+            error = f"cannot look up the bucket's ASR queue: {exc}"
+            return SubmitOutcome(FAILED_ROW, token, None, error, permanent=not exc.transient)
+        request = spec.request(settings, token)
         known = self._ledger.job_by_token(token)
         if known is not None and known.job_id is not None:
             return SubmitOutcome(SKIPPED, token, known.job_id, submitted_at=known.submitted_at)

@@ -64,7 +64,10 @@ class Emulator(support.Emulator):
 def start_emulator(data_dir: Path, *extra: str, cmq: bool = True) -> Emulator:
     """``asrd emulator`` through the harness, accepting this suite's keys (one with a token);
     later ``extra`` flags win, so ``--pulsar-url`` may replace the unreachable default."""
-    emu = support.start_emulator(data_dir, NO_BROKER, *extra, cmq=cmq, keys=KEYS)
+    # The SDK sends QueueId only when given one; these tests use the bucket's default queue.
+    emu = support.start_emulator(
+        data_dir, NO_BROKER, "--queue-id-optional", *extra, cmq=cmq, keys=KEYS
+    )
     return Emulator(emu.proc, emu.endpoint, emu.data_dir, emu.cmq_endpoint)
 
 

@@ -21,6 +21,7 @@ from asrd.emulator.journal import Journal
 from asrd.emulator.lifecycle import JobRunner
 from asrd.emulator.notify import Notifier
 from asrd.emulator.server import App
+from asrd.emulator.shapes import SHAPES
 from asrd.emulator.signature import Credential, Verifier
 from asrd.emulator.storage import ObjectStore
 
@@ -53,7 +54,7 @@ def _options(texts: list[str]) -> dict[str, Any]:
 
 
 def _cmq_queue(value: str) -> QueueSpec:
-    """``REGION:NAME[:visibility=S][:maxsize=B][:polling=S]``"""
+    """``REGION:NAME[:visibility=S][:maxsize=B][:polling=S][:max_unacked=S]``"""
     region, sep, rest = value.partition(":")
     if not sep:
         raise argparse.ArgumentTypeError("expected REGION:NAME[:visibility=S][:maxsize=B]")
@@ -136,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_cmq_queue,
         action="append",
         default=[],
-        metavar="REGION:NAME[:visibility=S][:maxsize=B][:polling=S]",
+        metavar="REGION:NAME[:visibility=S][:maxsize=B][:polling=S][:max_unacked=S]",
         help="declare a queue (repeatable; kept in the journal)",
     )
     c.add_argument(
@@ -160,6 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--job-delay", type=float, default=1.0, help="seconds from create to terminal state"
+    )
+    p.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        choices=SHAPES,
+        help="render describes and callbacks in this documented variant (repeatable)",
+    )
+    p.add_argument(
+        "--queue-id-optional",
+        action="store_true",
+        help="accept create and list on /asr_jobs without QueueId (the bucket's default queue);"
+        " by default they are refused, as the /asr_jobs documents require it",
     )
     p.add_argument("--log-level", default="WARNING")
     f = p.add_argument_group("fault injection (also changeable at run time: PUT /-/faults)")
@@ -258,8 +272,18 @@ async def run(args: argparse.Namespace, notifier: Notifier) -> int:
         stats,
         cmq,
         tdmq_to_pulsar=args.tdmq_to_pulsar,
+        shapes=frozenset(args.shape),
     )
-    app = App(Verifier(args.key), store, objects, runner, faults, stats, cmq)
+    app = App(
+        Verifier(args.key),
+        store,
+        objects,
+        runner,
+        faults,
+        stats,
+        cmq,
+        queue_id_required=not args.queue_id_optional,
+    )
     for job in unfinished:  # jobs cut short by the last stop run again from the start
         runner.start(job)
     servers = [await serve(application(app.routes(), app.dispatch), *args.listen)]

@@ -33,6 +33,9 @@ DEFAULT_VISIBILITY_S = 30
 MAX_VISIBILITY_S = 43200
 MAX_POLL_S = 30
 MAX_BATCH = 16
+# TDMQ's "max message unacknowledged time" (30 s - 12 h): an undeleted message older than this is
+# acknowledged by the server and gone. Below 30 s only for tests.
+MAX_UNACKED_S = 43200
 MAX_DELAY_S = 6_048_000  # GOSDK's bound; the server's is UNCONFIRMED
 
 # Top-level codes (§3.3).
@@ -62,6 +65,7 @@ class QueueSpec:
     visibility: int = DEFAULT_VISIBILITY_S
     maxsize: int = DEFAULT_MAX_BYTES
     polling: int = 0  # the queue's default pollingWaitSeconds
+    max_unacked: int = MAX_UNACKED_S
 
     @property
     def limit(self) -> int:
@@ -84,6 +88,7 @@ QUEUE_LIMITS = {
     "visibility": (1, MAX_VISIBILITY_S),
     "maxsize": (1024, HARD_MAX_BYTES),
     "polling": (0, MAX_POLL_S),
+    "max_unacked": (1, MAX_UNACKED_S),
 }
 TOPIC_LIMITS = {"maxsize": (1024, HARD_MAX_BYTES)}
 
@@ -158,6 +163,22 @@ class MessageQueue:
         self._seq = itertools.count()
         self._handles: dict[str, str] = {}  # receipt handle -> msg_id
         self._arrival = asyncio.Event()
+        self.auto_acked = 0  # messages TDMQ would have acknowledged for nobody (max_unacked)
+
+    def _expired(self, msg: Message, now: float) -> bool:
+        # UNCONFIRMED whether TDMQ counts from the send or from the first receive; from the
+        # send is the cautious reading (an intake that never polled loses them as well).
+        return now >= msg.enqueue_time + self.spec.max_unacked
+
+    def _drop(self, msg: Message) -> None:
+        self._handles.pop(msg.handle, None)
+        self.messages.pop(msg.msg_id, None)
+        self.auto_acked += 1
+
+    def expire(self, now: float) -> None:
+        """Drop every message past the queue's max unacknowledged time."""
+        for msg in [m for m in self.messages.values() if self._expired(m, now)]:
+            self._drop(msg)
 
     def add(self, msg: Message) -> None:
         self.messages[msg.msg_id] = msg
@@ -187,6 +208,9 @@ class MessageQueue:
             if msg is None or msg.visible_at > now:
                 break
             heapq.heappop(self._heap)
+            if self._expired(msg, now):
+                self._drop(msg)
+                continue
             self._handles.pop(msg.handle, None)  # the previous receive's handle is now stale
             msg.handle = _new_id()
             self._handles[msg.handle] = msg.msg_id
@@ -226,6 +250,9 @@ class MessageQueue:
     def delete(self, handle: str, now: float) -> Message:
         msg_id = self._handles.get(handle)
         msg = self.messages.get(msg_id) if msg_id is not None else None
+        if msg is not None and self._expired(msg, now):
+            self._drop(msg)
+            msg = None
         if msg is None or msg.handle != handle or now >= msg.visible_at:
             # Only the latest receive's handle is valid, and only until nextVisibleTime.
             raise CmqError(BAD_HANDLE, "receipt handle is invalid or expired")
@@ -234,12 +261,18 @@ class MessageQueue:
         return msg
 
     def depth(self, now: float) -> dict[str, int]:
+        self.expire(now)
         active = sum(1 for m in self.messages.values() if m.visible_at <= now)
         delayed = sum(
             1 for m in self.messages.values() if m.visible_at > now and m.dequeue_count == 0
         )
         inactive = len(self.messages) - active - delayed
-        return {"active": active, "inactive": inactive, "delayed": delayed}
+        return {
+            "active": active,
+            "inactive": inactive,
+            "delayed": delayed,
+            "auto_acked": self.auto_acked,
+        }
 
 
 class Cmq:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 from collections import Counter
 from urllib.parse import urlparse
 
-from asrd.emulator import transcript
+from asrd.emulator import shapes, transcript
 from asrd.emulator.cmq import Cmq
 from asrd.emulator.faults import Faults
 from asrd.emulator.jobs import JobStore
 from asrd.emulator.model import Job, Queue, now
-from asrd.emulator.notify import Delivery, Notifier, callback_body
+from asrd.emulator.notify import Delivery, Notifier, callback_body, workflow_finish_body
 from asrd.emulator.storage import BadKey, ObjectStore
 
 log = logging.getLogger("asrd.emulator.jobs")
@@ -62,7 +63,9 @@ class JobRunner:
         stats: Counter[str],
         cmq: Cmq,
         tdmq_to_pulsar: bool = False,
+        shapes: frozenset[str] = frozenset(),
     ) -> None:
+        self.shapes = shapes  # see shapes.py
         self.store = store
         self.objects = objects
         self.notifier = notifier
@@ -74,6 +77,16 @@ class JobRunner:
         self._tasks: set[asyncio.Future[None]] = set()
 
     def start(self, job: Job) -> None:
+        if "workflow" in self.shapes and job.workflow is None:
+            # As if a workflow had started it on the upload of its input object.
+            size = 0
+            if job.input_object is not None:
+                with contextlib.suppress(BadKey):
+                    obj = self.objects.get(job.bucket, job.input_object)
+                    size = len(obj.data) if obj is not None else 0
+            job.workflow = shapes.workflow_node(job.job_id)
+            job.cos_headers = shapes.cos_headers(size)
+            job.set_state(job.state, now())  # drops the rendered cache
         loop = asyncio.get_running_loop()
         # Scheduled even with no delay, so the create answer still shows Submitted.
         half = self.job_delay / 2
@@ -123,8 +136,12 @@ class JobRunner:
         if detail is not None:
             result["DetailObjectName"] = job.output_object + ".detail"
         result["ObjectName"] = job.output_object
-        result["Result"] = text or None
-        result["ResultDetail"] = detail or None
+        lines = text.splitlines()
+        result["Result"] = (lines or None) if "repeated-result" in self.shapes else (text or None)
+        if "flash" in self.shapes or job.params.get("FlashAsr") == "true":
+            result["FlashResult"] = shapes.flash_result(tr)
+        else:
+            result["ResultDetail"] = detail or None
         job.result = result
         return None
 
@@ -139,6 +156,8 @@ class JobRunner:
             final.code, final.message = failure
             final.set_state("Failed", t)
         else:
+            if "message-success" in self.shapes:
+                final.message = "Success"
             final.set_state("Success", t)
         self.stats[f"jobs_{final.state.lower()}"] += 1
         copies, delay, early = self.faults.callback_plan()
@@ -153,12 +172,16 @@ class JobRunner:
             self._commit(job, final)
         if delivery is None or copies == 0:
             return
-        body, ctype = callback_body(final.detail(), delivery.fmt)
+        detail = final.detail()
+        bodies = [callback_body(detail, delivery.fmt, self.shapes)]
+        if "workflow-finish" in self.shapes:
+            bodies.append(workflow_finish_body(detail, delivery.fmt))
         for _ in range(copies):
-            if delay > 0:
-                loop.call_later(delay, self._spawn_delivery, delivery, body, ctype)
-            else:
-                self._spawn_delivery(delivery, body, ctype)
+            for body, ctype in bodies:
+                if delay > 0:
+                    loop.call_later(delay, self._spawn_delivery, delivery, body, ctype)
+                else:
+                    self._spawn_delivery(delivery, body, ctype)
 
     def _commit(self, job: Job, final: Job) -> None:
         job.code, job.message, job.result = final.code, final.message, final.result

@@ -144,6 +144,9 @@ class Job:
     code: str = "Success"
     message: str = ""
     result: dict[str, Any] | None = None
+    # Only for jobs that look triggered by a workflow (the "workflow" shape).
+    workflow: dict[str, str] | None = None
+    cos_headers: list[dict[str, str]] | None = None
     _cache: bytes | None = field(default=None, repr=False)
 
     def set_state(self, state: str, now: float) -> None:
@@ -163,6 +166,8 @@ class Job:
         inp["Region"] = self.region
         if self.input_url is not None and self.input_object is None:
             inp["Url"] = self.input_url
+        if self.cos_headers:
+            inp["CosHeaders"] = self.cos_headers
         op: dict[str, Any] = {
             "JobLevel": self.job_level,
             "Output": {
@@ -179,7 +184,7 @@ class Job:
             op["TemplateName"] = self.template.name
         if self.user_data is not None:
             op["UserData"] = self.user_data
-        return {
+        detail: dict[str, Any] = {
             "Code": self.code,
             "CreationTime": fmt_time(self.created),
             "EndTime": fmt_time(self.ended),
@@ -192,6 +197,9 @@ class Job:
             "State": self.state,
             "Tag": "SpeechRecognition",
         }
+        if self.workflow:
+            detail["Workflow"] = self.workflow
+        return detail
 
     def to_record(self) -> dict[str, Any]:
         rec = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_cache"}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asrd.emulator import xmlio
+from asrd.emulator.shapes import json_shape, workflow_finish
 
 log = logging.getLogger("asrd.emulator.notify")
 
@@ -25,14 +26,25 @@ def _prune(node: Any) -> Any:
     return node
 
 
-def callback_body(detail: dict[str, Any], fmt: str) -> tuple[bytes, str]:
+def callback_body(
+    detail: dict[str, Any], fmt: str, shapes: frozenset[str] = frozenset()
+) -> tuple[bytes, str]:
     """``(body, content type)`` of the TaskFinish message for one job."""
     if fmt == "JSON":
-        # UNCONFIRMED: JobsDetail as an object (some doc examples show an array of one).
-        doc = {"EventName": "TaskFinish", "JobsDetail": _prune(detail)}
+        # UNCONFIRMED: JobsDetail as an object (some doc examples show an array of one, which
+        # the jobs-array shape sends).
+        doc = json_shape({"EventName": "TaskFinish", "JobsDetail": _prune(detail)}, shapes)
         return json.dumps(doc, ensure_ascii=False).encode(), "application/json"
     body = xmlio.document("Response", {"EventName": "TaskFinish", "JobsDetail": detail})
     return body, "application/xml"
+
+
+def workflow_finish_body(detail: dict[str, Any], fmt: str) -> tuple[bytes, str]:
+    """``(body, content type)`` of the WorkflowFinish event that follows a workflow's job."""
+    doc = workflow_finish(detail)
+    if fmt == "JSON":
+        return json.dumps(_prune(doc), ensure_ascii=False).encode(), "application/json"
+    return xmlio.document("Response", doc), "application/xml"
 
 
 @dataclass(frozen=True)

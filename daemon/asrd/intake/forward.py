@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,13 @@ class Outgoing:
 
 
 class Forwarder:
-    """One producer on ``topic``, made on first use (and again after it failed to be made)."""
+    """One producer on ``topic``, made on first use (and again after it failed to be made).
+
+    Every wait on the broker is bounded by the caller (``wait_s``): the producer is opened on a
+    thread of its own, so a broker that accepts the connection but never answers costs the
+    caller ``wait_s``, not the client's operation timeout. A send given up on may still be
+    persisted later; the sender then sends again and the ledger absorbs the duplicate.
+    """
 
     def __init__(self, client: pulsar.Client, topic: str, send_timeout_ms: int = 30_000) -> None:
         self._client = client
@@ -36,36 +43,75 @@ class Forwarder:
         self._send_timeout_ms = send_timeout_ms
         self._lock = threading.Lock()
         self._producer: Any = None
+        self._opening: threading.Thread | None = None
+        self._open_error = ""
+        self._closed = False
 
     @property
     def topic(self) -> str:
         return self._topic
 
-    def _get_producer(self) -> Any:
-        with self._lock:
-            if self._producer is None:
-                try:
-                    # Batching off: a message is one callback, and retry/DLQ copies stay 1:1.
-                    self._producer = self._client.create_producer(
-                        self._topic,
-                        batching_enabled=False,
-                        send_timeout_millis=self._send_timeout_ms,
-                        block_if_queue_full=True,
-                    )
-                except pulsar.PulsarException as exc:
-                    raise ForwardError(f"cannot produce to {self._topic}: {exc}") from None
-            return self._producer
+    @property
+    def default_wait_s(self) -> float:
+        # Every started send calls back by then: with the broker's answer or its send timeout.
+        return self._send_timeout_ms / 1000 + 5
 
-    def send(self, message: Outgoing) -> None:
-        """Blocking: returns once persisted, else raises ``ForwardError``."""
-        failed = self.send_all([message])[0]
+    def _open(self) -> None:
+        try:
+            # Batching off: a message is one callback, and retry/DLQ copies stay 1:1.
+            producer = self._client.create_producer(
+                self._topic,
+                batching_enabled=False,
+                send_timeout_millis=self._send_timeout_ms,
+                block_if_queue_full=True,
+            )
+        except pulsar.PulsarException as exc:
+            with self._lock:
+                self._open_error = f"cannot produce to {self._topic}: {exc}"
+            return
+        with self._lock:
+            if not self._closed:
+                self._producer = producer
+                return
+        with contextlib.suppress(pulsar.PulsarException):
+            producer.close()  # closed while it was being opened
+
+    def _get_producer(self, wait_s: float) -> Any:
+        with self._lock:
+            if self._producer is not None:
+                return self._producer
+            if self._opening is None or not self._opening.is_alive():
+                self._open_error = ""
+                self._opening = threading.Thread(
+                    target=self._open, name="asrd-open-producer", daemon=True
+                )
+                self._opening.start()
+            opening = self._opening
+        opening.join(max(0.0, wait_s))
+        with self._lock:
+            if self._producer is not None:
+                return self._producer
+            error = self._open_error
+        raise ForwardError(
+            error or f"the broker did not open a producer on {self._topic} within {wait_s:g}s"
+        )
+
+    def send(self, message: Outgoing, wait_s: float | None = None) -> None:
+        """Blocking: returns once persisted, else raises ``ForwardError`` (at most ``wait_s``)."""
+        failed = self.send_all([message], wait_s)[0]
         if failed is not None:
             raise ForwardError(failed)
 
-    def send_all(self, messages: Sequence[Outgoing]) -> list[str | None]:
-        """Send all at once and wait for each; ``None`` where persisted, else the reason."""
-        producer = self._get_producer()
-        results: list[str | None] = ["not sent"] * len(messages)
+    def send_all(
+        self, messages: Sequence[Outgoing], wait_s: float | None = None
+    ) -> list[str | None]:
+        """Send all at once and wait for each, ``wait_s`` in all (default: until the send
+        timeout); ``None`` where persisted, else the reason."""
+        budget = self.default_wait_s if wait_s is None else wait_s
+        deadline = time.monotonic() + budget
+        producer = self._get_producer(budget)
+        unconfirmed = f"the broker did not confirm within {budget:g}s"
+        results: list[str | None] = [unconfirmed] * len(messages)
         pending = threading.Semaphore(0)
 
         def sent(index: int) -> Any:
@@ -83,17 +129,17 @@ class Forwarder:
                 results[i] = f"send failed: {exc}"
                 continue
             started += 1
-        # Every started send calls back: with the broker's answer or at the send timeout.
-        deadline = self._send_timeout_ms / 1000 + 5
         for _ in range(started):
-            if not pending.acquire(timeout=deadline):
+            if not pending.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 break
-        return results
+        # A callback may still come after we stop waiting; what we return is a snapshot.
+        return list(results)
 
     def close(self) -> None:
         with self._lock:
-            if self._producer is not None:
-                # Closing anyway; unsent messages were not confirmed to anyone.
-                with contextlib.suppress(pulsar.PulsarException):
-                    self._producer.close()
-                self._producer = None
+            self._closed = True
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            # Closing anyway; unsent messages were not confirmed to anyone.
+            with contextlib.suppress(pulsar.PulsarException):
+                producer.close()

@@ -32,6 +32,7 @@ log = structlog.get_logger("asrd.intake")
 CMQ_QUEUE = "CMQ_QUEUE"
 CMQ_MSG_ID = "CMQ_MSG_ID"
 CMQ_DEQUEUE_COUNT = "CMQ_DEQUEUE_COUNT"
+VISIBILITY_WARN_EVERY_S = 600.0
 
 
 def _secret(value: SecretStr | None) -> str:
@@ -95,6 +96,7 @@ class QueueIntake:
         self._forwarder = forwarder
         self._obs = observers
         self.health = IntakeHealth()
+        self._visibility_warned = 0.0  # wall time of the last visibility warning
 
     def move_once(self, wait_s: int | None = None, client: CmqClient | None = None) -> MoveReport:
         """One receive → produce → delete round. Raises ``CmqError`` if CMQ cannot be polled."""
@@ -106,7 +108,10 @@ class QueueIntake:
         self._obs.intake_poll_ok(s.queue)
         if not messages:
             return MoveReport()
-        failures = self._forwarder.send_all([self._outgoing(m) for m in messages])
+        self._check_visibility(messages)
+        failures = self._forwarder.send_all(
+            [self._outgoing(m) for m in messages], s.produce_timeout_s
+        )
         persisted = [m for m, failed in zip(messages, failures, strict=True) if failed is None]
         for m, failed in zip(messages, failures, strict=True):
             if failed is not None:
@@ -117,6 +122,27 @@ class QueueIntake:
         moved = len(persisted) - len(refused)
         self._obs.intake_moved(s.queue, moved)
         return MoveReport(len(messages), moved, len(messages) - moved)
+
+    def _check_visibility(self, messages: Sequence[CmqMessage]) -> None:
+        """Warn (at most every ``VISIBILITY_WARN_EVERY_S``) when CMQ hands these messages out again
+        before the produce could time out: another loop then moves them too (duplicates the
+        ledger absorbs, but work and broker traffic twice)."""
+        shown = [m.next_visible_time for m in messages if m.next_visible_time > 0]
+        if not shown:
+            return
+        now = time.time()
+        left = min(shown) - now
+        wait = self._settings.produce_timeout_s
+        if left >= wait or now - self._visibility_warned < VISIBILITY_WARN_EVERY_S:
+            return
+        self._visibility_warned = now
+        log.warning(
+            "the queue's visibility timeout leaves less time than intake.cmq.produce_timeout_s: "
+            "raise the queue's visibility timeout in the console or lower produce_timeout_s",
+            queue=self._settings.queue,
+            visible_again_in_s=round(max(left, 0.0), 1),
+            produce_timeout_s=wait,
+        )
 
     def _delete(self, cmq: CmqClient, persisted: list[CmqMessage]) -> dict[str, str]:
         if not persisted:

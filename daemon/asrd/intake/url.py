@@ -2,8 +2,10 @@
 a CMQ topic's HTTP push subscription, produced onto the Pulsar topic before the answer.
 
 2xx only once the broker has persisted the body, so a sender that sees anything else (5xx, a
-timeout) sends again: CI and CMQ both retry. The token in the path is the only secret the sender
-can carry (CI's callback URL has no header settings); it is compared in constant time.
+timeout) sends again: CI and CMQ both retry. The answer comes within ``ANSWER_WITHIN_S`` (503
+when the broker has not confirmed by then), before CMQ's push gives up on it. The token in the
+path is the only secret the sender can carry (CI's callback URL has no header settings); it is
+compared in constant time.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ __all__ = ["Answer", "UrlReceiver", "unwrap_push"]
 log = structlog.get_logger("asrd.intake.url")
 
 SOURCE = "ASRD_SOURCE"
+# CMQ's HTTP push wants a 2xx within about 15 s and retries otherwise (tdmq-cmq.md §4.5); a
+# 503 well before that makes the sender retry instead of counting a timeout.
+ANSWER_WITHIN_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,13 @@ def unwrap_push(body: bytes) -> bytes:
 
 class UrlReceiver:
     def __init__(
-        self, settings: UrlIntakeSettings, forwarder: Forwarder, observers: Observers
+        self,
+        settings: UrlIntakeSettings,
+        forwarder: Forwarder,
+        observers: Observers,
+        answer_within_s: float = ANSWER_WITHIN_S,
     ) -> None:
+        self.answer_within_s = answer_within_s
         token = settings.token.get_secret_value() if settings.token is not None else ""
         self._token = token.encode("utf-8")
         self.max_bytes = settings.max_bytes
@@ -78,7 +88,7 @@ class UrlReceiver:
         if message_id:
             props.update({SOURCE: "cmq-push", "CMQ_MSG_ID": message_id[:128]})
         try:
-            self._forwarder.send(Outgoing(unwrap_push(body), props))
+            self._forwarder.send(Outgoing(unwrap_push(body), props), self.answer_within_s)
         except ForwardError as exc:
             self._obs.url_callback(accepted=False)
             log.warning(
