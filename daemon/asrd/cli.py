@@ -10,8 +10,10 @@ import gc
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pulsar
@@ -30,6 +32,7 @@ from .ledger import Ledger, LedgerError
 from .log_observer import LogObserver
 from .metrics import Metrics, multiprocess_dir
 from .observers import Observers
+from .outage import Outage
 from .periodic import every
 from .pipeline import Pipeline
 from .preflight import check_writable
@@ -43,6 +46,8 @@ from .supervisor import Supervisor, worker_command
 from .worker import Worker
 
 EX_OK, EX_FATAL, EX_CONFIG = 0, 1, 78
+# The outage source of refused or missing keys (CI, COS): consumption waits while it lasts.
+KEYS = "credentials"
 
 log = structlog.get_logger("asrd")
 
@@ -139,10 +144,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             return metrics.workers_ready() >= settings.pulsar.workers
         return consumer.health.ready
 
-    metrics = Metrics(ready=lambda: subscribed() and feeds.reachable(settings))
+    metrics = Metrics(
+        ready=lambda: subscribed() and feeds.reachable(settings) and not outage.paused()
+    )
     observers = Observers([logs, metrics])
+    outage = Outage(observers, stop=stop)
     stages = _stages(settings, observers)
     ci, routes, ledger = stages.ci, stages.routes, stages.ledger
+    keys = ci.credentials
+    keys.observers.add(metrics)  # refreshes, and the COS sink's refused keys
     metrics.gauges = lambda: job_gauges(ledger)
     client = make_client(settings.pulsar)
     consumer = Consumer(
@@ -150,7 +160,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         client=client,
         on_ready=lambda: systemd.notify("READY=1"),
         on_receive_error=observers.receive_failed,
+        paused=lambda: outage.paused(KEYS),
     )
+
+    def keys_refused(reason: str) -> None:
+        """A message met refused keys: consumption pauses until a CI request passes again."""
+        outage.pause(KEYS, f"{reason} (provider {keys.provider}: {keys.hint})", probe=ci.probe)
+
     worker = Worker(
         settings.pulsar,
         stages.pipeline.handle,
@@ -158,13 +174,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         consumer,
         observers,
         handle_batch=stages.pipeline.handle_batch,
+        on_pause=keys_refused,
     )
     shutdown.busy = lambda: consumer.health.subscribed
-    feeds = Feeds.build(settings, client, observers)
+    feeds = Feeds.build(settings, client, observers, outage)
     submitter = cli_submit.make_submitter(settings, ci, ledger, stop=stop)
     api = _serve_api(
         settings if primary else settings.model_copy(update={"http": HttpSettings()}),
-        _api_context(settings, ci, ledger, metrics, feeds, submitter),
+        _api_context(settings, ci, ledger, metrics, feeds, submitter, outage),
     )
     systemd.start_watchdog(systemd.loop_alive(lambda: consumer.health.last_tick, 30.0), stop)
     rc = settings.reconcile
@@ -235,6 +252,7 @@ def _api_context(
     metrics: Metrics,
     feeds: Feeds,
     submitter: Submitter,
+    outage: Outage,
 ) -> ApiContext:
     """What the sidecar API serves, the same for ``asrd run`` and ``asrd intake``."""
     return ApiContext(
@@ -245,6 +263,7 @@ def _api_context(
         callbacks=feeds.url,
         ledger=ledger,
         jobs=JobService(submitter, ledger),
+        not_ready=outage.reason,
     )
 
 
@@ -258,17 +277,20 @@ def cmd_intake(args: argparse.Namespace) -> int:
     shutdown.install()
     stop = shutdown.stop
     logs = LogObserver()
-    metrics = Metrics(ready=lambda: feeds.reachable(settings))
+    metrics = Metrics(ready=lambda: feeds.reachable(settings) and not outage.paused())
     observers = Observers([logs, metrics])
+    outage = Outage(observers, stop=stop)
     client = make_client(settings.pulsar)
-    feeds = Feeds.build(settings, client, observers)
+    feeds = Feeds.build(settings, client, observers, outage)
     queue = feeds.queue
     assert queue is not None  # built from intake.cmq above
     ci = CiClient(settings.ci, observers=observers)
+    ci.credentials.observers.add(metrics)
     ledger = cli_submit.open_ledger(settings)  # a job submitted here is owed like any other
     metrics.gauges = lambda: job_gauges(ledger)
     submitter = cli_submit.make_submitter(settings, ci, ledger, stop=stop)
-    api = _serve_api(settings, _api_context(settings, ci, ledger, metrics, feeds, submitter))
+    ctx = _api_context(settings, ci, ledger, metrics, feeds, submitter, outage)
+    api = _serve_api(settings, ctx)
     systemd.start_watchdog(systemd.loop_alive(lambda: queue.health.last_tick, 90.0), stop)
     feeds.start(stop)
     systemd.notify("READY=1")
@@ -358,8 +380,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     print(f"config ok: {args.config}")
     if args.connect:
-        next(iter(CiClient(settings.ci).list_jobs(limit=1)), None)
+        ci = CiClient(settings.ci)
+        next(iter(ci.list_jobs(limit=1)), None)
         print(f"CI reachable: bucket {settings.ci.bucket}")
+        print(_keys_line(ci))
         client = make_client(settings.pulsar)
         try:
             client.get_topic_partitions(settings.pulsar.topic)
@@ -369,6 +393,19 @@ def cmd_check(args: argparse.Namespace) -> int:
         if settings.intake.cmq is not None:
             return _check_cmq(settings)
     return EX_OK
+
+
+def _keys_line(ci: CiClient) -> str:
+    """Which provider gave the keys, which key (masked), and until when."""
+    keys = ci.credentials
+    snap = keys.current()
+    if snap is None:
+        return f"credentials: {keys.provider}: no keys yet"
+    until = "do not expire"
+    if snap.expires_at is not None:
+        when = datetime.fromtimestamp(snap.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        until = f"expire at {when} (in {max(snap.expires_at - time.time(), 0):.0f} s)"
+    return f"credentials: {keys.provider}, key id {snap.masked_id}, keys {until}"
 
 
 def _check_cmq(settings: Settings) -> int:

@@ -32,6 +32,16 @@ class Outcome(Enum):
     IGNORED = "ignored"  # not ours (another job type or event): acknowledge
     RETRY = "retry"  # transient: redeliver later
     DEAD = "dead"  # can never succeed: dead-letter with the reason
+    # A setup fault (asrd's keys refused, a sink that cannot work): put the message back without
+    # spending an attempt, and pause until the fault is gone.
+    PAUSED = "paused"
+
+
+def _ci_failed(exc: CiError, job_id: str) -> Verdict:
+    if exc.auth:
+        return Verdict(Outcome.PAUSED, f"CI refused asrd's keys: {exc}", job_id)
+    outcome = Outcome.RETRY if exc.transient else Outcome.DEAD
+    return Verdict(outcome, f"CI get job failed: {exc}", job_id)
 
 
 @dataclass(frozen=True)
@@ -124,8 +134,7 @@ class Pipeline:
         records: list[ResultRecord] = []
         for job_id, detail in self._ci.get_jobs(lookup).items() if lookup else ():
             if isinstance(detail, CiError):
-                outcome = Outcome.RETRY if detail.transient else Outcome.DEAD
-                out[job_id] = Verdict(outcome, f"CI get job failed: {detail}", job_id)
+                out[job_id] = _ci_failed(detail, job_id)
             elif detail is None:
                 out[job_id] = Verdict(
                     Outcome.RETRY, "CI does not know this job (NonExistJobIds)", job_id
@@ -209,6 +218,7 @@ class Pipeline:
         wanted = {r.job_id: {route.sink.name for route in self._router.wanted(r)} for r in records}
         failures: dict[str, list[str]] = {r.job_id: [] for r in records}
         permanent: set[str] = set()
+        outage: set[str] = set()
         delivered: dict[str, list[str]] = {r.job_id: [] for r in records}
         for r in records:
             unwanted = self._router.names - wanted[r.job_id] - done[r.job_id]
@@ -223,7 +233,9 @@ class Pipeline:
             seconds = time.monotonic() - started
             for job_id, exc in errors.items():
                 failures[job_id].append(f"sink {name}: {exc}")
-                if exc.permanent:
+                if exc.outage:
+                    outage.add(job_id)
+                elif exc.permanent:
                     permanent.add(job_id)
                 self._obs.sink_failed(name, job_id, str(exc), exc.permanent)
             for job_id in (r.job_id for r in batch if r.job_id not in errors):
@@ -235,6 +247,8 @@ class Pipeline:
             got = tuple(delivered[r.job_id])
             if failures[r.job_id]:
                 outcome = Outcome.DEAD if r.job_id in permanent else Outcome.RETRY
+                if r.job_id in outage:
+                    outcome = Outcome.PAUSED
                 out[r.job_id] = Verdict(outcome, "; ".join(failures[r.job_id]), r.job_id, got)
             else:
                 writes.settled.append((r.job_id, r.state))
@@ -254,8 +268,7 @@ class Pipeline:
         try:
             detail = self._ci.get_job(job_id)
         except CiError as exc:
-            outcome = Outcome.RETRY if exc.transient else Outcome.DEAD
-            return Verdict(outcome, f"CI get job failed: {exc}", job_id)
+            return _ci_failed(exc, job_id)
         if detail is None:
             # Read-after-notify lag is possible, so "not found" is retried until the budget ends.
             return Verdict(Outcome.RETRY, "CI does not know this job (NonExistJobIds)", job_id)
