@@ -453,7 +453,12 @@ class CiClient:
 
     def probe(self) -> None:
         """One cheap signed request (a describe of an id no job has): raises ``CiError`` when
-        the keys are refused or CI cannot be reached; used to find the end of an outage."""
+        the keys are refused or CI cannot be reached; used to find the end of an outage.
+        Keys the service refused may have been replaced already: ask the provider first."""
+        try:
+            self.credentials.refresh()
+        except CredentialError as exc:
+            raise CiError(ErrorKind.AUTH, "CredentialsUnavailable", str(exc)) from None
         self._describe(["s0000000000000000000000000000000"])
 
     def _call(self, operation: str, fn: Callable[[CosS3Client], T], paced: bool = False) -> T:
@@ -542,7 +547,7 @@ class CiClient:
     def _describe(self, job_ids: list[str], paced: bool = False) -> dict[str, JobsDetail]:
         """One describe request for several ids; CI omits the ones it does not know."""
         path = "/asr_jobs/" + ",".join(job_ids)  # ``ci_get_asr_job``'s request, several ids
-        data = self._call("get_jobs", partial(self._ci_request, "GET", path), paced)
+        data = self._call("get_jobs", lambda sdk: self._ci_request(sdk, "GET", path), paced)
         details = data.get("JobsDetail") or []
         wanted = set(job_ids)
         return {

@@ -160,10 +160,19 @@ class StaticSource:
         files: dict[str, Path] = {}
         for key in ("secret_id", "secret_key", "token"):
             path: Path | None = getattr(section, f"{key}_file")
-            # A file named but a value also given in TOML: the value wins (as at load time).
-            if path is not None and getattr(section, key) is not None:
-                if not path.is_absolute() and base:
-                    path = Path(base) / path
+            if path is None:
+                continue
+            if not path.is_absolute() and base:
+                path = Path(base) / path
+            # Only a value that came from its file follows the file (a value given as well, in
+            # the TOML or the environment, wins at load time and stays).
+            try:
+                from_file = path.read_text(encoding="utf-8").strip() == _secret(
+                    getattr(section, key)
+                )
+            except OSError:
+                from_file = True  # unreadable now: say so at the first fetch
+            if from_file:
                 files[key] = path
         return cls(
             _secret(section.secret_id), _secret(section.secret_key), _secret(section.token), files
@@ -491,13 +500,20 @@ class Credentials:
             return snap
         return self._slow(now)
 
+    def refresh(self) -> Snapshot:
+        """Fetch new keys now (after the service refused the current ones), unless another
+        caller is doing so; raises ``CredentialError`` when the provider fails."""
+        with self._lock:
+            return self._refresh(self._clock())
+
     def _slow(self, now: float) -> Snapshot:
         snap = self._snap
         if snap is not None and snap.usable(now):
             # Due, not expired: one caller refreshes, the rest keep signing with these keys.
             if now >= self._next_try and self._lock.acquire(blocking=False):
                 try:
-                    self._refresh(now)
+                    if self._clock() >= self._refresh_at:  # not done while we came here
+                        self._refresh(now)
                 except CredentialError:
                     pass  # logged and counted in _refresh; the old keys are still good
                 finally:
