@@ -227,7 +227,9 @@ def test_every_request_carries_the_token_of_the_key_it_is_signed_with(capture: C
     used = set()
     for sent in capture.requests:
         ak = sent.headers["authorization"].split("q-ak=")[1].split("&")[0]
-        header = "x-ci-security-token" if sent.path.startswith("/asr_jobs") else "x-cos-security-token"
+        header = (
+            "x-ci-security-token" if sent.path.startswith("/asr_jobs") else "x-cos-security-token"
+        )
         assert sent.headers[header] == source.issued[ak].token, sent.path
         used.add(ak)
     assert len(used) >= 3
@@ -272,8 +274,8 @@ def test_refused_keys_are_an_auth_error_not_the_messages(capture: Capture) -> No
     creds = Credentials(source)
     client = CiClient(ci_settings(capture.endpoint), credentials=creds)
     source.down = True
-    creds._snap = None  # noqa: SLF001 - as if the keys had expired
-    creds._next_try = 0  # noqa: SLF001
+    creds._snap = None
+    creds._next_try = 0
     with pytest.raises(CiError) as err:
         client.put_object("k", b"x")
     assert err.value.auth and err.value.transient

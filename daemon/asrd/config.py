@@ -175,7 +175,7 @@ class CiSettings(_Section):
     @model_validator(mode="after")
     def _need_credentials(self) -> CiSettings:
         if self.credentials in ("sts-assume-role",) and not self.role_arn:
-            raise ValueError("role_arn is required with credentials = \"sts-assume-role\"")
+            raise ValueError('role_arn is required with credentials = "sts-assume-role"')
         if self.credentials not in ("static", "sts-assume-role"):
             return self  # the provider brings the keys
         if self.secret_id is None or not self.secret_id.get_secret_value():

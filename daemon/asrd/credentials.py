@@ -522,7 +522,7 @@ class Credentials:
         with self._lock:  # no usable keys: wait for the refresh in flight, or make one
             now = self._clock()
             snap = self._snap
-            if snap is not None and snap.usable(now) and now < self._refresh_at:
+            if snap is not None and snap.usable(now):  # refreshed while we waited
                 return snap
             if now < self._next_try:
                 raise CredentialError(self.provider, self._last_error or "no keys yet")

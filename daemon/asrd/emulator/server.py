@@ -124,9 +124,7 @@ class App:
             if injected is not None:
                 raise ApiError(*injected)
             service = "ci" if req.path.startswith(CI_PATHS) else "cos"
-            failure = self.verifier.verify(
-                req.method, req.path, req.query, req.headers, t, service
-            )
+            failure = self.verifier.verify(req.method, req.path, req.query, req.headers, t, service)
             if failure is not None:
                 raise ApiError(failure.status, failure.code, failure.message)
             resp = endpoint(self, Call(req, target, rid))
