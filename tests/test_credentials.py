@@ -279,3 +279,66 @@ def test_refused_keys_are_an_auth_error_not_the_messages(capture: Capture) -> No
     with pytest.raises(CiError) as err:
         client.put_object("k", b"x")
     assert err.value.auth and err.value.transient
+
+
+# -- a message that meets an outage -------------------------------------------------------
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def ack(self, m: Any) -> None:
+        self.calls.append("ack")
+
+    def retry(self, m: Any, attempt: int, delay_s: float) -> str:
+        self.calls.append("retry")
+        return ""
+
+    def dead_letter(self, m: Any, reason: str, attempts: int) -> str:
+        self.calls.append("dead_letter")
+        return ""
+
+    def release(self, m: Any) -> None:
+        self.calls.append("release")
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["one", "batch"])
+def test_a_paused_verdict_puts_messages_back_without_spending_attempts(
+    tmp_path: Path, batch: bool
+) -> None:
+    """However many times a message meets refused keys, it is put back unacknowledged, the
+    pause is reported, and its attempts stay where they were: it is never dead-lettered."""
+    from asrd.broker import Inbound
+    from asrd.config import PulsarSettings
+    from asrd.ledger import open_ledger
+    from asrd.observers import Observers
+    from asrd.pipeline import Outcome, Verdict
+    from asrd.worker import Worker
+
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    settings = PulsarSettings(topic="t", max_attempts=2)
+    paused: list[str] = []
+    refused = Verdict(Outcome.PAUSED, "CI refused asrd's keys: ExpiredToken")
+    transport = Transport()
+    worker = Worker(
+        settings,
+        lambda body: refused,
+        ledger,
+        transport,
+        Observers(),
+        handle_batch=lambda bodies: [refused] * len(bodies),
+        on_pause=paused.append,
+    )
+    messages = [Inbound(None, b"{}", "t", f"id{i}", 0) for i in range(3)]
+    for _ in range(5):  # more than max_attempts
+        if batch:
+            worker.process_batch(messages)
+        else:
+            for m in messages:
+                worker.process(m)
+    assert set(transport.calls) == {"release"} and len(transport.calls) == 15
+    assert paused and paused[0] == refused.reason
+    # The next start of each message is its first.
+    assert all(ledger.begin_attempt(m.key).count == 1 for m in messages)
+    ledger.close()

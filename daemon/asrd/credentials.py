@@ -464,7 +464,7 @@ class Credentials:
         clock: Callable[[], float] = time.time,
         uniform: backoff.Uniform = random.uniform,
         retry_base_s: float = 1.0,
-        retry_max_s: float = 60.0,
+        retry_max_s: float = 30.0,
     ) -> None:
         self.source = source
         self.observers = Observers()

@@ -39,7 +39,8 @@ class Outcome(Enum):
 
 def _ci_failed(exc: CiError, job_id: str) -> Verdict:
     if exc.auth:
-        return Verdict(Outcome.PAUSED, f"CI refused asrd's keys: {exc}", job_id)
+        what = "no usable keys for CI" if exc.status is None else "CI refused asrd's keys"
+        return Verdict(Outcome.PAUSED, f"{what}: {exc}", job_id)
     outcome = Outcome.RETRY if exc.transient else Outcome.DEAD
     return Verdict(outcome, f"CI get job failed: {exc}", job_id)
 

@@ -208,7 +208,10 @@ class QueueIntake:
                 continue
             failures += 1
             pause = backoff.delay(failures, 1.0, 30.0)
-            if not self._outage.paused("cmq"):  # an outage is logged once, when it starts
+            if self._outage.paused("cmq"):
+                # Each poll is the probe: keys that work again are noticed within seconds.
+                pause = min(pause, 5.0)
+            else:  # an outage is logged once, when it starts
                 log.warning(
                     "intake backing off",
                     queue=self._settings.queue,
@@ -223,7 +226,8 @@ class QueueIntake:
         self._obs.auth_failed("credentials" if exc.code == 0 else "cmq", str(exc))
         keys = self._keys
         where = f" (provider {keys.provider}: {keys.hint})" if keys is not None else ""
-        self._outage.pause("cmq", f"CMQ refused asrd's keys: {exc}{where}")
+        what = "CMQ refused asrd's keys" if exc.code else "no usable keys for CMQ"
+        self._outage.pause("cmq", f"{what}: {exc}{where}")
 
     def close(self) -> None:
         for client in self._clients:
