@@ -6,6 +6,7 @@ expires and is renewed by rewriting its file. Nothing may be dead-lettered in an
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -13,10 +14,11 @@ from typing import Any
 
 import pytest
 import requests
+from pydantic import SecretStr
 
 from asrd.ci import CiClient
 from asrd.config import load
-from asrd.credentials import Credentials, StaticSource
+from asrd.credentials import CredentialError, Credentials, StaticSource, source_for
 
 from .conftest import Broker
 from .support import (
@@ -185,8 +187,15 @@ def test_issuer_down_longer_than_the_keys_live_pauses_and_resumes(
             time.sleep(TTL_S)  # the outage goes on: nothing may be dead-lettered meanwhile
             assert dlq_count(broker, cfg) == 0
             assert readyz(port)[0] == 503
+            metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            assert 'asrd_paused{source="cmq"} 1.0' in metrics
+            assert re.search(r'asrd_credentials_refresh_total\{result="error"\} [1-9]', metrics)
+            assert re.search(r'asrd_auth_failures_total\{service="credentials"\} [1-9]', metrics)
             set_credentials(emulator, issuer_down=False)
             wait_for(lambda: readyz(port)[0] == 200, 60, "/readyz to recover")
+            metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            expiry = re.search(r"^asrd_credentials_expiry_timestamp_seconds (\S+)$", metrics, re.M)
+            assert expiry and float(expiry.group(1)) > time.time()
             wait_for(lambda: result_ids(cfg) >= set(first + second), 60, "every job")
         finally:
             assert stop_daemon(daemon) == 0
@@ -287,3 +296,45 @@ def test_static_keys_sign_through_the_shared_holder(tmp_path: Path, emulator: Em
     assert isinstance(client.credentials.source, StaticSource)
     client.put_object("k", b"x")
     assert CiClient(settings).credentials is client.credentials
+
+
+def test_assume_role_env_and_default_providers_sign_accepted_requests(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sts-assume-role`` (STS AssumeRole signed with the long-lived key, TC3), ``env`` and
+    ``default`` (which finds the environment first) give keys the emulator accepts."""
+    cfg = write_config(tmp_path, emulator.endpoint, "pulsar://127.0.0.1:1", intake=False)
+    base = load(cfg.path).ci
+    assumed = base.model_copy(
+        update={
+            "credentials": "sts-assume-role",
+            "role_arn": "qcs::cam::uin/100000000001:roleName/asrd",
+            "sts_endpoint": emulator.endpoint,
+        }
+    )
+    CiClient(assumed).put_object("assumed", b"x")
+    monkeypatch.setenv("TENCENTCLOUD_SECRET_ID", SECRET_ID)
+    monkeypatch.setenv("TENCENTCLOUD_SECRET_KEY", SECRET_KEY)
+    for provider in ("env", "default"):
+        client = CiClient(base.model_copy(update={"credentials": provider}))
+        client.put_object(provider, b"x")
+        assert client.credentials.provider in ("env", "default (env)")
+    keys = credentials_state(emulator)["keys"]
+    assert any(k["issuer"] == "AssumeRole" and k["uses"].get("cos") for k in keys)
+    static = next(k for k in keys if k["secret_id"] == SECRET_ID)
+    assert static["uses"].get("cos", 0) >= 2
+
+
+def test_assume_role_with_a_wrong_key_is_refused_by_sts(tmp_path: Path, emulator: Emulator) -> None:
+    cfg = write_config(tmp_path, emulator.endpoint, "pulsar://127.0.0.1:1", intake=False)
+    settings = load(cfg.path).ci.model_copy(
+        update={
+            "credentials": "sts-assume-role",
+            "role_arn": "qcs::cam::uin/100000000001:roleName/asrd",
+            "sts_endpoint": emulator.endpoint,
+            "secret_key": SecretStr("not-the-key"),
+            "secret_key_file": None,
+        }
+    )
+    with pytest.raises(CredentialError, match=r"AuthFailure\.SignatureFailure"):
+        source_for(settings).fetch()
