@@ -501,8 +501,8 @@ class Credentials:
         return self._slow(now)
 
     def refresh(self) -> Snapshot:
-        """Fetch new keys now (after the service refused the current ones), unless another
-        caller is doing so; raises ``CredentialError`` when the provider fails."""
+        """Fetch new keys now (after the service refused the current ones; a refresh in flight
+        is waited for first); raises ``CredentialError`` when the provider fails."""
         with self._lock:
             return self._refresh(self._clock())
 
@@ -548,20 +548,20 @@ class Credentials:
             )
             self.observers.credentials_refreshed(self.provider, None, exc.cause)
             raise
-        changed = self._snap is None or self._snap.secret_id != snap.secret_id
+        changed = self._snap != snap  # a static key's file read again is usually the same
         self._snap = snap
         self._failures = 0
         self._last_error = ""
         self._next_try = 0.0
         self._refresh_at = self._due(snap, now)
-        if snap.expires_at is not None or changed:
-            if changed and snap.expires_at is not None:
-                log.info(
-                    "credentials refreshed",
-                    provider=self.provider,
-                    key_id=snap.masked_id,
-                    expires_at=snap.expires_at,
-                )
+        if changed:
+            log.info(
+                "credentials refreshed",
+                provider=self.provider,
+                key_id=snap.masked_id,
+                expires_at=snap.expires_at,
+            )
+        if changed or snap.expires_at is not None:  # not the static files' re-reads
             self.observers.credentials_refreshed(self.provider, snap.expires_at, "")
         return snap
 
