@@ -342,3 +342,35 @@ def test_a_paused_verdict_puts_messages_back_without_spending_attempts(
     # The next start of each message is its first.
     assert all(ledger.begin_attempt(m.key).count == 1 for m in messages)
     ledger.close()
+
+
+def test_an_outage_is_reported_once_and_ends_when_its_probe_passes() -> None:
+    from asrd.observers import Observer, Observers
+    from asrd.outage import Outage
+
+    changes: list[tuple[str, str]] = []
+
+    class Changes(Observer):
+        def outage_changed(self, source: str, reason: str) -> None:
+            changes.append((source, reason))
+
+    works = threading.Event()
+
+    def probe() -> None:
+        if not works.is_set():
+            raise RuntimeError("still refused")
+
+    outage = Outage(Observers([Changes()]), probe_base_s=0.01, probe_max_s=0.05)
+    before = time.monotonic()
+    for _ in range(5):  # many messages meet the fault: one pause
+        outage.pause("credentials", "keys refused", probe=probe)
+    assert outage.paused("credentials") and not outage.paused("cmq")
+    assert outage.reason() == "credentials: keys refused"
+    outage.resume("credentials", started=before)  # a call begun before the pause proves nothing
+    assert outage.paused()
+    works.set()
+    deadline = time.monotonic() + 30
+    while outage.paused() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not outage.paused() and outage.reason() == ""
+    assert changes == [("credentials", "keys refused"), ("credentials", "")]

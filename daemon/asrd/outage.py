@@ -11,6 +11,7 @@ change of state (at error when work pauses), never one per message.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import structlog
@@ -35,6 +36,7 @@ class Outage:
     ) -> None:
         self._obs = observers or Observers()
         self._reasons: dict[str, str] = {}
+        self._since: dict[str, float] = {}  # monotonic time each pause began
         self._probing: set[str] = set()
         self._lock = threading.Lock()
         self._probe_delays = (probe_base_s, probe_max_s)
@@ -45,6 +47,8 @@ class Outage:
         with self._lock:
             new = source not in self._reasons
             self._reasons[source] = reason
+            if new:
+                self._since[source] = time.monotonic()
             start = probe is not None and source not in self._probing
             if start:
                 self._probing.add(source)
@@ -56,8 +60,12 @@ class Outage:
                 target=self._probe, args=(source, probe), name=f"asrd-probe-{source}", daemon=True
             ).start()
 
-    def resume(self, source: str) -> None:
+    def resume(self, source: str, started: float | None = None) -> None:
+        """``source`` works again. ``started``: when the call that proved it began (monotonic);
+        a call begun before the pause proves nothing about the fault that caused it."""
         with self._lock:
+            if started is not None and started < self._since.get(source, 0.0):
+                return
             was = self._reasons.pop(source, None)
         self._resumed(source, was)
 

@@ -111,9 +111,10 @@ class QueueIntake:
         s = self._settings
         cmq = client or self._clients[0]
         wait = s.polling_wait_s if wait_s is None else wait_s
+        started = time.monotonic()
         messages = cmq.batch_receive(s.queue, s.batch_size, wait)
         self.health.last_ok = time.monotonic()
-        self._outage.resume("cmq")
+        self._outage.resume("cmq", started)
         self._obs.intake_poll_ok(s.queue)
         if not messages:
             return MoveReport()
