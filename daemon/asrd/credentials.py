@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.error import URLError
 from urllib.parse import urlsplit
-from urllib.request import urlopen
+from urllib.request import ProxyHandler, build_opener
 
 import structlog
 from pydantic import SecretStr
@@ -236,10 +236,12 @@ class CvmRoleSource(CVMRoleCredential):  # type: ignore[misc]  # untyped SDK bas
         self._metadata_endpoint = base
         self._role_endpoint = base + "cam/security-credentials/"
         self._timeout_s = timeout_s
+        # The metadata service is link-local to the instance: never through a proxy.
+        self._opener = build_opener(ProxyHandler({}))
 
     def _get(self, url: str) -> str:
         try:
-            with urlopen(url, timeout=self._timeout_s) as resp:  # noqa: S310 - configured URL
+            with self._opener.open(url, timeout=self._timeout_s) as resp:
                 return str(resp.read().decode("utf-8"))
         except (URLError, OSError, ValueError) as exc:
             raise CredentialError(self.name, f"metadata service: {_oneline(exc)}") from None
