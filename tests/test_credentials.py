@@ -374,3 +374,38 @@ def test_an_outage_is_reported_once_and_ends_when_its_probe_passes() -> None:
         time.sleep(0.01)
     assert not outage.paused() and outage.reason() == ""
     assert changes == [("credentials", "keys refused"), ("credentials", "")]
+
+
+def test_a_rewritten_token_file_is_sent_by_the_next_requests(
+    tmp_path: Path, capture: Capture
+) -> None:
+    """``token_file`` rewritten in place (a renewed token, a rotated Secret): within a second
+    the requests on the wire carry the new token, CI's and COS's alike."""
+    token = tmp_path / "token"
+    token.write_text("token-one\n")
+    client = CiClient(ci_settings(capture.endpoint, token_file=str(token)))
+    client.put_object("k", b"x")
+    client.get_jobs(["s1"])
+    token.write_text("token-two\n")
+
+    def sent_new() -> bool:
+        client.put_object("k", b"x")
+        return capture.requests[-1].headers.get("x-cos-security-token") == "token-two"
+
+    deadline = time.monotonic() + 30
+    while not sent_new() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    client.get_jobs(["s1"])
+    first, *_, last_put, last_get = capture.requests
+    assert first.headers["x-cos-security-token"] == "token-one"
+    assert last_put.headers["x-cos-security-token"] == "token-two"
+    assert last_get.headers["x-ci-security-token"] == "token-two"
+
+
+def test_every_provider_the_configuration_names_is_registered() -> None:
+    from typing import get_args
+
+    from asrd.config import CredentialsProvider
+    from asrd.credentials import PROVIDERS
+
+    assert set(PROVIDERS) == set(get_args(CredentialsProvider))

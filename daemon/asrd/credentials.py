@@ -412,37 +412,49 @@ def _oneline(value: object, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def source_for(settings: CiSettings) -> Source:
-    s = settings
-    kind = s.credentials
-    if kind == "static":
-        return StaticSource.of(s)
-    if kind == "env":
-        return _env_source()
-    if kind == "profile":
-        return _profile_source()
-    cvm = CvmRoleSource(s.metadata_url, s.role_name, s.credentials_timeout_s)
-    tke = TkeOidcSource(
+def _cvm(s: CiSettings) -> Source:
+    return CvmRoleSource(s.metadata_url, s.role_name, s.credentials_timeout_s)
+
+
+def _tke(s: CiSettings) -> Source:
+    return TkeOidcSource(
         s.sts_endpoint, s.role_arn, s.session_name, s.duration_s, s.credentials_timeout_s
     )
-    if kind == "cvm-role":
-        return cvm
-    if kind == "tke-oidc":
-        return tke
-    if kind == "sts-assume-role":
-        return AssumeRoleSource(
-            StaticSource.of(s),
-            s.sts_endpoint,
-            s.role_arn,
-            s.session_name,
-            s.duration_s,
-            s.credentials_timeout_s,
-        )
-    # "default": TKE only where the webhook put its variables (no STS call elsewhere).
-    chain: list[Source] = [_env_source(), _profile_source(), cvm]
+
+
+def _assume_role(s: CiSettings) -> Source:
+    return AssumeRoleSource(
+        StaticSource.of(s),
+        s.sts_endpoint,
+        s.role_arn,
+        s.session_name,
+        s.duration_s,
+        s.credentials_timeout_s,
+    )
+
+
+def _default(s: CiSettings) -> Source:
+    # TKE only where its webhook put the variables: no STS call anywhere else.
+    chain = [_env_source(), _profile_source(), _cvm(s)]
     if os.environ.get("TKE_WEB_IDENTITY_TOKEN_FILE"):
-        chain.append(tke)
+        chain.append(_tke(s))
     return DefaultSource(chain)
+
+
+# ``[ci] credentials`` -> how its provider is made from the section.
+PROVIDERS: dict[str, Callable[[CiSettings], Source]] = {
+    "static": StaticSource.of,
+    "env": lambda s: _env_source(),
+    "profile": lambda s: _profile_source(),
+    "cvm-role": _cvm,
+    "tke-oidc": _tke,
+    "sts-assume-role": _assume_role,
+    "default": _default,
+}
+
+
+def source_for(settings: CiSettings) -> Source:
+    return PROVIDERS[settings.credentials](settings)
 
 
 # -- the snapshot holder ---------------------------------------------------------------------
