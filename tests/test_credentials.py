@@ -318,8 +318,8 @@ def test_a_paused_verdict_puts_messages_back_without_spending_attempts(
 
     ledger = open_ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     settings = PulsarSettings(topic="t", max_attempts=2)
-    paused: list[str] = []
-    refused = Verdict(Outcome.PAUSED, "CI refused asrd's keys: ExpiredToken")
+    paused: list[tuple[str, str]] = []
+    refused = Verdict(Outcome.PAUSED, "CI refused asrd's keys: ExpiredToken", pause="credentials")
     transport = Transport()
     worker = Worker(
         settings,
@@ -328,7 +328,7 @@ def test_a_paused_verdict_puts_messages_back_without_spending_attempts(
         transport,
         Observers(),
         handle_batch=lambda bodies: [refused] * len(bodies),
-        on_pause=paused.append,
+        on_pause=lambda source, reason: paused.append((source, reason)),
     )
     messages = [Inbound(None, b"{}", "t", f"id{i}", 0) for i in range(3)]
     for _ in range(5):  # more than max_attempts
@@ -338,7 +338,7 @@ def test_a_paused_verdict_puts_messages_back_without_spending_attempts(
             for m in messages:
                 worker.process(m)
     assert set(transport.calls) == {"release"} and len(transport.calls) == 15
-    assert paused and paused[0] == refused.reason
+    assert paused and paused[0] == ("credentials", refused.reason)
     # The next start of each message is its first.
     assert all(ledger.begin_attempt(m.key).count == 1 for m in messages)
     ledger.close()

@@ -27,6 +27,7 @@ from .cmq import CmqError
 from .config import ConfigError, HttpSettings, Settings
 from .consumer import Consumer
 from .intake.feeds import Feeds
+from .intake.queue import QueueIntake
 from .jobs import JobService, job_gauges, sweep_overdue
 from .ledger import Ledger, LedgerError
 from .log_observer import LogObserver
@@ -34,7 +35,7 @@ from .metrics import Metrics, multiprocess_dir
 from .observers import Observers
 from .outage import Outage
 from .periodic import every
-from .pipeline import Pipeline
+from .pipeline import KEYS, Pipeline
 from .preflight import check_writable
 from .reconcile import Report, reconcile
 from .result import InvalidResult, normalise
@@ -46,8 +47,6 @@ from .supervisor import Supervisor, worker_command
 from .worker import Worker
 
 EX_OK, EX_FATAL, EX_CONFIG = 0, 1, 78
-# The outage source of refused or missing keys (CI, COS): consumption waits while it lasts.
-KEYS = "credentials"
 
 log = structlog.get_logger("asrd")
 
@@ -160,12 +159,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         client=client,
         on_ready=lambda: systemd.notify("READY=1"),
         on_receive_error=observers.receive_failed,
-        paused=lambda: outage.paused(KEYS),
+        # The intake's own pause (CMQ) does not stop what is already on the topic.
+        paused=lambda: outage.paused(but=(QueueIntake.SOURCE,)),
     )
 
-    def keys_refused(reason: str) -> None:
-        """A message met refused keys: consumption pauses until a CI request passes again."""
-        outage.pause(KEYS, f"{reason} (provider {keys.provider}: {keys.hint})", probe=ci.probe)
+    def pause(source: str, reason: str) -> None:
+        """A message met an outage: consumption pauses until a probe passes. Refused keys are
+        probed with a CI request; anything else (a sink) with the next messages after a wait."""
+        if source == KEYS:
+            reason += f" (provider {keys.provider}: {keys.hint})"
+        # A source without a probe of its own is tried again by the next messages after the
+        # probe's first wait.
+        probe = ci.probe if source == KEYS else (lambda: None)
+        outage.pause(source or "delivery", reason, probe=probe)
 
     worker = Worker(
         settings.pulsar,
@@ -174,7 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         consumer,
         observers,
         handle_batch=stages.pipeline.handle_batch,
-        on_pause=keys_refused,
+        on_pause=pause,
     )
     shutdown.busy = lambda: consumer.health.subscribed
     feeds = Feeds.build(settings, client, observers, outage)

@@ -74,10 +74,13 @@ class Outage:
             log.info("resumed: " + source + " works again", source=source, was=was)
             self._obs.outage_changed(source, "")
 
-    def paused(self, *sources: str) -> bool:
-        """Whether any of ``sources`` (any source at all, without arguments) is paused."""
+    def paused(self, *sources: str, but: tuple[str, ...] = ()) -> bool:
+        """Whether any of ``sources`` (without arguments: any source not in ``but``) is
+        paused."""
         with self._lock:
-            return any(s in self._reasons for s in sources) if sources else bool(self._reasons)
+            if sources:
+                return any(s in self._reasons for s in sources)
+            return any(s not in but for s in self._reasons)
 
     def reason(self) -> str:
         """Why work is paused, one line per source ("" when nothing is)."""

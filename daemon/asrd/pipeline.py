@@ -22,6 +22,9 @@ from .result import InvalidResult, ResultRecord, normalise, stamped
 from .sinks.base import deliver_all
 from .sinks.routing import Router
 
+# The outage source of refused or missing keys (CI, COS): work waits while it lasts.
+KEYS = "credentials"
+
 # How long a worker may take to deliver a job before another may deliver it too (a worker
 # that died holding a claim blocks its jobs this long; shorter than the drain deadline).
 CLAIM_LEASE_S = 10.0
@@ -40,7 +43,7 @@ class Outcome(Enum):
 def _ci_failed(exc: CiError, job_id: str) -> Verdict:
     if exc.auth:
         what = "no usable keys for CI" if exc.status is None else "CI refused asrd's keys"
-        return Verdict(Outcome.PAUSED, f"{what}: {exc}", job_id)
+        return Verdict(Outcome.PAUSED, f"{what}: {exc}", job_id, pause=KEYS)
     outcome = Outcome.RETRY if exc.transient else Outcome.DEAD
     return Verdict(outcome, f"CI get job failed: {exc}", job_id)
 
@@ -51,6 +54,7 @@ class Verdict:
     reason: str = ""
     job_id: str = ""
     delivered: tuple[str, ...] = ()  # sinks that got the record on this attempt
+    pause: str = ""  # PAUSED: what is out (``KEYS``, or a sink's name)
 
 
 @dataclass
@@ -219,7 +223,7 @@ class Pipeline:
         wanted = {r.job_id: {route.sink.name for route in self._router.wanted(r)} for r in records}
         failures: dict[str, list[str]] = {r.job_id: [] for r in records}
         permanent: set[str] = set()
-        outage: set[str] = set()
+        outage: dict[str, str] = {}  # job id -> what is out
         delivered: dict[str, list[str]] = {r.job_id: [] for r in records}
         for r in records:
             unwanted = self._router.names - wanted[r.job_id] - done[r.job_id]
@@ -235,7 +239,7 @@ class Pipeline:
             for job_id, exc in errors.items():
                 failures[job_id].append(f"sink {name}: {exc}")
                 if exc.outage:
-                    outage.add(job_id)
+                    outage[job_id] = exc.outage
                 elif exc.permanent:
                     permanent.add(job_id)
                 self._obs.sink_failed(name, job_id, str(exc), exc.permanent)
@@ -248,9 +252,11 @@ class Pipeline:
             got = tuple(delivered[r.job_id])
             if failures[r.job_id]:
                 outcome = Outcome.DEAD if r.job_id in permanent else Outcome.RETRY
-                if r.job_id in outage:
+                pause = outage.get(r.job_id, "")
+                if pause:
                     outcome = Outcome.PAUSED
-                out[r.job_id] = Verdict(outcome, "; ".join(failures[r.job_id]), r.job_id, got)
+                reason = "; ".join(failures[r.job_id])
+                out[r.job_id] = Verdict(outcome, reason, r.job_id, got, pause=pause)
             else:
                 writes.settled.append((r.job_id, r.state))
                 out[r.job_id] = Verdict(Outcome.DONE, "", r.job_id, got)

@@ -39,9 +39,10 @@ class Worker:
         transport: Transport,
         observers: Observers,
         handle_batch: BatchHandler | None = None,
-        on_pause: Callable[[str], object] = lambda reason: None,
+        on_pause: Callable[[str, str], object] = lambda source, reason: None,
     ) -> None:
-        """``on_pause``: told the reason when a message meets an outage (it pauses work)."""
+        """``on_pause``: told what is out and why when a message meets an outage (it pauses
+        work)."""
         self._settings = settings
         self._handle = handle
         self._handle_batch = handle_batch
@@ -135,7 +136,7 @@ class Worker:
             # An outage is not the message's fault: its attempt is taken back, it is put back
             # unacknowledged, and work pauses (the consumer stops receiving until it is over).
             self._ledger.undo_attempts([m.key])
-            self._on_pause(settlement.reason)
+            self._on_pause(verdict.pause, settlement.reason)
             self._transport.release(m)
             self._obs.settled(info, verdict, settlement)
             return False

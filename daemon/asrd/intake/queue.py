@@ -85,6 +85,8 @@ class QueueIntake:
     """``len(clients)`` receive loops on the queue: while one waits for the broker to persist its
     batch, the others receive and delete (CMQ hands each message to one receiver at a time)."""
 
+    SOURCE = "cmq"  # what the intake's outage pause is called
+
     def __init__(
         self,
         settings: CmqIntakeSettings,
@@ -114,7 +116,7 @@ class QueueIntake:
         started = time.monotonic()
         messages = cmq.batch_receive(s.queue, s.batch_size, wait)
         self.health.last_ok = time.monotonic()
-        self._outage.resume("cmq", started)
+        self._outage.resume(self.SOURCE, started)
         self._obs.intake_poll_ok(s.queue)
         if not messages:
             return MoveReport()
@@ -209,7 +211,7 @@ class QueueIntake:
                 continue
             failures += 1
             pause = backoff.delay(failures, 1.0, 30.0)
-            if self._outage.paused("cmq"):
+            if self._outage.paused(self.SOURCE):
                 # Each poll is the probe: keys that work again are noticed within seconds.
                 pause = min(pause, 5.0)
             else:  # an outage is logged once, when it starts
@@ -228,7 +230,7 @@ class QueueIntake:
         keys = self._keys
         where = f" (provider {keys.provider}: {keys.hint})" if keys is not None else ""
         what = "CMQ refused asrd's keys" if exc.code else "no usable keys for CMQ"
-        self._outage.pause("cmq", f"{what}: {exc}{where}")
+        self._outage.pause(self.SOURCE, f"{what}: {exc}{where}")
 
     def close(self) -> None:
         for client in self._clients:

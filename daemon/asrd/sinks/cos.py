@@ -31,7 +31,9 @@ class CosSink:
                 self._client.put_object(key, render(record, fmt), content_type, bucket=self.bucket)
             except CiError as exc:
                 raise SinkError(
-                    f"cos://{self.bucket}/{key}: {exc}", not exc.transient, outage=exc.auth
+                    f"cos://{self.bucket}/{key}: {exc}",
+                    not exc.transient,
+                    outage="credentials" if exc.auth else "",
                 ) from None
 
     def close(self) -> None:
