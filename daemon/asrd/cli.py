@@ -198,7 +198,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Each process's own readiness, for worker 0 to add up (about as fresh as the consumer's
     # connection check, once a second).
     chores.append(
-        every(0.5, stop, lambda: metrics.publish_ready(consumer.health.ready), "readiness")
+        # A worker paused by an outage is not ready either: worker 0's /readyz counts it out.
+        every(
+            0.5,
+            stop,
+            lambda: metrics.publish_ready(consumer.health.ready and not outage.paused()),
+            "readiness",
+        )
     )
     if rc.interval_s > 0 and primary:
         chores.append(

@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 DEFAULT_ROLE = "asrd-emulator-role"
+# Issued keys are forgotten this long after they expired (a long run does not grow without end).
+FORGET_AFTER_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -88,15 +90,21 @@ class Keyring:
     def issue(self, issuer: str, duration_s: float | None = None) -> Key:
         """A new temporary key, valid for ``duration_s`` (at most the TTL)."""
         ttl = self.ttl_s if duration_s is None else min(duration_s, self.ttl_s)
+        now = self._clock()
         key = Key(
             "AKIDtmp" + secrets.token_hex(12),
             secrets.token_hex(16),
             secrets.token_urlsafe(48),
-            float(int(self._clock() + ttl)),  # whole seconds, as ExpiredTime tells it
+            float(int(now + ttl)),  # whole seconds, as ExpiredTime tells it
             issuer,
         )
         with self._lock:
             self._keys[key.secret_id] = key
+            old = now - FORGET_AFTER_S
+            for stale in [
+                k for k in self._keys.values() if k.expires_at is not None and k.expires_at < old
+            ]:
+                del self._keys[stale.secret_id]
         return key
 
     def metadata_key(self) -> Key:
