@@ -409,3 +409,31 @@ def test_every_provider_the_configuration_names_is_registered() -> None:
     from asrd.credentials import PROVIDERS
 
     assert set(PROVIDERS) == set(get_args(CredentialsProvider))
+
+
+def test_configuration_of_the_providers(tmp_path: Path) -> None:
+    """A role needs no key in the configuration; AssumeRole needs its role; an unknown provider
+    is one line naming the key (exit 78 in the CLI)."""
+    from asrd.config import ConfigError, load
+
+    path = tmp_path / "asrd.toml"
+
+    def write(ci: str) -> Path:
+        path.write_text(
+            f'[ci]\nregion = "ap-guangzhou"\nbucket = "b-1250000000"\n{ci}\n'
+            '[ci.callback]\nmq_name = "q"\n[pulsar]\ntopic = "t"\n'
+            '[ledger]\nurl = "sqlite:////tmp/x.db"\n'
+            f'[[sinks]]\nname = "f"\ntype = "file"\ndir = "{tmp_path}"\n'
+        )
+        return path
+
+    settings = load(write('credentials = "cvm-role"'), {})
+    assert settings.ci.credentials == "cvm-role" and settings.ci.secret_id is None
+    assert settings.ci.metadata_url == "http://metadata.tencentyun.com/latest/meta-data/"
+    assert settings.ci.sts_endpoint == "https://sts.tencentcloudapi.com"
+    with pytest.raises(ConfigError, match="secret_id"):
+        load(write('credentials = "static"'), {})
+    with pytest.raises(ConfigError, match="role_arn"):
+        load(write('credentials = "sts-assume-role"\nsecret_id = "a"\nsecret_key = "b"'), {})
+    with pytest.raises(ConfigError, match=r"ci\.credentials"):
+        load(write('credentials = "vault"'), {})
