@@ -57,6 +57,7 @@ class ApiContext:
     ledger: Ledger | None = None  # where "delivered to" comes from
     jobs: JobService | None = None  # submission and the ledger's job list
     token: str = ""  # bearer token for /v1/*; empty = none needed (loopback only)
+    not_ready: Callable[[], str] = lambda: ""  # why work is paused ("" when it is not)
     max_body_bytes: int = 64 * 1024
 
 
@@ -73,6 +74,7 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     ready: bool
+    reason: str | None = Field(default=None, description="Why work is paused, when it is.")
 
 
 # No control characters (CI's request is XML, which should not carry them) and no whitespace
@@ -247,7 +249,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     def readyz() -> JSONResponse:
         ready = ctx.ready()
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+        body: dict[str, Any] = {"ready": ready}
+        reason = ctx.not_ready()
+        if reason:
+            body["reason"] = reason
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get(
         "/metrics",

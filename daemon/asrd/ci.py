@@ -31,6 +31,7 @@ from requests.adapters import HTTPAdapter
 
 from . import backoff
 from .config import CiSettings
+from .credentials import CredentialError, Credentials, Snapshot, StaticSource, for_ci
 from .limiter import AdaptiveLimiter
 from .observers import Observers
 
@@ -52,6 +53,8 @@ def ci_time(ts: float) -> str:
 class ErrorKind(Enum):
     TRANSIENT = "transient"
     PERMANENT = "permanent"
+    # asrd's keys were refused or there are none: a setup fault, never the message's.
+    AUTH = "auth"
 
 
 class CiError(Exception):
@@ -65,7 +68,12 @@ class CiError(Exception):
 
     @property
     def transient(self) -> bool:
-        return self.kind is ErrorKind.TRANSIENT
+        """Trying again later can help (an authentication failure too, once keys work)."""
+        return self.kind is not ErrorKind.PERMANENT
+
+    @property
+    def auth(self) -> bool:
+        return self.kind is ErrorKind.AUTH
 
     @property
     def throttling(self) -> bool:
@@ -76,12 +84,15 @@ class CiError(Exception):
 _THROTTLE_CODES = {"SlowDown", "TooManyRequests", "RequestLimitExceeded"}
 # 4xx codes that mean "slow down" rather than "your request is wrong".
 _RETRYABLE_CODES = {"SlowDown", "RequestTimeout", "TooManyRequests", "ServiceUnavailable"}
-# 4xx codes that say asrd's own credentials or settings are wrong, not the message: retried
-# (with backoff) so a bad key or clock does not dead-letter every message while it is fixed.
-_SETUP_CODES = {
+# 4xx codes that say asrd's keys were refused (expired token, unknown or wrong key, no
+# permission): work pauses until keys work again, no message is charged an attempt.
+AUTH_CODES = {
     "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
-    "RequestTimeTooSkewed", "NoSuchBucket",
+    "InvalidToken", "TokenExpired",
 }  # fmt: skip
+# 4xx codes that say asrd's own settings are wrong, not the message: retried (with backoff) so
+# a bad clock or bucket does not dead-letter every message while it is fixed.
+_SETUP_CODES = {"RequestTimeTooSkewed", "NoSuchBucket"}
 
 
 def classify(exc: Exception) -> CiError:
@@ -93,6 +104,8 @@ def classify(exc: Exception) -> CiError:
             msg = str(exc.get_error_msg())
         except (KeyError, TypeError):
             msg = "no message"
+        if status in (400, 401, 403) and code in AUTH_CODES:
+            return CiError(ErrorKind.AUTH, code, msg, status)
         transient = status >= 500 or status == 429 or code in _RETRYABLE_CODES | _SETUP_CODES
         return CiError(ErrorKind.TRANSIENT if transient else ErrorKind.PERMANENT, code, msg, status)
     if isinstance(exc, CosClientError):
@@ -186,7 +199,7 @@ def with_retry(
         try:
             return call()
         except CiError as err:
-            if not err.transient:
+            if not err.transient or err.auth:  # refused keys: the outage pause decides
                 raise
             delay = next(delays, None)
             if delay is None:
@@ -362,15 +375,20 @@ class GetBatcher:
         return outcome
 
 
-def sdk_config(settings: CiSettings) -> CosConfig:
-    secret_id = settings.secret_id.get_secret_value() if settings.secret_id else None
-    secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
-    token = settings.token.get_secret_value() if settings.token else None
+def sdk_config(settings: CiSettings, keys: Snapshot | None = None) -> CosConfig:
+    """The SDK's configuration signing with ``keys`` (default: the configured static keys).
+
+    The keys go in as ``SecretId``/``SecretKey``/``Token``, never as ``CredentialInstance``:
+    the SDK sends the security-token header only from ``Token`` and reads an instance's id and
+    key in two calls, so a refreshing instance would sign without its token, or pair an id with
+    another snapshot's key."""
+    if keys is None:
+        keys = StaticSource.of(settings).fetch()
     common: dict[str, Any] = {
         "Region": settings.region,
-        "SecretId": secret_id,
-        "SecretKey": secret_key,
-        "Token": token or None,
+        "SecretId": keys.secret_id,
+        "SecretKey": keys.secret_key,
+        "Token": keys.token or None,
         "Timeout": settings.timeout_s,
     }
     if settings.endpoint:
@@ -409,16 +427,22 @@ class CiClient:
         settings: CiSettings,
         backoff: Backoff | None = None,
         observers: Observers | None = None,
+        credentials: Credentials | None = None,
+        service: str = "ci",
     ) -> None:
         self.bucket = settings.bucket
         self._queue_id = settings.queue_id
         self._queue_lock = threading.Lock()
+        self._settings = settings
+        self.credentials = credentials or for_ci(settings)
+        self._service = service  # what auth failures are counted as (ci, cos)
         # Its own connection pool, as large as the calls it may have in flight: the SDK's shared
         # default keeps 10 and opens (then discards) a connection for every call beyond that.
-        session = _session(settings.max_connections + 4)
-        self._client = CosS3Client(sdk_config(settings), retry=0, session=session)
+        self._session = _session(settings.max_connections + 4)
+        self._signer: tuple[Snapshot, CosS3Client] | None = None
         self._backoff = backoff or Backoff()
-        self._obs = observers or Observers()
+        # Without observers of its own (a sink's client), what the process attached to its keys.
+        self._obs = observers or self.credentials.observers
         # One limiter per client, and one client per process: the process's share of the quota.
         rate = settings.max_requests_per_s
         self.limiter = AdaptiveLimiter(rate) if rate > 0 else None
@@ -429,7 +453,28 @@ class CiClient:
             pace=self.limiter.acquire if self.limiter is not None else None,
         )
 
-    def _call(self, operation: str, fn: Callable[[], T], paced: bool = False) -> T:
+    def _sdk(self) -> CosS3Client:
+        """The SDK client signing with the current keys: one snapshot for the whole request
+        (a refresh makes a new client; the connection pool is shared)."""
+        keys = self.credentials.snapshot()
+        current = self._signer
+        if current is not None and current[0] is keys:
+            return current[1]
+        client = CosS3Client(sdk_config(self._settings, keys), retry=0, session=self._session)
+        self._signer = (keys, client)
+        return client
+
+    def probe(self) -> None:
+        """One cheap signed request (a describe of an id no job has): raises ``CiError`` when
+        the keys are refused or CI cannot be reached; used to find the end of an outage.
+        Keys the service refused may have been replaced already: ask the provider first."""
+        try:
+            self.credentials.refresh()
+        except CredentialError as exc:
+            raise CiError(ErrorKind.AUTH, "CredentialsUnavailable", str(exc)) from None
+        self._describe(["s0000000000000000000000000000000"])
+
+    def _call(self, operation: str, fn: Callable[[CosS3Client], T], paced: bool = False) -> T:
         """One request to CI/COS, within the request quota (``paced``: its slot was already
         taken), timed for the observers, its SDK errors classified; throttling answers slow the
         limiter down."""
@@ -439,7 +484,7 @@ class CiClient:
         started = time.monotonic()
         status = "error"  # anything the SDK raises that classify does not know
         try:
-            result = fn()
+            result = fn(self._sdk())
             status = "ok"
             if limiter is not None:
                 limiter.passed()
@@ -449,9 +494,15 @@ class CiClient:
             if limiter is not None:
                 limiter.passed()  # CI answered; the answer did not fit
             raise
+        except CredentialError as exc:
+            status = ErrorKind.AUTH.value
+            self._obs.auth_failed("credentials", exc.cause)
+            raise CiError(ErrorKind.AUTH, "CredentialsUnavailable", str(exc)) from None
         except (CosServiceError, CosClientError, ParseError) as exc:
             err = classify(exc)
             status = err.kind.value
+            if err.auth:
+                self._obs.auth_failed(self._service, str(err))
             if limiter is not None and err.throttling:
                 limiter.throttled()
             elif limiter is not None and err.status is not None:
@@ -468,8 +519,8 @@ class CiClient:
         """
         body = format_xml(data=request, root="Request")
 
-        def send() -> JobsDetail:
-            detail = self._ci_request("POST", "/asr_jobs", body).get("JobsDetail")
+        def send(sdk: CosS3Client) -> JobsDetail:
+            detail = self._ci_request(sdk, "POST", "/asr_jobs", body).get("JobsDetail")
             if not isinstance(detail, dict):
                 raise CiError(
                     ErrorKind.TRANSIENT, "BadResponse", "create answered without JobsDetail"
@@ -496,7 +547,9 @@ class CiClient:
         while pending:
             got = self._gets.get_many(pending)
             out.update(got)
-            pending = [j for j, v in got.items() if isinstance(v, CiError) and v.transient]
+            pending = [
+                j for j, v in got.items() if isinstance(v, CiError) and v.transient and not v.auth
+            ]
             delay = next(delays, None)
             if delay is None:
                 break
@@ -507,7 +560,7 @@ class CiClient:
     def _describe(self, job_ids: list[str], paced: bool = False) -> dict[str, JobsDetail]:
         """One describe request for several ids; CI omits the ones it does not know."""
         path = "/asr_jobs/" + ",".join(job_ids)  # ``ci_get_asr_job``'s request, several ids
-        data = self._call("get_jobs", partial(self._ci_request, "GET", path), paced)
+        data = self._call("get_jobs", lambda sdk: self._ci_request(sdk, "GET", path), paced)
         details = data.get("JobsDetail") or []
         wanted = set(job_ids)
         return {
@@ -516,11 +569,13 @@ class CiClient:
             if isinstance(d, dict) and d.get("JobId") in wanted
         }
 
-    def _ci_request(self, method: str, path: str, body: str | None = None) -> dict[str, Any]:
+    def _ci_request(
+        self, sdk: CosS3Client, method: str, path: str, body: str | None = None
+    ) -> dict[str, Any]:
         """A CI request through the SDK's URL building, signing and transport, its XML answer
         parsed by ``answer_dict`` (the SDK's own parsing was most of a look-up's CPU)."""
-        conf = self._client.get_conf()
-        rt = self._client.send_request(
+        conf = sdk.get_conf()
+        rt = sdk.send_request(
             method=method,
             url=conf.uri(bucket=self.bucket, path=path, endpoint=conf._endpoint_ci),
             bucket=self.bucket,
@@ -561,7 +616,7 @@ class CiClient:
         def fetch() -> dict[str, Any]:
             return self._call(
                 "get_asr_queue",
-                lambda: self._client.ci_get_asr_queue(Bucket=self.bucket, PageSize=100),
+                lambda sdk: sdk.ci_get_asr_queue(Bucket=self.bucket, PageSize=100),
             )
 
         queues = with_retry(fetch, self._backoff).get("QueueList") or []
@@ -575,7 +630,7 @@ class CiClient:
             def page(marker: str = marker) -> dict[str, Any]:
                 return self._call(
                     "list_objects",
-                    lambda: self._client.list_objects(
+                    lambda sdk: sdk.list_objects(
                         Bucket=self.bucket, Prefix=prefix, Marker=marker, MaxKeys=page_size
                     ),
                 )
@@ -604,7 +659,7 @@ class CiClient:
         def page_at(token: str) -> dict[str, Any]:
             return self._call(
                 "list_jobs",
-                lambda: self._client.ci_list_asr_jobs(
+                lambda sdk: sdk.ci_list_asr_jobs(
                     Bucket=self.bucket,
                     QueueId=queue_id or None,
                     StartCreationTime=start,
@@ -637,14 +692,14 @@ class CiClient:
     ) -> None:
         self._call(
             "put_object",
-            lambda: self._client.put_object(
+            lambda sdk: sdk.put_object(
                 Bucket=bucket or self.bucket, Key=key, Body=body, ContentType=content_type
             ),
         )
 
     def get_object(self, key: str, bucket: str | None = None) -> bytes:
-        def read() -> bytes:
-            resp = self._client.get_object(Bucket=bucket or self.bucket, Key=key)
+        def read(sdk: CosS3Client) -> bytes:
+            resp = sdk.get_object(Bucket=bucket or self.bucket, Key=key)
             data: bytes = resp["Body"].get_raw_stream().read()
             return data
 

@@ -10,8 +10,10 @@ import gc
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pulsar
@@ -36,14 +38,16 @@ from .cmq import CmqError
 from .config import ConfigError, HttpSettings, PulsarSettings, Settings
 from .consumer import Consumer
 from .intake.feeds import Feeds
+from .intake.queue import QueueIntake
 from .jobs import JobService, job_gauges, sweep_overdue
 from .leadership import CHORES, Leadership
 from .ledger import Ledger, LedgerError
 from .log_observer import LogObserver
 from .metrics import Metrics, multiprocess_dir
 from .observers import Observers
+from .outage import Outage
 from .periodic import every
-from .pipeline import Pipeline
+from .pipeline import KEYS, Pipeline
 from .preflight import check_writable
 from .reconcile import Report, reconcile
 from .result import InvalidResult, normalise
@@ -150,10 +154,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             return metrics.workers_ready() >= settings.pulsar.workers
         return consumer.health.ready
 
-    metrics = Metrics(ready=lambda: subscribed() and feeds.reachable(settings))
+    metrics = Metrics(
+        ready=lambda: subscribed() and feeds.reachable(settings) and not outage.paused()
+    )
     observers = Observers([logs, metrics])
+    outage = Outage(observers, stop=stop)
     stages = _stages(settings, observers)
     ci, routes, ledger = stages.ci, stages.routes, stages.ledger
+    keys = ci.credentials
+    keys.observers.add(metrics)  # refreshes, and the COS sink's refused keys
     metrics.gauges = lambda: job_gauges(ledger)
     _pulsar_preflight(settings.pulsar)
     client = make_client(settings.pulsar)
@@ -162,7 +171,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         client=client,
         on_ready=lambda: systemd.notify("READY=1"),
         on_receive_error=observers.receive_failed,
+        # The intake's own pause (CMQ) does not stop what is already on the topic.
+        paused=lambda: outage.paused(but=(QueueIntake.SOURCE,)),
     )
+
+    def pause(source: str, reason: str) -> None:
+        """A message met an outage: consumption pauses until a probe passes. Refused keys are
+        probed with a CI request; anything else (a sink) with the next messages after a wait."""
+        if source == KEYS:
+            reason += f" (provider {keys.provider}: {keys.hint})"
+        # A source without a probe of its own is tried again by the next messages after the
+        # probe's first wait.
+        probe = ci.probe if source == KEYS else (lambda: None)
+        outage.pause(source or "delivery", reason, probe=probe)
+
     worker = Worker(
         settings.pulsar,
         stages.pipeline.handle,
@@ -170,13 +192,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         consumer,
         observers,
         handle_batch=stages.pipeline.handle_batch,
+        on_pause=pause,
     )
     shutdown.busy = lambda: consumer.health.subscribed
-    feeds = Feeds.build(settings, client, observers)
+    feeds = Feeds.build(settings, client, observers, outage)
     submitter = cli_submit.make_submitter(settings, ci, ledger, stop=stop)
     api = _serve_api(
         settings if primary else settings.model_copy(update={"http": HttpSettings()}),
-        _api_context(settings, ci, ledger, metrics, feeds, submitter),
+        _api_context(settings, ci, ledger, metrics, feeds, submitter, outage),
     )
     systemd.start_watchdog(systemd.loop_alive(lambda: consumer.health.last_tick, 30.0), stop)
     rc = settings.reconcile
@@ -189,7 +212,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Each process's own readiness, for worker 0 to add up (about as fresh as the consumer's
     # connection check, once a second).
     chores.append(
-        every(0.5, stop, lambda: metrics.publish_ready(consumer.health.ready), "readiness")
+        # A worker paused by an outage is not ready either: worker 0's /readyz counts it out.
+        every(
+            0.5,
+            stop,
+            lambda: metrics.publish_ready(consumer.health.ready and not outage.paused()),
+            "readiness",
+        )
     )
     if rc.interval_s > 0 and primary:
         passes = leader.only_leader(
@@ -258,6 +287,7 @@ def _api_context(
     metrics: Metrics,
     feeds: Feeds,
     submitter: Submitter,
+    outage: Outage,
 ) -> ApiContext:
     """What the sidecar API serves, the same for ``asrd run`` and ``asrd intake``."""
     return ApiContext(
@@ -268,6 +298,7 @@ def _api_context(
         callbacks=feeds.url,
         ledger=ledger,
         jobs=JobService(submitter, ledger),
+        not_ready=outage.reason,
     )
 
 
@@ -281,18 +312,21 @@ def cmd_intake(args: argparse.Namespace) -> int:
     shutdown.install()
     stop = shutdown.stop
     logs = LogObserver()
-    metrics = Metrics(ready=lambda: feeds.reachable(settings))
+    metrics = Metrics(ready=lambda: feeds.reachable(settings) and not outage.paused())
     observers = Observers([logs, metrics])
+    outage = Outage(observers, stop=stop)
     _pulsar_preflight(settings.pulsar)
     client = make_client(settings.pulsar)
-    feeds = Feeds.build(settings, client, observers)
+    feeds = Feeds.build(settings, client, observers, outage)
     queue = feeds.queue
     assert queue is not None  # built from intake.cmq above
     ci = CiClient(settings.ci, observers=observers)
+    ci.credentials.observers.add(metrics)
     ledger = cli_submit.open_ledger(settings)  # a job submitted here is owed like any other
     metrics.gauges = lambda: job_gauges(ledger)
     submitter = cli_submit.make_submitter(settings, ci, ledger, stop=stop)
-    api = _serve_api(settings, _api_context(settings, ci, ledger, metrics, feeds, submitter))
+    ctx = _api_context(settings, ci, ledger, metrics, feeds, submitter, outage)
+    api = _serve_api(settings, ctx)
     systemd.start_watchdog(systemd.loop_alive(lambda: queue.health.last_tick, 90.0), stop)
     feeds.start(stop)
     systemd.notify("READY=1")
@@ -398,6 +432,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         settings = queueid.resolved(settings, ci)
         next(iter(ci.list_jobs(queue_id=settings.ci.queue_id, limit=1)), None)
         print(f"CI reachable: bucket {settings.ci.bucket}, queue {settings.ci.queue_id} ({how})")
+        print(_keys_line(ci))
         pulsar_check.preflight(settings.pulsar)
         problems = _check_pulsar(settings.pulsar)
         for problem in problems:
@@ -428,6 +463,19 @@ def _check_pulsar(settings: PulsarSettings) -> list[str]:
     if not problems:
         print(f"Pulsar reachable: {settings.topic}, subscription {settings.subscription!r} open")
     return problems
+
+
+def _keys_line(ci: CiClient) -> str:
+    """Which provider gave the keys, which key (masked), and until when."""
+    keys = ci.credentials
+    snap = keys.current()
+    if snap is None:
+        return f"credentials: {keys.provider}: no keys yet"
+    until = "do not expire"
+    if snap.expires_at is not None:
+        when = datetime.fromtimestamp(snap.expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        until = f"expire at {when} (in {max(snap.expires_at - time.time(), 0):.0f} s)"
+    return f"credentials: {keys.provider}, key id {snap.masked_id}, keys {until}"
 
 
 def _check_cmq(settings: Settings) -> int:

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 from tencentcloud.common.sign import Sign
+
+from .credentials import CredentialError, Snapshot
 
 __all__ = [
     "CmqClient",
@@ -35,6 +37,7 @@ __all__ = [
 MAX_BATCH = 16
 MAX_POLL_S = 30
 NO_MESSAGE = 7000
+AUTH_FAILED = 4100  # the key, its signature or its token was refused
 # Codes that mean "try again later": throttled, server error, partial batch delete.
 _TRANSIENT = {4420, 6000}
 _PARTIAL_DELETE = 6010
@@ -44,12 +47,16 @@ class CmqError(Exception):
     """A CMQ call failed. ``code`` is CMQ's (0 for transport failures); ``transient`` says whether
     waiting and retrying can help (network, 5xx, throttling) or not (signature, unknown queue)."""
 
-    def __init__(self, code: int, message: str, transient: bool, request_id: str = "") -> None:
+    def __init__(
+        self, code: int, message: str, transient: bool, request_id: str = "", auth: bool = False
+    ) -> None:
         super().__init__(f"CMQ code {code}: {message}" if code else message)
         self.code = code
         self.message = message
         self.transient = transient
         self.request_id = request_id
+        # Refused keys (4100) or none to sign with: a setup fault, the intake waits for keys.
+        self.auth = auth or code == AUTH_FAILED
 
 
 @dataclass(frozen=True)
@@ -105,11 +112,13 @@ class CmqClient:
         token: str = "",
         signature_method: str = "HmacSHA256",
         timeout_s: float = 10.0,
+        keys: Callable[[], Snapshot] | None = None,
     ) -> None:
         self._url, self._host, self._path = request_target(endpoint)
         self._secret_id = secret_id
         self._secret_key = secret_key
         self._token = token
+        self._keys = keys
         self._method = signature_method
         self._timeout = timeout_s
         # trust_env stays on, as for CI: HTTPS_PROXY/NO_PROXY pick the route and
@@ -124,19 +133,26 @@ class CmqClient:
         self._session.close()
 
     def _signed(self, action: str, params: Mapping[str, str]) -> dict[str, str]:
+        secret_id, secret_key, token = self._secret_id, self._secret_key, self._token
+        if self._keys is not None:
+            try:
+                keys = self._keys()  # one snapshot: id, key and token of the same keys
+            except CredentialError as exc:
+                raise CmqError(0, f"{action}: {exc}", transient=True, auth=True) from None
+            secret_id, secret_key, token = keys.secret_id, keys.secret_key, keys.token
         form = {
             **params,
             "Action": action,
-            "SecretId": self._secret_id,
+            "SecretId": secret_id,
             "Nonce": str(random.randint(1, 2**31 - 1)),  # noqa: S311 - replay nonce, not a key
             "Timestamp": str(int(time.time())),
             "SignatureMethod": self._method,
             "RequestClient": "asrd",
         }
-        if self._token:
-            form["Token"] = self._token
+        if token:
+            form["Token"] = token
         sign_str = string_to_sign("POST", self._host, self._path, form)
-        form["Signature"] = Sign.sign(self._secret_key, sign_str, self._method)
+        form["Signature"] = Sign.sign(secret_key, sign_str, self._method)
         return form
 
     def call(
@@ -147,10 +163,9 @@ class CmqClient:
         accept: tuple[int, ...] = (0,),
     ) -> dict[str, Any]:
         """One signed call; returns the JSON answer when ``code`` is in ``accept``."""
+        form = self._signed(action, params)
         try:
-            resp = self._session.post(
-                self._url, data=self._signed(action, params), timeout=self._timeout + wait_s
-            )
+            resp = self._session.post(self._url, data=form, timeout=self._timeout + wait_s)
         except requests.RequestException as exc:
             # The exception text can carry the URL but never the form, which holds the signature.
             raise CmqError(0, f"{action}: {type(exc).__name__}", transient=True) from None

@@ -34,6 +34,9 @@ from pydantic import (
 ENV_PREFIX = "ASRD_"
 JobState = Literal["Submitted", "Running", "Success", "Failed", "Pause", "Cancel"]
 OutputFormat = Literal["json", "txt", "srt", "vtt"]
+CredentialsProvider = Literal[
+    "static", "env", "profile", "cvm-role", "tke-oidc", "sts-assume-role", "default"
+]
 
 
 def _terminal_states() -> list[JobState]:
@@ -161,6 +164,21 @@ class CiSettings(_Section):
     secret_key_file: Path | None = None
     token: SecretStr | None = None
     token_file: Path | None = None
+    # Where the keys come from (docs/credentials.md): the keys above, or a provider of
+    # temporary keys that asrd refreshes ahead of their expiry.
+    credentials: CredentialsProvider = "static"
+    role_name: str = ""  # cvm-role: empty = the role the metadata service names
+    role_arn: str = ""  # sts-assume-role; tke-oidc (empty: TKE_ROLE_ARN)
+    session_name: str = Field(default="asrd", pattern=r"^[\w+=,.@-]{2,128}$")
+    duration_s: int = Field(default=7200, ge=1, le=43_200)
+    metadata_url: str = Field(
+        default="http://metadata.tencentyun.com/latest/meta-data/", pattern=r"^https?://\S+$"
+    )
+    sts_endpoint: str = Field(default="https://sts.tencentcloudapi.com", pattern=r"^https?://\S+$")
+    credentials_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    # Refresh when less than max(refresh_margin_s, refresh_fraction x lifetime) remains.
+    refresh_margin_s: float = Field(default=300.0, ge=0)
+    refresh_fraction: float = Field(default=0.1, ge=0, lt=1)
     endpoint: str = ""
     timeout_s: float = Field(default=10.0, gt=0)
     max_connections: int = Field(default=16, ge=1, le=256)
@@ -177,6 +195,10 @@ class CiSettings(_Section):
 
     @model_validator(mode="after")
     def _need_credentials(self) -> CiSettings:
+        if self.credentials in ("sts-assume-role",) and not self.role_arn:
+            raise ValueError('role_arn is required with credentials = "sts-assume-role"')
+        if self.credentials not in ("static", "sts-assume-role"):
+            return self  # the provider brings the keys
         if self.secret_id is None or not self.secret_id.get_secret_value():
             raise ValueError("secret_id (or secret_id_file) is required")
         if self.secret_key is None or not self.secret_key.get_secret_value():

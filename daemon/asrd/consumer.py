@@ -55,12 +55,14 @@ class Consumer:
         client: pulsar.Client | None = None,
         on_ready: Callable[[], object] | None = None,
         on_receive_error: Callable[[str], object] = lambda error: None,
+        paused: Callable[[], bool] = lambda: False,
     ) -> None:
         self._settings = settings
         self._client = client or broker.make_client(settings)
         self._owns_client = client is None
         self._on_ready = on_ready
         self._on_receive_error = on_receive_error
+        self._paused = paused  # an outage: receive nothing until it is over
         self.health = Health()
         self._consumer: Any = None
         self._dlq: Any = None
@@ -145,6 +147,9 @@ class Consumer:
                 if now - last_health > 1.0:
                     self.health.connected = bool(self._consumer.is_connected())
                     last_health = now
+                if self._paused():
+                    stop.wait(0.2)
+                    continue
                 if not slots.acquire(timeout=0.2):
                     continue
                 try:
@@ -215,6 +220,11 @@ class Consumer:
         acknowledged: the client's fixed-delay redelivery, and the broker keeps it)."""
         props = {broker.RECONSUMETIMES: str(attempt), broker.DELAY_TIME: str(int(delay_s * 1000))}
         return self._publish(self._retry, m, props, timedelta(seconds=delay_s))
+
+    def release(self, m: Inbound) -> None:
+        """Put the message back unacknowledged: the broker redelivers it after the negative
+        acknowledgement delay (an outage: nothing is published, nothing counted)."""
+        self._consumer.negative_acknowledge(m.handle)
 
     def dead_letter(self, m: Inbound, reason: str, attempts: int) -> str:
         """Publish to the dead-letter topic with the reason, then acknowledge; as ``retry``."""

@@ -178,6 +178,11 @@ class Ledger(Protocol):
 
     def clear_attempts(self, message_key: str) -> None: ...
 
+    def undo_attempts(self, message_keys: Sequence[str]) -> None:
+        """Take back the start counted last for each message (an outage was not its try); a
+        message with no earlier start is forgotten, so its retry window starts again."""
+        ...
+
     def prune(self, older_than_s: float) -> int:
         """Forget deliveries, attempts and settled jobs older than this; returns rows removed."""
         ...
@@ -369,6 +374,15 @@ class _SqlLedger:
 
     def clear_attempts(self, message_key: str) -> None:
         self._run("DELETE FROM attempts WHERE message_key = ?", (message_key,))
+
+    def undo_attempts(self, message_keys: Sequence[str]) -> None:
+        statements: list[tuple[str, Params]] = []
+        for key in message_keys:
+            statements.append(("DELETE FROM attempts WHERE message_key = ? AND count <= 1", (key,)))
+            statements.append(
+                ("UPDATE attempts SET count = count - 1 WHERE message_key = ?", (key,))
+            )
+        self._run_all(statements)
 
     def begin_attempts(self, message_keys: Sequence[str]) -> dict[str, Attempt]:
         now = time.time()

@@ -51,6 +51,10 @@ class LogObserver(Observer):
         elif verdict.outcome is Outcome.DONE:
             self._log.debug("message done", **fields)
             self._count_done()
+        elif settlement.action is Action.RELEASE:
+            # The outage itself is logged once when it starts; not once per message.
+            self.counters.inc("messages.paused")
+            self._log.debug("message put back during an outage", reason=settlement.reason, **fields)
         else:
             reason = verdict.reason or None
             self._log.info(f"message {verdict.outcome.value}", reason=reason, **fields)

@@ -49,7 +49,7 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 # Seconds from a callback reaching the broker to the last selected sink having the record:
 # sub-second when all is well, minutes while a sink or CI is retried.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
-OUTCOMES = ("done", "ignored", "retried", "dead_lettered", "kept")
+OUTCOMES = ("done", "ignored", "retried", "dead_lettered", "kept", "paused")
 CI_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -138,7 +138,8 @@ class Metrics(Observer):
         self.messages = Counter(
             "asrd_messages_total",
             "Messages settled, by outcome: done, ignored, retried, dead_lettered, kept "
-            "(a retry or dead-letter publish failed; the broker keeps the message).",
+            "(a retry or dead-letter publish failed; the broker keeps the message), paused "
+            "(put back during an outage, its attempt not counted).",
             ["outcome"],
             registry=r,
         )
@@ -228,6 +229,34 @@ class Metrics(Observer):
         )
         for result in ("delivered", "unfinished", "failed"):
             self._sweep.labels(result)
+        self._credentials_expiry = Gauge(
+            "asrd_credentials_expiry_timestamp_seconds",
+            "When the keys in use expire (Unix time); 0 for keys without expiry.",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self._credentials_refresh = Counter(
+            "asrd_credentials_refresh_total",
+            "Requests for keys to the credentials provider, by result (ok, error).",
+            ["result"],
+            registry=r,
+        )
+        for result in ("ok", "error"):
+            self._credentials_refresh.labels(result)
+        self._auth_failures = Counter(
+            "asrd_auth_failures_total",
+            "Requests refused for their keys, or not made for want of keys, by service "
+            "(ci, cos, cmq, credentials).",
+            ["service"],
+            registry=r,
+        )
+        self._paused = Gauge(
+            "asrd_paused",
+            "1 while work is paused by an outage (expired or refused keys), by source.",
+            ["source"],
+            registry=r,
+            multiprocess_mode="max",
+        )
         self._intake_age = _IntakeAge()
         if not self._shared_dir:
             r.register(self._intake_age)
@@ -354,3 +383,14 @@ class Metrics(Observer):
 
     def url_callback(self, accepted: bool) -> None:
         self._url_callbacks.labels("accepted" if accepted else "broker_unavailable").inc()
+
+    def credentials_refreshed(self, provider: str, expires_at: float | None, error: str) -> None:
+        self._credentials_refresh.labels("error" if error else "ok").inc()
+        if not error:
+            self._credentials_expiry.set(expires_at or 0.0)
+
+    def auth_failed(self, service: str, cause: str) -> None:
+        self._auth_failures.labels(service).inc()
+
+    def outage_changed(self, source: str, reason: str) -> None:
+        self._paused.labels(source).set(1.0 if reason else 0.0)

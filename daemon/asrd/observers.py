@@ -97,6 +97,17 @@ class Observer:
     def url_callback(self, accepted: bool) -> None:
         """A URL callback with a valid token was put on Pulsar (or the broker refused it)."""
 
+    # -- credentials and outages ----------------------------------------------------------------
+    def credentials_refreshed(self, provider: str, expires_at: float | None, error: str) -> None:
+        """The provider was asked for keys: new ones until ``expires_at`` (None: no expiry), or
+        ``error`` (the old keys are kept while they last)."""
+
+    def auth_failed(self, service: str, cause: str) -> None:
+        """``service`` (ci, cos, cmq, credentials) refused asrd's keys or gave none."""
+
+    def outage_changed(self, source: str, reason: str) -> None:
+        """Work that depends on ``source`` paused (``reason``) or resumed (``""``)."""
+
 
 class Observers(Observer):
     """Every hook called on each member in order; a member that raises is skipped."""
@@ -171,3 +182,12 @@ class Observers(Observer):
 
     def url_callback(self, accepted: bool) -> None:
         self._each("url_callback", accepted)
+
+    def credentials_refreshed(self, provider: str, expires_at: float | None, error: str) -> None:
+        self._each("credentials_refreshed", provider, expires_at, error)
+
+    def auth_failed(self, service: str, cause: str) -> None:
+        self._each("auth_failed", service, cause)
+
+    def outage_changed(self, source: str, reason: str) -> None:
+        self._each("outage_changed", source, reason)

@@ -22,6 +22,9 @@ from .result import InvalidResult, ResultRecord, normalise, stamped
 from .sinks.base import deliver_all
 from .sinks.routing import Router
 
+# The outage source of refused or missing keys (CI, COS): work waits while it lasts.
+KEYS = "credentials"
+
 # How long a worker may take to deliver a job before another may deliver it too (a worker
 # that died holding a claim blocks its jobs this long; shorter than the drain deadline).
 CLAIM_LEASE_S = 10.0
@@ -32,6 +35,17 @@ class Outcome(Enum):
     IGNORED = "ignored"  # not ours (another job type or event): acknowledge
     RETRY = "retry"  # transient: redeliver later
     DEAD = "dead"  # can never succeed: dead-letter with the reason
+    # A setup fault (asrd's keys refused, a sink that cannot work): put the message back without
+    # spending an attempt, and pause until the fault is gone.
+    PAUSED = "paused"
+
+
+def _ci_failed(exc: CiError, job_id: str) -> Verdict:
+    if exc.auth:
+        what = "no usable keys for CI" if exc.status is None else "CI refused asrd's keys"
+        return Verdict(Outcome.PAUSED, f"{what}: {exc}", job_id, pause=KEYS)
+    outcome = Outcome.RETRY if exc.transient else Outcome.DEAD
+    return Verdict(outcome, f"CI get job failed: {exc}", job_id)
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,7 @@ class Verdict:
     reason: str = ""
     job_id: str = ""
     delivered: tuple[str, ...] = ()  # sinks that got the record on this attempt
+    pause: str = ""  # PAUSED: what is out (``KEYS``, or a sink's name)
 
 
 @dataclass
@@ -124,8 +139,7 @@ class Pipeline:
         records: list[ResultRecord] = []
         for job_id, detail in self._ci.get_jobs(lookup).items() if lookup else ():
             if isinstance(detail, CiError):
-                outcome = Outcome.RETRY if detail.transient else Outcome.DEAD
-                out[job_id] = Verdict(outcome, f"CI get job failed: {detail}", job_id)
+                out[job_id] = _ci_failed(detail, job_id)
             elif detail is None:
                 out[job_id] = Verdict(
                     Outcome.RETRY, "CI does not know this job (NonExistJobIds)", job_id
@@ -209,6 +223,7 @@ class Pipeline:
         wanted = {r.job_id: {route.sink.name for route in self._router.wanted(r)} for r in records}
         failures: dict[str, list[str]] = {r.job_id: [] for r in records}
         permanent: set[str] = set()
+        outage: dict[str, str] = {}  # job id -> what is out
         delivered: dict[str, list[str]] = {r.job_id: [] for r in records}
         for r in records:
             unwanted = self._router.names - wanted[r.job_id] - done[r.job_id]
@@ -223,7 +238,9 @@ class Pipeline:
             seconds = time.monotonic() - started
             for job_id, exc in errors.items():
                 failures[job_id].append(f"sink {name}: {exc}")
-                if exc.permanent:
+                if exc.outage:
+                    outage[job_id] = exc.outage
+                elif exc.permanent:
                     permanent.add(job_id)
                 self._obs.sink_failed(name, job_id, str(exc), exc.permanent)
             for job_id in (r.job_id for r in batch if r.job_id not in errors):
@@ -235,7 +252,11 @@ class Pipeline:
             got = tuple(delivered[r.job_id])
             if failures[r.job_id]:
                 outcome = Outcome.DEAD if r.job_id in permanent else Outcome.RETRY
-                out[r.job_id] = Verdict(outcome, "; ".join(failures[r.job_id]), r.job_id, got)
+                pause = outage.get(r.job_id, "")
+                if pause:
+                    outcome = Outcome.PAUSED
+                reason = "; ".join(failures[r.job_id])
+                out[r.job_id] = Verdict(outcome, reason, r.job_id, got, pause=pause)
             else:
                 writes.settled.append((r.job_id, r.state))
                 out[r.job_id] = Verdict(Outcome.DONE, "", r.job_id, got)
@@ -254,8 +275,7 @@ class Pipeline:
         try:
             detail = self._ci.get_job(job_id)
         except CiError as exc:
-            outcome = Outcome.RETRY if exc.transient else Outcome.DEAD
-            return Verdict(outcome, f"CI get job failed: {exc}", job_id)
+            return _ci_failed(exc, job_id)
         if detail is None:
             # Read-after-notify lag is possible, so "not found" is retried until the budget ends.
             return Verdict(Outcome.RETRY, "CI does not know this job (NonExistJobIds)", job_id)

@@ -23,6 +23,8 @@ class Action(Enum):
     ACK = "ack"
     RETRY = "retry"
     DEAD_LETTER = "dead_letter"
+    # Put back unacknowledged (redelivered later) with its attempt not counted: an outage.
+    RELEASE = "release"
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ def settle(
         return Settlement(foreign, verdict.reason)
     if verdict.outcome is Outcome.DEAD:
         return Settlement(Action.DEAD_LETTER, verdict.reason)
+    if verdict.outcome is Outcome.PAUSED:
+        return Settlement(Action.RELEASE, verdict.reason)
     exhausted = out_of_attempts(attempt.count, attempt, settings, now)
     if exhausted:
         return Settlement(Action.DEAD_LETTER, f"{exhausted}: {verdict.reason}")

@@ -155,8 +155,9 @@ class JobSpec:
 
 def outcome_unknown(err: CiError) -> bool:
     """After this error CI may or may not have made the job: no HTTP answer at all (connection
-    lost, timeout), an answer that is not one, or a 5xx (CI can fail after creating)."""
-    return err.status is None or err.status >= 500
+    lost, timeout), an answer that is not one, or a 5xx (CI can fail after creating). Refused
+    or missing keys are known: no job was made."""
+    return not err.auth and (err.status is None or err.status >= 500)
 
 
 class TokenLookup:

@@ -27,6 +27,8 @@ class Transport(Protocol):
 
     def dead_letter(self, m: Inbound, reason: str, attempts: int) -> str: ...
 
+    def release(self, m: Inbound) -> None: ...
+
 
 class Worker:
     def __init__(
@@ -37,13 +39,17 @@ class Worker:
         transport: Transport,
         observers: Observers,
         handle_batch: BatchHandler | None = None,
+        on_pause: Callable[[str, str], object] = lambda source, reason: None,
     ) -> None:
+        """``on_pause``: told what is out and why when a message meets an outage (it pauses
+        work)."""
         self._settings = settings
         self._handle = handle
         self._handle_batch = handle_batch
         self._ledger = ledger
         self._transport = transport
         self._obs = observers
+        self._on_pause = on_pause
 
     def process(self, m: Inbound) -> None:
         attempt = self._ledger.begin_attempt(m.key)
@@ -126,6 +132,14 @@ class Worker:
         clear: bool = True,
     ) -> bool:
         """Settle the message; True when its attempts may be forgotten (``clear``: now)."""
+        if settlement.action is Action.RELEASE:
+            # An outage is not the message's fault: its attempt is taken back, it is put back
+            # unacknowledged, and work pauses (the consumer stops receiving until it is over).
+            self._ledger.undo_attempts([m.key])
+            self._on_pause(verdict.pause, settlement.reason)
+            self._transport.release(m)
+            self._obs.settled(info, verdict, settlement)
+            return False
         if settlement.action is Action.RETRY:
             self._ledger.note_failure(m.key, settlement.reason)
             error = self._transport.retry(m, info.attempt, settlement.delay_s)

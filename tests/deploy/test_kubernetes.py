@@ -105,3 +105,20 @@ def test_compose_file() -> None:
     assert "./secrets:/run/secrets:ro" in asrd["volumes"]
     state = [v for v in asrd["volumes"] if v.endswith(":/var/lib/asrd")]
     assert state, asrd["volumes"]
+
+
+def test_tencent_keys_come_from_pod_identity_not_a_secret(tmp_path: Path) -> None:
+    """TKE pod identity: the pod runs as a ServiceAccount annotated with a CAM role, asrd takes
+    that role's temporary keys (credentials = "tke-oidc"), and no Tencent key is configured."""
+    pod = _kind("Deployment")["spec"]["template"]["spec"]
+    account = _kind("ServiceAccount")
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    assert account["metadata"]["annotations"]["tke.cloud.tencent.com/role-arn"].startswith(
+        "qcs::cam::uin/"
+    )
+    for name in ("pulsar_token", "http_token"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "asrd.toml").write_text(_kind("ConfigMap")["data"]["asrd.toml"])
+    settings = config.load(tmp_path / "asrd.toml", {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert settings.ci.credentials == "tke-oidc"
+    assert settings.ci.secret_id is None and settings.ci.secret_key is None

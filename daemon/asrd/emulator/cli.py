@@ -18,11 +18,12 @@ from asrd.emulator.faults import FaultConfig, Faults
 from asrd.emulator.http import application, serve
 from asrd.emulator.jobs import JobStore
 from asrd.emulator.journal import Journal
+from asrd.emulator.keys import Credential, Keyring
 from asrd.emulator.lifecycle import JobRunner
 from asrd.emulator.notify import Notifier
 from asrd.emulator.server import App
 from asrd.emulator.shapes import SHAPES
-from asrd.emulator.signature import Credential, Verifier
+from asrd.emulator.signature import Verifier
 from asrd.emulator.storage import ObjectStore
 
 log = logging.getLogger("asrd.emulator")
@@ -95,6 +96,16 @@ def _latency(value: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _positive(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("expected seconds") from exc
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return seconds
+
+
 def _rate(value: str) -> float:
     rate = float(value)
     if not 0.0 <= rate <= 1.0:
@@ -118,6 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         metavar="SECRET_ID:SECRET_KEY[:TOKEN]",
         help="accepted key pair (repeatable); with TOKEN the security-token header is required",
+    )
+    k = p.add_argument_group(
+        "temporary keys (CVM metadata paths and STS on the --listen address; /-/credentials)"
+    )
+    k.add_argument(
+        "--credential-ttl",
+        type=_positive,
+        default=3600.0,
+        metavar="S",
+        help="lifetime of the temporary keys it issues (default 3600)",
+    )
+    k.add_argument(
+        "--role-name",
+        default="asrd-emulator-role",
+        help="the CAM role the metadata service names",
     )
     c = p.add_argument_group("TDMQ-CMQ (where CallBackType=TDMQ notifications go)")
     c.add_argument(
@@ -274,8 +300,9 @@ async def run(args: argparse.Namespace, notifier: Notifier) -> int:
         tdmq_to_pulsar=args.tdmq_to_pulsar,
         shapes=frozenset(args.shape),
     )
+    keys = Keyring(args.key, ttl_s=args.credential_ttl, role=args.role_name)
     app = App(
-        Verifier(args.key),
+        Verifier(keys),
         store,
         objects,
         runner,
@@ -288,7 +315,7 @@ async def run(args: argparse.Namespace, notifier: Notifier) -> int:
         runner.start(job)
     servers = [await serve(application(app.routes(), app.dispatch), *args.listen)]
     if args.cmq_listen is not None:
-        api = CmqApi(cmq, args.key, args.cmq_default_region, stats, faults)
+        api = CmqApi(cmq, keys, args.cmq_default_region, stats, faults)
         servers.append(await serve(application(api.routes(), api.dispatch), *args.cmq_listen))
     names = ["asrd emulator", "asrd emulator CMQ"]
     for name, server in zip(names, servers, strict=False):

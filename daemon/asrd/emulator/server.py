@@ -28,6 +28,7 @@ from asrd.emulator.lifecycle import JobRunner
 from asrd.emulator.model import Template, now
 from asrd.emulator.signature import Verifier
 from asrd.emulator.storage import BUCKET_RE, BadKey, ObjectStore
+from asrd.emulator.sts import METADATA_PREFIX, Issuer
 from asrd.emulator.validate import (
     apply_queue_update,
     parse_create,
@@ -39,6 +40,7 @@ from asrd.emulator.validate import (
 HOST_RE = re.compile(
     r"^(?P<bucket>[a-z0-9-]+-\d+)\.(?:cos|ci)\.(?P<region>[a-z0-9-]+)\.myqcloud\.com(?::\d+)?$"
 )
+CI_PATHS = ("/asr_jobs", "/asrqueue", "/template")  # the rest is COS
 MALFORMED = (
     "The XML you provided was not well-formed or did not validate against our published schema."
 )
@@ -87,6 +89,7 @@ class App:
         # The /asr_jobs documents make QueueId required on create and list (the newer /jobs
         # route does not); --queue-id-optional accepts its absence and uses the default queue.
         self.queue_id_required = queue_id_required
+        self.issuer = Issuer(verifier.keys)  # temporary keys: metadata paths and STS
         self.cmq = cmq
         self.store = store
         self.objects = objects
@@ -105,6 +108,11 @@ class App:
         return [*ADMIN_ROUTES, *(CMQ_ADMIN_ROUTES if self.cmq is not None else ()), *API_ROUTES]
 
     async def dispatch(self, req: Request, endpoint: Endpoint) -> Response:
+        # The CVM metadata service and STS answer on this listener too (unsigned routes).
+        if req.path.startswith(METADATA_PREFIX):
+            return self.issuer.metadata(req)
+        if "x-tc-action" in req.headers:
+            return self.issuer.sts(req)
         if req.path.startswith("/-/"):
             if "authorization" not in req.headers:
                 return endpoint(self, Call(req, Target(None, "", ""), ""))  # admin: unsigned
@@ -119,7 +127,8 @@ class App:
             injected = self.faults.request_error(t)
             if injected is not None:
                 raise ApiError(*injected)
-            failure = self.verifier.verify(req.method, req.path, req.query, req.headers, t)
+            service = "ci" if req.path.startswith(CI_PATHS) else "cos"
+            failure = self.verifier.verify(req.method, req.path, req.query, req.headers, t, service)
             if failure is not None:
                 raise ApiError(failure.status, failure.code, failure.message)
             resp = endpoint(self, Call(req, target, rid))
@@ -346,6 +355,20 @@ class App:
             self.faults.counts.clear()
         return _json(200, self._fault_state())
 
+    def _credentials(self, call: Call) -> Response:
+        return _json(200, self.verifier.keys.state())
+
+    def _set_credentials(self, call: Call) -> Response:
+        """``{"expire": [ids], "tokens": {id: token}, "issuer_down": bool, "ttl_s": s}``"""
+        try:
+            values = json.loads(call.req.body or b"{}")
+            if not isinstance(values, dict):
+                raise ValueError("expected a JSON object")
+            self.verifier.keys.update(values)
+        except (ValueError, TypeError) as exc:
+            return _json(400, {"error": str(exc)})
+        return _json(200, self.verifier.keys.state())
+
     def _cmq_state(self, call: Call) -> Response:
         assert self.cmq is not None
         return _json(200, self.cmq.state())
@@ -396,6 +419,9 @@ ADMIN_ROUTES: tuple[Route[Endpoint], ...] = (
     Route("GET", "/-/faults", App._faults),
     Route("PUT", "/-/faults", App._set_faults),
     Route("*", "/-/faults", _answer(405, "use GET or PUT")),
+    Route("GET", "/-/credentials", App._credentials),
+    Route("PUT", "/-/credentials", App._set_credentials),
+    Route("*", "/-/credentials", _answer(405, "use GET or PUT")),
 )
 CMQ_ADMIN_ROUTES: tuple[Route[Endpoint], ...] = (
     Route("GET", "/-/cmq", App._cmq_state),

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
+
+from asrd.emulator.keys import Credential, Keyring
+
+__all__ = ["AuthFailure", "Credential", "Keyring", "Verifier", "authorization", "sign"]
 
 _SAFE = "-_.~"
 
@@ -70,13 +74,6 @@ def authorization(
 
 
 @dataclass(frozen=True)
-class Credential:
-    secret_id: str
-    secret_key: str
-    token: str | None = None
-
-
-@dataclass(frozen=True)
 class AuthFailure:
     status: int
     code: str
@@ -114,11 +111,15 @@ def _key_time_valid(key_time: str, now: float) -> bool | None:
     return int(start) <= now <= int(end)
 
 
-class Verifier:
-    """Checks requests against the configured key pairs."""
+# What CI and COS answer for a temporary key past its expiry (COS error codes, README).
+EXPIRED_TOKEN = AuthFailure(400, "ExpiredToken", "The provided token has expired.")
 
-    def __init__(self, credentials: list[Credential]) -> None:
-        self._by_id = {c.secret_id: c for c in credentials}
+
+class Verifier:
+    """Checks requests against the keyring (static and issued keys)."""
+
+    def __init__(self, keys: Keyring | Iterable[Credential]) -> None:
+        self.keys = keys if isinstance(keys, Keyring) else Keyring(keys)
 
     def verify(
         self,
@@ -127,15 +128,31 @@ class Verifier:
         params: Mapping[str, str],
         headers: Mapping[str, str],
         now: float,
+        service: str = "ci",
     ) -> AuthFailure | None:
-        """None when the request is authentic. ``headers`` keys must be lower case."""
+        """None when the request is authentic. ``headers`` keys must be lower case. Every
+        answer is counted on the keyring under ``service`` (ci or cos)."""
+        failure = self._verify(method, path, params, headers, now, service)
+        if failure is not None:
+            self.keys.refuse(service, failure.code)
+        return failure
+
+    def _verify(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str],
+        headers: Mapping[str, str],
+        now: float,
+        service: str = "ci",
+    ) -> AuthFailure | None:
         value = headers.get("authorization", "")
         if not value:
             return AuthFailure(403, "AccessDenied", "Access Denied. Authorization header missing.")
         fields = parse_authorization(value)
         if fields is None or fields["q-sign-algorithm"] != "sha1":
             return AuthFailure(403, "AccessDenied", "Access Denied. Authorization malformed.")
-        cred = self._by_id.get(fields["q-ak"])
+        cred = self.keys.find(fields["q-ak"])
         if cred is None:
             return AuthFailure(
                 403, "InvalidAccessKeyId", "The access key Id you provided is unknown."
@@ -152,6 +169,8 @@ class Verifier:
             if token != cred.token:
                 # UNCONFIRMED: code for a missing/wrong STS token.
                 return AuthFailure(403, "InvalidAccessKeyId", "The security token is invalid.")
+        if cred.is_expired(now):
+            return EXPIRED_TOKEN
         header_names = [h for h in fields["q-header-list"].split(";") if h]
         param_names = [p for p in fields["q-url-param-list"].split(";") if p]
         sent = fields["q-signature"].lower()
@@ -165,6 +184,7 @@ class Verifier:
                 cred.secret_key, key_time, method, path, params, cand, param_names, header_names
             )
             if hmac.compare_digest(expected, sent):
+                self.keys.used(cred, service)
                 return None
         return AuthFailure(
             403,

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import pulsar
 
 from ..config import Settings
+from ..credentials import for_intake
 from ..observers import Observers
+from ..outage import Outage
 from .forward import Forwarder
 from .queue import QueueIntake, cmq_clients
 from .url import UrlReceiver
@@ -27,10 +29,20 @@ class Feeds:
     thread: threading.Thread | None = None
 
     @classmethod
-    def build(cls, settings: Settings, client: pulsar.Client, observers: Observers) -> Feeds:
+    def build(
+        cls,
+        settings: Settings,
+        client: pulsar.Client,
+        observers: Observers,
+        outage: Outage | None = None,
+    ) -> Feeds:
         forwarder = Forwarder(client, settings.pulsar.topic)
         cmq = settings.intake.cmq
-        queue = QueueIntake(cmq, cmq_clients(cmq), forwarder, observers) if cmq else None
+        queue = None
+        if cmq is not None:
+            keys = for_intake(cmq, settings.ci)
+            clients = cmq_clients(cmq, keys)
+            queue = QueueIntake(cmq, clients, forwarder, observers, outage, keys)
         url = settings.intake.url
         receiver = UrlReceiver(url, forwarder, observers) if url else None
         return cls(forwarder, queue, receiver)

@@ -21,7 +21,9 @@ from pydantic import SecretStr
 from .. import backoff
 from ..cmq import CmqClient, CmqError, CmqMessage
 from ..config import CmqIntakeSettings
+from ..credentials import Credentials
 from ..observers import Observers
+from ..outage import Outage
 from .forward import Forwarder, ForwardError, Outgoing
 
 __all__ = ["IntakeHealth", "MoveReport", "QueueIntake", "cmq_clients"]
@@ -39,8 +41,9 @@ def _secret(value: SecretStr | None) -> str:
     return value.get_secret_value() if value is not None else ""
 
 
-def cmq_clients(settings: CmqIntakeSettings) -> list[CmqClient]:
-    """One client (one keep-alive connection) per receive loop."""
+def cmq_clients(settings: CmqIntakeSettings, keys: Credentials | None = None) -> list[CmqClient]:
+    """One client (one keep-alive connection) per receive loop; every request signs with a
+    snapshot of ``keys`` when given (temporary keys), else with the section's keys."""
     return [
         CmqClient(
             settings.endpoint,
@@ -49,6 +52,7 @@ def cmq_clients(settings: CmqIntakeSettings) -> list[CmqClient]:
             token=_secret(settings.token),
             signature_method=settings.signature_method,
             timeout_s=settings.timeout_s,
+            keys=keys.snapshot if keys is not None else None,
         )
         for _ in range(settings.loops)
     ]
@@ -82,19 +86,27 @@ class QueueIntake:
     """``len(clients)`` receive loops on the queue: while one waits for the broker to persist its
     batch, the others receive and delete (CMQ hands each message to one receiver at a time)."""
 
+    SOURCE = "cmq"  # what the intake's outage pause is called
+
     def __init__(
         self,
         settings: CmqIntakeSettings,
         clients: Sequence[CmqClient],
         forwarder: Forwarder,
         observers: Observers,
+        outage: Outage | None = None,
+        keys: Credentials | None = None,
     ) -> None:
+        """``outage``: where refused keys pause the intake (it waits, polling with backoff);
+        ``keys``: the credentials the clients sign with (named in that pause)."""
         if not clients:
             raise ValueError("the intake needs at least one CMQ client")
         self._settings = settings
         self._clients = list(clients)
         self._forwarder = forwarder
         self._obs = observers
+        self._outage = outage or Outage(observers)
+        self._keys = keys
         self.health = IntakeHealth()
         self._visibility_warned = 0.0  # wall time of the last visibility warning
 
@@ -103,8 +115,10 @@ class QueueIntake:
         s = self._settings
         cmq = client or self._clients[0]
         wait = s.polling_wait_s if wait_s is None else wait_s
+        started = time.monotonic()
         messages = cmq.batch_receive(s.queue, s.batch_size, wait)
         self.health.last_ok = time.monotonic()
+        self._outage.resume(self.SOURCE, started)
         self._obs.intake_poll_ok(s.queue)
         if not messages:
             return MoveReport()
@@ -209,6 +223,8 @@ class QueueIntake:
             except CmqError as exc:
                 self._obs.intake_receive_error(self._settings.queue, str(exc))
                 trouble = str(exc)
+                if exc.auth:
+                    self._auth_failed(exc)
             except ForwardError as exc:
                 self._obs.intake_produce_errors(self._settings.queue, 1)
                 trouble = str(exc)
@@ -221,13 +237,26 @@ class QueueIntake:
                 continue
             failures += 1
             pause = backoff.delay(failures, 1.0, 30.0)
-            log.warning(
-                "intake backing off",
-                queue=self._settings.queue,
-                error=trouble,
-                retry_in_s=round(pause, 2),
-            )
+            if self._outage.paused(self.SOURCE):
+                # Each poll is the probe: keys that work again are noticed within seconds.
+                pause = min(pause, 5.0)
+            else:  # an outage is logged once, when it starts
+                log.warning(
+                    "intake backing off",
+                    queue=self._settings.queue,
+                    error=trouble,
+                    retry_in_s=round(pause, 2),
+                )
             stop.wait(pause)
+
+    def _auth_failed(self, exc: CmqError) -> None:
+        """CMQ refused the keys (4100) or there are none: the intake waits, polling with backoff
+        (each poll is the probe), and says so once."""
+        self._obs.auth_failed("credentials" if exc.code == 0 else "cmq", str(exc))
+        keys = self._keys
+        where = f" (provider {keys.provider}: {keys.hint})" if keys is not None else ""
+        what = "CMQ refused asrd's keys" if exc.code else "no usable keys for CMQ"
+        self._outage.pause(self.SOURCE, f"{what}: {exc}{where}")
 
     def close(self) -> None:
         for client in self._clients:

@@ -10,11 +10,15 @@ from ..result import ResultRecord
 
 
 class SinkError(Exception):
-    """Delivery failed; ``permanent`` means retrying the same record cannot succeed."""
+    """Delivery failed; ``permanent`` means retrying the same record cannot succeed. ``outage``
+    names what cannot work now (``"credentials"``: the sink's keys were refused; a sink's own
+    name for the sink as a whole): the message is put back without spending an attempt and
+    work pauses until it works again."""
 
-    def __init__(self, message: str, permanent: bool = False) -> None:
+    def __init__(self, message: str, permanent: bool = False, outage: str = "") -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.outage = outage
 
 
 class Sink(Protocol):

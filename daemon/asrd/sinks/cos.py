@@ -30,7 +30,11 @@ class CosSink:
             try:
                 self._client.put_object(key, render(record, fmt), content_type, bucket=self.bucket)
             except CiError as exc:
-                raise SinkError(f"cos://{self.bucket}/{key}: {exc}", not exc.transient) from None
+                raise SinkError(
+                    f"cos://{self.bucket}/{key}: {exc}",
+                    not exc.transient,
+                    outage="credentials" if exc.auth else "",
+                ) from None
 
     def close(self) -> None:
         return None
@@ -38,4 +42,4 @@ class CosSink:
 
 def build(settings: CosSinkSettings, shared: Settings) -> CosSink:
     """The ``asrd.sinks`` entry point for ``type = "cos"``, with the ``[ci]`` credentials."""
-    return CosSink(settings, CiClient(shared.ci))
+    return CosSink(settings, CiClient(shared.ci, service="cos"))
