@@ -563,13 +563,16 @@ class Credentials:
             self.observers.credentials_refreshed(self.provider, None, exc.cause)
             raise
         changed = self._snap != snap  # a static key's file read again is usually the same
+        # The first read of keys that never expire is no news (and one-off commands print only
+        # their own lines); temporary keys and a changed static key are worth a line.
+        quiet = self._snap is None and snap.expires_at is None
         self._snap = snap
         self._failures = 0
         self._last_error = ""
         self._next_try = 0.0
         self._refresh_at = self._due(snap, now)
         if changed:
-            log.info(
+            (log.debug if quiet else log.info)(
                 "credentials refreshed",
                 provider=self.provider,
                 key_id=snap.masked_id,
