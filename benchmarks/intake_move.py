@@ -51,8 +51,8 @@ def broker_urls() -> tuple[str, str, bool]:
     script = ROOT / "scripts" / "pulsar"
     running = subprocess.run([str(script), "status"], capture_output=True).returncode == 0
     out = subprocess.run([str(script), "start"], capture_output=True, text=True, check=True)
-    port = os.environ.get("PULSAR_WEB_PORT", "8080")
-    return out.stdout.strip(), f"http://127.0.0.1:{port}", not running
+    admin = subprocess.run([str(script), "admin-url"], capture_output=True, text=True, check=True)
+    return out.stdout.strip(), admin.stdout.strip(), not running
 
 
 def body(i: int) -> str:

@@ -18,11 +18,11 @@ from tests.support import SECRET_ID, SECRET_KEY
 
 from benchmarks import load
 from benchmarks.harness import (
-    PULSAR_URL,
     DaemonSetup,
     count_files,
     daemon_counters,
     delivery_times,
+    pulsar_url,
     read_proc,
     start_daemon,
     stop_process,
@@ -174,7 +174,7 @@ def run_baseline(
     bucket = _bucket(setup)
     done = subprocess.run(
         [
-            sys.executable, str(BASELINE), "--service-url", PULSAR_URL, "--topic", setup.topic,
+            sys.executable, str(BASELINE), "--service-url", pulsar_url(), "--topic", setup.topic,
             "--subscription", setup.subscription, "--endpoint", ctx.emulator.endpoint,
             "--bucket", bucket, "--secret-id", SECRET_ID, "--secret-key", SECRET_KEY,
             "--out", str(out), "--expected", str(expected), "--seconds", str(seconds),

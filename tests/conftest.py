@@ -109,9 +109,10 @@ def broker() -> Iterator[Broker]:
     started = subprocess.run([str(script), "start"], capture_output=True, text=True)
     if started.returncode != 0:
         pytest.fail(f"could not start the Pulsar broker with scripts/pulsar:\n{started.stderr}")
-    web_port = os.environ.get("PULSAR_WEB_PORT", "8080")
+    # The ports it runs on: a default another process holds was replaced by a free one.
+    admin = subprocess.run([str(script), "admin-url"], capture_output=True, text=True, check=True)
     try:
-        yield Broker(started.stdout.strip(), f"http://127.0.0.1:{web_port}", script)
+        yield Broker(started.stdout.strip(), admin.stdout.strip(), script)
     finally:
         if not was_running:
             subprocess.run([str(script), "stop"], check=False)
