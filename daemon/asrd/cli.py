@@ -44,6 +44,18 @@ from .worker import Worker
 
 EX_OK, EX_FATAL, EX_CONFIG = 0, 1, 78
 
+DESCRIPTION = """\
+asrd submits speech-recognition jobs to Tencent Cloud CI and delivers each finished job's
+transcript to your sinks (files, a webhook, a Pulsar topic, COS) without losing one.
+CI notifies a TDMQ-CMQ queue when a job finishes; asrd moves each notification onto a Pulsar
+topic, reads the job back from CI and acknowledges it only when every sink has the record."""
+
+EPILOG = """\
+Every command but emulator takes --config FILE (TOML; ASRD_SECTION__KEY environment variables
+override its keys). Data goes to standard output, log lines to standard error.
+Exit status: 0 done, 1 failed (CI, the broker or the ledger), 2 usage, 78 configuration error.
+Start with: asrd check --config FILE --connect, then asrd run --config FILE."""
+
 log = structlog.get_logger("asrd")
 
 
@@ -406,7 +418,10 @@ def _cmq_problem(endpoint: str, queue: str, exc: CmqError) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="asrd", description=__doc__.splitlines()[0] if __doc__ else None
+        prog="asrd",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"asrd {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -479,6 +494,7 @@ def entry() -> None:
     pulsar-client's C++ side can abort (SIGABRT) during interpreter teardown after a client was
     used; every client is closed explicitly by then, so skipping the teardown loses nothing.
     """
+    observability.keep_stdout_for_data()
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -514,7 +514,8 @@ class Settings(_Section):
     reconcile: ReconcileSettings = ReconcileSettings()
     submit: SubmitSettings = SubmitSettings()
     intake: IntakeSettings = IntakeSettings()
-    sinks: list[SinkSettings] = Field(min_length=1)
+    # Only the commands that deliver (run, reconcile) need a sink; build_routes says so.
+    sinks: list[SinkSettings] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod

@@ -43,7 +43,12 @@ def sink_types() -> dict[str, Any]:
 
 
 def build_routes(settings: Settings) -> list[Route]:
-    """One route per ``[[sinks]]`` table, each sink built by its type's factory."""
+    """One route per ``[[sinks]]`` table, each sink built by its type's factory. A command
+    that delivers needs at least one; the others (submit, jobs, dlq) read no sinks at all."""
+    if not settings.sinks:
+        raise ConfigError(
+            "config error: sinks: no [[sinks]] table; results are delivered to at least one sink"
+        )
     types = sink_types()
     routes = []
     for index, sink_settings in enumerate(settings.sinks):
