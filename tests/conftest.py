@@ -24,6 +24,21 @@ from .support import Emulator, start_emulator
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Servers a test waits for: one that uses them, directly or through another fixture (the
+# emulator wired to the broker), is `slow`, and so is everything under tests/deploy (systemd,
+# the image). `make check` runs the rest; `make test` runs everything.
+SLOW_FIXTURES = frozenset({"broker", "postgres"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that need real servers or processes `slow`, from what they use, so no
+    fast run starts a broker whoever wrote the test."""
+    deploy = ROOT / "tests" / "deploy"
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & SLOW_FIXTURES or deploy in Path(item.path).parents:
+            item.add_marker(pytest.mark.slow)
+
 
 @dataclass(frozen=True)
 class Broker:

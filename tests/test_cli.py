@@ -5,6 +5,7 @@ command asking only for the configuration it uses."""
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from asrd.broker import REASON
 from asrd.sinks import build_routes
 
 from .conftest import Broker
-from .support import Emulator, asrd, quiet_client, start_emulator, write_config
+from .support import EMULATOR, Emulator, asrd, quiet_client, start_emulator, write_config
 
 NO_BROKER = "pulsar://127.0.0.1:9"  # for commands that never reach the broker
 
@@ -31,6 +32,14 @@ def test_help_is_written_for_users() -> None:
     assert "speech-recognition jobs to Tencent Cloud CI" in out.stdout
     assert "78 configuration error" in out.stdout
     assert "one function per subcommand" not in out.stdout  # the module's docstring
+
+
+def test_asrd_emulator_is_the_emulator() -> None:
+    via_asrd = asrd("emulator", "--help")
+    direct = subprocess.run([*EMULATOR, "--help"], capture_output=True, text=True, timeout=60)
+    assert via_asrd.returncode == direct.returncode == 0
+    assert "--cmq-listen" in via_asrd.stdout
+    assert via_asrd.stdout.split("\n", 1)[1] == direct.stdout.split("\n", 1)[1]  # past `usage:`
 
 
 def test_submit_needs_no_sinks_and_run_names_the_missing_table(tmp_path: Path) -> None:

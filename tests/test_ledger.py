@@ -27,7 +27,8 @@ from asrd.ledger import (
 )
 from tests import postgres as pg
 
-BACKENDS = ["sqlite", "postgresql"]
+# PostgreSQL is a server of its own: `slow` (tests/conftest.py).
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
 
 
 class Store:
