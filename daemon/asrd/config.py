@@ -81,7 +81,7 @@ def _resolve_secret(data: dict[str, Any], key: str, info: ValidationInfo) -> dic
     return data
 
 
-# CMQ's queue and topic name rule (reference tdmq-cmq.md §4.6): CI writes into that queue.
+# CMQ's queue and topic name rule (docs/tencent-cloud.md §3.6): CI writes into that queue.
 CMQ_NAME = r"^[A-Za-z][A-Za-z0-9-]{0,63}$"
 CMQ_NAME_RULE = "at most 64 characters: a letter, then letters, digits and '-'"
 

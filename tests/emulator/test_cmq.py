@@ -36,7 +36,8 @@ def code_of(call: Callable[[], Any]) -> tuple[int, str]:
 
 
 def test_signature_matches_the_reference_vector() -> None:
-    """tdmq-cmq.md §2.2 worked example (computed with the SDK's Sign.make, checked with hmac)."""
+    """docs/tencent-cloud.md §3.2, a worked example (computed with the SDK's Sign.make, checked
+    with hmac)."""
     params = {
         "Action": "ReceiveMessage",
         "Nonce": "12345",
