@@ -1,6 +1,6 @@
 """How fast the CMQ intake drains a backlog, against baselines measured in the same run.
 
-Baseline: the bridge a user writes in an afternoon with Tencent's own CMQ SDK
+Baseline: the plain bridge a user might write with Tencent's own CMQ SDK
 (``qcloud-cmq-sdk-py3``) and pulsar-client — batch receive 16, send each to Pulsar and wait,
 batch delete — the same at-least-once move asrd's intake makes. Target: the intake drains at
 least 3 times as fast. For scale, the same SDK loop moving messages nowhere (receive + delete
@@ -158,7 +158,7 @@ def main() -> int:
             subprocess.run([str(ROOT / "scripts" / "pulsar"), "stop"], check=False)
     ratio = intake / baseline
     result = {
-        "key": "intake_move_vs_afternoon_bridge",
+        "key": "intake_move_vs_baseline_bridge",
         "messages": args.messages,
         "sdk_receive_delete_only_msgs_per_s": round(noop, 1),
         "baseline_msgs_per_s": round(baseline, 1),

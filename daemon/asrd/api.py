@@ -135,7 +135,8 @@ class JobList(BaseModel):
 
 
 class JobRecord(BaseModel):
-    """The normalised result record (see README), plus which sinks asrd delivered it to."""
+    """The normalised result record (docs/configuration.md), plus which sinks asrd delivered
+    it to."""
 
     model_config = ConfigDict(extra="allow")
     schema_version: int
