@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Servers a test waits for: one that uses them, directly or through another fixture (the
 # emulator wired to the broker), is `slow`, and so is everything under tests/deploy (systemd,
-# the image). `make check` runs the rest; `make test` runs everything.
+# the image). Tests that restart or signal a process say so themselves (@pytest.mark.slow).
+# `make check` runs the rest; `make test` runs everything.
 SLOW_FIXTURES = frozenset({"broker", "postgres"})
 
 

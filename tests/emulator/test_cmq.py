@@ -307,6 +307,7 @@ def test_regions_come_from_the_host_or_the_default(make_emulator: MakeEmulator) 
     assert code_of(lambda: gz.cmq().get_queue(q).receive_message(0))[0] == 4440
 
 
+@pytest.mark.slow  # two emulator processes, one after the other
 def test_messages_and_declarations_survive_a_restart(tmp_path: Path) -> None:
     q, topic = cmq_name(), cmq_name("t")
     emu = start_emulator(
@@ -343,6 +344,7 @@ def test_messages_and_declarations_survive_a_restart(tmp_path: Path) -> None:
         assert emu.stop() == 0
 
 
+@pytest.mark.slow  # a process per bad command line
 def test_ready_lines_and_bad_declarations(tmp_path: Path) -> None:
     base = [sys.executable, "-m", "asrd.emulator", "--data-dir", str(tmp_path), "--key", "a:b"]
     bad = {
