@@ -142,8 +142,8 @@ def test_every_operation_answers_as_documented(
     receiver = UrlReceiver(UrlIntakeSettings(token=CALLBACK_TOKEN), forwarder, Observers())
     base, ledger = serve_app(tmp_path, emulator, token=TOKEN, callbacks=receiver)
     # Only CI knows whether a template_id exists: a valid-looking one may be refused with 400,
-    # as documented. Every other operation's valid input must be accepted.
-    lenient = '["2xx", "400", "401", "403", "404", "409", "429", "5xx"]'
+    # as documented. Every other answer to valid input, and every other operation's, is 2xx.
+    lenient = '["2xx", "400"]'
     (tmp_path / "schemathesis.toml").write_text(
         f'[parameters]\n"path.token" = "{CALLBACK_TOKEN}"\n'
         '[[operations]]\ninclude-name = "POST /v1/jobs"\n'
