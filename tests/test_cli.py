@@ -25,6 +25,13 @@ def _without_sinks(path: Path) -> None:
     path.write_text(text[: text.index("[[sinks]]")])
 
 
+def _without(path: Path, section: str, until: str) -> None:
+    """Drop a section of the config support.write_config writes (up to the next one)."""
+    text = path.read_text()
+    start = text.index(f"[{section}]\n")
+    path.write_text(text[:start] + text[text.index(f"[{until}]", start) :])
+
+
 def test_help_is_written_for_users() -> None:
     out = asrd("--help")
     assert out.returncode == 0 and out.stderr == ""
@@ -42,11 +49,12 @@ def test_asrd_emulator_is_the_emulator() -> None:
     assert via_asrd.stdout.split("\n", 1)[1] == direct.stdout.split("\n", 1)[1]  # past `usage:`
 
 
-def test_submit_needs_no_sinks_and_run_names_the_missing_table(tmp_path: Path) -> None:
+def test_submit_needs_neither_sinks_nor_a_broker(tmp_path: Path) -> None:
     emulator = start_emulator(tmp_path / "emulator", NO_BROKER)
     try:
         cfg = write_config(tmp_path / "daemon", emulator, NO_BROKER)
         _without_sinks(cfg.path)
+        _without(cfg.path, "pulsar", until="ledger")
         submitted = asrd("submit", "--config", str(cfg.path), "--input", "media/a.mp3")
         assert submitted.returncode == 0, submitted.stderr
         assert re.fullmatch(r"s[0-9a-f]{32}\n", submitted.stdout)
@@ -54,18 +62,32 @@ def test_submit_needs_no_sinks_and_run_names_the_missing_table(tmp_path: Path) -
         assert jobs.returncode == 0, jobs.stderr
     finally:
         assert emulator.stop() == 0
+    settings = config.load(cfg.path)
     with pytest.raises(config.ConfigError, match=r"^config error: sinks: no \[\[sinks\]\] table"):
-        build_routes(config.load(cfg.path))
+        build_routes(settings)
+    with pytest.raises(
+        config.ConfigError, match=rf"^config error: {cfg.path}: pulsar: no \[pulsar\]"
+    ):
+        settings.pulsar  # noqa: B018 - reading it is the check
 
 
-def test_run_without_sinks_exits_78(tmp_path: Path) -> None:
+def test_run_and_check_without_sinks_exit_78(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, "http://127.0.0.1:1", NO_BROKER, intake=False)
     _without_sinks(cfg.path)
-    out = asrd("run", "--config", str(cfg.path))
-    assert out.returncode == 78, out.stderr
-    assert out.stderr.strip().endswith(
-        "no [[sinks]] table; results are delivered to at least one sink"
-    )
+    for command in ("run", "check"):
+        out = asrd(command, "--config", str(cfg.path))
+        assert out.returncode == 78, out.stderr
+        assert out.stderr.strip().endswith(
+            "no [[sinks]] table; results are delivered to at least one sink"
+        )
+
+
+def test_check_names_a_missing_section(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, "http://127.0.0.1:1", NO_BROKER, intake=False)
+    _without(cfg.path, "pulsar", until="ledger")
+    out = asrd("check", "--config", str(cfg.path))
+    assert out.returncode == 78 and out.stdout == ""
+    assert out.stderr == f"config error: {cfg.path}: pulsar: no [pulsar] section; this needs one\n"
 
 
 @pytest.mark.slow
@@ -73,6 +95,8 @@ def test_dlq_list_at_debug_prints_only_data_on_stdout(
     tmp_path: Path, broker: Broker, emulator: Emulator
 ) -> None:
     cfg = write_config(tmp_path, emulator, broker.service_url)
+    _without(cfg.path, "ci", until="ci.callback")  # dlq reads no [ci]
+    _without(cfg.path, "ci.callback", until="pulsar")
     client = quiet_client(broker.service_url)
     try:
         producer = client.create_producer(f"{cfg.topic}-asrd-DLQ")

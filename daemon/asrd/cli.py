@@ -36,7 +36,7 @@ from .preflight import check_writable
 from .reconcile import Report, reconcile
 from .result import InvalidResult, normalise
 from .shutdown import Shutdown
-from .sinks import build_routes
+from .sinks import build_routes, require_sinks
 from .sinks.routing import Route, Router
 from .submit import Submitter
 from .supervisor import Supervisor, worker_command
@@ -368,6 +368,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    # What `asrd run` asks for: a missing [ci] or [pulsar] section is named as it is read.
+    _ = settings.ci, settings.pulsar
+    require_sinks(settings)
     print(f"config ok: {args.config}")
     if args.connect:
         next(iter(CiClient(settings.ci).list_jobs(limit=1)), None)

@@ -14,13 +14,14 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     SecretStr,
     Tag,
     ValidationError,
@@ -505,9 +506,14 @@ SinkSettings = Annotated[
 ]
 
 
+_S = TypeVar("_S", bound=_Section)
+
+
 class Settings(_Section):
-    ci: CiSettings
-    pulsar: PulsarSettings
+    # Each command asks for the sections it uses: ``settings.ci`` and ``settings.pulsar`` name
+    # a missing one then (``asrd submit`` needs no [pulsar], ``asrd dlq`` no [ci]).
+    ci_section: CiSettings | None = Field(default=None, alias="ci")
+    pulsar_section: PulsarSettings | None = Field(default=None, alias="pulsar")
     ledger: LedgerSettings = LedgerSettings()
     http: HttpSettings = HttpSettings()
     log: LogSettings = LogSettings()
@@ -516,6 +522,22 @@ class Settings(_Section):
     intake: IntakeSettings = IntakeSettings()
     # Only the commands that deliver (run, reconcile) need a sink; build_routes says so.
     sinks: list[SinkSettings] = Field(default_factory=list)
+
+    _source: str = PrivateAttr(default="")  # the file, for the message about a missing section
+
+    @property
+    def ci(self) -> CiSettings:
+        return self._required(self.ci_section, "ci")
+
+    @property
+    def pulsar(self) -> PulsarSettings:
+        return self._required(self.pulsar_section, "pulsar")
+
+    def _required(self, section: _S | None, name: str) -> _S:
+        if section is None:
+            where = f"{self._source}: " if self._source else ""
+            raise ConfigError(f"config error: {where}{name}: no [{name}] section; this needs one")
+        return section
 
     @model_validator(mode="before")
     @classmethod
@@ -630,6 +652,8 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
             "CREDENTIALS_DIRECTORY": env.get("CREDENTIALS_DIRECTORY"),
             "STATE_DIRECTORY": env.get("STATE_DIRECTORY"),
         }
-        return Settings.model_validate(tree, context=context)
+        settings = Settings.model_validate(tree, context=context)
     except ValidationError as exc:
         raise ConfigError(_format_error(str(path), exc)) from None
+    settings._source = str(path)
+    return settings
