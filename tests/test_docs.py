@@ -65,13 +65,21 @@ def test_every_cited_repository_file_exists(path: Path) -> None:
     assert outside not in text, f"{path.relative_to(ROOT)} points outside the repository"
 
 
+def _anchors(doc: Path) -> set[str]:
+    """The anchors of a document's headings, as GitHub makes them."""
+    headings = re.findall(r"^#+ (.*)$", _text(doc), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_resolve(doc: Path) -> None:
     broken = []
     for target in LINK.findall(_text(doc)):
-        if re.match(r"^[a-z]+:", target) or target.startswith("#"):
+        if re.match(r"^[a-z]+:", target):
             continue
-        file_part = target.split("#", 1)[0]
-        if not (doc.parent / file_part).resolve().exists():
+        file_part, _, anchor = target.partition("#")
+        linked = (doc.parent / file_part).resolve() if file_part else doc
+        missing_heading = anchor and linked.suffix == ".md" and anchor not in _anchors(linked)
+        if not linked.exists() or missing_heading:
             broken.append(target)
-    assert not broken, f"{doc.relative_to(ROOT)} links to missing files: {broken}"
+    assert not broken, f"{doc.relative_to(ROOT)} links to missing files or headings: {broken}"
