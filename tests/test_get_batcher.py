@@ -30,15 +30,36 @@ class FakeDescribe:
 
 
 def test_concurrent_lookups_are_batched() -> None:
-    describe = FakeDescribe()
+    """60 callers at once, both lanes busy: the ids that wait share requests of ``max_ids``.
+    The lanes' first requests are held until every other id has queued, so no thread's timing
+    decides how the rest are grouped."""
+    gate = threading.Event()
+    calls: list[list[str]] = []
+    lock = threading.Lock()
+
+    def describe(ids: list[str]) -> dict[str, JobsDetail]:
+        with lock:
+            calls.append(ids)
+        assert gate.wait(30)
+        return {i: {"JobId": i} for i in ids}
+
     batcher = GetBatcher(describe, lanes=2, max_ids=10)
     ids = [f"s{i:032x}" for i in range(60)]
     with ThreadPoolExecutor(60) as pool:
-        got = list(pool.map(batcher.get, ids))
+        futures = [pool.submit(batcher.get, i) for i in ids]
+        deadline = time.monotonic() + 30
+        while not (
+            len(calls) == 2 and sum(map(len, calls)) + len(batcher._queue) == len(ids)
+        ):  # both lanes hold a request and every other id waits in the queue
+            assert time.monotonic() < deadline, (calls, len(batcher._queue))
+            time.sleep(0.01)
+        gate.set()
+        got = [f.result(timeout=30) for f in futures]
     assert [g["JobId"] if g else None for g in got] == ids
-    assert sorted(i for call in describe.calls for i in call) == sorted(ids)
-    assert max(len(c) for c in describe.calls) == 10
-    assert len(describe.calls) <= 12  # 60 ids in about 6 requests, never 60
+    assert sorted(i for call in calls for i in call) == sorted(ids)
+    sizes = sorted(len(c) for c in calls[2:])  # the requests of the ids that waited
+    assert sizes[1:] == [10] * (len(sizes) - 1) and 0 < sizes[0] <= 10
+    assert len(calls) <= 2 + 6  # 60 ids in about 6 requests, never 60
 
 
 def test_a_lone_lookup_goes_at_once_and_unknown_ids_are_none() -> None:
