@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LINT_PATHS := daemon tests scripts $(wildcard benchmarks)
 
-.PHONY: venv deploy-deps lint test demo bench broker-start broker-stop clean
+.PHONY: venv deploy-deps lint check test demo bench broker-start broker-stop clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,12 @@ lint: venv deploy-deps
 deploy-deps:
 	scripts/deploy-deps
 
+# The inner loop: lint, types and the fast tests on every core. `slow` tests (they start the
+# broker, PostgreSQL, systemd or the image: tests/conftest.py marks them) are left to `make test`.
+check: lint
+	$(BIN)/pytest -q -m "not slow" -n auto
+
+# The whole suite, one test at a time (they share one broker).
 test: lint
 	$(BIN)/pytest -q
 

@@ -1,4 +1,4 @@
-"""The script a user writes in an afternoon instead of asrd: the yardstick of ``make bench``.
+"""The baseline: the plain script a user might write instead of asrd (``make bench``'s yardstick).
 
 pulsar-client receive → the SDK's ``ci_get_asr_job`` → write the job as JSON → acknowledge, on
 32 threads (or ``--threads``). No ledger, no retries beyond the broker's redelivery, no dead
@@ -51,8 +51,8 @@ def _parser() -> argparse.ArgumentParser:
         "--logger",
         choices=("python", "native"),
         default="python",
-        help="quiet the client through a Python logger (as the issue's script did) or its own "
-        "console logger at WARN (no crossing into Python for its DEBUG lines)",
+        help="quiet the client through a Python logger (as the baseline was first measured) or its "
+        "own console logger at WARN (no crossing into Python for its DEBUG lines)",
     )
     return p
 
@@ -97,7 +97,7 @@ def main() -> int:
             job_id = found.group().decode()
             try:
                 answer = ci.ci_get_asr_job(Bucket=args.bucket, JobID=job_id)
-            except Exception:  # the afternoon way: try again later
+            except Exception:  # the plain way: try again later
                 consumer.negative_acknowledge(msg)
                 with lock:
                     stats["errors"] += 1

@@ -3,6 +3,7 @@ the daemon for both): the broker check, the benchmark's config, and /proc sampli
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -19,11 +20,10 @@ from tests.support import ROOT, DaemonConfig, Emulator, stop_process
 __all__ = ["Emulator", "stop_process"]  # re-exported for the scenarios
 
 BIN = ROOT / ".venv" / "bin"
+PULSAR_SCRIPT = ROOT / "scripts" / "pulsar"
 # The broker of the tests: PULSAR_SERVICE_URL / PULSAR_ADMIN_URL when set (never started or
-# stopped here), else the local one scripts/pulsar runs.
+# stopped here), else this checkout's own, which scripts/pulsar runs on the ports it chose.
 EXTERNAL_BROKER = bool(os.environ.get("PULSAR_SERVICE_URL"))
-PULSAR_URL = os.environ.get("PULSAR_SERVICE_URL") or "pulsar://127.0.0.1:6650"
-ADMIN_URL = os.environ.get("PULSAR_ADMIN_URL") or "http://127.0.0.1:8080"
 DaemonSetup = DaemonConfig  # one daemon's files: config (.path), ledger, results, log
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -32,9 +32,34 @@ def run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
+@functools.cache
+def _broker_urls() -> tuple[str, str]:
+    """(service URL, admin URL): the external broker's, or the ports scripts/pulsar recorded
+    when it started this checkout's broker (a default port another process holds is moved)."""
+    if EXTERNAL_BROKER:
+        admin = os.environ.get("PULSAR_ADMIN_URL") or "http://127.0.0.1:8080"
+        return os.environ["PULSAR_SERVICE_URL"], admin
+
+    def ask(command: str) -> str:
+        out = subprocess.run([str(PULSAR_SCRIPT), command], capture_output=True, text=True)
+        return out.stdout.strip()
+
+    return ask("url"), ask("admin-url")
+
+
+def pulsar_url() -> str:
+    """The broker's service URL (after ``Broker.ensure``)."""
+    return _broker_urls()[0]
+
+
+def admin_url() -> str:
+    """The broker's admin URL (after ``Broker.ensure``)."""
+    return _broker_urls()[1]
+
+
 class Broker:
-    """A healthy broker on the default ports is reused (whoever started it); otherwise
-    ``scripts/pulsar start`` starts one, and ``release`` stops only that one."""
+    """The external broker, which must be healthy, or this checkout's: ``scripts/pulsar
+    start`` starts it unless it runs, and ``release`` stops only a broker started here."""
 
     def __init__(self) -> None:
         self.started_here = False
@@ -42,23 +67,25 @@ class Broker:
     @staticmethod
     def healthy() -> bool:
         try:
-            with urllib.request.urlopen(f"{ADMIN_URL}/admin/v2/brokers/health", timeout=10) as r:
+            with urllib.request.urlopen(f"{admin_url()}/admin/v2/brokers/health", timeout=10) as r:
                 body: bytes = r.read()
         except OSError:
             return False
         return body.strip() == b"ok"
 
     def ensure(self) -> None:
-        if self.healthy():
-            return
         if EXTERNAL_BROKER:
-            raise RuntimeError(f"the broker at {ADMIN_URL} (PULSAR_ADMIN_URL) is not healthy")
-        subprocess.run([str(ROOT / "scripts" / "pulsar"), "start"], check=True)
-        self.started_here = True
+            if not self.healthy():
+                raise RuntimeError(f"the broker at {admin_url()} (PULSAR_ADMIN_URL) is not healthy")
+            return
+        running = subprocess.run([str(PULSAR_SCRIPT), "status"], capture_output=True)
+        subprocess.run([str(PULSAR_SCRIPT), "start"], check=True, stdout=subprocess.DEVNULL)
+        self.started_here = running.returncode != 0
+        _broker_urls.cache_clear()  # the ports this start chose
 
     def release(self) -> None:
         if self.started_here:
-            subprocess.run([str(ROOT / "scripts" / "pulsar"), "stop"], check=False)
+            subprocess.run([str(PULSAR_SCRIPT), "stop"], check=False)
             self.started_here = False
 
 
@@ -66,7 +93,7 @@ def start_emulator(data_dir: Path, *extra: str) -> Emulator:
     """The emulator without its CMQ endpoint: the runs measure the consumer on a topic
     pre-filled with CI's callback bodies, published to Pulsar directly (--tdmq-to-pulsar)."""
     return support.start_emulator(
-        data_dir, PULSAR_URL, "--job-delay", "0", "--tdmq-to-pulsar", *extra, cmq=False
+        data_dir, pulsar_url(), "--job-delay", "0", "--tdmq-to-pulsar", *extra, cmq=False
     )
 
 
@@ -78,7 +105,7 @@ def write_config(
     return support.write_config(
         run_dir,
         endpoint,
-        PULSAR_URL,
+        pulsar_url(),
         mq_name=mq_name,
         intake=False,
         formats=("json",),

@@ -1,6 +1,6 @@
 """How fast the CMQ intake drains a backlog, against baselines measured in the same run.
 
-Baseline: the bridge a user writes in an afternoon with Tencent's own CMQ SDK
+Baseline: the plain bridge a user might write with Tencent's own CMQ SDK
 (``qcloud-cmq-sdk-py3``) and pulsar-client — batch receive 16, send each to Pulsar and wait,
 batch delete — the same at-least-once move asrd's intake makes. Target: the intake drains at
 least 3 times as fast. For scale, the same SDK loop moving messages nowhere (receive + delete
@@ -51,8 +51,8 @@ def broker_urls() -> tuple[str, str, bool]:
     script = ROOT / "scripts" / "pulsar"
     running = subprocess.run([str(script), "status"], capture_output=True).returncode == 0
     out = subprocess.run([str(script), "start"], capture_output=True, text=True, check=True)
-    port = os.environ.get("PULSAR_WEB_PORT", "8080")
-    return out.stdout.strip(), f"http://127.0.0.1:{port}", not running
+    admin = subprocess.run([str(script), "admin-url"], capture_output=True, text=True, check=True)
+    return out.stdout.strip(), admin.stdout.strip(), not running
 
 
 def body(i: int) -> str:
@@ -158,7 +158,7 @@ def main() -> int:
             subprocess.run([str(ROOT / "scripts" / "pulsar"), "stop"], check=False)
     ratio = intake / baseline
     result = {
-        "key": "intake_move_vs_afternoon_bridge",
+        "key": "intake_move_vs_baseline_bridge",
         "messages": args.messages,
         "sdk_receive_delete_only_msgs_per_s": round(noop, 1),
         "baseline_msgs_per_s": round(baseline, 1),

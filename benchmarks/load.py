@@ -13,14 +13,14 @@ from typing import Any
 
 import pulsar
 
-from benchmarks.harness import ADMIN_URL, PULSAR_URL
+from benchmarks.harness import admin_url, pulsar_url
 
 _quiet = logging.getLogger("bench.pulsar")
 _quiet.setLevel(logging.ERROR)
 
 
 def client() -> pulsar.Client:
-    return pulsar.Client(PULSAR_URL, logger=_quiet, operation_timeout_seconds=30)
+    return pulsar.Client(pulsar_url(), logger=_quiet, operation_timeout_seconds=30)
 
 
 def subscribe(topic: str, subscription: str) -> None:
@@ -139,7 +139,7 @@ def publish_paced(
 
 
 def _admin(method: str, path: str) -> Any:
-    req = urllib.request.Request(f"{ADMIN_URL}/admin/v2/{path}", method=method)
+    req = urllib.request.Request(f"{admin_url()}/admin/v2/{path}", method=method)
     with urllib.request.urlopen(req, timeout=30) as resp:
         body = resp.read()
     return json.loads(body) if body else None

@@ -27,7 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-seconds", type=float, default=20.0)
     p.add_argument("--out", type=Path, default=RESULTS, help="where the summaries go")
     p.add_argument("--keep", action="store_true", help="keep var/bench/<run> afterwards")
-    p.add_argument("--no-scale", action="store_true", help="skip issue 10's runs")
+    p.add_argument(
+        "--no-scale", action="store_true", help="skip the baseline, CI quota and workers runs"
+    )
     return p
 
 
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         )
         _step(f"steady p99 {steady.run.latency_ms_at(99):.0f} ms; deep topic {args.deep:,}", t0)
         deep = scenarios.deep_topic(ctx, args.deep, args.deep_seconds)
-        _step("issue 10: the afternoon script, the CI quota, workers", t0)
+        _step("the baseline, the CI quota, workers", t0)
         scaled = None if args.no_scale else scale.run_all(ctx, args.jobs, args.latency_ms)
         results = report.Results(
             host,

@@ -20,7 +20,7 @@ from benchmarks.scenarios import Baseline, DaemonRun, DeepTopicRun, SteadyRun
 RSS_LIMIT_MB = 200.0
 GROWTH_LIMIT = 0.10
 IDLE_LIMIT = 0.02
-VS_BASELINE = 3.0  # asrd's jobs/s over the afternoon script's
+VS_BASELINE = 3.0  # asrd's jobs/s over the baseline's
 QUOTA_SHARE = 0.9  # of QUOTA_RPS x get_batch_size jobs/s
 CPU_MS_PER_JOB = 0.7
 WORKERS_GAIN = 1.6  # workers = 2 over workers = 1
@@ -198,7 +198,7 @@ def targets(r: Results) -> list[Target]:
             f"{two.rate / r.scale.baseline_0.rate:.2f}x the script"
         )
         notes_scale["cpu_vs_baseline"] = (
-            "the afternoon script does one describe, one file write and one ack per job and "
+            "the baseline does one describe, one file write and one ack per job and "
             "nothing else; asrd adds the ledger (attempts, deliveries, claims), routing and "
             "normalisation"
         )
@@ -220,7 +220,7 @@ def _scale_targets(r: Results, sc: ScaleResults) -> list[Target]:
     out = [
         Target(
             "vs_baseline_latency_0",
-            f"backlog, CI latency 0: asrd >= {VS_BASELINE:g}x the afternoon script (32 threads)",
+            f"backlog, CI latency 0: asrd >= {VS_BASELINE:g}x the baseline (32 threads)",
             f"{a.rate:.0f} vs {b0.rate:.0f} jobs/s",
             a.rate / b0.rate if b0.rate else math.nan,
             VS_BASELINE,
@@ -229,7 +229,7 @@ def _scale_targets(r: Results, sc: ScaleResults) -> list[Target]:
         Target(
             "vs_baseline_latency_50",
             f"backlog, CI latency {b.latency_ms:.0f} ms: asrd (concurrency {b.concurrency}) >= "
-            f"{VS_BASELINE:g}x the afternoon script",
+            f"{VS_BASELINE:g}x the baseline",
             f"{b.rate:.0f} vs {b50.rate:.0f} jobs/s",
             b.rate / b50.rate if b50.rate else math.nan,
             VS_BASELINE,
@@ -237,7 +237,7 @@ def _scale_targets(r: Results, sc: ScaleResults) -> list[Target]:
         ),
         Target(
             "cpu_vs_baseline",
-            "CPU per job, CI latency 0: asrd < the afternoon script",
+            "CPU per job, CI latency 0: asrd < the baseline",
             f"{cpu_ms:.2f} vs {b0.cpu_ms_per_job:.2f} CPU-ms per job",
             cpu_ms / b0.cpu_ms_per_job,
             1.0,
@@ -249,7 +249,7 @@ def _scale_targets(r: Results, sc: ScaleResults) -> list[Target]:
             f"{QUOTA_RPS} x get_batch_size {GET_BATCH_SIZE} = {quota_rate} jobs/s, none "
             "dead-lettered",
             f"{q.rate:.0f} jobs/s, {q.delivered:,} delivered, {q.dead} dead-lettered "
-            f"(the afternoon script: {sc.quota_baseline.rate:.0f} jobs/s)",
+            f"(the baseline: {sc.quota_baseline.rate:.0f} jobs/s)",
             q.rate / quota_rate if q.dead == 0 and q.delivered >= q.jobs else 0.0,
             QUOTA_SHARE,
             True,
@@ -319,7 +319,7 @@ def to_json(r: Results, ts: list[Target]) -> dict[str, Any]:
             "raw_consume_ack_backlog_msg_per_s": round(r.raw_backlog.rate, 1),
             "raw_consume_ack_latency_topic_msg_per_s": round(r.raw_latency.rate, 1),
             "ideal_fetch_rate_per_s": r.latency.concurrency / (r.latency.latency_ms / 1000),
-            # Reported without a target (issue 10): asrd's drain over the raw consume-and-ack.
+            # Reported without a target: asrd's drain over the raw consume-and-ack.
             "asrd_over_raw_consume_ack_latency_0": round(r.backlog.rate / r.raw_backlog.rate, 3),
             "asrd_over_raw_consume_ack_latency_50": round(r.latency.rate / r.raw_latency.rate, 3),
         },
@@ -396,7 +396,7 @@ def to_markdown(r: Results, ts: list[Target]) -> str:
     if r.scale is not None:
         lines += [
             "",
-            "Issue 10's runs (same backlog, same broker and emulator):",
+            "The baseline, CI quota and workers runs (same backlog, same broker and emulator):",
             "",
             "| run | jobs | jobs/s | CPU-ms per job | peak RSS MB, largest / all processes |",
             "|---|---|---|---|---|",
@@ -411,8 +411,8 @@ def to_markdown(r: Results, ts: list[Target]) -> str:
             )
         lines += [
             "",
-            f"asrd over the afternoon script with the client's native logger (no target; the "
-            f"script as the issue measured it quiets the client through a Python logger, which "
+            f"asrd over the baseline with the client's native logger (no target; the "
+            f"baseline as first measured quiets the client through a Python logger, which "
             f"costs it a crossing into Python per DEBUG line): "
             f"{r.backlog.rate / sc.baseline_native.rate:.2f} "
             f"({r.backlog.rate:.0f} vs {sc.baseline_native.rate:.0f} jobs/s; "

@@ -1,4 +1,4 @@
-"""Issue 10's runs: asrd against the afternoon script (benchmarks/baseline.py) on the same
+"""The runs against the baseline (benchmarks/baseline.py): asrd on the same
 backlog, CI's request quota (the emulator's throttle_rps), and workers = 1 vs 2 on a shared
 SQLite and PostgreSQL ledger. Every figure is a ratio of two runs of this same ``make bench``."""
 
@@ -18,11 +18,11 @@ from tests.support import SECRET_ID, SECRET_KEY
 
 from benchmarks import load
 from benchmarks.harness import (
-    PULSAR_URL,
     DaemonSetup,
     count_files,
     daemon_counters,
     delivery_times,
+    pulsar_url,
     read_proc,
     start_daemon,
     stop_process,
@@ -174,7 +174,7 @@ def run_baseline(
     bucket = _bucket(setup)
     done = subprocess.run(
         [
-            sys.executable, str(BASELINE), "--service-url", PULSAR_URL, "--topic", setup.topic,
+            sys.executable, str(BASELINE), "--service-url", pulsar_url(), "--topic", setup.topic,
             "--subscription", setup.subscription, "--endpoint", ctx.emulator.endpoint,
             "--bucket", bucket, "--secret-id", SECRET_ID, "--secret-key", SECRET_KEY,
             "--out", str(out), "--expected", str(expected), "--seconds", str(seconds),
@@ -198,7 +198,7 @@ def _bucket(setup: DaemonSetup) -> str:
 
 
 def run_all(ctx: Context, jobs: int, latency_ms: float) -> ScaleResults:
-    """Every run of issue 10, printed as it goes."""
+    """Every run against the baseline, the CI quota and workers, printed as it goes."""
     count = min(jobs, len(ctx.bodies))
     emu = ctx.emulator
 

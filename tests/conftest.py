@@ -24,6 +24,22 @@ from .support import Emulator, start_emulator
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Servers a test waits for: one that uses them, directly or through another fixture (the
+# emulator wired to the broker), is `slow`, and so is everything under tests/deploy (systemd,
+# the image). Tests that restart or signal a process say so themselves (@pytest.mark.slow).
+# `make check` runs the rest; `make test` runs everything.
+SLOW_FIXTURES = frozenset({"broker", "postgres"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that need real servers or processes `slow`, from what they use, so no
+    fast run starts a broker whoever wrote the test."""
+    deploy = ROOT / "tests" / "deploy"
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & SLOW_FIXTURES or deploy in Path(item.path).parents:
+            item.add_marker(pytest.mark.slow)
+
 
 @dataclass(frozen=True)
 class Broker:
@@ -109,9 +125,10 @@ def broker() -> Iterator[Broker]:
     started = subprocess.run([str(script), "start"], capture_output=True, text=True)
     if started.returncode != 0:
         pytest.fail(f"could not start the Pulsar broker with scripts/pulsar:\n{started.stderr}")
-    web_port = os.environ.get("PULSAR_WEB_PORT", "8080")
+    # The ports it runs on: a default another process holds was replaced by a free one.
+    admin = subprocess.run([str(script), "admin-url"], capture_output=True, text=True, check=True)
     try:
-        yield Broker(started.stdout.strip(), f"http://127.0.0.1:{web_port}", script)
+        yield Broker(started.stdout.strip(), admin.stdout.strip(), script)
     finally:
         if not was_running:
             subprocess.run([str(script), "stop"], check=False)

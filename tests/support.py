@@ -18,6 +18,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "asrd.example.toml"  # the example configuration README points to
 ASRD = [sys.executable, "-m", "asrd.cli"]
+# `asrd emulator` without loading the client side first (a third of the start-up's CPU);
+# tests/test_cli.py checks that `asrd emulator` is the same program.
+EMULATOR = [sys.executable, "-m", "asrd.emulator"]
 SECRET_ID = "AKIDasrdtest0000000000000000000000"
 SECRET_KEY = "asrdtestsecretkey000000000000000"
 BUCKET = "asrd-test-1250000000"
@@ -123,8 +126,7 @@ def start_emulator(
     log = (data_dir / "emulator.log").open("w")
     proc = subprocess.Popen(
         [
-            *ASRD,
-            "emulator",
+            *EMULATOR,
             "--listen",
             "127.0.0.1:0",
             "--pulsar-url",

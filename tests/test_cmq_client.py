@@ -1,4 +1,4 @@
-"""Pure logic of asrd's CMQ client and URL receiver: the string to sign (the reference's worked
+"""Pure logic of asrd's CMQ client and URL receiver: the string to sign (a worked
 example), and unwrapping a CMQ topic's HTTP push envelope. The client against a CMQ server is
 tested end to end in test_intake.py."""
 
@@ -13,7 +13,7 @@ from asrd.cmq import string_to_sign
 from asrd.config import CMQ_NAME
 from asrd.intake.url import unwrap_push
 
-# tdmq-cmq.md §2.2: computed with the official SDK's Sign.make and cross-checked with hmac.
+# docs/tencent-cloud.md §3.2: computed with the official SDK's Sign.make, cross-checked with hmac.
 PARAMS = {
     "Action": "ReceiveMessage",
     "Nonce": "12345",

@@ -30,15 +30,36 @@ class FakeDescribe:
 
 
 def test_concurrent_lookups_are_batched() -> None:
-    describe = FakeDescribe()
+    """60 callers at once, both lanes busy: the ids that wait share requests of ``max_ids``.
+    The lanes' first requests are held until every other id has queued, so no thread's timing
+    decides how the rest are grouped."""
+    gate = threading.Event()
+    calls: list[list[str]] = []
+    lock = threading.Lock()
+
+    def describe(ids: list[str]) -> dict[str, JobsDetail]:
+        with lock:
+            calls.append(ids)
+        assert gate.wait(30)
+        return {i: {"JobId": i} for i in ids}
+
     batcher = GetBatcher(describe, lanes=2, max_ids=10)
     ids = [f"s{i:032x}" for i in range(60)]
     with ThreadPoolExecutor(60) as pool:
-        got = list(pool.map(batcher.get, ids))
+        futures = [pool.submit(batcher.get, i) for i in ids]
+        deadline = time.monotonic() + 30
+        while not (
+            len(calls) == 2 and sum(map(len, calls)) + len(batcher._queue) == len(ids)
+        ):  # both lanes hold a request and every other id waits in the queue
+            assert time.monotonic() < deadline, (calls, len(batcher._queue))
+            time.sleep(0.01)
+        gate.set()
+        got = [f.result(timeout=30) for f in futures]
     assert [g["JobId"] if g else None for g in got] == ids
-    assert sorted(i for call in describe.calls for i in call) == sorted(ids)
-    assert max(len(c) for c in describe.calls) == 10
-    assert len(describe.calls) <= 12  # 60 ids in about 6 requests, never 60
+    assert sorted(i for call in calls for i in call) == sorted(ids)
+    sizes = sorted(len(c) for c in calls[2:])  # the requests of the ids that waited
+    assert sizes[1:] == [10] * (len(sizes) - 1) and 0 < sizes[0] <= 10
+    assert len(calls) <= 2 + 6  # 60 ids in about 6 requests, never 60
 
 
 def test_a_lone_lookup_goes_at_once_and_unknown_ids_are_none() -> None:
@@ -59,22 +80,41 @@ def test_transient_error_reaches_every_waiter() -> None:
 
 
 def test_refused_batch_is_split_in_halves_down_to_the_bad_id() -> None:
-    describe = FakeDescribe(delay=0.05, poison="bad")
-    batcher = GetBatcher(describe, lanes=1, max_ids=16)
+    """A queued request of 16 ids refused because of one is asked again in halves down to it.
+
+    Fewer ids than ``max_ids`` join the queue in one step, so the batcher's lane takes them as
+    one request whatever the threads' timing, and the requests that follow come in one order."""
+    describe = FakeDescribe(delay=0, poison="bad")
+    batcher = GetBatcher(describe, lanes=1, max_ids=32)
     good = [f"g{i}" for i in range(15)]
-    with ThreadPoolExecutor(17) as pool:
-        first = pool.submit(batcher.get, "first")  # occupies the lane while the rest queue
-        time.sleep(0.01)
-        futures = {i: pool.submit(batcher.get, i) for i in [*good[:7], "bad", *good[7:]]}
-        results = {i: f.result(timeout=10) for i, f in futures.items() if i != "bad"}
-        with pytest.raises(CiError, match="InvalidArgument"):
-            futures["bad"].result(timeout=10)
-        assert first.result(timeout=10) == {"JobId": "first"}
-    assert all(r is not None and r["JobId"] == i for i, r in results.items())
-    refused = describe.calls.index([*good[:7], "bad", *good[7:]])
-    after = describe.calls[refused + 1 :]
-    assert ["bad"] in after  # it was asked for alone in the end
-    assert len(after) <= 8, after  # halves: 2 per level of 16 ids, not 16 single requests
+    ids = [*good[:7], "bad", *good[7:]]
+    got = batcher.get_many(ids)
+    bad = got["bad"]
+    assert isinstance(bad, CiError) and bad.code == "InvalidArgument"
+    assert all(got[i] == {"JobId": i} for i in good)
+    # Two requests per level of the 16 ids, not 16 single requests.
+    assert (
+        describe.calls
+        == [
+            ids,  # refused as a whole
+            ids[:8],  # refused: it holds the bad id
+            ids[:4],
+            ids[4:8],  # refused
+            ids[4:6],
+            ids[6:8],  # refused
+            [ids[6]],
+            ["bad"],  # asked for alone in the end
+            ids[8:],
+        ]
+    )
+
+
+def test_a_refused_lookup_fails_only_its_own_caller() -> None:
+    describe = FakeDescribe(delay=0, poison="bad")
+    batcher = GetBatcher(describe, lanes=1, max_ids=16)
+    with pytest.raises(CiError, match="InvalidArgument"):
+        batcher.get("bad")
+    assert batcher.get("g1") == {"JobId": "g1"}
 
 
 @pytest.mark.parametrize(

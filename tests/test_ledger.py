@@ -23,11 +23,13 @@ from asrd.ledger import (
     JobEntry,
     Ledger,
     LedgerError,
+    SqliteLedger,
     open_ledger,
 )
 from tests import postgres as pg
 
-BACKENDS = ["sqlite", "postgresql"]
+# PostgreSQL is a server of its own: `slow` (tests/conftest.py).
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
 
 
 class Store:
@@ -240,6 +242,31 @@ def test_several_processes_share_one_ledger(store: Store) -> None:
     assert all(check.delivered(f"own-{n}-49") == {"files"} for n in range(4))
     for ledger in [*ledgers, check]:
         ledger.close()
+
+
+def test_a_new_sqlite_ledger_opens_while_another_process_writes_to_it(tmp_path: Path) -> None:
+    """Opening switches the file to WAL, which SQLite refuses at once (no busy wait) while
+    another connection holds a write transaction: the open waits for it instead of failing."""
+    path = tmp_path / "ledger.db"
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("CREATE TABLE other (x)")
+        db.execute("BEGIN IMMEDIATE")
+        held.set()
+        release.wait(30)
+        db.execute("COMMIT")
+        db.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert held.wait(30)
+    threading.Timer(0.3, release.set).start()  # how long the open waits, not whether it works
+    ledger = SqliteLedger(path)
+    thread.join()
+    assert ledger.begin_attempt("k").count == 1
+    ledger.close()
 
 
 def entry(token: str, job_id: str | None, submitted_at: float, deadline_s: float) -> JobEntry:

@@ -76,7 +76,7 @@ def test_submit_sends_callbacktype_tdmq(
     assert req["QueueId"] == QUEUE_ID
     assert req["Input"] == {"Object": "in/a b.mp3"}
     op = req["Operation"]
-    # The client token travels in front of the caller's user data (README: client tokens).
+    # The client token goes in front of the caller's user data (docs/operations.md).
     token, _, mine = op["UserData"].partition(" ")
     assert mine == "order-42"
     assert token.startswith("asrd:") and len(token) == len("asrd:") + 32

@@ -37,7 +37,7 @@ from .callback import JOB_ID
 from .ci import CiClient, CiError
 from .config import CiSettings
 from .intake.url import UrlReceiver
-from .jobs import JobService
+from .jobs import SINCE_DURATION, JobService
 from .ledger import Ledger
 from .result import InvalidResult, normalise
 
@@ -137,7 +137,8 @@ class JobList(BaseModel):
 
 
 class JobRecord(BaseModel):
-    """The normalised result record (see README), plus which sinks asrd delivered it to."""
+    """The normalised result record (docs/configuration.md), plus which sinks asrd delivered
+    it to."""
 
     model_config = ConfigDict(extra="allow")
     schema_version: int
@@ -296,8 +297,15 @@ def create_app(ctx: ApiContext) -> FastAPI:
         since: Annotated[
             str | None,
             Query(
-                pattern=r"^(\d{1,9}(\.\d{1,6})?[smhd]|\d{4}-\d{2}-\d{2}T\S+)$",
-                description="90s, 30m, 2h, 1d ago, or an ISO 8601 time with its UTC offset",
+                description="90s, 30m, 2h, 1d ago, or an RFC 3339 time (with its UTC offset)",
+                # As parse_since reads it: the pattern alone would let through days that do
+                # not exist, which the server refuses.
+                json_schema_extra={
+                    "anyOf": [
+                        {"type": "string", "pattern": f"^{SINCE_DURATION}$"},
+                        {"type": "string", "format": "date-time"},
+                    ]
+                },
             ),
         ] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
@@ -305,7 +313,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
         """The jobs the ledger knows, as ``asrd jobs`` lists them."""
         if ctx.jobs is None:
             return _error(503, "the job ledger is not available here")
-        query = {"state": state or "", "since": since or "", "limit": str(limit)}
+        query = {"state": state or "", "limit": str(limit)}
+        if since is not None:  # an empty one is refused, as the document says
+            query["since"] = since
         return jobs_answer(*ctx.jobs.listing(query))
 
     @app.get(

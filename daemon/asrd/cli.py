@@ -52,13 +52,25 @@ from .preflight import check_writable
 from .reconcile import Report, reconcile
 from .result import InvalidResult, normalise
 from .shutdown import Shutdown
-from .sinks import build_routes
+from .sinks import build_routes, require_sinks
 from .sinks.routing import Route, Router
 from .submit import Submitter
 from .supervisor import Supervisor, worker_command
 from .worker import Worker
 
 EX_OK, EX_FATAL, EX_CONFIG = 0, 1, 78
+
+DESCRIPTION = """\
+asrd submits speech-recognition jobs to Tencent Cloud CI and delivers each finished job's
+transcript to your sinks (files, a webhook, a Pulsar topic, COS) without losing one.
+CI notifies a TDMQ-CMQ queue when a job finishes; asrd moves each notification onto a Pulsar
+topic, reads the job back from CI and acknowledges it only when every sink has the record."""
+
+EPILOG = """\
+Every command but emulator takes --config FILE (TOML; ASRD_SECTION__KEY environment variables
+override its keys). Data goes to standard output, log lines to standard error.
+Exit status: 0 done, 1 failed (CI, the broker or the ledger), 2 usage, 78 configuration error.
+Start with: asrd check --config FILE --connect, then asrd run --config FILE."""
 
 log = structlog.get_logger("asrd")
 
@@ -414,6 +426,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    # What `asrd run` asks for: a missing [ci] or [pulsar] section is named as it is read.
+    _ = settings.ci, settings.pulsar
+    require_sinks(settings)
     print(f"config ok: {args.config}")
     for warning in pulsar_check.warnings(settings.pulsar):
         print(f"asrd check: warning: {warning}", file=sys.stderr)
@@ -513,7 +528,10 @@ def _cmq_problem(endpoint: str, queue: str, exc: CmqError) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="asrd", description=__doc__.splitlines()[0] if __doc__ else None
+        prog="asrd",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"asrd {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -591,6 +609,7 @@ def entry() -> None:
     pulsar-client's C++ side can abort (SIGABRT) during interpreter teardown after a client was
     used; every client is closed explicitly by then, so skipping the teardown loses nothing.
     """
+    observability.keep_stdout_for_data()
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -276,7 +276,9 @@ def add_commands(
     sp.add_argument("action", nargs="?", choices=("show",), help="show: one job, ledger and CI")
     sp.add_argument("job_id", nargs="?", help="with show: the job id")
     sp.add_argument("--state", choices=STATES, help="only jobs in this state")
-    sp.add_argument("--since", help="submitted since: 90s, 30m, 2h, 1d or an ISO 8601 time")
+    sp.add_argument(
+        "--since", help="submitted since: 90s, 30m, 2h, 1d or an RFC 3339 time with its offset"
+    )
     sp.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
     sp.add_argument(
         "--limit", type=_positive(int), default=1000, help="at most this many (newest first)"

@@ -1,7 +1,7 @@
 """The client token: what makes a create safe to repeat, carried in the job's ``UserData``.
 
-Format (documented in README): ``UserData = "asrd:" + TOKEN`` when the caller gave no user
-data, else ``"asrd:" + TOKEN + " " + USER_DATA``. TOKEN is 1-64 characters of
+Format (docs/operations.md, "Submitting at scale"): ``UserData = "asrd:" + TOKEN`` when the
+caller gave no user data, else ``"asrd:" + TOKEN + " " + USER_DATA``. TOKEN is 1-64 characters of
 ``[A-Za-z0-9_.-]`` (asrd derives 32 hex digits from the input and the row's parameters). CI
 allows 1,024 printable ASCII characters of UserData, so the caller's own user data may be at
 most ``1024 - 6 - len(TOKEN)`` characters (986 with a derived token). Results delivered to the

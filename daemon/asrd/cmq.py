@@ -4,9 +4,9 @@ Why our own and not the official ``qcloud-cmq-sdk-py3``: that SDK (last changed 
 starting with ``@`` without it, sends a non-API ``UserpollingWaitSeconds`` parameter, has no STS
 token support, writes a log file into the working directory the moment an account exists, shares
 one non-thread-safe connection, and re-sends keep-alive GET retries without their query string
-(reference ``tdmq-cmq.md`` §6). ``tencentcloud-sdk-python-common``'s ``AbstractClient`` adds API 3.0
+(docs/tencent-cloud.md §3.8). ``tencentcloud-sdk-python-common``'s ``AbstractClient`` adds API 3.0
 parameters and expects API 3.0 envelopes, so only its ``Sign.sign`` (the HMAC step) is reused; the
-request shape (§2.2) is the few lines below.
+request shape (docs/tencent-cloud.md §3.2) is the few lines below.
 
 Every request is a signed form POST to the endpoint copied from the console. Answers are HTTP 200
 with a JSON ``code``; ``7000`` ("no message") is the normal idle answer and comes back as an empty
@@ -72,7 +72,7 @@ class CmqMessage:
 
 def string_to_sign(method: str, host: str, path: str, params: Mapping[str, str]) -> str:
     """``METHOD host path ? k=v&...`` with keys sorted by byte order and ``_`` in keys as ``.``;
-    values raw, not URL-encoded (tdmq-cmq.md §2.2)."""
+    values raw, not URL-encoded (docs/tencent-cloud.md §3.2)."""
     pairs = "&".join(f"{k.replace('_', '.')}={params[k]}" for k in sorted(params))
     return f"{method.upper()}{host}{path}?{pairs}"
 

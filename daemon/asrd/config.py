@@ -15,7 +15,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     SecretStr,
     Tag,
     ValidationError,
@@ -89,7 +90,7 @@ def _resolve_secret(data: dict[str, Any], key: str, info: ValidationInfo) -> dic
     return data
 
 
-# CMQ's queue and topic name rule (reference tdmq-cmq.md §4.6): CI writes into that queue.
+# CMQ's queue and topic name rule (docs/tencent-cloud.md §3.6): CI writes into that queue.
 CMQ_NAME = r"^[A-Za-z][A-Za-z0-9-]{0,63}$"
 CMQ_NAME_RULE = "at most 64 characters: a letter, then letters, digits and '-'"
 
@@ -602,9 +603,14 @@ SinkSettings = Annotated[
 ]
 
 
+_S = TypeVar("_S", bound=_Section)
+
+
 class Settings(_Section):
-    ci: CiSettings
-    pulsar: PulsarSettings
+    # Each command asks for the sections it uses: ``settings.ci`` and ``settings.pulsar`` name
+    # a missing one then (``asrd submit`` needs no [pulsar], ``asrd dlq`` no [ci]).
+    ci_section: CiSettings | None = Field(default=None, alias="ci")
+    pulsar_section: PulsarSettings | None = Field(default=None, alias="pulsar")
     ledger: LedgerSettings = LedgerSettings()
     http: HttpSettings = HttpSettings()
     log: LogSettings = LogSettings()
@@ -612,7 +618,24 @@ class Settings(_Section):
     submit: SubmitSettings = SubmitSettings()
     intake: IntakeSettings = IntakeSettings()
     canary: CanarySettings = CanarySettings()
-    sinks: list[SinkSettings] = Field(min_length=1)
+    # Only the commands that deliver (run, reconcile) need a sink; build_routes says so.
+    sinks: list[SinkSettings] = Field(default_factory=list)
+
+    _source: str = PrivateAttr(default="")  # the file, for the message about a missing section
+
+    @property
+    def ci(self) -> CiSettings:
+        return self._required(self.ci_section, "ci")
+
+    @property
+    def pulsar(self) -> PulsarSettings:
+        return self._required(self.pulsar_section, "pulsar")
+
+    def _required(self, section: _S | None, name: str) -> _S:
+        if section is None:
+            where = f"{self._source}: " if self._source else ""
+            raise ConfigError(f"config error: {where}{name}: no [{name}] section; this needs one")
+        return section
 
     @model_validator(mode="before")
     @classmethod
@@ -649,7 +672,9 @@ class Settings(_Section):
 
     @model_validator(mode="after")
     def _callback_reaches_intake(self) -> Settings:
-        problem = callback_mismatch(self.ci.callback, self.intake)
+        if self.ci_section is None:  # a command without [ci] submits nothing, so sets no target
+            return self
+        problem = callback_mismatch(self.ci_section.callback, self.intake)
         if problem:
             raise ValueError(problem)
         return self
@@ -776,6 +801,8 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
             "CREDENTIALS_DIRECTORY": env.get("CREDENTIALS_DIRECTORY"),
             "STATE_DIRECTORY": env.get("STATE_DIRECTORY"),
         }
-        return Settings.model_validate(tree, context=context)
+        settings = Settings.model_validate(tree, context=context)
     except ValidationError as exc:
         raise ConfigError(_format_error(str(path), exc)) from None
+    settings._source = str(path)
+    return settings

@@ -26,24 +26,29 @@ from .submit import SKIPPED, JobSpec, Submitter, TokenLookup
 log = structlog.get_logger("asrd.jobs")
 
 STATES = ("owed", "settled", "overdue", "failed")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+# What ``since`` accepts (``asrd jobs --since``, ``GET /v1/jobs?since=``; the API's OpenAPI
+# document says the same): a duration ago, or an RFC 3339 date-time, the ISO 8601 profile with
+# seconds and a UTC offset.
+SINCE_DURATION = r"(\d{1,9}(?:\.\d{1,6})?)([smhd])"
+_DURATION = re.compile(SINCE_DURATION)
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 
 def parse_since(text: str, now: float) -> float:
-    """``90s``, ``30m``, ``2h``, ``1d`` ago, or an ISO 8601 time. Raises ValueError."""
-    m = _DURATION.fullmatch(text.strip())
+    """``90s``, ``30m``, ``2h``, ``1d`` ago, or an RFC 3339 time. Raises ValueError."""
+    m = _DURATION.fullmatch(text)
     if m:
         return now - float(m.group(1)) * _UNIT_S[m.group(2)]
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
+    if not _RFC3339.fullmatch(text):
         raise ValueError(
-            f"since {text!r} is neither a duration (90s, 30m, 2h, 1d) nor an ISO 8601 time"
-        ) from None
-    if moment.tzinfo is None:
-        raise ValueError(f"since {text!r} needs a UTC offset (e.g. 2026-01-31T08:00:00+00:00)")
-    return moment.timestamp()
+            f"since {text!r} is neither a duration (90s, 30m, 2h, 1d) nor an RFC 3339 time "
+            "(e.g. 2026-01-31T08:00:00+00:00)"
+        )
+    try:
+        return datetime.fromisoformat(text.upper()).timestamp()
+    except ValueError as exc:  # a day or an hour that does not exist
+        raise ValueError(f"since {text!r}: {exc}") from None
 
 
 def select(
@@ -242,7 +247,7 @@ class JobService:
     def listing(self, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
         now = time.time()
         try:
-            since = parse_since(query["since"], now) if query.get("since") else None
+            since = parse_since(query["since"], now) if "since" in query else None
             limit = int(query.get("limit") or "1000")
             if not 1 <= limit <= 10_000:
                 raise ValueError("limit must be between 1 and 10000")

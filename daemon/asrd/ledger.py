@@ -574,9 +574,22 @@ class SqliteLedger(_SqlLedger):
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         # WAL + NORMAL survives a process crash (SIGKILL); only an OS crash can drop the tail.
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._wal(deadline=time.monotonic() + 30)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._migrate()
+
+    def _wal(self, deadline: float) -> None:
+        """Switch a new file to WAL. While another process writes to it (workers opening the
+        ledger together), SQLite answers "locked" at once instead of waiting out the busy
+        timeout (the switch would upgrade a read lock: a possible deadlock), so wait here."""
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def _migrate(self) -> None:
         """Bring a ledger written by an older asrd to this schema (``PRAGMA user_version``)."""

@@ -8,6 +8,7 @@ processor keeps anything that looks like a credential out of every line.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from collections import Counter
@@ -83,9 +84,28 @@ def configure(level: str = "info", fmt: str = "json") -> None:
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
+def keep_stdout_for_data() -> None:
+    """Keep standard output for the command's data: ``sys.stdout`` moves to a copy of file
+    descriptor 1, and descriptor 1 then points at standard error.
+
+    Native code writes to descriptor 1 directly: the Pulsar C++ client's console logger (see
+    ``pulsar_logger``) prints to ``std::cout``. After this its lines, like every other log line,
+    reach standard error, and ``asrd dlq list > parked.tsv`` holds only data. Child processes
+    (the supervisor's workers) inherit the same descriptor 1, so theirs do too. Called by the
+    console script only: in-process callers (tests) keep their own standard output."""
+    sys.stdout.flush()
+    data = os.dup(1)  # not inherited by child processes
+    os.dup2(2, 1)
+    line_buffered = 1 if os.isatty(data) else -1  # as Python sets up standard output
+    sys.stdout = open(  # noqa: SIM115 - it is the process's standard output from now on
+        data, "w", buffering=line_buffered, encoding=sys.stdout.encoding, errors=sys.stdout.errors
+    )
+
+
 def pulsar_logger() -> pulsar.ConsoleLogger:
     """The Pulsar C++ client's own logger, writing its warnings and errors (at asrd's debug
-    level, its INFO lines too) to standard output in its own format.
+    level, its INFO lines too) in its own format to file descriptor 1, which the console script
+    points at standard error (``keep_stdout_for_data``).
 
     Not a Python logger: the client cannot tell a Python logger's level, so it crossed into
     Python for every DEBUG line it formats, three per message received, each taking the

@@ -31,4 +31,4 @@ def resolved(settings: Settings, ci: CiClient | None = None) -> Settings:
         return settings
     queue_id = lookup(ci if ci is not None else CiClient(settings.ci))
     ci_settings = settings.ci.model_copy(update={"queue_id": queue_id})
-    return settings.model_copy(update={"ci": ci_settings})
+    return settings.model_copy(update={"ci_section": ci_settings})

@@ -18,12 +18,15 @@ from . import build
 TIMINGS: dict[str, float] = {}
 
 
-def readme_block(name: str) -> str:
-    """The shell block README.md marks ``<!-- deploy-test: NAME -->``: tests run it as written."""
-    text = (ROOT / "README.md").read_text()
-    found = re.search(rf"<!-- deploy-test: {re.escape(name)} -->\n```sh\n(.*?)```", text, re.S)
-    assert found, f"README.md has no deploy-test block {name!r}"
-    return found.group(1)
+def doc_block(name: str) -> str:
+    """The shell block a document (README.md or one in docs/) marks
+    ``<!-- deploy-test: NAME -->``: tests run it as written."""
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        pattern = rf"<!-- deploy-test: {re.escape(name)} -->\n```sh\n(.*?)```"
+        found = re.search(pattern, doc.read_text(), re.S)
+        if found:
+            return found.group(1)
+    raise AssertionError(f"no document has the deploy-test block {name!r}")
 
 
 def _timed(name: str, started: float) -> None:
@@ -56,7 +59,7 @@ def shared_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def machine(shared_dir: Path, wheels: Path) -> Iterator[build.Machine]:
-    """systemd 252 booted in a bookworm tree, asrd installed by README's systemd block."""
+    """systemd 252 booted in a bookworm tree, asrd installed by the documented systemd block."""
     started = time.monotonic()
     tree = build.debian_tree("systemd", ["systemd", "systemd-sysv", "dbus", "python3-venv"])
     _timed("debootstrap systemd tree", started)
@@ -67,7 +70,7 @@ def machine(shared_dir: Path, wheels: Path) -> Iterator[build.Machine]:
     _timed("nspawn boot", started)
     try:
         started = time.monotonic()
-        m.sh(readme_block("systemd-install"), cwd=str(install), timeout=600)
+        m.sh(doc_block("systemd-install"), cwd=str(install), timeout=600)
         _timed("install asrd in the container", started)
         yield m
     finally:

@@ -157,8 +157,8 @@ class DockerRunner:
             .with_volume_mapping(str(mounts.secrets), "/run/secrets", "ro")
             .with_volume_mapping(str(mounts.state), "/var/lib/asrd", state_mode)
             .with_volume_mapping(str(mounts.results), "/results", "rw")
-            # As README's docker run: read-only root, no capabilities; the host network
-            # reaches the broker and the emulator on loopback.
+            # As the documented docker run (docs/operations.md): read-only root, no
+            # capabilities; the host network reaches the broker and the emulator on loopback.
             .with_kwargs(
                 network_mode="host",
                 read_only=True,

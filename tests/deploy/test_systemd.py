@@ -1,5 +1,5 @@
 """systemd/asrd.service under a real systemd 252 (Debian bookworm booted by systemd-nspawn),
-installed as README.md says; the broker and the CI emulator run on the host."""
+installed as docs/operations.md says; the broker and the CI emulator run on the host."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from ..support import (
     write_config,
 )
 from .build import Machine
-from .conftest import readme_block
+from .conftest import doc_block
 
 UNIT = "asrd.service"
 
@@ -88,7 +88,7 @@ def installed(machine: Machine, shared_dir: Path, broker: Broker, emulator: Emul
 
 def test_unit_active_after_ready_delivers_and_stops_cleanly(installed: Installed) -> None:
     m = installed.machine
-    started = m.sh(readme_block("systemd-start"), timeout=120).stdout
+    started = m.sh(doc_block("systemd-start"), timeout=120).stdout
     assert "ActiveState=active" in started and "SubState=running" in started, started
     try:
         ci = CiClient(config.load(installed.cfg.path).ci)
@@ -110,8 +110,8 @@ def test_unit_active_after_ready_delivers_and_stops_cleanly(installed: Installed
         # The default ledger is in the unit's state directory, not the working directory.
         assert m.path("/var/lib/asrd/ledger.db").exists()
 
-        # One-off commands with the unit's user, credentials and environment (README).
-        oneoff = m.sh(readme_block("systemd-oneoff"), check=False, timeout=120)
+        # One-off commands with the unit's user, credentials and environment (docs/operations.md).
+        oneoff = m.sh(doc_block("systemd-oneoff"), check=False, timeout=120)
         assert oneoff.returncode == 0, oneoff.stderr
         assert "message(s) on" in oneoff.stdout
     finally:

@@ -94,7 +94,8 @@ def error_fields(resp: requests.Response) -> dict[str, str]:
 
 def cmq_account(url: str, secret_id: str = SECRET_ID, secret_key: str = SECRET_KEY) -> Account:
     """The official CMQ SDK's ``Account``. The SDK adds a log file in the working directory to
-    its logger unless that logger has a handler already (tdmq-cmq.md §6 defect 4): give it one."""
+    its logger unless that logger has a handler already (docs/tencent-cloud.md §3.8): give it
+    one."""
     sdk_log = logging.getLogger("CMQ_python_sdk")
     if not sdk_log.handlers:
         sdk_log.addHandler(logging.NullHandler())

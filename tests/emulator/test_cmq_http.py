@@ -1,6 +1,6 @@
 """The CMQ endpoint on the wire: requests no SDK here sends (GET, no Content-Type on ``/``,
 0-based or broken batch indices, STS tokens, region Host headers), signed by this test's own
-implementation of tdmq-cmq.md §2.2."""
+implementation of docs/tencent-cloud.md §3.2."""
 
 from __future__ import annotations
 

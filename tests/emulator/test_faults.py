@@ -186,6 +186,7 @@ def test_admin_api_rejects_bad_settings(make_emulator: MakeEmulator) -> None:
     assert emu.stats()["faults"]["error_rate"] == 0
 
 
+@pytest.mark.slow  # a signal to the process
 def test_sigint_after_delivering_exits_zero(make_emulator: MakeEmulator) -> None:
     emu = make_emulator("--job-delay", "0", *CMQ)
     tdmq_job(emu)

@@ -6,8 +6,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .conftest import NO_BROKER, start_emulator
 from .helpers import BUCKET, REGION, unique, wait_state
+
+# Each test stops and starts emulator processes: what only processes can show (make test).
+pytestmark = pytest.mark.slow
 
 
 def test_restart_keeps_jobs_queues_and_templates(tmp_path: Path) -> None:

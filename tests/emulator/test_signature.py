@@ -1,5 +1,6 @@
-"""The emulator's own q-sign implementation against the reference test vector, and the
-verifier's verdicts (unit level; the SDK-level failures are in test_api.py)."""
+"""The emulator's own q-sign implementation against a test vector of COS's signature
+documentation, and the verifier's verdicts (unit level; the SDK-level failures are in
+test_api.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """TDMQ-CMQ queues and topics: messages, visibility timeout, receipt handles, long polling.
 
-Semantics follow ``tdmq-cmq.md`` §4. Everything runs on the event loop thread; long polls are
+Semantics follow docs/tencent-cloud.md §3. Everything runs on the event loop thread; long polls are
 coroutines waiting on a per-queue event, never threads. Declarations and messages are journaled
 (sends and deletes, not receives), so a restarted emulator still holds every undeleted message;
 visibility state is not kept, so after a restart every message is immediately receivable.
@@ -27,7 +27,7 @@ log = logging.getLogger("asrd.emulator.cmq")
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,63}$")
 REGION_RE = re.compile(r"^[a-z]{2,8}$")
-HARD_MAX_BYTES = 1024 * 1024  # TDMQ gateway limit for any message (§4.3)
+HARD_MAX_BYTES = 1024 * 1024  # TDMQ gateway limit for any message (docs/tencent-cloud.md §3.5)
 DEFAULT_MAX_BYTES = 65536
 DEFAULT_VISIBILITY_S = 30
 MAX_VISIBILITY_S = 43200
@@ -38,7 +38,7 @@ MAX_BATCH = 16
 MAX_UNACKED_S = 43200
 MAX_DELAY_S = 6_048_000  # GOSDK's bound; the server's is UNCONFIRMED
 
-# Top-level codes (§3.3).
+# Top-level codes (docs/tencent-cloud.md §3.3).
 INVALID = 4000
 AUTH = 4100
 TOO_BIG = 4400

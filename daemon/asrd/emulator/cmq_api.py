@@ -1,4 +1,4 @@
-"""The TDMQ-CMQ data-flow HTTP API (``tdmq-cmq.md`` §2-§3): parsing, signature, actions.
+"""The TDMQ-CMQ data-flow HTTP API (docs/tencent-cloud.md §3.1-§3.3): parsing, signature, actions.
 
 Every answer is HTTP 200 with a JSON document carrying ``code``, ``message`` and ``requestId``
 (plus the action's fields); errors are non-zero codes inside it, as the SDKs expect.
@@ -52,7 +52,8 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def string_to_sign(method: str, host: str, path: str, params: Mapping[str, str]) -> str:
-    """§2.2: METHOD + host + path + "?" + sorted raw ``k=v`` pairs, ``_`` in keys as ``.``."""
+    """METHOD + host + path + "?" + sorted raw ``k=v`` pairs, ``_`` in keys as ``.``
+    (docs/tencent-cloud.md §3.2)."""
     pairs = "&".join(
         f"{k.replace('_', '.')}={params[k]}" for k in sorted(params) if k != "Signature"
     )
@@ -310,7 +311,8 @@ class CmqApi:
             except CmqError as err:
                 errors.append({"code": err.code, "message": err.message, "receiptHandle": handle})
         if errors:
-            # UNCONFIRMED exact shape (§3.2); the handles that were valid are deleted.
+            # UNCONFIRMED exact shape (docs/tencent-cloud.md §3.3); the handles that were valid
+            # are deleted.
             raise CmqError(
                 BATCH_DELETE_FAILED,
                 "batch delete failed for some messages, see errorList",

@@ -7,9 +7,10 @@ Why aiohttp (its ``web.Application``, not the uvicorn + Starlette stack of asrd'
 - a CMQ long poll is a coroutine waiting on the queue, not a thread, and aiohttp lets it see its
   client leave (the protocol drops its transport) without cancelling the handler mid-take;
 - its C parser (llhttp) keeps the signed hot path well above the 2,000 gets/s the benchmark asks
-  for, it sets TCP_NODELAY on every connection (DESIGN.md: one send or no Nagle), answers
-  ``Expect: 100-continue`` and chunked uploads, keep-alive and pipelining, and gives the exact
-  ``Host`` header and the raw request target, which COS and CMQ signatures are computed over.
+  for, it sets TCP_NODELAY on every connection (a small answer goes out at once, not held back
+  by Nagle's algorithm), answers ``Expect: 100-continue`` and chunked uploads, keep-alive and
+  pipelining, and gives the exact ``Host`` header and the raw request target, which COS and CMQ
+  signatures are computed over.
 The emulator's own ``Request``/``Response`` keep the handlers free of aiohttp types: paths are
 percent-decoded once, queries split without turning ``+`` into a space (COS signs a literal plus).
 """

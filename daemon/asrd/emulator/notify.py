@@ -17,7 +17,8 @@ log = logging.getLogger("asrd.emulator.notify")
 
 
 def _prune(node: Any) -> Any:
-    """JSON form: empty XML elements are omitted, leaves stay strings (reference §4.1)."""
+    """JSON form: empty XML elements are omitted, leaves stay strings
+    (docs/tencent-cloud.md §2.2)."""
     if isinstance(node, dict):
         out = {k: _prune(v) for k, v in node.items() if v is not None}
         return {k: v for k, v in out.items() if v is not None}

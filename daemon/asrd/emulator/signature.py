@@ -1,6 +1,6 @@
 """COS v5 "q-sign" (sha1) request signatures: compute and verify.
 
-Own implementation of the algorithm in the reference (§6), not the SDK's.
+Own implementation of COS's request signature (docs/tencent-cloud.md §1.6), not the SDK's.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ class Verifier:
         if valid is None:
             return AuthFailure(403, "AccessDenied", "Access Denied. Invalid q-key-time.")
         if not valid:
-            # UNCONFIRMED: COS convention for an expired key time, wording per the reference.
+            # UNCONFIRMED: COS convention for an expired key time, wording as documented.
             return AuthFailure(403, "AccessDenied", "Request has expired")
         if cred.token is not None:
             token = headers.get("x-ci-security-token") or headers.get("x-cos-security-token")

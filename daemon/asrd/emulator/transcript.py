@@ -87,7 +87,7 @@ def build(sentences: list[str], *, drop_punctuation: bool = False) -> Transcript
 
 
 def _clock(ms: int) -> str:
-    """``M:S.mmm`` as in the reference §3.3 (minutes keep counting, no hours)."""
+    """``M:S.mmm`` as in docs/tencent-cloud.md §1.5 (minutes keep counting, no hours)."""
     return f"{ms // 60000}:{(ms % 60000) / 1000:.3f}"
 
 
@@ -115,7 +115,8 @@ def audio_time(tr: Transcript) -> str:
 
 
 def result_detail(tr: Transcript) -> list[dict[str, Any]]:
-    """``ResultDetail`` entries (one per sentence) with words, field names per reference §3.2."""
+    """``ResultDetail`` entries (one per sentence) with words, field names as in
+    docs/tencent-cloud.md §1.5."""
     out: list[dict[str, Any]] = []
     for s in tr.segments:
         dur = max(s.end_ms - s.start_ms, 1)

@@ -35,7 +35,7 @@ FLASH_FORMATS = frozenset({"wav", "pcm", "ogg-opus", "speex", "silk", "mp3", "m4
 MQ_REGIONS = frozenset({"sh", "bj", "gz", "cd", "hk"})
 MQ_MODES = frozenset({"Queue", "Topic"})
 
-# Defaults the service fills in and echoes (reference §2.3, real example).
+# Defaults the service fills in and echoes (docs/tencent-cloud.md §1.1, a real example).
 _SR_DEFAULTS = {
     "ChannelNum": "1",  # UNCONFIRMED: documented as required for non-flash; we default to mono.
     "ConvertNumMode": "0",

@@ -42,8 +42,18 @@ def sink_types() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def require_sinks(settings: Settings) -> None:
+    """A command that delivers needs at least one sink; the others (submit, jobs, dlq) read
+    no sinks at all."""
+    if not settings.sinks:
+        raise ConfigError(
+            "config error: sinks: no [[sinks]] table; results are delivered to at least one sink"
+        )
+
+
 def build_routes(settings: Settings) -> list[Route]:
     """One route per ``[[sinks]]`` table, each sink built by its type's factory."""
+    require_sinks(settings)
     types = sink_types()
     routes = []
     for index, sink_settings in enumerate(settings.sinks):
