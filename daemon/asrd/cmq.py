@@ -77,7 +77,9 @@ def string_to_sign(method: str, host: str, path: str, params: Mapping[str, str])
     return f"{method.upper()}{host}{path}?{pairs}"
 
 
-DEFAULT_PATH = "/v2/index.php"  # the documents' and the official SDKs' path (tdmq-cmq.md §1.3)
+DEFAULT_PATH = (
+    "/v2/index.php"  # the documents' and the official SDKs' path (docs/tencent-cloud.md §3.1)
+)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 

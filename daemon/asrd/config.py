@@ -95,7 +95,7 @@ CMQ_NAME = r"^[A-Za-z][A-Za-z0-9-]{0,63}$"
 CMQ_NAME_RULE = "at most 64 characters: a letter, then letters, digits and '-'"
 
 
-# CI's MqRegion codes; the CMQ host names carry the same codes (tdmq-cmq.md §1.4).
+# CI's MqRegion codes; the CMQ host names carry the same codes (docs/tencent-cloud.md §3.1).
 MqRegion = Literal["sh", "bj", "gz", "cd", "hk"]
 # cmq-<r>.public….tencenttdmq.com, the legacy cmq-queue-<r>/cmq-topic-<r>.api…, <r>.mqadapter.…
 _ENDPOINT_REGION = re.compile(

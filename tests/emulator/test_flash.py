@@ -1,5 +1,6 @@
 """A job created with ``FlashAsr=true`` is answered as Flash ASR: ``FlashResult`` with its
-snake_case nodes (ci-asr-api.md §3.2) in place of ``ResultDetail``, without any ``--shape``."""
+snake_case nodes (docs/tencent-cloud.md §1.5) in place of ``ResultDetail``, without any
+``--shape``."""
 
 from __future__ import annotations
 

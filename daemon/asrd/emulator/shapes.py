@@ -3,7 +3,7 @@ exercised against each one and not only against the emulator's default rendering
 
 Default (no shape): JSON ``JobsDetail`` as an object, empty ``Message``, one ``Result`` string,
 ``ResultDetail``/``Words`` as arrays, no flash results, no workflow nodes. Each shape below is
-one variant the reference shows (``ci-asr-api.md`` §3, §4.1, §4.3):
+one variant the reference shows (``docs/tencent-cloud.md`` §1.5, §2.2):
 
 - ``jobs-array``: JSON callbacks carry ``JobsDetail`` as an array of one.
 - ``message-success``: a successful job says ``Message=Success`` (describes and callbacks).

@@ -27,8 +27,9 @@ __all__ = ["Answer", "UrlReceiver", "unwrap_push"]
 log = structlog.get_logger("asrd.intake.url")
 
 SOURCE = "ASRD_SOURCE"
-# CMQ's HTTP push wants a 2xx within about 15 s and retries otherwise (tdmq-cmq.md §4.5); a
-# 503 well before that makes the sender retry instead of counting a timeout.
+# CMQ's HTTP push wants a 2xx within about 15 s and retries otherwise
+# (docs/tencent-cloud.md §3.7); a 503 well before that makes the sender retry instead of counting
+# a timeout.
 ANSWER_WITHIN_S = 10.0
 
 
