@@ -6,6 +6,10 @@ and optionally a probe: a call that raises while the fault lasts. A thread then 
 with backoff and resumes the source when it passes. The consumer does not receive while a
 source it needs is paused, ``/readyz`` answers 503 with the reason, and one line is logged per
 change of state (at error when work pauses), never one per message.
+
+A sink is a source of its own (its name): while it is paused it is not called, the messages
+that need it are put back without spending an attempt, and everything else goes on;
+``stops_work`` tells the two apart.
 """
 
 from __future__ import annotations
@@ -81,6 +85,14 @@ class Outage:
             if sources:
                 return any(s in self._reasons for s in sources)
             return any(s not in but for s in self._reasons)
+
+    def stops_work(self, sinks: frozenset[str], but: tuple[str, ...] = ()) -> bool:
+        """Whether the work as a whole is paused: a source that is not a sink (and not in
+        ``but``), or every one of ``sinks`` at once. A paused sink alone does not: the other
+        sinks still get their records, and those for it wait on the broker."""
+        with self._lock:
+            others = any(s not in sinks and s not in but for s in self._reasons)
+            return others or (bool(sinks) and sinks <= self._reasons.keys())
 
     def reason(self) -> str:
         """Why work is paused, one line per source ("" when nothing is)."""

@@ -136,7 +136,8 @@ class Worker:
             # An outage is not the message's fault: its attempt is taken back, it is put back
             # unacknowledged, and work pauses (the consumer stops receiving until it is over).
             self._ledger.undo_attempts([m.key])
-            self._on_pause(verdict.pause, settlement.reason)
+            if not verdict.waiting:  # waiting for a sink already paused: nothing new is out
+                self._on_pause(verdict.pause, settlement.reason)
             self._transport.release(m)
             self._obs.settled(info, verdict, settlement)
             return False

@@ -30,9 +30,11 @@ come from the usual environment (``HTTPS_PROXY``, ``NO_PROXY``, ``REQUESTS_CA_BU
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import re
+import socket
 import time
 from urllib.parse import urlsplit, urlunsplit
 
@@ -87,6 +89,33 @@ def _checked_headers(name: str, headers: dict[str, str]) -> dict[str, str]:
         if _BAD_VALUE.search(value) or value != value.strip():
             raise ConfigError(f"{where}: the value of {key} has control characters or padding")
     return dict(headers)
+
+
+# The endpoint as a whole cannot be reached: nothing about one record makes these happen.
+_UNREACHABLE = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every exception behind it (causes, contexts, urllib3's ``reason``)."""
+    seen: dict[int, BaseException] = {}
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        item = stack.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen[id(item)] = item
+        stack.extend([item.__cause__, item.__context__, getattr(item, "reason", None)])
+        stack.extend(a for a in item.args if isinstance(a, BaseException))
+    return list(seen.values())
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether a failed request means the endpoint is down for every record: the connection
+    refused, no route, or the name not resolved."""
+    return any(
+        isinstance(e, socket.gaierror) or (isinstance(e, OSError) and e.errno in _UNREACHABLE)
+        for e in _chain(exc)
+    )
 
 
 def _cause(exc: BaseException) -> str:
@@ -155,13 +184,23 @@ class WebhookSink:
         except requests.Timeout:
             raise SinkError(f"{where}: no answer within {self._timeout:g}s") from None
         except requests.RequestException as exc:
-            # Refused, reset, DNS, TLS, broken chunked answer: the receiver may come back.
-            raise SinkError(f"{where}: connection failed: {_cause(exc)}") from None
+            # Refused, no route or an unknown name: the endpoint is down, not this record (an
+            # outage of the sink). Reset, TLS, a broken answer: retried within the budget.
+            outage = self.name if unreachable(exc) else ""
+            raise SinkError(f"{where}: connection failed: {_cause(exc)}", outage=outage) from None
         if 200 <= status < 300:
             return
         message = f"{where}: HTTP {status} {reason}".rstrip()
         transient = status in TRANSIENT_STATUS or status >= 500
         raise SinkError(message, permanent=not transient)
+
+    def probe(self) -> None:
+        """Raises while the endpoint takes no TCP connection (refused, unroutable, unknown
+        name). Whether it answers 2xx again is found by the next deliveries."""
+        parts = urlsplit(self.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        with socket.create_connection((parts.hostname or "", port), timeout=self._timeout):
+            pass
 
     def close(self) -> None:
         self._session.close()
