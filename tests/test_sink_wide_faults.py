@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import sqlite3
 import subprocess
 import threading
 from collections import Counter
@@ -246,3 +247,44 @@ def test_breaker_opens_on_different_jobs_in_a_row_only() -> None:
     assert not b.record("other", 0, ["j5"]), "each sink has its own count"
     assert not b.record("app", 2, [])
     assert not b.record("app", 0, ["j2", "j3"])
+
+
+def test_ledger_disk_full_stops_acknowledging_and_loses_nothing(
+    tmp_path: Path, broker: Broker, emulator: Emulator
+) -> None:
+    """The SQLite ledger on a real tmpfs that the test fills: the daemon stops consuming and
+    acknowledging (/readyz 503) and, once space returns, delivers every job; nothing is
+    dead-lettered."""
+    ledger_dir = tmp_path / "ledgerfs"
+    with tmpfs(ledger_dir, "4m"):
+        cfg = write_config(
+            tmp_path,
+            emulator,
+            broker.service_url,
+            extra_pulsar=RETRIES,
+            ledger_url=f"sqlite:///{ledger_dir / 'ledger.db'}",
+        )
+        port = with_http(cfg)
+        daemon = start_daemon(cfg, cfg.log)
+        try:
+            first = create_jobs(cfg, 20)
+            wait_for(lambda: result_ids(cfg) == set(first), 60, "the first jobs delivered")
+            filler = fill(ledger_dir)
+            jobs = first + create_jobs(cfg, 150)
+            wait_for(lambda: readyz(port) == 503, 60, "the ledger's outage to show in /readyz")
+            wait_for(lambda: logged_pause(cfg, "ledger"), 10, "the ledger's pause in the log")
+            assert paused_metric(port, "ledger") == "1.0"
+            assert result_ids(cfg) < set(jobs), "the ledger filled too late to test anything"
+            assert dead_letters(broker.service_url, cfg) == []
+            filler.unlink()
+            wait_for(lambda: result_ids(cfg) == set(jobs), 120, "every job after space returns")
+            wait_for(lambda: readyz(port) == 200, 30, "readiness back")
+        finally:
+            assert stop_daemon(daemon) == 0
+        assert dead_letters(broker.service_url, cfg) == []
+        db = sqlite3.connect(ledger_dir / "ledger.db")
+        try:
+            rows = Counter(r[0] for r in db.execute("SELECT job_id FROM deliveries"))
+        finally:
+            db.close()
+    assert set(rows) == set(jobs)

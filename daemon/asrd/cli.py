@@ -41,7 +41,7 @@ from .intake.feeds import Feeds
 from .intake.queue import QueueIntake
 from .jobs import JobService, job_gauges, sweep_overdue
 from .leadership import CHORES, Leadership
-from .ledger import Ledger, LedgerError
+from .ledger import Ledger, LedgerError, LedgerUnavailable
 from .log_observer import LogObserver
 from .metrics import Metrics, multiprocess_dir
 from .observers import Observers
@@ -194,6 +194,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         probe: Callable[[], object] = _no_probe
         if source == KEYS:
             probe = ci.probe
+        elif source == LedgerUnavailable.SOURCE:
+            probe = ledger.probe
         elif source in sinks:
             probe = getattr(sinks[source], "probe", _no_probe)
         outage.pause(source or "delivery", reason, probe=probe)
