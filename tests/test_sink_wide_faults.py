@@ -14,6 +14,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -288,3 +289,29 @@ def test_ledger_disk_full_stops_acknowledging_and_loses_nothing(
         finally:
             db.close()
     assert set(rows) == set(jobs)
+
+
+def test_postgresql_ledger_commits_synchronously_whatever_the_server_default(
+    postgres: Any,
+) -> None:
+    """What docs/guarantees.md promises about an OS crash holds on a server configured with
+    ``synchronous_commit = off``: asrd's own sessions turn it on."""
+    import psycopg
+
+    from asrd.ledger import open_ledger
+    from asrd.ledger_pg import PostgresLedger
+    from tests import postgres as pg
+
+    database = postgres.create_database()
+    url = postgres.url(database)
+    with psycopg.connect(url, password=pg.PASSWORD, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE {database} SET synchronous_commit = off".encode())
+        with psycopg.connect(url, password=pg.PASSWORD) as plain:
+            assert plain.execute(b"SHOW synchronous_commit").fetchone() == ("off",)
+    ledger = open_ledger(url, password=pg.PASSWORD)
+    try:
+        assert isinstance(ledger, PostgresLedger)
+        with ledger._pool.connection() as conn:
+            assert conn.execute(b"SHOW synchronous_commit").fetchone() == ("on",)
+    finally:
+        ledger.close()

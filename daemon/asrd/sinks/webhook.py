@@ -20,12 +20,15 @@ on ``Idempotency-Key``: asrd delivers at least once, so the same job can arrive 
 crash, or a retry whose earlier attempt did arrive), each time with a fresh timestamp,
 signature and ``delivered_at``.
 
-Answers: 2xx is delivered. 408, 425, 429, 5xx, connection failures and timeouts are
-transient (the message is retried later). Any other status, including 3xx (redirects are
-not followed: the signed body is never sent anywhere but ``url``), is permanent and the
-message is dead-lettered. Error texts name the URL without userinfo or query and never the
-secret. ``timeout_s`` bounds connecting and each wait for the answer. Proxies and CA bundles
-come from the usual environment (``HTTPS_PROXY``, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``).
+Answers: 2xx is delivered. 408, 425, 429, 5xx, resets and timeouts are transient (the
+message is retried later). A refused connection, no route or an unknown host name means the
+endpoint is down for every record: an outage of the sink (deliveries pause, probed by
+connecting, and no message spends an attempt; see docs/guarantees.md). Any other status,
+including 3xx (redirects are not followed: the signed body is never sent anywhere but
+``url``), is permanent and the message is dead-lettered. Error texts name the URL without
+userinfo or query and never the secret. ``timeout_s`` bounds connecting and each wait for the
+answer. Proxies and CA bundles come from the usual environment (``HTTPS_PROXY``,
+``NO_PROXY``, ``REQUESTS_CA_BUNDLE``).
 """
 
 from __future__ import annotations
