@@ -25,6 +25,9 @@ from .observers import Observers
 
 __all__ = ["Outage"]
 
+# A pause within this long after the source resumed counts as a relapse.
+_FLAP_S = 5.0
+
 log = structlog.get_logger("asrd.outage")
 
 Probe = Callable[[], object]
@@ -42,6 +45,10 @@ class Outage:
         self._reasons: dict[str, str] = {}
         self._since: dict[str, float] = {}  # monotonic time each pause began
         self._probing: set[str] = set()
+        # A source paused again soon after it resumed (a breaker whose probe passes while the
+        # sink still fails) waits longer each time before its probe: flapping slows down.
+        self._resumed_at: dict[str, float] = {}
+        self._flaps: dict[str, int] = {}
         self._lock = threading.Lock()
         self._probe_delays = (probe_base_s, probe_max_s)
         self._stop = stop or threading.Event()
@@ -51,8 +58,12 @@ class Outage:
         with self._lock:
             new = source not in self._reasons
             self._reasons[source] = reason
+            now = time.monotonic()
             if new:
-                self._since[source] = time.monotonic()
+                self._since[source] = now
+                soon = now - self._resumed_at.get(source, -_FLAP_S) < _FLAP_S
+                self._flaps[source] = min(self._flaps.get(source, 0) + 1, 20) if soon else 0
+            flaps = self._flaps.get(source, 0)
             start = probe is not None and source not in self._probing
             if start:
                 self._probing.add(source)
@@ -61,7 +72,10 @@ class Outage:
             self._obs.outage_changed(source, reason)
         if start and probe is not None:
             threading.Thread(
-                target=self._probe, args=(source, probe), name=f"asrd-probe-{source}", daemon=True
+                target=self._probe,
+                args=(source, probe, flaps),
+                name=f"asrd-probe-{source}",
+                daemon=True,
             ).start()
 
     def resume(self, source: str, started: float | None = None) -> None:
@@ -75,6 +89,8 @@ class Outage:
 
     def _resumed(self, source: str, was: str | None) -> None:
         if was is not None:
+            with self._lock:
+                self._resumed_at[source] = time.monotonic()
             log.info("resumed: " + source + " works again", source=source, was=was)
             self._obs.outage_changed(source, "")
 
@@ -99,8 +115,8 @@ class Outage:
         with self._lock:
             return "; ".join(f"{s}: {r}" for s, r in sorted(self._reasons.items()))
 
-    def _probe(self, source: str, probe: Probe) -> None:
-        failures = 0
+    def _probe(self, source: str, probe: Probe, flaps: int = 0) -> None:
+        failures = flaps  # each quick relapse starts the backoff one step further
         while True:
             failures += 1
             if self._stop.wait(backoff.delay(failures, *self._probe_delays)):
