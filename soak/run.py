@@ -186,7 +186,8 @@ class Soak:
             self.work / "run",
             self.emu,
             self.pulsar_url,
-            extra_pulsar="workers = 2\nmax_attempts = 5\nretry_base_s = 1.0\nretry_max_s = 30.0",
+            # The production defaults otherwise (attempts, retry delays).
+            extra_pulsar="workers = 2",
             extra_sinks=webhook_sink(self.hook.receiver.url(), "timeout_s = 5"),
             ledger_url=ledger["ledger_url"],
             ledger_password=ledger["ledger_password"],
