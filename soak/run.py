@@ -356,6 +356,7 @@ class Soak:
     # -- the whole run --------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         self.up()
+        self.t0 = time.monotonic()  # the run's clock starts with the load, not the set-up
         try:
             submit = self.submit()
             threads = [
