@@ -384,6 +384,11 @@ class Soak:
                 ids.append(str(job))
         return ids
 
+    def failed_submits(self) -> int:
+        return sum(
+            1 for line in self.report.read_text().splitlines() if not json.loads(line).get("job_id")
+        )
+
     def complete(self, jobs: list[str]) -> bool:
         files = {p.stem for p in self.cfg.results.glob("s*.json")}
         return set(jobs) <= files and set(jobs) <= set(self.hook.acked)
@@ -426,6 +431,9 @@ class Soak:
             "dead_letters_not_planted": sum(1 for m in letters if PLANTED not in m.properties()),
             "planted": self.planted,
             "owed_at_end": owed,
+            # Creates whose outcome stayed unknown (CI down when asked): the ledger keeps them
+            # owed until a re-run of ``asrd submit`` settles them, as it should.
+            "submit_failed": self.failed_submits(),
             "daemon_starts": self.daemon_starts,
             "faults": [asdict(f) for f in self.faults],
             "fault_kinds": dict(Counter(f.kind for f in self.faults)),
@@ -504,7 +512,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"receiver's dedupe: {r['repeat_deliveries_webhook']})",
         f"- dead letters: {r['dead_letters']} ({r['dead_letters_not_planted']} not planted; "
         f"{r['planted']} planted)",
-        f"- owed at the end: {r['owed_at_end']}; daemon starts: {r['daemon_starts']}",
+        f"- owed at the end: {r['owed_at_end']} (creates `asrd submit` reported failed, their "
+        f"outcome unknown: {r['submit_failed']}); daemon starts: {r['daemon_starts']}",
         f"- latency outside fault windows (CI end → file sink): {r['latency_s_outside_faults']}",
         "",
         "| fault | count | recovery min / median / max (s) |",
@@ -532,7 +541,9 @@ def main() -> int:
     stem.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
     ok = result["lost_count"] == 0 and result["double_effects_webhook"] == 0
-    ok = ok and result["dead_letters_not_planted"] == 0 and result["owed_at_end"] == 0
+    ok = ok and result["dead_letters_not_planted"] == 0
+    ok = ok and result["dead_letters"] == result["planted"]
+    ok = ok and result["owed_at_end"] <= result["submit_failed"]
     return 0 if ok else 1
 
 
