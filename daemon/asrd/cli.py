@@ -53,6 +53,7 @@ from .reconcile import Report, reconcile
 from .result import InvalidResult, normalise
 from .shutdown import Shutdown
 from .sinks import build_routes
+from .sinks.breaker import Breaker
 from .sinks.routing import Route, Router
 from .submit import Submitter
 from .supervisor import Supervisor, worker_command
@@ -103,7 +104,14 @@ def _stages(settings: Settings, observers: Observers) -> Stages:
     except OSError as exc:
         raise ConfigError(f"config error: cannot prepare {exc.filename}: {exc.strerror}") from None
     ci = CiClient(settings.ci, observers=observers)
-    pipeline = Pipeline(ci, Router(routes), ledger, observers, settings.pulsar.max_message_bytes)
+    pipeline = Pipeline(
+        ci,
+        Router(routes),
+        ledger,
+        observers,
+        settings.pulsar.max_message_bytes,
+        Breaker(settings.pulsar.sink_breaker_failures),
+    )
     return Stages(ci, routes, ledger, observers, pipeline)
 
 

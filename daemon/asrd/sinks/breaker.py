@@ -22,6 +22,7 @@ DEFAULT_THRESHOLD = 5
 
 class Breaker:
     def __init__(self, threshold: int = DEFAULT_THRESHOLD) -> None:
+        """``threshold``: how many different jobs in a row open it (0: it never opens)."""
         self._threshold = threshold
         self._streak: dict[str, set[str]] = {}  # sink -> jobs failed since its last success
         self._lock = threading.Lock()
@@ -34,4 +35,4 @@ class Breaker:
             if succeeded:
                 streak.clear()  # it works; only what failed after that counts
             streak.update(failed)
-            return len(streak) >= self._threshold
+            return 0 < self._threshold <= len(streak)
