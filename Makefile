@@ -5,9 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-LINT_PATHS := daemon tests scripts $(wildcard benchmarks)
+LINT_PATHS := daemon tests scripts soak $(wildcard benchmarks)
 
-.PHONY: venv deploy-deps lint check test demo bench broker-start broker-stop clean
+.PHONY: venv deploy-deps lint check test demo bench soak broker-start broker-stop clean
 
 venv: $(STAMP)
 
@@ -47,6 +47,12 @@ bench: venv
 		|| { echo "bench: install wrk (Debian package) for benchmarks/emulator_get.py"; exit 1; }
 	$(BIN)/python benchmarks/emulator_get.py
 	$(BIN)/python benchmarks/intake_move.py
+
+# The production wiring under load and faults for SOAK_S seconds (default 3600; as root):
+# results in soak/results/. Not part of `make test`.
+SOAK_S ?= 3600
+soak: venv
+	SOAK_S=$(SOAK_S) $(BIN)/python -m soak.run
 
 broker-start:
 	scripts/pulsar start

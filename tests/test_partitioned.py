@@ -108,7 +108,10 @@ def test_failing_sink_tried_max_attempts_then_dead_lettered_and_replayed(
         tmp_path,
         broker,
         emulator,
-        "max_attempts = 3\nretry_base_s = 0.2\nretry_max_s = 0.5\nbatch_size = 1",
+        # Every job fails on its own here (the breaker, which would call that an outage of the
+        # sink, is off).
+        "max_attempts = 3\nretry_base_s = 0.2\nretry_max_s = 0.5\nbatch_size = 1\n"
+        "sink_breaker_failures = 0",
         webhook_sink(hook.url(), "timeout_s = 5"),
     )
     daemon = start_daemon(cfg, cfg.log)

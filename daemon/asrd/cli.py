@@ -41,7 +41,7 @@ from .intake.feeds import Feeds
 from .intake.queue import QueueIntake
 from .jobs import JobService, job_gauges, sweep_overdue
 from .leadership import CHORES, Leadership
-from .ledger import Ledger, LedgerError
+from .ledger import Ledger, LedgerError, LedgerUnavailable
 from .log_observer import LogObserver
 from .metrics import Metrics, multiprocess_dir
 from .observers import Observers
@@ -53,6 +53,7 @@ from .reconcile import Report, reconcile
 from .result import InvalidResult, normalise
 from .shutdown import Shutdown
 from .sinks import build_routes, require_sinks
+from .sinks.breaker import Breaker
 from .sinks.routing import Route, Router
 from .submit import Submitter
 from .supervisor import Supervisor, worker_command
@@ -115,7 +116,14 @@ def _stages(settings: Settings, observers: Observers) -> Stages:
     except OSError as exc:
         raise ConfigError(f"config error: cannot prepare {exc.filename}: {exc.strerror}") from None
     ci = CiClient(settings.ci, observers=observers)
-    pipeline = Pipeline(ci, Router(routes), ledger, observers, settings.pulsar.max_message_bytes)
+    pipeline = Pipeline(
+        ci,
+        Router(routes),
+        ledger,
+        observers,
+        settings.pulsar.max_message_bytes,
+        Breaker(settings.pulsar.sink_breaker_failures),
+    )
     return Stages(ci, routes, ledger, observers, pipeline)
 
 
@@ -146,6 +154,10 @@ def _supervise(settings: Settings, args: argparse.Namespace) -> int:
     ).run()
 
 
+def _no_probe() -> None:
+    """The probe of a source that has none: it passes, and the next messages try again."""
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings.pulsar.workers > 1 and args.worker is None:
@@ -166,13 +178,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             return metrics.workers_ready() >= settings.pulsar.workers
         return consumer.health.ready
 
-    metrics = Metrics(
-        ready=lambda: subscribed() and feeds.reachable(settings) and not outage.paused()
-    )
+    metrics = Metrics(ready=lambda: subscribed() and feeds.reachable(settings) and not stopped())
     observers = Observers([logs, metrics])
     outage = Outage(observers, stop=stop)
     stages = _stages(settings, observers)
     ci, routes, ledger = stages.ci, stages.routes, stages.ledger
+    sinks = {r.sink.name: r.sink for r in routes}
+    stages.pipeline.sink_paused = lambda name: outage.paused(name)
+
+    def stopped(but: tuple[str, ...] = ()) -> bool:
+        """A paused sink alone keeps the daemon ready and consuming (the others still work)."""
+        return outage.stops_work(frozenset(sinks), but)
+
     keys = ci.credentials
     keys.observers.add(metrics)  # refreshes, and the COS sink's refused keys
     metrics.gauges = lambda: job_gauges(ledger)
@@ -184,7 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         on_ready=lambda: systemd.notify("READY=1"),
         on_receive_error=observers.receive_failed,
         # The intake's own pause (CMQ) does not stop what is already on the topic.
-        paused=lambda: outage.paused(but=(QueueIntake.SOURCE,)),
+        paused=lambda: stopped(but=(QueueIntake.SOURCE,)),
     )
 
     def pause(source: str, reason: str) -> None:
@@ -194,7 +211,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             reason += f" (provider {keys.provider}: {keys.hint})"
         # A source without a probe of its own is tried again by the next messages after the
         # probe's first wait.
-        probe = ci.probe if source == KEYS else (lambda: None)
+        probe: Callable[[], object] = _no_probe
+        if source == KEYS:
+            probe = ci.probe
+        elif source == LedgerUnavailable.SOURCE:
+            probe = ledger.probe
+        elif source in sinks:
+            probe = getattr(sinks[source], "probe", _no_probe)
         outage.pause(source or "delivery", reason, probe=probe)
 
     worker = Worker(
@@ -228,7 +251,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         every(
             0.5,
             stop,
-            lambda: metrics.publish_ready(consumer.health.ready and not outage.paused()),
+            lambda: metrics.publish_ready(consumer.health.ready and not stopped()),
             "readiness",
         )
     )

@@ -243,6 +243,9 @@ class PulsarSettings(_Section):
     retry_base_s: float = Field(default=1.0, gt=0)
     retry_max_s: float = Field(default=300.0, gt=0)
     retry_window_s: float = Field(default=6 * 3600.0, gt=0)
+    # A sink whose transient failures hit this many different jobs in a row, none delivered in
+    # between, is down as a whole: an outage, no attempts spent (docs/guarantees.md). 0: never.
+    sink_breaker_failures: int = Field(default=5, ge=0, le=10_000)
     foreign_messages: Literal["ack", "dead-letter"] = "ack"
     max_message_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     shutdown_deadline_s: float = Field(default=30.0, gt=0)

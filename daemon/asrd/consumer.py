@@ -92,6 +92,7 @@ class Consumer:
                     )
                     for topic in (s.dlq_topic, s.retry_letter_topic)
                 )
+                self._keep_dead_letters()
             except pulsar.PulsarException as exc:
                 # e.g. a TDMQ topic, retry or DLQ topic not created yet, or no permission on it;
                 # a refused token or certificate only shows as a timeout, so it is asked again.
@@ -120,6 +121,31 @@ class Consumer:
             )
             return True
         return False
+
+    def _keep_dead_letters(self) -> None:
+        """Make sure the dead-letter topic has a durable subscription (the one ``asrd dlq``
+        reads) before anything is parked there. Pulsar keeps a topic's messages only for its
+        subscriptions unless the namespace sets retention: without one, dead letters go at the
+        broker's next ledger roll-over (a restart is enough)."""
+        s = self._settings
+        try:
+            self._client.subscribe(
+                s.dlq_topic,
+                f"{s.subscription}-dlq",
+                consumer_type=pulsar.ConsumerType.Exclusive,
+                initial_position=pulsar.InitialPosition.Earliest,
+            ).close()
+        except pulsar.ConsumerBusy:
+            pass  # ``asrd dlq`` or another worker holds it: it exists
+        except pulsar.PulsarException as exc:
+            # Not allowed to consume there (TDMQ roles): it must be created by hand.
+            log.warning(
+                "cannot create the dead-letter topic's subscription; create it, or dead letters "
+                "may be dropped by the broker",
+                topic=s.dlq_topic,
+                subscription=f"{s.subscription}-dlq",
+                error=str(exc),
+            )
 
     # -- main loop ----------------------------------------------------------------------
     def run(

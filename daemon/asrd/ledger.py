@@ -13,10 +13,11 @@ statements (``_SqlLedger``); only the table definitions and the schema-version b
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -261,6 +262,10 @@ class Ledger(Protocol):
         the ledger is on one host only (SQLite), where the supervisor's first worker leads."""
         ...
 
+    def probe(self) -> None:
+        """Raises ``LedgerUnavailable`` while the ledger cannot be written."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -318,6 +323,21 @@ class LedgerError(Exception):
     def __init__(self, message: str, config: bool = True) -> None:
         super().__init__(message)
         self.config = config
+
+
+class LedgerUnavailable(Exception):
+    """The ledger cannot be read or written now (its disk full or failing, the server gone): an
+    outage. Nothing may be acknowledged until it works again; no message is at fault."""
+
+    SOURCE = "ledger"  # what the outage pause is called
+
+
+# SQLite's primary result codes that mean the file, not the statement, is at fault.
+_SQLITE_OUTAGES = frozenset(
+    {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN}
+)
+
+_PROBE_KEY = "asrd:probe"
 
 
 class _SqlLedger:
@@ -558,6 +578,20 @@ class _SqlLedger:
     def lock_sessions(self) -> Callable[[], LockSession] | None:
         return None
 
+    def probe(self) -> None:
+        """A small write transaction, taken back: raises ``LedgerUnavailable`` while the ledger
+        cannot be written."""
+        self._run_all(
+            [
+                (
+                    "INSERT INTO attempts (message_key, count, last_reason, first_at)"
+                    " VALUES (?, 0, ?, 0)",
+                    (_PROBE_KEY, "probe " * 64),
+                ),
+                ("DELETE FROM attempts WHERE message_key = ?", (_PROBE_KEY,)),
+            ]
+        )
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -571,6 +605,7 @@ class SqliteLedger(_SqlLedger):
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         # WAL + NORMAL survives a process crash (SIGKILL); only an OS crash can drop the tail.
@@ -610,37 +645,51 @@ class SqliteLedger(_SqlLedger):
                     self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite may have rolled back itself (disk full)
+                    self._db.execute("ROLLBACK")
                 raise
 
     def _run(self, sql: str, params: Params = ()) -> tuple[Rows, int]:
-        with self._lock:
+        with self._lock, self._outage():
             cur = self._db.execute(sql, params)
             rows = cur.fetchall() if cur.description else []
             return rows, int(cur.rowcount)
 
+    @contextlib.contextmanager
+    def _outage(self) -> Iterator[None]:
+        """A full disk or an I/O error as ``LedgerUnavailable`` (the transaction is rolled back
+        by the caller, or by SQLite itself)."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _SQLITE_OUTAGES:
+                raise LedgerUnavailable(f"ledger {self._path}: {exc}") from exc
+            raise
+
     def _run_all(self, statements: Sequence[tuple[str, Params]]) -> list[int]:
-        with self._lock:
+        with self._lock, self._outage():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 counts = [int(self._db.execute(sql, p).rowcount) for sql, p in statements]
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite may have rolled back itself (disk full)
+                    self._db.execute("ROLLBACK")
                 raise
             return counts
 
     def _returning_all(
         self, statements: Sequence[tuple[str, Params]], optional: bool = False
     ) -> Rows:
-        with self._lock:
+        with self._lock, self._outage():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 rows = [self._db.execute(sql, p).fetchone() for sql, p in statements]
                 rows = [r for r in rows if r is not None] if optional else rows
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite may have rolled back itself (disk full)
+                    self._db.execute("ROLLBACK")
                 raise
             return rows
 

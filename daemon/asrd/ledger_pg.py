@@ -12,15 +12,25 @@ lives as long as its connection, so it cannot sit in a pool that hands connectio
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import psycopg
 from psycopg import conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .ledger import SCHEMA_VERSION, LedgerError, LockSession, Params, Rows, _SqlLedger
+from .ledger import (
+    SCHEMA_VERSION,
+    LedgerError,
+    LedgerUnavailable,
+    LockSession,
+    Params,
+    Rows,
+    _SqlLedger,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS asrd_schema (version INTEGER NOT NULL);
@@ -115,7 +125,13 @@ class PostgresLedger(_SqlLedger):
         except psycopg.Error as exc:
             raise _error(self._where, exc) from None
         self._pool = ConnectionPool(
-            url, min_size=1, max_size=pool_size, kwargs=kwargs, open=False, name="asrd-ledger"
+            url,
+            min_size=1,
+            max_size=pool_size,
+            kwargs=kwargs,
+            open=False,
+            name="asrd-ledger",
+            configure=_durable,
         )
         try:
             self._pool.open(wait=True, timeout=connect_s)
@@ -158,8 +174,18 @@ class PostgresLedger(_SqlLedger):
         rows, _ = self._run("SELECT max(version) FROM asrd_schema")
         return int(rows[0][0])
 
+    @contextlib.contextmanager
+    def _outage(self) -> Iterator[None]:
+        """The server gone, restarting, out of disk or connections (``OperationalError``, which
+        the pool's timeout is too) as ``LedgerUnavailable``: it may come back."""
+        try:
+            yield
+        except psycopg.OperationalError as exc:
+            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+            raise LedgerUnavailable(f"ledger {self._where}: {reason}") from exc
+
     def _run(self, sql: str, params: Params = ()) -> tuple[Rows, int]:
-        with self._pool.connection() as conn:
+        with self._outage(), self._pool.connection() as conn:
             cur = conn.execute(_pg(sql).encode(), params)
             rows = cur.fetchall() if cur.description else []
             return rows, int(cur.rowcount)
@@ -167,7 +193,7 @@ class PostgresLedger(_SqlLedger):
     # A batch's statements go in one pipeline (psycopg's pipeline mode): sent together, one
     # round trip to the server instead of one per statement; the results are read after.
     def _run_all(self, statements: Sequence[tuple[str, Params]]) -> list[int]:
-        with self._pool.connection() as conn, conn.transaction():
+        with self._outage(), self._pool.connection() as conn, conn.transaction():
             with conn.pipeline():
                 cursors = [conn.execute(_pg(sql).encode(), p) for sql, p in statements]
             return [int(cur.rowcount) for cur in cursors]
@@ -176,7 +202,7 @@ class PostgresLedger(_SqlLedger):
         self, statements: Sequence[tuple[str, Params]], optional: bool = False
     ) -> Rows:
         rows: Rows = []
-        with self._pool.connection() as conn, conn.transaction():
+        with self._outage(), self._pool.connection() as conn, conn.transaction():
             with conn.pipeline():
                 cursors = [conn.execute(_pg(sql).encode(), p) for sql, p in statements]
             for (sql, _), cur in zip(statements, cursors, strict=True):
@@ -192,6 +218,12 @@ class PostgresLedger(_SqlLedger):
 
     def close(self) -> None:
         self._pool.close()
+
+
+def _durable(conn: psycopg.Connection[Any]) -> None:
+    """Commits on the server's disk before they return, whatever the server's default: asrd
+    acknowledges a message only after its ledger commit (docs/guarantees.md)."""
+    conn.execute("SET synchronous_commit = on")
 
 
 class PgLockSession:

@@ -252,7 +252,8 @@ class Metrics(Observer):
         )
         self._paused = Gauge(
             "asrd_paused",
-            "1 while work is paused by an outage (expired or refused keys), by source.",
+            "1 while work is paused by an outage (refused keys, a sink down as a whole), "
+            "by source.",
             ["source"],
             registry=r,
             multiprocess_mode="max",

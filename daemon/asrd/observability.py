@@ -79,8 +79,10 @@ def configure(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())
-    # The SDK logs request headers (with the Authorization signature) at DEBUG/INFO.
-    logging.getLogger("qcloud_cos").setLevel(logging.WARNING)
+    # The SDK logs request headers (with the Authorization signature) at DEBUG/INFO, and every
+    # failed request's whole answer at ERROR: asrd reports those failures itself (per message
+    # settled, once per outage), so the SDK's copy would only flood the log during an outage.
+    logging.getLogger("qcloud_cos").setLevel(logging.CRITICAL)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 

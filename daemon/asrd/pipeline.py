@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -19,7 +20,8 @@ from .ci import CiClient, CiError, JobsDetail
 from .ledger import Ledger
 from .observers import Observers
 from .result import InvalidResult, ResultRecord, normalise, stamped
-from .sinks.base import deliver_all
+from .sinks.base import SinkError, deliver_all
+from .sinks.breaker import Breaker
 from .sinks.routing import Router
 
 # The outage source of refused or missing keys (CI, COS): work waits while it lasts.
@@ -55,6 +57,8 @@ class Verdict:
     job_id: str = ""
     delivered: tuple[str, ...] = ()  # sinks that got the record on this attempt
     pause: str = ""  # PAUSED: what is out (``KEYS``, or a sink's name)
+    # PAUSED only because a sink already paused was not called: nothing new to pause.
+    waiting: bool = False
 
 
 @dataclass
@@ -74,6 +78,7 @@ class Pipeline:
         ledger: Ledger,
         observers: Observers,
         max_message_bytes: int = 5 * 1024 * 1024,
+        breaker: Breaker | None = None,
     ) -> None:
         self._ci = ci
         self._router = router
@@ -83,6 +88,9 @@ class Pipeline:
         # Striped by job id; many stripes, since a batch holds one per job it delivers.
         self._job_locks = [threading.Lock() for _ in range(4096)]
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._breaker = breaker or Breaker()
+        # Whether a sink is paused by an outage (set by the daemon): it is not called then.
+        self.sink_paused: Callable[[str], bool] = lambda name: False
 
     def handle(self, body: bytes) -> Verdict:
         try:
@@ -224,6 +232,7 @@ class Pipeline:
         failures: dict[str, list[str]] = {r.job_id: [] for r in records}
         permanent: set[str] = set()
         outage: dict[str, str] = {}  # job id -> what is out
+        waiting: dict[str, str] = {}  # job id -> a paused sink it waits for
         delivered: dict[str, list[str]] = {r.job_id: [] for r in records}
         for r in records:
             unwanted = self._router.names - wanted[r.job_id] - done[r.job_id]
@@ -233,8 +242,15 @@ class Pipeline:
             batch = [r for r in records if name in wanted[r.job_id] and name not in done[r.job_id]]
             if not batch:
                 continue
+            if self.sink_paused(name):
+                # Down as a whole: the records wait for it (no attempt spent); the other sinks
+                # still get theirs now.
+                for r in batch:
+                    failures[r.job_id].append(f"sink {name}: paused by an outage")
+                    waiting[r.job_id] = name
+                continue
             started = time.monotonic()
-            errors = deliver_all(route.sink, batch)
+            errors = self._sink_wide(name, len(batch), deliver_all(route.sink, batch))
             seconds = time.monotonic() - started
             for job_id, exc in errors.items():
                 failures[job_id].append(f"sink {name}: {exc}")
@@ -252,15 +268,31 @@ class Pipeline:
             got = tuple(delivered[r.job_id])
             if failures[r.job_id]:
                 outcome = Outcome.DEAD if r.job_id in permanent else Outcome.RETRY
-                pause = outage.get(r.job_id, "")
+                pause = outage.get(r.job_id, "") or waiting.get(r.job_id, "")
                 if pause:
                     outcome = Outcome.PAUSED
                 reason = "; ".join(failures[r.job_id])
-                out[r.job_id] = Verdict(outcome, reason, r.job_id, got, pause=pause)
+                out[r.job_id] = Verdict(
+                    outcome, reason, r.job_id, got, pause=pause, waiting=r.job_id not in outage
+                )
             else:
                 writes.settled.append((r.job_id, r.state))
                 out[r.job_id] = Verdict(Outcome.DONE, "", r.job_id, got)
         return out
+
+    def _sink_wide(
+        self, name: str, sent: int, errors: dict[str, SinkError]
+    ) -> dict[str, SinkError]:
+        """``errors`` with the transient ones made an outage of the sink when the breaker finds
+        it failing across different jobs (the sink is down, not these records)."""
+        transient = [j for j, e in errors.items() if not e.permanent and not e.outage]
+        if not self._breaker.record(name, sent - len(errors), transient):
+            return errors
+        why = "transient failures across different jobs in a row, the last: "
+        return {
+            j: SinkError(why + str(e), outage=name) if j in transient else e
+            for j, e in errors.items()
+        }
 
     def complete(self, job_id: str) -> bool:
         """Every configured sink has this job or does not want it (so CI need not be asked)."""

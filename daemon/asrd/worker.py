@@ -11,7 +11,7 @@ from typing import Protocol
 
 from .broker import Inbound
 from .config import PulsarSettings
-from .ledger import Ledger
+from .ledger import Ledger, LedgerUnavailable
 from .observers import MessageInfo, Observers
 from .pipeline import Outcome, Verdict
 from .settle import Action, Settlement, before_processing, settle
@@ -52,7 +52,11 @@ class Worker:
         self._on_pause = on_pause
 
     def process(self, m: Inbound) -> None:
-        attempt = self._ledger.begin_attempt(m.key)
+        try:
+            attempt = self._ledger.begin_attempt(m.key)
+        except LedgerUnavailable as exc:
+            self._ledger_out([m], exc)
+            return
         info = MessageInfo(m.origin_id, attempt.count, m.published_ms)
         self._obs.message_received(info)
         started = time.monotonic()
@@ -73,7 +77,11 @@ class Worker:
             for m in ms:
                 self.process(m)
             return
-        attempts = self._ledger.begin_attempts([m.key for m in ms])
+        try:
+            attempts = self._ledger.begin_attempts([m.key for m in ms])
+        except LedgerUnavailable as exc:
+            self._ledger_out(ms, exc)
+            return
         now = time.time()
         infos, early, todo = [], {}, []
         for m in ms:
@@ -102,7 +110,22 @@ class Worker:
             if self._carry_out(m, info, verdict, settlement, clear=False):
                 cleared.append(m.key)
         if cleared:
-            self._ledger.finish_batch([], cleared)
+            self._bookkeeping(lambda: self._ledger.finish_batch([], cleared))
+
+    def _ledger_out(self, ms: list[Inbound], exc: LedgerUnavailable) -> None:
+        """The ledger cannot count attempts: nothing is processed or acknowledged; the messages
+        go back and work pauses until it can."""
+        self._on_pause(LedgerUnavailable.SOURCE, str(exc))
+        for m in ms:
+            self._transport.release(m)
+
+    def _bookkeeping(self, write: Callable[[], object]) -> None:
+        """A ledger write after the message is settled (attempt counts): if the ledger is out,
+        the count stays behind (pruned later) and work pauses."""
+        try:
+            write()
+        except LedgerUnavailable as exc:
+            self._on_pause(LedgerUnavailable.SOURCE, str(exc))
 
     def _judge_batch(self, todo: list[Inbound], infos: list[MessageInfo]) -> list[Verdict]:
         if not todo:
@@ -110,6 +133,8 @@ class Worker:
         assert self._handle_batch is not None
         try:
             return self._handle_batch([m.data for m in todo])
+        except LedgerUnavailable as exc:
+            return [_ledger_paused(exc)] * len(todo)
         except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker or lose messages
             self._obs.pipeline_crashed(infos[0], exc)
             return [Verdict(Outcome.RETRY, f"internal error: {type(exc).__name__}: {exc}")] * len(
@@ -119,6 +144,8 @@ class Worker:
     def _judge(self, m: Inbound, info: MessageInfo) -> Verdict:
         try:
             return self._handle(m.data)
+        except LedgerUnavailable as exc:
+            return _ledger_paused(exc)
         except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker or lose the message
             self._obs.pipeline_crashed(info, exc)
             return Verdict(Outcome.RETRY, f"internal error: {type(exc).__name__}: {exc}")
@@ -135,13 +162,14 @@ class Worker:
         if settlement.action is Action.RELEASE:
             # An outage is not the message's fault: its attempt is taken back, it is put back
             # unacknowledged, and work pauses (the consumer stops receiving until it is over).
-            self._ledger.undo_attempts([m.key])
-            self._on_pause(verdict.pause, settlement.reason)
+            self._bookkeeping(lambda: self._ledger.undo_attempts([m.key]))
+            if not verdict.waiting:  # waiting for a sink already paused: nothing new is out
+                self._on_pause(verdict.pause, settlement.reason)
             self._transport.release(m)
             self._obs.settled(info, verdict, settlement)
             return False
         if settlement.action is Action.RETRY:
-            self._ledger.note_failure(m.key, settlement.reason)
+            self._bookkeeping(lambda: self._ledger.note_failure(m.key, settlement.reason))
             error = self._transport.retry(m, info.attempt, settlement.delay_s)
         elif settlement.action is Action.DEAD_LETTER:
             error = self._transport.dead_letter(m, settlement.reason, info.attempt)
@@ -153,8 +181,14 @@ class Worker:
             return False
         forget = settlement.action is not Action.RETRY
         if forget and clear:
-            self._ledger.clear_attempts(m.key)
+            self._bookkeeping(lambda: self._ledger.clear_attempts(m.key))
         if settlement.action is Action.DEAD_LETTER:
             self._obs.dead_lettered(info, settlement.reason)
         self._obs.settled(info, verdict, settlement)
         return forget
+
+
+def _ledger_paused(exc: LedgerUnavailable) -> Verdict:
+    """The pipeline met the ledger out (its deliveries cannot be recorded): put back, no
+    attempt spent (sinks that got the record get it again, idempotently)."""
+    return Verdict(Outcome.PAUSED, str(exc), pause=LedgerUnavailable.SOURCE)

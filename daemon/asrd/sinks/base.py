@@ -26,6 +26,10 @@ class Sink(Protocol):
 
     ``deliver`` must be idempotent per ``record.job_id``: the same job may arrive again after a
     crash between delivery and the ledger entry. It returns only once the record is durable.
+
+    A sink that can tell when it is down as a whole (a full disk, a refused connection) raises
+    ``SinkError(..., outage=<its name>)`` and may have a ``probe()`` method that raises while
+    the fault lasts: deliveries to it then pause until the probe passes.
     """
 
     name: str

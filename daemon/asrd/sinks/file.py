@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
 from collections.abc import Sequence
@@ -63,6 +64,9 @@ def _write_synced(tmp: Path, data: bytes, mode: int) -> None:
 
 
 _TMP_SUFFIX = ".tmp"
+# The disk as a whole cannot take files (full, read-only, over quota): no record is at fault.
+SINK_WIDE = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT})
+_PROBE_NAME = ".asrd-probe"
 
 
 def _alive(pid: int) -> bool:
@@ -117,9 +121,23 @@ class FileSink:
             # job_id was checked against CI's id pattern, so it is a safe file name.
             errors = write_all([(p, data) for p, (_, data) in files.items()], self.file_mode)
             for path, exc in errors.items():
-                # A full or read-only disk may recover; keep the message and retry later.
-                failed[files[path][0]] = SinkError(f"cannot write to {self.dir}: {exc.strerror}")
+                # A full or read-only disk is an outage of the sink: the message waits without
+                # spending an attempt. Anything else is retried within its budget.
+                outage = self.name if exc.errno in SINK_WIDE else ""
+                failed[files[path][0]] = SinkError(
+                    f"cannot write to {self.dir}: {exc.strerror}", outage=outage
+                )
         return failed
+
+    def probe(self) -> None:
+        """Raises while the directory cannot take a small file, written and synced as records
+        are (so a disk with room for it has room for a record soon after)."""
+        path = self.dir / _PROBE_NAME
+        try:
+            _write_synced(path, b"asrd probe\n", 0o600)
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
 
     def close(self) -> None:
         return None

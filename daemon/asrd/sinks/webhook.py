@@ -20,19 +20,24 @@ on ``Idempotency-Key``: asrd delivers at least once, so the same job can arrive 
 crash, or a retry whose earlier attempt did arrive), each time with a fresh timestamp,
 signature and ``delivered_at``.
 
-Answers: 2xx is delivered. 408, 425, 429, 5xx, connection failures and timeouts are
-transient (the message is retried later). Any other status, including 3xx (redirects are
-not followed: the signed body is never sent anywhere but ``url``), is permanent and the
-message is dead-lettered. Error texts name the URL without userinfo or query and never the
-secret. ``timeout_s`` bounds connecting and each wait for the answer. Proxies and CA bundles
-come from the usual environment (``HTTPS_PROXY``, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``).
+Answers: 2xx is delivered. 408, 425, 429, 5xx, resets and timeouts are transient (the
+message is retried later). A refused connection, no route or an unknown host name means the
+endpoint is down for every record: an outage of the sink (deliveries pause, probed by
+connecting, and no message spends an attempt; see docs/guarantees.md). Any other status,
+including 3xx (redirects are not followed: the signed body is never sent anywhere but
+``url``), is permanent and the message is dead-lettered. Error texts name the URL without
+userinfo or query and never the secret. ``timeout_s`` bounds connecting and each wait for the
+answer. Proxies and CA bundles come from the usual environment (``HTTPS_PROXY``,
+``NO_PROXY``, ``REQUESTS_CA_BUNDLE``).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import re
+import socket
 import time
 from urllib.parse import urlsplit, urlunsplit
 
@@ -87,6 +92,33 @@ def _checked_headers(name: str, headers: dict[str, str]) -> dict[str, str]:
         if _BAD_VALUE.search(value) or value != value.strip():
             raise ConfigError(f"{where}: the value of {key} has control characters or padding")
     return dict(headers)
+
+
+# The endpoint as a whole cannot be reached: nothing about one record makes these happen.
+_UNREACHABLE = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every exception behind it (causes, contexts, urllib3's ``reason``)."""
+    seen: dict[int, BaseException] = {}
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        item = stack.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen[id(item)] = item
+        stack.extend([item.__cause__, item.__context__, getattr(item, "reason", None)])
+        stack.extend(a for a in item.args if isinstance(a, BaseException))
+    return list(seen.values())
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether a failed request means the endpoint is down for every record: the connection
+    refused, no route, or the name not resolved."""
+    return any(
+        isinstance(e, socket.gaierror) or (isinstance(e, OSError) and e.errno in _UNREACHABLE)
+        for e in _chain(exc)
+    )
 
 
 def _cause(exc: BaseException) -> str:
@@ -155,13 +187,23 @@ class WebhookSink:
         except requests.Timeout:
             raise SinkError(f"{where}: no answer within {self._timeout:g}s") from None
         except requests.RequestException as exc:
-            # Refused, reset, DNS, TLS, broken chunked answer: the receiver may come back.
-            raise SinkError(f"{where}: connection failed: {_cause(exc)}") from None
+            # Refused, no route or an unknown name: the endpoint is down, not this record (an
+            # outage of the sink). Reset, TLS, a broken answer: retried within the budget.
+            outage = self.name if unreachable(exc) else ""
+            raise SinkError(f"{where}: connection failed: {_cause(exc)}", outage=outage) from None
         if 200 <= status < 300:
             return
         message = f"{where}: HTTP {status} {reason}".rstrip()
         transient = status in TRANSIENT_STATUS or status >= 500
         raise SinkError(message, permanent=not transient)
+
+    def probe(self) -> None:
+        """Raises while the endpoint takes no TCP connection (refused, unroutable, unknown
+        name). Whether it answers 2xx again is found by the next deliveries."""
+        parts = urlsplit(self.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        with socket.create_connection((parts.hostname or "", port), timeout=self._timeout):
+            pass
 
     def close(self) -> None:
         self._session.close()
