@@ -322,7 +322,10 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     parked = dlq.list_dead_letters(settings.pulsar, limit=args.limit)
     print(f"{len(parked)} message(s) on {settings.pulsar.dlq_topic}")
     for d in parked:
-        print(f"{d.message_id}\t{d.job_id}\t{d.published_at}\tattempts={d.attempts}\t{d.reason}")
+        print(
+            f"{d.message_id}\t{d.job_id}\t{d.published_at}\tattempts={d.attempts}"
+            f"\treplays={d.replays}\t{d.reason}"
+        )
     return EX_OK
 
 
@@ -331,15 +334,23 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     if not args.all and not args.id:
         print("asrd dlq replay: give --all or at least one --id", file=sys.stderr)
         return 2
-    done = dlq.replay(settings.pulsar, None if args.all else set(args.id))
-    for d in done:
+    max_replays = settings.dlq.max_replays
+    report = dlq.replay(settings.pulsar, None if args.all else set(args.id), max_replays)
+    for d in report.replayed:
         print(f"replayed {d.message_id}\t{d.job_id}")
-    print(f"{len(done)} message(s) put back on {settings.pulsar.topic}")
-    missing = set(args.id or ()) - {d.message_id for d in done} - {d.job_id for d in done}
+    for d in report.refused:
+        print(
+            f"asrd dlq replay: {d.message_id} (job {d.job_id}) refused: replayed {d.replays} "
+            f"times already (dlq.max_replays = {max_replays}); it stays parked",
+            file=sys.stderr,
+        )
+    print(f"{len(report.replayed)} message(s) put back on {settings.pulsar.topic}")
+    seen = {d.message_id for d in report.replayed + report.refused}
+    seen |= {d.job_id for d in report.replayed + report.refused}
+    missing = set(args.id or ()) - seen
     if missing:
         print(f"asrd dlq replay: not found: {', '.join(sorted(missing))}", file=sys.stderr)
-        return EX_FATAL
-    return EX_OK
+    return EX_FATAL if missing or report.refused else EX_OK
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:

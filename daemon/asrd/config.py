@@ -294,6 +294,8 @@ class HttpSettings(_Section):
     token: SecretStr | None = None
     token_file: Path | None = None
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # The console (/ui/) is read-only unless this is set: replay is refused by the server.
+    console_actions: bool = False
 
     secret_keys = ("token",)
 
@@ -335,6 +337,13 @@ class ReconcileSettings(_Section):
     # sweep (every sweep_interval_s, 0 = off) looks it up by id, whatever the list window.
     deadline_s: float = Field(default=3 * 3600.0, gt=0)
     sweep_interval_s: float = Field(default=300.0, ge=0)
+
+
+class DlqSettings(_Section):
+    """Replaying dead letters (``asrd dlq replay``, the console)."""
+
+    # A message replayed this many times is refused: it keeps failing, and must not loop.
+    max_replays: int = Field(default=3, ge=1, le=1000)
 
 
 class SubmitSettings(_Section):
@@ -534,6 +543,7 @@ class Settings(_Section):
     log: LogSettings = LogSettings()
     reconcile: ReconcileSettings = ReconcileSettings()
     submit: SubmitSettings = SubmitSettings()
+    dlq: DlqSettings = DlqSettings()
     intake: IntakeSettings = IntakeSettings()
     sinks: list[SinkSettings] = Field(min_length=1)
 
