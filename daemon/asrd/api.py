@@ -5,7 +5,8 @@ them — and the intake reachable), ``GET /metrics`` (Prometheus text), ``GET /o
 ``POST /v1/jobs`` (submit, recorded in the ledger), ``GET /v1/jobs?state=&since=&limit=`` (the
 ledger's jobs),
 ``GET /v1/jobs/{id}`` (the job as CI has it now, and which sinks asrd delivered it to),
-``POST /v1/callbacks/{token}`` (URL callbacks onto the Pulsar topic, when ``[intake.url]`` is set).
+``POST /v1/callbacks/{token}`` (URL callbacks onto the Pulsar topic, when ``[intake.url]`` is set),
+and the operator console's pages under ``/ui/`` (the ``console`` package).
 
 Every error is ``{"error": "<one line>"}``. ``/v1/*`` needs ``Authorization: Bearer <token>``
 when ``[http] token`` is set (required off loopback), except ``/v1/callbacks/{token}``, which
@@ -19,7 +20,7 @@ import hmac
 import socket
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
 import structlog
@@ -36,6 +37,7 @@ from starlette.exceptions import HTTPException
 from .callback import JOB_ID
 from .ci import CiClient, CiError
 from .config import CiSettings
+from .console import ConsoleContext, build_router
 from .intake.url import UrlReceiver
 from .jobs import JobService
 from .ledger import Ledger
@@ -58,6 +60,7 @@ class ApiContext:
     jobs: JobService | None = None  # submission and the ledger's job list
     token: str = ""  # bearer token for /v1/*; empty = none needed (loopback only)
     max_body_bytes: int = 64 * 1024
+    console: ConsoleContext | None = None  # the pages under /ui/
 
 
 # -- models (the OpenAPI document is generated from these) ---------------------------------
@@ -342,6 +345,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
         headers = {k.lower(): v for k, v in request.headers.items()}
         answer = await run_in_threadpool(receiver.accept, token, body, headers)
         return JSONResponse(answer.body, status_code=answer.status)
+
+    if ctx.console is not None:
+        # The console follows the API's token rule: the same token signs in.
+        app.include_router(build_router(replace(ctx.console, token=ctx.token)), prefix="/ui")
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -23,6 +23,7 @@ from .broker import make_client
 from .ci import CiClient, CiError
 from .cmq import CmqError
 from .config import ConfigError, HttpSettings, PulsarSettings, Settings
+from .console import ConsoleContext
 from .consumer import Consumer
 from .intake.feeds import Feeds
 from .jobs import JobService, job_gauges, sweep_overdue
@@ -250,6 +251,14 @@ def _api_context(
         callbacks=feeds.url,
         ledger=ledger,
         jobs=JobService(submitter, ledger),
+        console=ConsoleContext(
+            ledger,
+            ci,
+            settings.pulsar,
+            sinks=[sink.name for sink in settings.sinks],
+            actions=settings.http.console_actions,
+            max_replays=settings.dlq.max_replays,
+        ),
     )
 
 

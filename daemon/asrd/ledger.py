@@ -122,6 +122,22 @@ class JobStats:
     deliveries_pending: int = 0
 
 
+@dataclass(frozen=True)
+class JobQuery:
+    """A page of the jobs table, newest first, for people browsing it (the console).
+    ``before`` is the (submitted_at, client_token) of the last row of the previous page: keyset
+    paging, so a deep page costs what the first does."""
+
+    statuses: tuple[str, ...] = ()
+    overdue_at: float | None = None
+    since: float | None = None
+    until: float | None = None
+    input_prefix: str = ""
+    job_id: str = ""
+    before: tuple[float, str] | None = None
+    limit: int = 50
+
+
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
@@ -248,6 +264,21 @@ class Ledger(Protocol):
         ...
 
     def job_stats(self, now: float) -> JobStats: ...
+
+    # -- read-only views for people (the console) --------------------------------------------
+    def browse_jobs(self, query: JobQuery) -> list[JobEntry]:
+        """One page of jobs matching ``query``, newest first."""
+        ...
+
+    def status_counts(self) -> dict[str, int]:
+        """How many jobs the ledger holds in each status."""
+        ...
+
+    def per_hour(self, column: str, start: float, hours: int) -> list[int]:
+        """Jobs whose ``submitted_at`` or ``settled_at`` falls in each hour from ``start``."""
+        ...
+
+    def deliveries_per_sink(self) -> dict[str, int]: ...
 
     def lock_sessions(self) -> Callable[[], LockSession] | None:
         """What opens a session of its own for fleet-wide locks (``leadership``); None when
@@ -538,6 +569,60 @@ class _SqlLedger:
         row = rows[0]
         oldest = None if row[2] is None else float(row[2])
         return JobStats(int(row[0]), int(row[1] or 0), oldest, int(row[3] or 0))
+
+    # -- read-only views for people (the console) --------------------------------------------
+    def browse_jobs(self, query: JobQuery) -> list[JobEntry]:
+        clauses: list[str] = []
+        params: list[object] = []
+        if query.statuses:
+            clauses.append(f"status IN ({', '.join('?' for _ in query.statuses)})")
+            params.extend(query.statuses)
+        if query.overdue_at is not None:
+            clauses.append("deadline_at < ?")
+            params.append(query.overdue_at)
+        if query.since is not None:
+            clauses.append("submitted_at >= ?")
+            params.append(query.since)
+        if query.until is not None:
+            clauses.append("submitted_at < ?")
+            params.append(query.until)
+        if query.input_prefix:
+            # substr, not LIKE: SQLite's LIKE ignores ASCII case, and a prefix holds % and _.
+            clauses.append("substr(input, 1, ?) = ?")
+            params.extend((len(query.input_prefix), query.input_prefix))
+        if query.job_id:
+            clauses.append("job_id = ?")
+            params.append(query.job_id)
+        if query.before is not None:
+            clauses.append("(submitted_at < ? OR (submitted_at = ? AND client_token < ?))")
+            params.extend((query.before[0], query.before[0], query.before[1]))
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = (
+            f"SELECT {_JOB_COLUMNS} FROM jobs{where}"  # noqa: S608 - fixed clauses, values bound
+            " ORDER BY submitted_at DESC, client_token DESC LIMIT ?"
+        )
+        rows, _ = self._run(sql, (*params, query.limit))
+        return [_entry(r) for r in rows]
+
+    def status_counts(self) -> dict[str, int]:
+        rows, _ = self._run("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def per_hour(self, column: str, start: float, hours: int) -> list[int]:
+        if column not in ("submitted_at", "settled_at"):
+            raise ValueError(f"per_hour: no column {column!r}")
+        # One pass over the index range; the buckets are sums, the same SQL on both backends.
+        buckets = ", ".join(
+            f"SUM(CASE WHEN {column} >= ? AND {column} < ? THEN 1 ELSE 0 END)" for _ in range(hours)
+        )
+        bounds = [b for h in range(hours) for b in (start + h * 3600, start + (h + 1) * 3600)]
+        sql = f"SELECT {buckets} FROM jobs WHERE {column} >= ? AND {column} < ?"  # noqa: S608
+        rows, _ = self._run(sql, (*bounds, start, start + hours * 3600))
+        return [int(v or 0) for v in rows[0]] if rows else [0] * hours
+
+    def deliveries_per_sink(self) -> dict[str, int]:
+        rows, _ = self._run("SELECT sink, COUNT(*) FROM deliveries GROUP BY sink ORDER BY sink")
+        return {str(r[0]): int(r[1]) for r in rows}
 
     def lock_sessions(self) -> Callable[[], LockSession] | None:
         return None
