@@ -3,13 +3,15 @@
 
 Starts what is not running, submits sample jobs with `asrd submit` (CallBackType=TDMQ, so CI
 writes each TaskFinish message into the CMQ queue `asr-demo`), waits for their records in
-var/results/, prints a table, and stops what it started.
+var/results/, prints a table and the console's address (on a terminal it waits for Enter, so
+the console can be looked at), and stops what it started.
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -59,6 +61,9 @@ url = "sqlite:///{demo}/ledger.db"
 [log]
 format = "console"
 
+[http]
+listen = "127.0.0.1:{http_port}"
+
 [[sinks]]
 name = "files"
 type = "file"
@@ -78,6 +83,12 @@ def stop(proc: subprocess.Popen[str] | None) -> None:
             proc.wait(timeout=40)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def main() -> int:
@@ -115,6 +126,7 @@ def main() -> int:
             "endpoint": endpoint,
             "cmq_endpoint": cmq_endpoint,
             "results": RESULTS,
+            "http_port": _free_port(),
         }
         cfg.write_text(CONFIG.format(pulsar=pulsar_url, **values))
         from asrd import config
@@ -157,6 +169,9 @@ def main() -> int:
             text = rec["transcript"].replace("\n", " ")
             print(f"{job_id:34} {rec['state']:8} {rec['audio_time']:7.2f}  {key:18} {text[:60]}")
         print(f"\nrecords: {RESULTS}/<job id>.json (also .txt and .srt)")
+        print(f"console: http://127.0.0.1:{values['http_port']}/ui/ (docs/console.md)")
+        if sys.stdin.isatty():
+            input("press Enter to stop the demo ")
         return 0
     finally:
         step("stopping what the demo started")
