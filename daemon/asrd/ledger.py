@@ -27,7 +27,8 @@ from .config import LedgerSettings
 
 # Version 1: deliveries, attempts without first_at. 2: attempts.first_at. 3: the jobs table.
 # 4: not_wanted (sinks whose route does not select a job). 5: claims (who delivers a job now).
-SCHEMA_VERSION = 5
+# 6: events (each job's timeline).
+SCHEMA_VERSION = 6
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
     job_id TEXT NOT NULL,
@@ -66,6 +67,14 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_status_deadline ON jobs (status, deadline_at);
 CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs (submitted_at);
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    stage TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_job ON events (job_id, at);
+CREATE INDEX IF NOT EXISTS events_at ON events (at);
 """
 # Job status in the ledger. PENDING: the create was sent, its answer not (yet) seen. OWED: CI
 # has the job, some selected sink does not have its result. SETTLED: every selected sink has
@@ -136,6 +145,19 @@ class JobQuery:
     job_id: str = ""
     before: tuple[float, str] | None = None
     limit: int = 50
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One step of a job's timeline: what happened (``stage``), when, and a detail (the sink,
+    CI's state, a reason)."""
+
+    at: float
+    stage: str
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return {"at": _iso(self.at), "stage": self.stage, "detail": self.detail}
 
 
 def _iso(ts: float | None) -> str | None:
@@ -280,6 +302,10 @@ class Ledger(Protocol):
 
     def deliveries_per_sink(self) -> dict[str, int]: ...
 
+    def events(self, job_id: str) -> list[JobEvent]:
+        """The job's timeline, oldest first."""
+        ...
+
     def lock_sessions(self) -> Callable[[], LockSession] | None:
         """What opens a session of its own for fleet-wide locks (``leadership``); None when
         the ledger is on one host only (SQLite), where the supervisor's first worker leads."""
@@ -314,6 +340,52 @@ _CLAIM = (
     " WHERE claims.until < ? OR claims.owner = excluded.owner RETURNING job_id"
 )
 _RELEASE = "DELETE FROM claims WHERE job_id = ? AND owner = ?"
+# Timeline events are written in the transaction of the change they record, and only when it is
+# a change (a duplicate callback's delivery, or a settle of a settled job, adds nothing).
+_EVENT = "INSERT INTO events (job_id, at, stage, detail) VALUES (?, ?, ?, ?)"
+_EVENT_DELIVERED = (
+    "INSERT INTO events (job_id, at, stage, detail) SELECT ?, ?, 'delivered', ?"
+    " WHERE NOT EXISTS (SELECT 1 FROM deliveries WHERE job_id = ? AND sink = ?)"
+)
+_EVENT_NOT_WANTED = (
+    "INSERT INTO events (job_id, at, stage, detail) SELECT ?, ?, 'not selected', ?"
+    " WHERE NOT EXISTS (SELECT 1 FROM not_wanted WHERE job_id = ? AND sink = ?)"
+)
+_EVENT_ONCE = (
+    "INSERT INTO events (job_id, at, stage, detail) SELECT ?, ?, ?, ?"
+    " WHERE NOT EXISTS (SELECT 1 FROM events WHERE job_id = ? AND stage = ?)"
+)
+_EVENT_SETTLED = (
+    "INSERT INTO events (job_id, at, stage, detail) SELECT ?, ?, ?, ?"
+    " WHERE EXISTS (SELECT 1 FROM jobs WHERE job_id = ? AND status IN (?, ?))"
+)
+_EVENT_FAILED = (
+    "INSERT INTO events (job_id, at, stage, detail) SELECT job_id, ?, 'failed', ? FROM jobs"
+    " WHERE client_token = ? AND job_id IS NOT NULL AND status IN (?, ?)"
+)
+
+
+def _delivered_statements(job_id: str, sink: str, now: float) -> list[tuple[str, Params]]:
+    return [
+        (_EVENT_DELIVERED, (job_id, now, sink, job_id, sink)),
+        (_MARK_DELIVERED, (job_id, sink, now)),
+    ]
+
+
+def _not_wanted_statements(job_id: str, sink: str, now: float) -> list[tuple[str, Params]]:
+    return [
+        (_EVENT_NOT_WANTED, (job_id, now, sink, job_id, sink)),
+        (_NOT_WANTED, (job_id, sink, now)),
+    ]
+
+
+def _settled_statements(job_id: str, ci_state: str | None, now: float) -> list[tuple[str, Params]]:
+    stage = "failed" if ci_state in ("Failed", "Cancel") else "settled"
+    detail = f"CI state {ci_state}" if ci_state else ""
+    event = (_EVENT_SETTLED, (job_id, now, stage, detail, job_id, *OPEN_STATUSES))
+    return [event, _settle_statement(job_id, ci_state, now)]
+
+
 _NOT_WANTED = (
     "INSERT INTO not_wanted (job_id, sink, decided_at) VALUES (?, ?, ?)"
     " ON CONFLICT (job_id, sink) DO NOTHING"
@@ -380,10 +452,10 @@ class _SqlLedger:
 
     def mark_not_wanted(self, job_id: str, sinks: Iterable[str]) -> None:
         now = time.time()
-        self._run_all([(_NOT_WANTED, (job_id, sink, now)) for sink in sinks])
+        self._run_all([st for sink in sinks for st in _not_wanted_statements(job_id, sink, now)])
 
     def mark_delivered(self, job_id: str, sink: str) -> None:
-        self._run(_MARK_DELIVERED, (job_id, sink, time.time()))
+        self._run_all(_delivered_statements(job_id, sink, time.time()))
 
     def begin_attempt(self, message_key: str) -> Attempt:
         rows, _ = self._run(_BEGIN_ATTEMPT, (message_key, time.time()))
@@ -451,10 +523,14 @@ class _SqlLedger:
     ) -> None:
         now = time.time()
         statements: list[tuple[str, Params]] = [
-            (_MARK_DELIVERED, (job_id, sink, now)) for job_id, sink in delivered
+            st for job_id, sink in delivered for st in _delivered_statements(job_id, sink, now)
         ]
-        statements += [(_NOT_WANTED, (job_id, sink, now)) for job_id, sink in not_wanted]
-        statements += [_settle_statement(job_id, state, now) for job_id, state in settled]
+        statements += [
+            st for job_id, sink in not_wanted for st in _not_wanted_statements(job_id, sink, now)
+        ]
+        statements += [
+            st for job_id, state in settled for st in _settled_statements(job_id, state, now)
+        ]
         statements += [("DELETE FROM attempts WHERE message_key = ?", (k,)) for k in cleared]
         statements += [(_RELEASE, (job_id, owner)) for job_id in release]
         if statements:
@@ -472,6 +548,12 @@ class _SqlLedger:
                 (
                     "DELETE FROM jobs WHERE status IN (?, ?) AND settled_at < ?",
                     (SETTLED, FAILED, cutoff),
+                ),
+                # A timeline goes with its job: kept while the job is still owed.
+                (
+                    "DELETE FROM events WHERE at < ? AND job_id NOT IN (SELECT job_id FROM jobs"
+                    " WHERE status IN (?, ?) AND job_id IS NOT NULL)",
+                    (cutoff, *OPEN_STATUSES),
                 ),
             ]
         )
@@ -505,31 +587,59 @@ class _SqlLedger:
 
     def record_job(self, entry: JobEntry) -> None:
         assert entry.job_id is not None
-        self._run(
-            "INSERT INTO jobs (client_token, job_id, input, status, submitted_at,"
-            " deadline_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (client_token) DO UPDATE"
-            " SET job_id = excluded.job_id, reason = '', status = CASE"
-            " WHEN jobs.status IN (?, ?) THEN ? ELSE jobs.status END",
-            (
-                entry.client_token, entry.job_id, entry.input, OWED,
-                entry.submitted_at, entry.deadline_at, PENDING, FAILED, OWED,
-            ),
+        now = time.time()
+        self._run_all(
+            [
+                (
+                    "INSERT INTO jobs (client_token, job_id, input, status, submitted_at,"
+                    " deadline_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (client_token) DO UPDATE"
+                    " SET job_id = excluded.job_id, reason = '', status = CASE"
+                    " WHEN jobs.status IN (?, ?) THEN ? ELSE jobs.status END",
+                    (
+                        entry.client_token, entry.job_id, entry.input, OWED,
+                        entry.submitted_at, entry.deadline_at, PENDING, FAILED, OWED,
+                    ),
+                ),
+                (
+                    _EVENT_ONCE,
+                    (entry.job_id, entry.submitted_at, "submitted", entry.input,
+                     entry.job_id, "submitted"),
+                ),
+                (
+                    _EVENT_ONCE,
+                    (entry.job_id, now, "created", f"client token {entry.client_token}",
+                     entry.job_id, "created"),
+                ),
+            ]
         )  # fmt: skip
 
     def settle(self, job_id: str, ci_state: str | None) -> None:
-        self._run(*_settle_statement(job_id, ci_state, time.time()))
+        self._run_all(_settled_statements(job_id, ci_state, time.time()))
 
     def fail_job(self, client_token: str, reason: str) -> None:
-        self._run(
-            "UPDATE jobs SET status = ?, settled_at = ?, reason = ? WHERE client_token = ?"
-            " AND status IN (?, ?)",
-            (FAILED, time.time(), reason[:500], client_token, *OPEN_STATUSES),
+        now = time.time()
+        self._run_all(
+            [
+                (_EVENT_FAILED, (now, reason[:500], client_token, *OPEN_STATUSES)),
+                (
+                    "UPDATE jobs SET status = ?, settled_at = ?, reason = ? WHERE client_token = ?"
+                    " AND status IN (?, ?)",
+                    (FAILED, now, reason[:500], client_token, *OPEN_STATUSES),
+                ),
+            ]
         )
 
     def note_check(self, job_id: str, ci_state: str, reason: str = "") -> None:
-        self._run(
-            "UPDATE jobs SET ci_state = ?, checked_at = ?, reason = ? WHERE job_id = ?",
-            (ci_state, time.time(), reason[:500], job_id),
+        now = time.time()
+        detail = f"CI state {ci_state}" + (f": {reason[:500]}" if reason else "")
+        self._run_all(
+            [
+                (
+                    "UPDATE jobs SET ci_state = ?, checked_at = ?, reason = ? WHERE job_id = ?",
+                    (ci_state, now, reason[:500], job_id),
+                ),
+                (_EVENT, (job_id, now, "checked", detail)),
+            ]
         )
 
     def list_jobs(
@@ -623,6 +733,12 @@ class _SqlLedger:
     def deliveries_per_sink(self) -> dict[str, int]:
         rows, _ = self._run("SELECT sink, COUNT(*) FROM deliveries GROUP BY sink ORDER BY sink")
         return {str(r[0]): int(r[1]) for r in rows}
+
+    def events(self, job_id: str) -> list[JobEvent]:
+        rows, _ = self._run(
+            "SELECT at, stage, detail FROM events WHERE job_id = ? ORDER BY at", (job_id,)
+        )
+        return [JobEvent(float(r[0]), str(r[1]), str(r[2])) for r in rows]
 
     def lock_sessions(self) -> Callable[[], LockSession] | None:
         return None

@@ -61,6 +61,14 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_status_deadline ON jobs (status, deadline_at);
 CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs (submitted_at);
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
+    stage TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_job ON events (job_id, at);
+CREATE INDEX IF NOT EXISTS events_at ON events (at);
 """
 _TRANSIENT_FATAL = ("starting up", "shutting down", "too many", "recovery mode", "remaining")
 # Any constant: workers starting together take turns at migrating.
