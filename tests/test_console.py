@@ -219,6 +219,14 @@ def test_job_page_transcript_segments_and_deliveries(site: Site) -> None:
     assert "<tr><td>files</td><td>delivered</td></tr>" in html
     assert "<tr><td>app</td><td>owed</td></tr>" in html
     assert "batch=7" in html and "media/calm.mp3" in html
+    # The timeline from the ledger, in order: each step with the time since the one before.
+    timeline = html[html.index('id="timeline"') :]
+    steps = re.findall(
+        r"<td>(submitted|created|delivered)</td><td class=\"wrap\">([^<]*)</td>", timeline
+    )
+    assert steps == [("submitted", "media/calm.mp3"), ("created", "client token tok-calm"),
+                     ("delivered", "files")]  # fmt: skip
+    assert "+0.0 s" in timeline or "+0.1 s" in timeline
 
 
 def test_hostile_transcript_and_user_data_show_as_text(site: Site) -> None:

@@ -7,6 +7,7 @@ and sees it delivered. A screenshot of each page is written under the test's dir
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,9 @@ def test_console_in_chromium(
         page.click(f"a:has-text('{jobs['media/talks/monday.mp3']}')")
         expect(page.locator("#transcript")).to_contain_text("The weekly meeting starts now.")
         expect(page.locator("table.segments tbody tr")).to_have_count(2)
+        timeline = page.locator("#timeline tbody")
+        for step in ("submitted", "created", "delivered", "settled"):
+            expect(timeline).to_contain_text(step)
         page.screenshot(path=shots / "job.png", full_page=True)
 
         # The dead letter, replayed through the confirmation page, then delivered.
@@ -137,16 +141,26 @@ def test_console_in_chromium(
         page.click("text=Replay this group…")
         expect(page.locator("#dry-run")).to_contain_text("Dry run: 1 message(s)")
         page.screenshot(path=shots / "confirm.png", full_page=True)
-        before = len(hook.by_job().get(flaky, []))
         page.click("#confirm")
         expect(page.locator("#replay-result")).to_contain_text("Replayed 1 message(s)")
         page.screenshot(path=shots / "replayed.png", full_page=True)
-        # The webhook answers 200 now: the next post of the job is its delivery.
-        wait_for(lambda: len(hook.by_job().get(flaky, [])) > before, 60, "the replayed job")
-        page.goto(f"{base}/jobs/{flaky}")
-        expect(page.locator("tr:has(td:text-is('app')) td").nth(1)).to_have_text("delivered")
+        # The webhook answers 200 now: the job page shows the delivery once the ledger has it.
+        app_state = page.locator("#deliveries tr:has(td:text-is('app')) td").nth(1)
+
+        def delivered() -> bool:
+            page.goto(f"{base}/jobs/{flaky}")
+            return app_state.inner_text() == "delivered"
+
+        wait_for(delivered, 60, "the replayed job delivered to the webhook", interval=0.5)
+        expect(page.locator("#timeline")).to_contain_text("replayed")
         page.screenshot(path=shots / "job-replayed.png", full_page=True)
         page.close()
+        # The same timeline from the command line.
+        shown = asrd("jobs", "show", flaky, "--config", str(cfg.path))
+        assert shown.returncode == 0, shown.stderr
+        steps = [event["stage"] for event in json.loads(shown.stdout)["events"]]
+        assert steps[:2] == ["submitted", "created"] and steps[-1] == "settled"
+        assert "replayed" in steps and steps.count("delivered") == 2
     finally:
         assert stop_daemon(daemon) == 0
         hook.close()

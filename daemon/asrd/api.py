@@ -4,7 +4,8 @@
 them — and the intake reachable), ``GET /metrics`` (Prometheus text), ``GET /openapi.json``,
 ``POST /v1/jobs`` (submit, recorded in the ledger), ``GET /v1/jobs?state=&since=&limit=`` (the
 ledger's jobs),
-``GET /v1/jobs/{id}`` (the job as CI has it now, and which sinks asrd delivered it to),
+``GET /v1/jobs/{id}`` (the job as CI has it now, which sinks asrd delivered it to, and its
+timeline in the ledger),
 ``POST /v1/callbacks/{token}`` (URL callbacks onto the Pulsar topic, when ``[intake.url]`` is set),
 and the operator console's pages under ``/ui/`` (the ``console`` package).
 
@@ -147,6 +148,9 @@ class JobRecord(BaseModel):
     transcript: str
     segments: list[dict[str, Any]]
     delivered_to: list[str] = Field(description="Sinks that have this job, per the ledger.")
+    events: list[dict[str, Any]] = Field(
+        default_factory=list, description="The job's timeline in the ledger, oldest first."
+    )
 
 
 # What CI (a JSON or XML TaskFinish) and a CMQ topic's HTTP push send, read raw and never parsed
@@ -325,7 +329,12 @@ def create_app(ctx: ApiContext) -> FastAPI:
         except InvalidResult as exc:
             return _error(502, f"invalid result from CI: {exc}")
         delivered = ctx.ledger.delivered(job_id) if ctx.ledger is not None else set()
-        return {**record, "delivered_to": sorted(delivered)}
+        events = ctx.ledger.events(job_id) if ctx.ledger is not None else []
+        return {
+            **record,
+            "delivered_to": sorted(delivered),
+            "events": [event.to_dict() for event in events],
+        }
 
     @app.post(
         "/v1/callbacks/{token}",

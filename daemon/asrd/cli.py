@@ -345,6 +345,17 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
         return 2
     max_replays = settings.dlq.max_replays
     report = dlq.replay(settings.pulsar, None if args.all else set(args.id), max_replays)
+    if report.replayed:
+        try:
+            ledger = cli_submit.open_ledger(settings)
+        except (ConfigError, LedgerError) as exc:
+            # The messages are back on the topic all the same; only the timelines miss it.
+            print(f"asrd dlq replay: timelines not updated: {exc}", file=sys.stderr)
+        else:
+            try:
+                ledger.note_events(report.events(), report.started_at)  # timelines say so
+            finally:
+                ledger.close()
     for d in report.replayed:
         print(f"replayed {d.message_id}\t{d.job_id}")
     for d in report.refused:

@@ -13,6 +13,7 @@ replayed ``[dlq] max_replays`` times already is refused and stays parked.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,6 +48,15 @@ class DeadLetter:
 class ReplayReport:
     replayed: list[DeadLetter] = field(default_factory=list)
     refused: list[DeadLetter] = field(default_factory=list)  # replayed max_replays times already
+    started_at: float = field(default_factory=time.time)  # before the first copy was sent
+
+    def events(self) -> list[tuple[str, str, str]]:
+        """The replayed jobs' timeline steps (for ``Ledger.note_events``)."""
+        return [
+            (d.job_id, "replayed", f"replay {d.replays + 1} from the dead-letter topic: {d.reason}")
+            for d in self.replayed
+            if d.job_id != "-"
+        ]
 
 
 def _job_id(body: bytes) -> str:

@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_status_deadline ON jobs (status, deadline_at);
 CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs (submitted_at);
 CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,  -- the rowid: the order of events written together
     job_id TEXT NOT NULL,
     at REAL NOT NULL,
     stage TEXT NOT NULL,
@@ -304,6 +305,10 @@ class Ledger(Protocol):
 
     def events(self, job_id: str) -> list[JobEvent]:
         """The job's timeline, oldest first."""
+        ...
+
+    def note_events(self, events: Sequence[tuple[str, str, str]], at: float) -> None:
+        """Add (job id, stage, detail) steps that change nothing else (a replay) at ``at``."""
         ...
 
     def lock_sessions(self) -> Callable[[], LockSession] | None:
@@ -736,9 +741,15 @@ class _SqlLedger:
 
     def events(self, job_id: str) -> list[JobEvent]:
         rows, _ = self._run(
-            "SELECT at, stage, detail FROM events WHERE job_id = ? ORDER BY at", (job_id,)
+            "SELECT at, stage, detail FROM events WHERE job_id = ? ORDER BY at, id", (job_id,)
         )
         return [JobEvent(float(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    def note_events(self, events: Sequence[tuple[str, str, str]], at: float) -> None:
+        if events:
+            self._run_all(
+                [(_EVENT, (job_id, at, stage, text[:500])) for job_id, stage, text in events]
+            )
 
     def lock_sessions(self) -> Callable[[], LockSession] | None:
         return None

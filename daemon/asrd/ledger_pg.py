@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_status_deadline ON jobs (status, deadline_at);
 CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs (submitted_at);
 CREATE TABLE IF NOT EXISTS events (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     job_id TEXT NOT NULL,
     at DOUBLE PRECISION NOT NULL,
     stage TEXT NOT NULL,

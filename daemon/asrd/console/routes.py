@@ -20,7 +20,17 @@ from .. import dlq
 from ..callback import JOB_ID
 from ..ci import CiClient, CiError
 from ..config import PulsarSettings
-from ..ledger import FAILED, OPEN_STATUSES, OWED, PENDING, SETTLED, JobEntry, JobQuery, Ledger
+from ..ledger import (
+    FAILED,
+    OPEN_STATUSES,
+    OWED,
+    PENDING,
+    SETTLED,
+    JobEntry,
+    JobEvent,
+    JobQuery,
+    Ledger,
+)
 from ..result import InvalidResult, ResultRecord, normalise
 from .charts import hourly_bars
 from .security import COOKIE, HEADERS, Guard, Session
@@ -66,6 +76,16 @@ def _clock(ms: int) -> str:
     return f"{minutes}:{rest / 1000:06.3f}"
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"+{seconds:.1f} s"
+    if seconds < 3600:
+        return f"+{seconds / 60:.1f} min"
+    return f"+{seconds / 3600:.1f} h"
+
+
 def _environment() -> Environment:
     env = Environment(
         loader=FileSystemLoader(HERE / "templates"),
@@ -75,6 +95,7 @@ def _environment() -> Environment:
     )
     env.filters["iso"] = _iso
     env.filters["clock"] = _clock
+    env.filters["duration"] = _duration
     return env
 
 
@@ -126,6 +147,15 @@ def _job_query(
         before=_parse_cursor(before),
         limit=limit,
     )
+
+
+def _timeline(events: list[JobEvent]) -> list[dict[str, Any]]:
+    """Each event with the time since the one before (how long each step took)."""
+    rows = []
+    for i, event in enumerate(events):
+        since = event.at - events[i - 1].at if i else None
+        rows.append({"at": event.at, "stage": event.stage, "detail": event.detail, "after": since})
+    return rows
 
 
 def _groups(letters: list[dlq.DeadLetter]) -> list[dict[str, Any]]:
@@ -379,6 +409,7 @@ def build_router(ctx: ConsoleContext) -> APIRouter:
         return page(
             request, session, "job.html", title=f"Job {job_id}", job_id=job_id, entry=entry,
             record=record, problem=problem, sinks=sinks, now=time.time(),
+            timeline=_timeline(ctx.ledger.events(job_id)),
         )  # fmt: skip
 
     @router.get("/dead-letters")
@@ -444,6 +475,7 @@ def build_router(ctx: ConsoleContext) -> APIRouter:
             return redirect("/ui/dead-letters")
         assert ctx.replay is not None
         report = await run_in_threadpool(ctx.replay, ids)
+        await run_in_threadpool(ctx.ledger.note_events, report.events(), report.started_at)
         log.info(
             "console replay",
             replayed=len(report.replayed),
