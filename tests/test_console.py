@@ -24,6 +24,7 @@ from asrd.ci import CiClient
 from asrd.console import ConsoleContext
 from asrd.dlq import REPLAYS
 from asrd.ledger import JobEntry, Ledger, from_settings
+from asrd.metrics import Metrics
 from asrd.submit import build_request
 
 from .conftest import Broker
@@ -47,7 +48,9 @@ class Site:
     started: float
     tmp: Path
 
-    def app(self, actions: bool = False, token: str = "") -> TestClient:
+    def app(
+        self, actions: bool = False, token: str = "", metrics: Metrics | None = None
+    ) -> TestClient:
         console = ConsoleContext(
             self.ledger,
             self.ci,
@@ -60,7 +63,7 @@ class Site:
             self.ci,
             self.settings.ci,
             lambda: True,
-            lambda: b"",
+            metrics.exposition if metrics is not None else lambda: b"",
             ledger=self.ledger,
             token=token,
             console=console,
@@ -170,6 +173,20 @@ def test_overview_counts_chart_and_headers(site: Site) -> None:
     for asset in ("/ui/static/console.css", "/ui/static/console.js"):
         assert site.app().get(asset).status_code == 200
     assert site.app().get("/ui/static/../api.py").status_code == 404
+
+
+def test_overview_shows_the_process_figures(site: Site) -> None:
+    metrics = Metrics(ready=lambda: True)
+    for status, count in (("ok", 5), ("transient", 2)):
+        for _ in range(count):
+            metrics.ci_call("DescribeAsrJob", status, 0.01)
+    metrics.ci_call("CreateAsrJobs", "ok", 0.01)
+    html = site.app(metrics=metrics).get("/ui/").text
+    figures = html[html.index('id="figures"') :]
+    assert '<td>CI requests answered</td><td class="num">6</td>' in figures
+    assert '<td>CI requests failed for now (throttled, busy)</td><td class="num">2</td>' in figures
+    assert "no answer" not in figures  # no such request: not shown as 0
+    assert 'id="figures"' not in site.app().get("/ui/").text  # no metrics, no section
 
 
 def test_jobs_filters_live_in_the_url(site: Site) -> None:

@@ -112,6 +112,7 @@ def test_console_in_chromium(
         expect(page.locator("#count-submitted")).to_have_text("3")
         expect(page.locator("#count-dead")).to_have_text("1")
         assert page.locator("svg.chart rect").count() == 48
+        expect(page.locator("#figures")).to_contain_text("callbacks moved from CMQ onto Pulsar")
         page.screenshot(path=shots / "overview.png", full_page=True)
 
         # Jobs, filtered by input prefix through the form; the filter is in the URL.

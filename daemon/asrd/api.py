@@ -357,7 +357,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     if ctx.console is not None:
         # The console follows the API's token rule: the same token signs in.
-        app.include_router(build_router(replace(ctx.console, token=ctx.token)), prefix="/ui")
+        console = replace(ctx.console, token=ctx.token, metrics=ctx.metrics)
+        app.include_router(build_router(console), prefix="/ui")
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

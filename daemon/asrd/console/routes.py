@@ -15,6 +15,7 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from prometheus_client.parser import text_string_to_metric_families
 
 from .. import dlq
 from ..callback import JOB_ID
@@ -52,6 +53,7 @@ class ConsoleContext:
     actions: bool = False  # [http] console_actions: replay allowed
     max_replays: int = 3
     dlq_wait_ms: int = 1000
+    metrics: Callable[[], bytes] | None = None  # the Prometheus exposition /metrics serves
     # What lists and replays dead letters: the dlq module on the configured broker.
     list_dead: Callable[[], list[dlq.DeadLetter]] | None = None
     replay: Callable[[set[str]], dlq.ReplayReport] | None = None
@@ -147,6 +149,37 @@ def _job_query(
         before=_parse_cursor(before),
         limit=limit,
     )
+
+
+# The process's figures the overview shows: (label, metric sample name, label filter).
+_FIGURES: tuple[tuple[str, str, dict[str, str]], ...] = (
+    ("seconds since the intake's last CMQ poll", "asrd_intake_seconds_since_last_poll", {}),
+    ("callbacks moved from CMQ onto Pulsar", "asrd_intake_messages_moved_total", {}),
+    ("CI requests answered", "asrd_ci_requests_total", {"status": "ok"}),
+    (
+        "CI requests failed for now (throttled, busy)",
+        "asrd_ci_requests_total",
+        {"status": "transient"},
+    ),
+    ("CI requests refused for good", "asrd_ci_requests_total", {"status": "permanent"}),
+    ("CI requests that got no answer", "asrd_ci_requests_total", {"status": "error"}),
+    ("messages dead-lettered", "asrd_dead_letters_total", {}),
+)
+
+
+def _figures(exposition: bytes) -> list[tuple[str, float]]:
+    """The overview's figures from this process's metrics (totals since it started)."""
+    totals: dict[int, float] = {}
+    found: set[int] = set()
+    for family in text_string_to_metric_families(exposition.decode("utf-8", "replace")):
+        for sample in family.samples:
+            for i, (_, name, wanted) in enumerate(_FIGURES):
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in wanted.items()
+                ):
+                    totals[i] = totals.get(i, 0.0) + sample.value
+                    found.add(i)
+    return [(label, totals[i]) for i, (label, _, _) in enumerate(_FIGURES) if i in found]
 
 
 def _timeline(events: list[JobEvent]) -> list[dict[str, Any]]:
@@ -323,6 +356,7 @@ def build_router(ctx: ConsoleContext) -> APIRouter:
             settled_total=sum(settled),
             sinks={name: 0 for name in ctx.sinks} | ctx.ledger.deliveries_per_sink(),
             dead=dead,
+            figures=_figures(ctx.metrics()) if ctx.metrics is not None else [],
             refresh=True,
         )
 
