@@ -96,9 +96,11 @@ def site(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iterator[S
             )
             job_id = str(ci.create_job(request)["JobId"])
             jobs[name] = job_id
-            ledger.record_job(
-                JobEntry(f"tok-{name}", job_id, f"media/{name}.mp3", "owed", now, now + 3600)
-            )
+            entry = JobEntry(
+                f"tok-{name}", job_id, f"media/{name}.mp3", "owed", now, now + 3600,
+                user_data=user_data,
+            )  # fmt: skip
+            ledger.record_job(entry)
         ledger.mark_delivered(jobs["calm"], "files")
         for job_id in jobs.values():
             wait_for(lambda j=job_id: (ci.get_job(j) or {}).get("State") == "Success", 30, "CI")
@@ -110,8 +112,9 @@ def site(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iterator[S
             at = now - 3600 - i * 60
             folder = "batch-a" if i % 2 == 0 else "batch-b"
             entry = JobEntry(
-                f"syn-{i:04d}", job_id, f"{folder}/rec-{i:04d}.wav", "owed", at, at + 60
-            )
+                f"syn-{i:04d}", job_id, f"{folder}/rec-{i:04d}.wav", "owed", at, at + 60,
+                queue_id=f"pq{i % 4}", user_data=f"Team=Speech&run={i % 3}",
+            )  # fmt: skip
             ledger.record_job(entry)
             if i % 3 == 0:
                 ledger.settle(job_id, "Success")
@@ -207,6 +210,11 @@ def test_jobs_filters_live_in_the_url(site: Site) -> None:
     assert len(overdue) == SYNTHETIC - len(settled) - len(
         [i for i in range(SYNTHETIC) if i % 3 and i % 5 == 0]
     )
+    queued = job_ids(app.get("/ui/jobs?queue=pq1&limit=200").text)
+    assert set(queued) == {site.synthetic[i] for i in range(1, SYNTHETIC, 4)}
+    tagged = job_ids(app.get("/ui/jobs?user_data=team%3Dspeech%26run%3D2&limit=200").text)
+    assert set(tagged) == {site.synthetic[i] for i in range(2, SYNTHETIC, 3)}  # any case
+    assert job_ids(app.get("/ui/jobs?user_data=%25").text) == []  # a % is a %, no wildcard
     bad = app.get("/ui/jobs?since=yesterday")
     assert bad.status_code == 400 and "since: not a time: &#39;yesterday&#39;" in bad.text
     assert app.get("/ui/jobs?state=lost").status_code == 400
@@ -247,6 +255,9 @@ def test_job_page_transcript_segments_and_deliveries(site: Site) -> None:
 
 
 def test_hostile_transcript_and_user_data_show_as_text(site: Site) -> None:
+    listed = site.app().get(f"/ui/jobs?job={site.jobs['evil']}").text
+    assert "&lt;script&gt;alert(&#39;userdata&#39;)&lt;/script&gt;" in listed
+    assert "<script>alert" not in listed
     html = site.app().get(f"/ui/jobs/{site.jobs['evil']}").text
     assert "<script>alert" not in html
     assert "&lt;script&gt;alert(&#39;transcript&#39;)&lt;/script&gt;" in html

@@ -416,3 +416,40 @@ def test_browsing_jobs_pages_by_key_with_filters(ledger: Ledger) -> None:
     assert ledger.deliveries_per_sink() == {"files": 1}
     hours = ledger.per_hour("submitted_at", now - 2 * 3600 + 30, 2)
     assert hours == [30, 0]
+
+
+def test_a_version_5_ledger_keeps_its_jobs_and_gains_their_queue_and_user_data(
+    store: Store,
+) -> None:
+    t = store.time_type
+    version = (
+        ["PRAGMA user_version = 5"]
+        if store.backend == "sqlite"
+        else ["CREATE TABLE asrd_schema (version INTEGER NOT NULL)",
+              "INSERT INTO asrd_schema VALUES (5)"]
+    )  # fmt: skip
+    store.raw(
+        "CREATE TABLE jobs (client_token TEXT PRIMARY KEY, job_id TEXT UNIQUE,"
+        f" input TEXT NOT NULL, status TEXT NOT NULL, submitted_at {t} NOT NULL,"
+        f" deadline_at {t} NOT NULL, settled_at {t}, ci_state TEXT NOT NULL DEFAULT '',"
+        f" checked_at {t}, reason TEXT NOT NULL DEFAULT '')",
+        f"INSERT INTO jobs (client_token, job_id, input, status, submitted_at, deadline_at)"
+        f" VALUES ('old', 's-old', 'media/old.mp3', 'owed', {time.time()}, {time.time() + 60})",
+        *version,
+    )
+    ledger = store.open()
+    old = ledger.job("s-old")
+    assert old is not None and (old.input, old.queue_id, old.user_data) == ("media/old.mp3", "", "")
+    now = time.time()
+    new = JobEntry("new", None, "media/new.mp3", PENDING, now, now + 60, queue_id="q1",
+                   user_data="Batch=100%_done")  # fmt: skip
+    ledger.record_pending(new)
+    ledger.record_job(JobEntry("new", "s-new", "media/new.mp3", PENDING, now, now + 60))
+    got = ledger.job("s-new")
+    assert got is not None and (got.queue_id, got.user_data) == ("q1", "Batch=100%_done")
+    found = ledger.browse_jobs(JobQuery(user_data="batch=100%_"))  # any case; % and _ literal
+    assert [e.job_id for e in found] == ["s-new"]
+    assert ledger.browse_jobs(JobQuery(user_data="100%x")) == []
+    assert [e.job_id for e in ledger.browse_jobs(JobQuery(queue_id="q1"))] == ["s-new"]
+    ledger.close()
+    assert store.version() == SCHEMA_VERSION

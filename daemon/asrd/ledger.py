@@ -27,7 +27,7 @@ from .config import LedgerSettings
 
 # Version 1: deliveries, attempts without first_at. 2: attempts.first_at. 3: the jobs table.
 # 4: not_wanted (sinks whose route does not select a job). 5: claims (who delivers a job now).
-# 6: events (each job's timeline).
+# 6: events (each job's timeline); jobs.queue_id and jobs.user_data (the console's filters).
 SCHEMA_VERSION = 6
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -63,7 +63,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     settled_at REAL,
     ci_state TEXT NOT NULL DEFAULT '',
     checked_at REAL,
-    reason TEXT NOT NULL DEFAULT ''
+    reason TEXT NOT NULL DEFAULT '',
+    queue_id TEXT NOT NULL DEFAULT '',
+    user_data TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_status_deadline ON jobs (status, deadline_at);
 CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs (submitted_at);
@@ -84,7 +86,12 @@ PENDING, OWED, SETTLED, FAILED = "pending", "owed", "settled", "failed"
 OPEN_STATUSES = (PENDING, OWED)
 _JOB_COLUMNS = (
     "client_token, job_id, input, status, submitted_at, deadline_at, settled_at, ci_state,"
-    " checked_at, reason"
+    " checked_at, reason, queue_id, user_data"
+)
+# Columns added to the jobs table after it was first made: (name, definition), for migrations.
+JOB_COLUMNS_ADDED = (
+    ("queue_id", "TEXT NOT NULL DEFAULT ''"),
+    ("user_data", "TEXT NOT NULL DEFAULT ''"),
 )
 
 
@@ -102,6 +109,8 @@ class JobEntry:
     ci_state: str = ""
     checked_at: float | None = None
     reason: str = ""
+    queue_id: str = ""  # the CI queue it was submitted to ("" = not known)
+    user_data: str = ""  # the UserData it was submitted with
 
     def overdue(self, now: float) -> bool:
         return self.status in OPEN_STATUSES and self.deadline_at < now
@@ -119,6 +128,8 @@ class JobEntry:
             "ci_state": self.ci_state or None,
             "checked_at": _iso(self.checked_at),
             "reason": self.reason or None,
+            "queue_id": self.queue_id or None,
+            "user_data": self.user_data or None,
         }
 
 
@@ -144,6 +155,8 @@ class JobQuery:
     until: float | None = None
     input_prefix: str = ""
     job_id: str = ""
+    queue_id: str = ""
+    user_data: str = ""  # text the UserData contains (any case)
     before: tuple[float, str] | None = None
     limit: int = 50
 
@@ -179,6 +192,8 @@ def _entry(row: tuple[object, ...]) -> JobEntry:
         ci_state=str(row[7] or ""),
         checked_at=None if row[8] is None else float(str(row[8])),
         reason=str(row[9] or ""),
+        queue_id=str(row[10] or ""),
+        user_data=str(row[11] or ""),
     )
 
 
@@ -581,13 +596,14 @@ class _SqlLedger:
     def record_pending(self, entry: JobEntry) -> None:
         # An entry whose create CI refused (failed, no job) starts again; any other is kept.
         self._run(
-            "INSERT INTO jobs (client_token, input, status, submitted_at, deadline_at)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (client_token) DO UPDATE SET"
+            "INSERT INTO jobs (client_token, input, status, submitted_at, deadline_at, queue_id,"
+            " user_data) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (client_token) DO UPDATE SET"
             " status = excluded.status, submitted_at = excluded.submitted_at,"
-            " deadline_at = excluded.deadline_at, settled_at = NULL, reason = ''"
+            " deadline_at = excluded.deadline_at, settled_at = NULL, reason = '',"
+            " queue_id = excluded.queue_id, user_data = excluded.user_data"
             " WHERE jobs.status = ? AND jobs.job_id IS NULL",
             (entry.client_token, entry.input, PENDING, entry.submitted_at, entry.deadline_at,
-             FAILED),
+             entry.queue_id, entry.user_data, FAILED),
         )  # fmt: skip
 
     def record_job(self, entry: JobEntry) -> None:
@@ -597,12 +613,19 @@ class _SqlLedger:
             [
                 (
                     "INSERT INTO jobs (client_token, job_id, input, status, submitted_at,"
-                    " deadline_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (client_token) DO UPDATE"
+                    " deadline_at, queue_id, user_data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (client_token) DO UPDATE"
                     " SET job_id = excluded.job_id, reason = '', status = CASE"
-                    " WHEN jobs.status IN (?, ?) THEN ? ELSE jobs.status END",
+                    " WHEN jobs.status IN (?, ?) THEN ? ELSE jobs.status END,"
+                    # An adoption that does not know them keeps what the submit recorded.
+                    " queue_id = CASE WHEN excluded.queue_id = '' THEN jobs.queue_id"
+                    " ELSE excluded.queue_id END,"
+                    " user_data = CASE WHEN excluded.user_data = '' THEN jobs.user_data"
+                    " ELSE excluded.user_data END",
                     (
                         entry.client_token, entry.job_id, entry.input, OWED,
-                        entry.submitted_at, entry.deadline_at, PENDING, FAILED, OWED,
+                        entry.submitted_at, entry.deadline_at, entry.queue_id, entry.user_data,
+                        PENDING, FAILED, OWED,
                     ),
                 ),
                 (
@@ -708,6 +731,13 @@ class _SqlLedger:
         if query.job_id:
             clauses.append("job_id = ?")
             params.append(query.job_id)
+        if query.queue_id:
+            clauses.append("queue_id = ?")
+            params.append(query.queue_id)
+        if query.user_data:
+            escaped = query.user_data.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+            clauses.append("LOWER(user_data) LIKE LOWER(?) ESCAPE '!'")
+            params.append(f"%{escaped}%")
         if query.before is not None:
             clauses.append("(submitted_at < ? OR (submitted_at = ? AND client_token < ?))")
             params.extend((query.before[0], query.before[0], query.before[1]))
@@ -790,6 +820,10 @@ class SqliteLedger(_SqlLedger):
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
                             self._db.execute(statement)
+                    have = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
+                    for name, definition in JOB_COLUMNS_ADDED:
+                        if name not in have:
+                            self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
                     self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 self._db.execute("COMMIT")
             except BaseException:

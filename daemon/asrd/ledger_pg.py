@@ -20,7 +20,15 @@ import psycopg
 from psycopg import conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .ledger import SCHEMA_VERSION, LedgerError, LockSession, Params, Rows, _SqlLedger
+from .ledger import (
+    JOB_COLUMNS_ADDED,
+    SCHEMA_VERSION,
+    LedgerError,
+    LockSession,
+    Params,
+    Rows,
+    _SqlLedger,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS asrd_schema (version INTEGER NOT NULL);
@@ -57,7 +65,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     settled_at DOUBLE PRECISION,
     ci_state TEXT NOT NULL DEFAULT '',
     checked_at DOUBLE PRECISION,
-    reason TEXT NOT NULL DEFAULT ''
+    reason TEXT NOT NULL DEFAULT '',
+    queue_id TEXT NOT NULL DEFAULT '',
+    user_data TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_status_deadline ON jobs (status, deadline_at);
 CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs (submitted_at);
@@ -160,6 +170,10 @@ class PostgresLedger(_SqlLedger):
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement.encode())
+            for name, definition in JOB_COLUMNS_ADDED:
+                conn.execute(
+                    f"ALTER TABLE jobs ADD COLUMN IF NOT EXISTS {name} {definition}".encode()
+                )
             conn.execute("DELETE FROM asrd_schema")
             conn.execute("INSERT INTO asrd_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
 

@@ -128,11 +128,10 @@ def _parse_cursor(value: str) -> tuple[float, str] | None:
         return None
 
 
-def _job_query(
-    state: str, since: str, until: str, prefix: str, job: str, before: str, limit: int
-) -> JobQuery:
+def _job_query(filters: dict[str, str], before: str, limit: int) -> JobQuery:
     statuses: tuple[str, ...] = ()
     overdue_at = None
+    state = filters["state"]
     if state == "overdue":
         statuses, overdue_at = OPEN_STATUSES, time.time()
     elif state == "owed":
@@ -142,10 +141,12 @@ def _job_query(
     return JobQuery(
         statuses=statuses,
         overdue_at=overdue_at,
-        since=_parse_time(since, "since"),
-        until=_parse_time(until, "until"),
-        input_prefix=prefix,
-        job_id=job,
+        since=_parse_time(filters["since"], "since"),
+        until=_parse_time(filters["until"], "until"),
+        input_prefix=filters["input"],
+        job_id=filters["job"].strip(),
+        queue_id=filters["queue"].strip(),
+        user_data=filters["user_data"],
         before=_parse_cursor(before),
         limit=limit,
     )
@@ -368,15 +369,20 @@ def build_router(ctx: ConsoleContext) -> APIRouter:
         until: Annotated[str, Query(max_length=40)] = "",
         input: Annotated[str, Query(max_length=850)] = "",
         job: Annotated[str, Query(max_length=64)] = "",
+        queue: Annotated[str, Query(max_length=64)] = "",
+        user_data: Annotated[str, Query(max_length=1024)] = "",
         before: Annotated[str, Query(max_length=200)] = "",
         limit: Annotated[int, Query(ge=1, le=max(PAGE_SIZES))] = 50,
     ) -> Response:
         session = who(request)
         if session is None:
             return to_login(request)
-        filters = {"state": state, "since": since, "until": until, "input": input, "job": job}
+        filters = {
+            "state": state, "since": since, "until": until, "input": input, "job": job,
+            "queue": queue, "user_data": user_data,
+        }  # fmt: skip
         try:
-            query = _job_query(state, since, until, input, job.strip(), before, limit + 1)
+            query = _job_query(filters, before, limit + 1)
         except ValueError as exc:
             return page(
                 request, session, "jobs.html", status=400, title="Jobs", filters=filters,
