@@ -21,9 +21,10 @@ from asrd import config
 from asrd.api import ApiContext, create_app
 from asrd.broker import ATTEMPTS, REASON
 from asrd.ci import CiClient
+from asrd.config import UsageSettings
 from asrd.console import ConsoleContext
 from asrd.dlq import REPLAYS
-from asrd.ledger import JobEntry, Ledger, from_settings
+from asrd.ledger import JobEntry, Ledger, Usage, from_settings
 from asrd.metrics import Metrics
 from asrd.submit import build_request
 
@@ -49,7 +50,11 @@ class Site:
     tmp: Path
 
     def app(
-        self, actions: bool = False, token: str = "", metrics: Metrics | None = None
+        self,
+        actions: bool = False,
+        token: str = "",
+        metrics: Metrics | None = None,
+        prices: UsageSettings | None = None,
     ) -> TestClient:
         console = ConsoleContext(
             self.ledger,
@@ -58,6 +63,7 @@ class Site:
             sinks=["files", "app"],
             actions=actions,
             dlq_wait_ms=500,
+            prices=prices or UsageSettings(),
         )
         ctx = ApiContext(
             self.ci,
@@ -102,6 +108,11 @@ def site(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iterator[S
             )  # fmt: skip
             ledger.record_job(entry)
         ledger.mark_delivered(jobs["calm"], "files")
+        # Usage: what the consumer records when it settles a job (engine, queue, AudioTime).
+        ledger.finish_batch([], [], usage=[
+            Usage(jobs["calm"], "pq-main", "16k_zh", 5400.0),
+            Usage(jobs["evil"], "pq-main", "8k_zh", 1800.0),
+        ])  # fmt: skip
         for job_id in jobs.values():
             wait_for(lambda j=job_id: (ci.get_job(j) or {}).get("State") == "Success", 30, "CI")
         # Ledger-only jobs, one per minute back from an hour ago: every third settled, every
@@ -190,6 +201,22 @@ def test_overview_shows_the_process_figures(site: Site) -> None:
     assert '<td>CI requests failed for now (throttled, busy)</td><td class="num">2</td>' in figures
     assert "no answer" not in figures  # no such request: not shown as 0
     assert 'id="figures"' not in site.app().get("/ui/").text  # no metrics, no section
+
+
+def test_usage_hours_and_cost_only_with_a_price_table(site: Site) -> None:
+    plain = site.app().get("/ui/usage?by=engine").text
+    assert 'id="total-hours">2.0000<' in plain
+    assert '<td>16k_zh</td><td class="num">1</td><td class="num">1.500</td></tr>' in plain
+    assert "Estimated cost" not in plain and "no cost is shown" in plain
+    prices = UsageSettings(currency="CNY", prices={"16k_zh": 2.0})
+    priced = site.app(prices=prices).get("/ui/usage?by=engine").text
+    assert "Estimated cost (CNY)" in priced
+    assert '<td class="num">1.500</td><td class="num">3.00</td>' in priced
+    assert '<td class="num">0.500</td><td class="num">no price</td>' in priced  # 8k_zh
+    by_queue = site.app(prices=prices).get("/ui/usage?by=queue&format=csv")
+    assert by_queue.headers["content-type"].startswith("text/csv")
+    assert by_queue.text == "queue,jobs,audio_hours,cost_CNY\npq-main,2,2.0000,\n"
+    assert site.app().get("/ui/usage?by=colour").status_code == 400
 
 
 def test_jobs_filters_live_in_the_url(site: Site) -> None:

@@ -24,6 +24,7 @@ from asrd.ledger import (
     JobQuery,
     Ledger,
     LedgerError,
+    Usage,
     open_ledger,
 )
 from tests import postgres as pg
@@ -453,3 +454,22 @@ def test_a_version_5_ledger_keeps_its_jobs_and_gains_their_queue_and_user_data(
     assert [e.job_id for e in ledger.browse_jobs(JobQuery(queue_id="q1"))] == ["s-new"]
     ledger.close()
     assert store.version() == SCHEMA_VERSION
+
+
+def test_usage_of_delivered_jobs_by_day_queue_and_engine(ledger: Ledger) -> None:
+    now = time.time()
+    ledger.finish_batch(
+        [("s1", "files"), ("s2", "files"), ("s3", "files")], [],
+        usage=[Usage("s1", "q1", "16k_zh", 1800.0), Usage("s2", "q1", "16k_en", 900.0),
+               Usage("s3", "q2", "16k_zh", 3600.0)],
+    )  # fmt: skip
+    ledger.finish_batch([], [], usage=[Usage("s1", "q1", "16k_zh", 1800.0)])  # counted once
+    today = time.strftime("%Y-%m-%d", time.gmtime(now))
+    by_day = ledger.usage(now - 3600, "day")
+    assert {(r.key, r.engine, r.jobs, r.audio_seconds) for r in by_day} == {
+        (today, "16k_en", 1, 900.0), (today, "16k_zh", 2, 5400.0),
+    }  # fmt: skip
+    by_queue = {(r.key, r.engine): (r.jobs, r.audio_seconds) for r in ledger.usage(0, "queue")}
+    assert by_queue == {("q1", "16k_en"): (1, 900.0), ("q1", "16k_zh"): (1, 1800.0),
+                        ("q2", "16k_zh"): (1, 3600.0)}  # fmt: skip
+    assert ledger.usage(now + 60, "engine") == []

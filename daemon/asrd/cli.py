@@ -10,6 +10,7 @@ import gc
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import pulsar
 import structlog
 
-from . import __version__, cli_submit, config, dlq, observability, pulsar_check, systemd
+from . import __version__, cli_submit, config, dlq, observability, pulsar_check, systemd, usage
 from .api import ApiContext, ApiServer, serve
 from .broker import make_client
 from .ci import CiClient, CiError
@@ -28,7 +29,7 @@ from .consumer import Consumer
 from .intake.feeds import Feeds
 from .jobs import JobService, job_gauges, sweep_overdue
 from .leadership import CHORES, Leadership
-from .ledger import Ledger, LedgerError
+from .ledger import USAGE_GROUPS, Ledger, LedgerError
 from .log_observer import LogObserver
 from .metrics import Metrics, multiprocess_dir
 from .observers import Observers
@@ -258,6 +259,7 @@ def _api_context(
             sinks=[sink.name for sink in settings.sinks],
             actions=settings.http.console_actions,
             max_replays=settings.dlq.max_replays,
+            prices=settings.usage,
         ),
     )
 
@@ -323,6 +325,26 @@ def cmd_list(args: argparse.Namespace) -> int:
     for d in client.list_jobs(queue_id=settings.ci.queue_id, states=args.states, limit=args.limit):
         obj = (d.get("Input") or {}).get("Object") or (d.get("Input") or {}).get("Url") or ""
         print(f"{d.get('JobId', '')}\t{d.get('State', '')}\t{d.get('CreationTime', '')}\t{obj}")
+    return EX_OK
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    since = (time.time() // 86400 - (args.days - 1)) * 86400  # whole UTC days
+    ledger = cli_submit.open_ledger(settings)
+    try:
+        lines = usage.report(ledger, since, args.by, settings.usage)
+    finally:
+        ledger.close()
+    if args.csv:
+        print(usage.to_csv(lines, args.by, settings.usage), end="")
+        return EX_OK
+    priced = bool(settings.usage.prices)
+    currency = f" ({settings.usage.currency})" if settings.usage.currency else ""
+    print(f"{args.by:24} {'jobs':>8} {'audio h':>10}" + (f"  cost{currency}" if priced else ""))
+    for line in lines:
+        cost = "" if not priced else "  no price" if line.cost is None else f"  {line.cost:.2f}"
+        print(f"{line.key or '(none)':24} {line.jobs:8d} {line.audio_hours:10.3f}{cost}")
     return EX_OK
 
 
@@ -504,6 +526,10 @@ def _parser() -> argparse.ArgumentParser:
     sp = add(dlq_cmds, "replay", cmd_dlq_replay, "put parked messages back on the main topic")
     sp.add_argument("--id", action="append", help="DLQ message id or job id (repeatable)")
     sp.add_argument("--all", action="store_true", help="replay every parked message")
+    sp = add(sub, "usage", cmd_usage, "audio hours (and estimated cost) of delivered jobs")
+    sp.add_argument("--days", type=int, default=30, help="the last N UTC days (default 30)")
+    sp.add_argument("--by", choices=USAGE_GROUPS, default="day", help="group per day|queue|engine")
+    sp.add_argument("--csv", action="store_true", help="CSV instead of a table")
     sub.add_parser("emulator", help="run the local CI emulator (asrd emulator --help)")
     return p
 

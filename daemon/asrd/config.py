@@ -346,6 +346,23 @@ class DlqSettings(_Section):
     max_replays: int = Field(default=3, ge=1, le=1000)
 
 
+class UsageSettings(_Section):
+    """Estimated cost in usage reports: no prices are built in (they change; take them from
+    the provider's price page). Without prices no cost is shown."""
+
+    currency: str = Field(default="", max_length=8)
+    # Price per audio hour, by engine model (``16k_zh`` = 1.75).
+    prices: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("prices")
+    @classmethod
+    def _not_negative(cls, prices: dict[str, float]) -> dict[str, float]:
+        for engine, price in prices.items():
+            if price < 0:
+                raise ValueError(f"{engine}: a price cannot be negative")
+        return prices
+
+
 class SubmitSettings(_Section):
     """``asrd submit`` in batches (``--manifest``, ``--prefix``)."""
 
@@ -544,6 +561,7 @@ class Settings(_Section):
     reconcile: ReconcileSettings = ReconcileSettings()
     submit: SubmitSettings = SubmitSettings()
     dlq: DlqSettings = DlqSettings()
+    usage: UsageSettings = UsageSettings()
     intake: IntakeSettings = IntakeSettings()
     sinks: list[SinkSettings] = Field(min_length=1)
 

@@ -27,7 +27,8 @@ from .config import LedgerSettings
 
 # Version 1: deliveries, attempts without first_at. 2: attempts.first_at. 3: the jobs table.
 # 4: not_wanted (sinks whose route does not select a job). 5: claims (who delivers a job now).
-# 6: events (each job's timeline); jobs.queue_id and jobs.user_data (the console's filters).
+# 6: events (each job's timeline); jobs.queue_id and jobs.user_data (the console's filters);
+# usage (each delivered job's audio length, queue and engine model).
 SCHEMA_VERSION = 6
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -78,6 +79,14 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_job ON events (job_id, at);
 CREATE INDEX IF NOT EXISTS events_at ON events (at);
+CREATE TABLE IF NOT EXISTS usage (
+    job_id TEXT PRIMARY KEY,
+    at REAL NOT NULL,
+    queue_id TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    audio_seconds REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_at ON usage (at);
 """
 # Job status in the ledger. PENDING: the create was sent, its answer not (yet) seen. OWED: CI
 # has the job, some selected sink does not have its result. SETTLED: every selected sink has
@@ -174,6 +183,30 @@ class JobEvent:
         return {"at": _iso(self.at), "stage": self.stage, "detail": self.detail}
 
 
+@dataclass(frozen=True)
+class Usage:
+    """One delivered job's audio, for usage reports: its CI queue and engine model."""
+
+    job_id: str
+    queue_id: str
+    engine: str
+    audio_seconds: float
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """Audio of the jobs delivered in one group (a UTC day, a queue or an engine model), per
+    engine model (prices are per engine)."""
+
+    key: str
+    engine: str
+    jobs: int
+    audio_seconds: float
+
+
+USAGE_GROUPS = ("day", "queue", "engine")
+
+
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
@@ -262,10 +295,12 @@ class Ledger(Protocol):
         settled: Sequence[tuple[str, str | None]] = (),
         release: Sequence[str] = (),
         owner: str = "",
+        usage: Sequence[Usage] = (),
     ) -> None:
         """In one transaction: record (job id, sink) deliveries and sinks that do not want a
         job, ``settle`` (job id, CI state) jobs, forget the attempts of settled messages, and
-        give up ``owner``'s claims on the ``release`` jobs."""
+        give up ``owner``'s claims on the ``release`` jobs, and record the settled jobs'
+        ``usage``."""
         ...
 
     def job_by_token(self, client_token: str) -> JobEntry | None: ...
@@ -322,6 +357,10 @@ class Ledger(Protocol):
         """The job's timeline, oldest first."""
         ...
 
+    def usage(self, since: float, by: str) -> list[UsageRow]:
+        """Audio delivered since then, grouped ``by`` one of ``USAGE_GROUPS`` and engine."""
+        ...
+
     def note_events(self, events: Sequence[tuple[str, str, str]], at: float) -> None:
         """Add (job id, stage, detail) steps that change nothing else (a replay) at ``at``."""
         ...
@@ -360,6 +399,10 @@ _CLAIM = (
     " WHERE claims.until < ? OR claims.owner = excluded.owner RETURNING job_id"
 )
 _RELEASE = "DELETE FROM claims WHERE job_id = ? AND owner = ?"
+_USAGE = (
+    "INSERT INTO usage (job_id, at, queue_id, engine, audio_seconds) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (job_id) DO NOTHING"
+)
 # Timeline events are written in the transaction of the change they record, and only when it is
 # a change (a duplicate callback's delivery, or a settle of a settled job, adds nothing).
 _EVENT = "INSERT INTO events (job_id, at, stage, detail) VALUES (?, ?, ?, ?)"
@@ -540,6 +583,7 @@ class _SqlLedger:
         settled: Sequence[tuple[str, str | None]] = (),
         release: Sequence[str] = (),
         owner: str = "",
+        usage: Sequence[Usage] = (),
     ) -> None:
         now = time.time()
         statements: list[tuple[str, Params]] = [
@@ -553,6 +597,9 @@ class _SqlLedger:
         ]
         statements += [("DELETE FROM attempts WHERE message_key = ?", (k,)) for k in cleared]
         statements += [(_RELEASE, (job_id, owner)) for job_id in release]
+        statements += [
+            (_USAGE, (u.job_id, now, u.queue_id, u.engine, u.audio_seconds)) for u in usage
+        ]
         if statements:
             self._run_all(statements)
 
@@ -569,6 +616,7 @@ class _SqlLedger:
                     "DELETE FROM jobs WHERE status IN (?, ?) AND settled_at < ?",
                     (SETTLED, FAILED, cutoff),
                 ),
+                ("DELETE FROM usage WHERE at < ?", (cutoff,)),
                 # A timeline goes with its job: kept while the job is still owed.
                 (
                     "DELETE FROM events WHERE at < ? AND job_id NOT IN (SELECT job_id FROM jobs"
@@ -774,6 +822,21 @@ class _SqlLedger:
             "SELECT at, stage, detail FROM events WHERE job_id = ? ORDER BY at, id", (job_id,)
         )
         return [JobEvent(float(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    def usage(self, since: float, by: str) -> list[UsageRow]:
+        # A UTC day is the Unix time divided by 86,400 in integers (on both backends).
+        key = {"day": "CAST(at AS BIGINT) / 86400", "queue": "queue_id", "engine": "engine"}[by]
+        rows, _ = self._run(
+            f"SELECT {key}, engine, COUNT(*), SUM(audio_seconds) FROM usage"  # noqa: S608
+            f" WHERE at >= ? GROUP BY {key}, engine ORDER BY {key}, engine",
+            (since,),
+        )
+        if by == "day":
+            days = [
+                (datetime.fromtimestamp(int(r[0]) * 86400, UTC).date().isoformat(), r) for r in rows
+            ]
+            return [UsageRow(d, str(r[1]), int(r[2]), float(r[3] or 0)) for d, r in days]
+        return [UsageRow(str(r[0]), str(r[1]), int(r[2]), float(r[3] or 0)) for r in rows]
 
     def note_events(self, events: Sequence[tuple[str, str, str]], at: float) -> None:
         if events:

@@ -80,6 +80,14 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_job ON events (job_id, at);
 CREATE INDEX IF NOT EXISTS events_at ON events (at);
+CREATE TABLE IF NOT EXISTS usage (
+    job_id TEXT PRIMARY KEY,
+    at DOUBLE PRECISION NOT NULL,
+    queue_id TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    audio_seconds DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_at ON usage (at);
 """
 _TRANSIENT_FATAL = ("starting up", "shutting down", "too many", "recovery mode", "remaining")
 # Any constant: workers starting together take turns at migrating.

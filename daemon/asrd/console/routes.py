@@ -20,19 +20,21 @@ from prometheus_client.parser import text_string_to_metric_families
 from .. import dlq
 from ..callback import JOB_ID
 from ..ci import CiClient, CiError
-from ..config import PulsarSettings
+from ..config import PulsarSettings, UsageSettings
 from ..ledger import (
     FAILED,
     OPEN_STATUSES,
     OWED,
     PENDING,
     SETTLED,
+    USAGE_GROUPS,
     JobEntry,
     JobEvent,
     JobQuery,
     Ledger,
 )
 from ..result import InvalidResult, ResultRecord, normalise
+from ..usage import report, to_csv
 from .charts import hourly_bars
 from .security import COOKIE, HEADERS, Guard, Session
 
@@ -54,6 +56,7 @@ class ConsoleContext:
     max_replays: int = 3
     dlq_wait_ms: int = 1000
     metrics: Callable[[], bytes] | None = None  # the Prometheus exposition /metrics serves
+    prices: UsageSettings = field(default_factory=UsageSettings)  # [usage]: cost estimates
     # What lists and replays dead letters: the dlq module on the configured broker.
     list_dead: Callable[[], list[dlq.DeadLetter]] | None = None
     replay: Callable[[set[str]], dlq.ReplayReport] | None = None
@@ -450,6 +453,34 @@ def build_router(ctx: ConsoleContext) -> APIRouter:
             request, session, "job.html", title=f"Job {job_id}", job_id=job_id, entry=entry,
             record=record, problem=problem, sinks=sinks, now=time.time(),
             timeline=_timeline(ctx.ledger.events(job_id)),
+        )  # fmt: skip
+
+    @router.get("/usage")
+    def usage(
+        request: Request,
+        days: Annotated[int, Query(ge=1, le=366)] = 30,
+        by: Annotated[str, Query(pattern=f"^({'|'.join(USAGE_GROUPS)})$")] = "day",
+        format: Annotated[str, Query(pattern="^(html|csv)$")] = "html",
+    ) -> Response:
+        session = who(request)
+        if session is None:
+            return to_login(request)
+        since = (time.time() // 86400 - (days - 1)) * 86400  # whole UTC days
+        lines = report(ctx.ledger, since, by, ctx.prices)
+        if format == "csv":
+            return Response(
+                to_csv(lines, by, ctx.prices),
+                media_type="text/csv; charset=utf-8",
+                headers={
+                    **HEADERS,
+                    "Content-Disposition": f'attachment; filename="usage-{by}.csv"',
+                },
+            )
+        return page(
+            request, session, "usage.html", title="Usage", lines=lines, by=by, days=days,
+            groups=USAGE_GROUPS, priced=bool(ctx.prices.prices), currency=ctx.prices.currency,
+            total_hours=sum(line.audio_hours for line in lines),
+            csv_url=f"/ui/usage?{urlencode({'days': days, 'by': by, 'format': 'csv'})}",
         )  # fmt: skip
 
     @router.get("/dead-letters")
