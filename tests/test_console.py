@@ -354,6 +354,11 @@ def test_login_exchanges_the_token_for_a_session(site: Site) -> None:
     r = app.get("/ui/jobs")
     assert r.status_code == 303 and r.headers["location"] == "/ui/login?next=%2Fui%2Fjobs"
     assert "set-cookie" not in r.headers
+    filtered = app.get("/ui/jobs?state=owed&input=batch-a/")
+    assert (
+        filtered.headers["location"]
+        == "/ui/login?next=%2Fui%2Fjobs%3Fstate%3Dowed%26input%3Dbatch-a%2F"
+    )
     form = app.get("/ui/login?next=/ui/jobs")
     assert form.status_code == 200 and 'type="password"' in form.text
     wrong = app.post("/ui/login", data={"token": "guess", "next": "/ui/jobs"})

@@ -261,7 +261,10 @@ def build_router(ctx: ConsoleContext) -> APIRouter:
         return None
 
     def to_login(request: Request) -> RedirectResponse:
-        return redirect(f"/ui/login?{urlencode({'next': request.url.path})}")
+        # Back to the same view after signing in, filters and all.
+        query = request.url.query
+        here = f"{request.url.path}?{query}" if query else request.url.path
+        return redirect(f"/ui/login?{urlencode({'next': here})}")
 
     def refused(request: Request, session: Session | None, status: int, message: str) -> Response:
         return page(request, session, "message.html", status=status, title="Refused", text=message)
