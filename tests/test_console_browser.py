@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from playwright.sync_api import Browser, expect, sync_playwright
 
 from asrd import config
@@ -168,6 +169,11 @@ def test_console_in_chromium(
         steps = [event["stage"] for event in json.loads(shown.stdout)["events"]]
         assert steps[:2] == ["submitted", "created"] and steps[-1] == "settled"
         assert "replayed" in steps and steps.count("delivered") == 2
+        metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        audio = re.search(
+            r'asrd_audio_seconds_total\{engine="16k_zh",queue="[^"]+"\} ([0-9.]+)', metrics
+        )
+        assert audio and float(audio.group(1)) > 0, "the settled jobs' audio is counted"
         used = asrd("usage", "--config", str(cfg.path), "--by", "engine", "--csv")
         assert used.returncode == 0, used.stderr
         assert used.stdout.startswith("engine,jobs,audio_hours\n16k_zh,3,"), used.stdout

@@ -183,6 +183,8 @@ class Pipeline:
                 owner=self._owner,
             )
             claimed = []
+            for used in writes.usage:
+                self._obs.audio_delivered(used.queue_id, used.engine, used.audio_seconds)
             return out
         finally:
             if claimed:  # the batch failed before its transaction: let the jobs go
