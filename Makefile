@@ -41,6 +41,7 @@ bench: venv
 		|| { echo "bench: install wrk (Debian package) for benchmarks/emulator_get.py"; exit 1; }
 	$(BIN)/python benchmarks/emulator_get.py
 	$(BIN)/python benchmarks/intake_move.py
+	$(BIN)/python benchmarks/console_pages.py
 
 broker-start:
 	scripts/pulsar start

@@ -54,7 +54,7 @@ class ConsoleContext:
     token: str = ""  # the API's bearer token ("" = loopback, no login)
     actions: bool = False  # [http] console_actions: replay allowed
     max_replays: int = 3
-    dlq_wait_ms: int = 1000
+    dlq_wait_ms: int = 500  # how long an idle dead-letter partition is waited on per page
     metrics: Callable[[], bytes] | None = None  # the Prometheus exposition /metrics serves
     prices: UsageSettings = field(default_factory=UsageSettings)  # [usage]: cost estimates
     # What lists and replays dead letters: the dlq module on the configured broker.
