@@ -43,6 +43,7 @@ from .sinks import build_routes
 from .sinks.routing import Route, Router
 from .submit import Submitter
 from .supervisor import Supervisor, worker_command
+from .timeline_observer import TimelineObserver
 from .worker import Worker
 
 EX_OK, EX_FATAL, EX_CONFIG = 0, 1, 78
@@ -145,6 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     observers = Observers([logs, metrics])
     stages = _stages(settings, observers)
     ci, routes, ledger = stages.ci, stages.routes, stages.ledger
+    observers.add(TimelineObserver(ledger))  # failed attempts and dead letters in the timelines
     metrics.gauges = lambda: job_gauges(ledger)
     _pulsar_preflight(settings.pulsar)
     client = make_client(settings.pulsar)
