@@ -331,6 +331,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
+    if args.days < 1:
+        print(f"asrd usage: --days must be 1 or more, not {args.days}", file=sys.stderr)
+        return 2
     settings = _settings(args)
     since = (time.time() // 86400 - (args.days - 1)) * 86400  # whole UTC days
     ledger = cli_submit.open_ledger(settings)

@@ -351,7 +351,7 @@ class UsageSettings(_Section):
     the provider's price page). Without prices no cost is shown."""
 
     currency: str = Field(default="", max_length=8)
-    # Price per audio hour, by engine model (``16k_zh`` = 1.75).
+    # Price per audio hour, by engine model name (``16k_zh``...), in ``currency``.
     prices: dict[str, float] = Field(default_factory=dict)
 
     @field_validator("prices")
