@@ -34,7 +34,7 @@ from .log_observer import LogObserver
 from .metrics import Metrics, multiprocess_dir
 from .observers import Observers
 from .periodic import every
-from .pipeline import Pipeline
+from .pipeline import Outcome, Pipeline
 from .preflight import check_writable
 from .reconcile import Report, reconcile
 from .result import InvalidResult, normalise
@@ -169,7 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     submitter = cli_submit.make_submitter(settings, ci, ledger, stop=stop)
     api = _serve_api(
         settings if primary else settings.model_copy(update={"http": HttpSettings()}),
-        _api_context(settings, ci, ledger, metrics, feeds, submitter),
+        _api_context(settings, ci, ledger, metrics, feeds, submitter, stages.pipeline),
     )
     systemd.start_watchdog(systemd.loop_alive(lambda: consumer.health.last_tick, 30.0), stop)
     rc = settings.reconcile
@@ -237,6 +237,14 @@ def _settle_heap() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
+def _redeliverer(pipeline: Pipeline) -> Callable[[str], tuple[bool, str]]:
+    def redeliver(job_id: str) -> tuple[bool, str]:
+        verdict = pipeline.deliver_job(job_id)
+        return verdict.outcome is Outcome.DONE, verdict.reason
+
+    return redeliver
+
+
 def _api_context(
     settings: Settings,
     ci: CiClient,
@@ -244,8 +252,10 @@ def _api_context(
     metrics: Metrics,
     feeds: Feeds,
     submitter: Submitter,
+    pipeline: Pipeline | None = None,
 ) -> ApiContext:
-    """What the sidecar API serves, the same for ``asrd run`` and ``asrd intake``."""
+    """What the sidecar API serves, the same for ``asrd run`` and ``asrd intake`` (which has
+    no ``pipeline``: the console cannot redeliver there)."""
     return ApiContext(
         ci,
         settings.ci,
@@ -262,6 +272,7 @@ def _api_context(
             actions=settings.http.console_actions,
             max_replays=settings.dlq.max_replays,
             prices=settings.usage,
+            redeliver=_redeliverer(pipeline) if pipeline is not None else None,
         ),
     )
 

@@ -361,6 +361,11 @@ class Ledger(Protocol):
         """Audio delivered since then, grouped ``by`` one of ``USAGE_GROUPS`` and engine."""
         ...
 
+    def forget_delivery(self, job_id: str, sink: str) -> bool:
+        """A person asked for the job again at this sink: the ledger no longer says the sink
+        has it (the timeline says why). Whether it did."""
+        ...
+
     def note_events(self, events: Sequence[tuple[str, str, str]], at: float) -> None:
         """Add (job id, stage, detail) steps that change nothing else (a replay) at ``at``."""
         ...
@@ -837,6 +842,15 @@ class _SqlLedger:
             ]
             return [UsageRow(d, str(r[1]), int(r[2]), float(r[3] or 0)) for d, r in days]
         return [UsageRow(str(r[0]), str(r[1]), int(r[2]), float(r[3] or 0)) for r in rows]
+
+    def forget_delivery(self, job_id: str, sink: str) -> bool:
+        counts = self._run_all(
+            [
+                ("DELETE FROM deliveries WHERE job_id = ? AND sink = ?", (job_id, sink)),
+                (_EVENT, (job_id, time.time(), "redelivery asked", sink)),
+            ]
+        )
+        return counts[0] > 0
 
     def note_events(self, events: Sequence[tuple[str, str, str]], at: float) -> None:
         if events:

@@ -59,6 +59,9 @@ class ConsoleContext:
     prices: UsageSettings = field(default_factory=UsageSettings)  # [usage]: cost estimates
     # What lists and replays dead letters: the dlq module on the configured broker.
     list_dead: Callable[[], list[dlq.DeadLetter]] | None = None
+    # Delivers a job to the sinks that lack it (the daemon's pipeline): (done, why not).
+    # None where no pipeline runs (``asrd intake``): redelivery is not offered.
+    redeliver: Callable[[str], tuple[bool, str]] | None = None
     replay: Callable[[set[str]], dlq.ReplayReport] | None = None
 
     def __post_init__(self) -> None:
@@ -408,18 +411,27 @@ def build_router(ctx: ConsoleContext) -> APIRouter:
         )  # fmt: skip
 
     @router.get("/jobs/{job_id}")
-    async def job_page(request: Request, job_id: str) -> Response:
+    async def job_page(
+        request: Request,
+        job_id: str,
+        redelivered: Annotated[str, Query(max_length=200)] = "",
+        ok: Annotated[str, Query(pattern="^[01]?$")] = "",
+        why: Annotated[str, Query(max_length=300)] = "",
+    ) -> Response:
         session = who(request)
         if session is None:
             return to_login(request)
+        outcome = {"sink": redelivered, "ok": ok == "1", "why": why} if redelivered else None
         if not JOB_ID.fullmatch(job_id):
             return page(
                 request, session, "message.html", status=404, title="No such job",
                 text=f"not a job id: {job_id}",
             )  # fmt: skip
-        return await run_in_threadpool(_job_view, request, session, job_id)
+        return await run_in_threadpool(_job_view, request, session, job_id, outcome)
 
-    def _job_view(request: Request, session: Session, job_id: str) -> Response:
+    def _job_view(
+        request: Request, session: Session, job_id: str, outcome: dict[str, Any] | None
+    ) -> Response:
         entry = ctx.ledger.job(job_id)
         delivered = ctx.ledger.delivered(job_id)
         finished = ctx.ledger.finished_sinks(job_id)
@@ -455,7 +467,8 @@ def build_router(ctx: ConsoleContext) -> APIRouter:
         return page(
             request, session, "job.html", title=f"Job {job_id}", job_id=job_id, entry=entry,
             record=record, problem=problem, sinks=sinks, now=time.time(),
-            timeline=_timeline(ctx.ledger.events(job_id)),
+            timeline=_timeline(ctx.ledger.events(job_id)), outcome=outcome,
+            can_redeliver=ctx.actions and ctx.redeliver is not None,
         )  # fmt: skip
 
     @router.get("/usage")
@@ -485,6 +498,28 @@ def build_router(ctx: ConsoleContext) -> APIRouter:
             total_hours=sum(line.audio_hours for line in lines),
             csv_url=f"/ui/usage?{urlencode({'days': days, 'by': by, 'format': 'csv'})}",
         )  # fmt: skip
+
+    @router.post("/jobs/{job_id}/redeliver")
+    async def redeliver(
+        request: Request,
+        job_id: str,
+        sink: Annotated[str, Form(max_length=200)] = "",
+        csrf: Annotated[str, Form(max_length=512)] = "",
+    ) -> Response:
+        session = guard.session(request.cookies.get(COOKIE))
+        answer = check_action(request, session, csrf)
+        if answer is not None:
+            return answer
+        if ctx.redeliver is None:
+            return refused(request, session, 403, "redelivery runs where the consumer runs")
+        if not JOB_ID.fullmatch(job_id) or sink not in ctx.sinks:
+            return refused(request, session, 400, f"no sink {sink!r} for job {job_id}")
+        if not await run_in_threadpool(ctx.ledger.forget_delivery, job_id, sink):
+            return refused(request, session, 409, f"sink {sink} does not have job {job_id}")
+        done, why = await run_in_threadpool(ctx.redeliver, job_id)
+        log.info("console redelivery", job_id=job_id, sink=sink, done=done, reason=why)
+        query = {"redelivered": sink, "ok": "1" if done else "0", "why": why[:300]}
+        return redirect(f"/ui/jobs/{job_id}?{urlencode(query)}")
 
     @router.get("/dead-letters")
     async def dead_letters(
