@@ -1,6 +1,8 @@
-"""The observer that puts a job's failed attempts and its dead-lettering in its timeline (the
-ledger's ``events``): the steps no ledger write marks otherwise. A message that is done needs
-nothing here (its deliveries and settling are written with the ledger's own changes)."""
+"""The observer that puts a job's dead-lettering in its timeline (the ledger's ``events``): a
+step no ledger write marks otherwise. Only that step: a retry is not written, because while a
+broker or sink is away the same message is retried again and again (without spending its
+attempts), and a ledger write for each would flood the timeline and slow the workers down
+exactly when they must catch up."""
 
 from __future__ import annotations
 
@@ -17,13 +19,6 @@ class TimelineObserver(Observer):
         self._ledger = ledger
 
     def settled(self, info: MessageInfo, verdict: Verdict, settlement: Settlement) -> None:
-        if not verdict.job_id or settlement.action is Action.ACK:
-            return
-        if settlement.action is Action.RETRY:
-            step = "attempt failed"
-            detail = (
-                f"attempt {info.attempt}: {verdict.reason}; retry in {settlement.delay_s:.1f} s"
-            )
-        else:
-            step, detail = "dead-lettered", f"attempt {info.attempt}: {settlement.reason}"
-        self._ledger.note_events([(verdict.job_id, step, detail)], time.time())
+        if verdict.job_id and settlement.action is Action.DEAD_LETTER:
+            detail = f"attempt {info.attempt}: {settlement.reason}"
+            self._ledger.note_events([(verdict.job_id, "dead-lettered", detail)], time.time())
