@@ -146,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     observers = Observers([logs, metrics])
     stages = _stages(settings, observers)
     ci, routes, ledger = stages.ci, stages.routes, stages.ledger
-    observers.add(TimelineObserver(ledger))  # failed attempts and dead letters in the timelines
+    observers.add(TimelineObserver(ledger))  # dead letters in the jobs' timelines
     metrics.gauges = lambda: job_gauges(ledger)
     _pulsar_preflight(settings.pulsar)
     client = make_client(settings.pulsar)
