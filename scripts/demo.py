@@ -3,14 +3,16 @@
 
 Starts what is not running, submits sample jobs with `asrd submit` (CallBackType=TDMQ, so CI
 writes each TaskFinish message into the CMQ queue `asr-demo`), waits for their records in
-var/results/, prints a table, runs `asrd check --canary` once (one job followed through every
-stage), and stops what it started.
+var/results/, prints a table and the console's address, runs `asrd check --canary` once (one
+job followed through every stage), then (on a terminal) waits for Enter so the console can be
+looked at, and stops what it started.
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -64,6 +66,9 @@ url = "sqlite:///{demo}/ledger.db"
 [log]
 format = "console"
 
+[http]
+listen = "127.0.0.1:{http_port}"
+
 [[sinks]]
 name = "files"
 type = "file"
@@ -83,6 +88,12 @@ def stop(proc: subprocess.Popen[str] | None) -> None:
             proc.wait(timeout=40)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def main() -> int:
@@ -120,6 +131,7 @@ def main() -> int:
             "endpoint": endpoint,
             "cmq_endpoint": cmq_endpoint,
             "results": RESULTS,
+            "http_port": _free_port(),
         }
         cfg.write_text(CONFIG.format(pulsar=pulsar_url, **values))
         from asrd import config
@@ -162,6 +174,7 @@ def main() -> int:
             text = rec["transcript"].replace("\n", " ")
             print(f"{job_id:34} {rec['state']:8} {rec['audio_time']:7.2f}  {key:18} {text[:60]}")
         print(f"\nrecords: {RESULTS}/<job id>.json (also .txt and .srt)")
+        print(f"console: http://127.0.0.1:{values['http_port']}/ui/ (docs/console.md)")
 
         step(
             "the canary, the last production step: asrd check --canary (its record reaches no sink)"
@@ -169,6 +182,8 @@ def main() -> int:
         canary = subprocess.run(
             [*ASRD, "check", "--config", str(cfg), "--canary"], text=True, check=False
         )
+        if sys.stdin.isatty():
+            input("press Enter to stop the demo ")
         return canary.returncode
     finally:
         step("stopping what the demo started")

@@ -21,9 +21,11 @@ from asrd.ledger import (
     SCHEMA_VERSION,
     SETTLED,
     JobEntry,
+    JobQuery,
     Ledger,
     LedgerError,
     SqliteLedger,
+    Usage,
     open_ledger,
 )
 from tests import postgres as pg
@@ -366,3 +368,135 @@ def test_ledger_urls_that_cannot_be_used_say_why_without_the_password(
 
     with pytest.raises(LedgerError, match="unknown scheme 'mysql'"):
         open_ledger("mysql://x/y")
+
+
+def test_each_job_keeps_its_timeline_written_with_its_changes(ledger: Ledger) -> None:
+    now = time.time()
+    ledger.record_pending(entry("t1", None, now - 5, 3600))
+    ledger.record_job(entry("t1", "s1", now - 5, 3600))
+    ledger.record_job(entry("t1", "s1", now - 5, 3600))  # adopted again: nothing new
+    ledger.mark_delivered("s1", "files")
+    ledger.mark_delivered("s1", "files")  # a duplicate callback: nothing new
+    ledger.finish_batch(
+        [("s1", "files"), ("s1", "hook")], [], not_wanted=[("s1", "archive")],
+        settled=[("s1", "Success")],
+    )  # fmt: skip
+    ledger.settle("s1", "Success")  # settled already: nothing new
+    stages = [(e.stage, e.detail) for e in ledger.events("s1")]
+    assert stages == [
+        ("submitted", "media/t1.mp3"),
+        ("created", "client token t1"),
+        ("delivered", "files"),
+        ("delivered", "hook"),
+        ("not selected", "archive"),
+        ("settled", "CI state Success"),
+    ]
+    assert ledger.events("s1")[0].at == now - 5
+
+    ledger.record_job(entry("t2", "s2", now, 3600))
+    ledger.note_check("s2", "Running", "still Running at CI past its deadline")
+    ledger.fail_job("t2", "CI does not know the job")
+    ledger.fail_job("t2", "again")  # failed already: nothing new
+    assert [(e.stage, e.detail) for e in ledger.events("s2")][2:] == [
+        ("checked", "CI state Running: still Running at CI past its deadline"),
+        ("failed", "CI does not know the job"),
+    ]
+    ledger.record_job(entry("t3", "s3", now, 3600))  # still owed: its timeline stays
+    time.sleep(0.2)
+    ledger.prune(older_than_s=0.1)
+    assert ledger.events("s1") == [] and ledger.events("s2") == []
+    assert [e.stage for e in ledger.events("s3")] == ["submitted", "created"]
+
+
+def test_browsing_jobs_pages_by_key_with_filters(ledger: Ledger) -> None:
+    now = time.time()
+    for i in range(30):
+        # Two jobs per second: equal submission times are ordered by their token.
+        job = JobEntry(
+            f"t{i:02d}", f"s{i:02d}", f"{'a' if i % 2 else 'b'}/{i:02d}.mp3", PENDING,
+            now - 3600 - (i // 2), now + 3600,
+        )  # fmt: skip
+        ledger.record_job(job)
+    ledger.settle("s00", "Success")
+    ledger.mark_delivered("s00", "files")
+    seen: list[str] = []
+    before = None
+    while True:
+        page = ledger.browse_jobs(JobQuery(before=before, limit=7))
+        seen += [str(e.job_id) for e in page]
+        if len(page) < 7:
+            break
+        before = (page[-1].submitted_at, page[-1].client_token)
+    # Newest first, then by token (descending) within one submission time.
+    expected = sorted(
+        (f"s{i:02d}" for i in range(30)), key=lambda j: (int(j[1:]) // 2, -int(j[1:]))
+    )
+    assert seen == expected
+    odd = ledger.browse_jobs(JobQuery(input_prefix="a/", limit=100))
+    assert {e.job_id for e in odd} == {f"s{i:02d}" for i in range(1, 30, 2)}
+    assert ledger.browse_jobs(JobQuery(input_prefix="A/", limit=100)) == []
+    assert [e.job_id for e in ledger.browse_jobs(JobQuery(job_id="s07"))] == ["s07"]
+    settled = ledger.browse_jobs(JobQuery(statuses=(SETTLED,)))
+    assert [e.job_id for e in settled] == ["s00"]
+    ranged = ledger.browse_jobs(JobQuery(since=now - 3600 - 2, until=now - 3600, limit=100))
+    assert {e.job_id for e in ranged} == {"s02", "s03", "s04", "s05"}
+    assert ledger.status_counts() == {OWED: 29, SETTLED: 1}
+    assert ledger.deliveries_per_sink() == {"files": 1}
+    hours = ledger.per_hour("submitted_at", now - 2 * 3600 + 30, 2)
+    assert hours == [30, 0]
+
+
+def test_a_version_5_ledger_keeps_its_jobs_and_gains_their_queue_and_user_data(
+    store: Store,
+) -> None:
+    t = store.time_type
+    version = (
+        ["PRAGMA user_version = 5"]
+        if store.backend == "sqlite"
+        else ["CREATE TABLE asrd_schema (version INTEGER NOT NULL)",
+              "INSERT INTO asrd_schema VALUES (5)"]
+    )  # fmt: skip
+    store.raw(
+        "CREATE TABLE jobs (client_token TEXT PRIMARY KEY, job_id TEXT UNIQUE,"
+        f" input TEXT NOT NULL, status TEXT NOT NULL, submitted_at {t} NOT NULL,"
+        f" deadline_at {t} NOT NULL, settled_at {t}, ci_state TEXT NOT NULL DEFAULT '',"
+        f" checked_at {t}, reason TEXT NOT NULL DEFAULT '')",
+        f"INSERT INTO jobs (client_token, job_id, input, status, submitted_at, deadline_at)"
+        f" VALUES ('old', 's-old', 'media/old.mp3', 'owed', {time.time()}, {time.time() + 60})",
+        *version,
+    )
+    ledger = store.open()
+    old = ledger.job("s-old")
+    assert old is not None and (old.input, old.queue_id, old.user_data) == ("media/old.mp3", "", "")
+    now = time.time()
+    new = JobEntry("new", None, "media/new.mp3", PENDING, now, now + 60, queue_id="q1",
+                   user_data="Batch=100%_done")  # fmt: skip
+    ledger.record_pending(new)
+    ledger.record_job(JobEntry("new", "s-new", "media/new.mp3", PENDING, now, now + 60))
+    got = ledger.job("s-new")
+    assert got is not None and (got.queue_id, got.user_data) == ("q1", "Batch=100%_done")
+    found = ledger.browse_jobs(JobQuery(user_data="batch=100%_"))  # any case; % and _ literal
+    assert [e.job_id for e in found] == ["s-new"]
+    assert ledger.browse_jobs(JobQuery(user_data="100%x")) == []
+    assert [e.job_id for e in ledger.browse_jobs(JobQuery(queue_id="q1"))] == ["s-new"]
+    ledger.close()
+    assert store.version() == SCHEMA_VERSION
+
+
+def test_usage_of_delivered_jobs_by_day_queue_and_engine(ledger: Ledger) -> None:
+    now = time.time()
+    ledger.finish_batch(
+        [("s1", "files"), ("s2", "files"), ("s3", "files")], [],
+        usage=[Usage("s1", "q1", "16k_zh", 1800.0), Usage("s2", "q1", "16k_en", 900.0),
+               Usage("s3", "q2", "16k_zh", 3600.0)],
+    )  # fmt: skip
+    ledger.finish_batch([], [], usage=[Usage("s1", "q1", "16k_zh", 1800.0)])  # counted once
+    today = time.strftime("%Y-%m-%d", time.gmtime(now))
+    by_day = ledger.usage(now - 3600, "day")
+    assert {(r.key, r.engine, r.jobs, r.audio_seconds) for r in by_day} == {
+        (today, "16k_en", 1, 900.0), (today, "16k_zh", 2, 5400.0),
+    }  # fmt: skip
+    by_queue = {(r.key, r.engine): (r.jobs, r.audio_seconds) for r in ledger.usage(0, "queue")}
+    assert by_queue == {("q1", "16k_en"): (1, 900.0), ("q1", "16k_zh"): (1, 1800.0),
+                        ("q2", "16k_zh"): (1, 3600.0)}  # fmt: skip
+    assert ledger.usage(now + 60, "engine") == []

@@ -4,8 +4,10 @@
 them — and the intake reachable), ``GET /metrics`` (Prometheus text), ``GET /openapi.json``,
 ``POST /v1/jobs`` (submit, recorded in the ledger), ``GET /v1/jobs?state=&since=&limit=`` (the
 ledger's jobs),
-``GET /v1/jobs/{id}`` (the job as CI has it now, and which sinks asrd delivered it to),
-``POST /v1/callbacks/{token}`` (URL callbacks onto the Pulsar topic, when ``[intake.url]`` is set).
+``GET /v1/jobs/{id}`` (the job as CI has it now, which sinks asrd delivered it to, and its
+timeline in the ledger),
+``POST /v1/callbacks/{token}`` (URL callbacks onto the Pulsar topic, when ``[intake.url]`` is set),
+and the operator console's pages under ``/ui/`` (the ``console`` package).
 
 Every error is ``{"error": "<one line>"}``. ``/v1/*`` needs ``Authorization: Bearer <token>``
 when ``[http] token`` is set (required off loopback), except ``/v1/callbacks/{token}``, which
@@ -19,7 +21,7 @@ import hmac
 import socket
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
 import structlog
@@ -36,6 +38,7 @@ from starlette.exceptions import HTTPException
 from .callback import JOB_ID
 from .ci import CiClient, CiError
 from .config import CiSettings
+from .console import ConsoleContext, build_router
 from .intake.url import UrlReceiver
 from .jobs import SINCE_DURATION, JobService
 from .ledger import Ledger
@@ -59,6 +62,7 @@ class ApiContext:
     token: str = ""  # bearer token for /v1/*; empty = none needed (loopback only)
     not_ready: Callable[[], str] = lambda: ""  # why work is paused ("" when it is not)
     max_body_bytes: int = 64 * 1024
+    console: ConsoleContext | None = None  # the pages under /ui/
 
 
 # -- models (the OpenAPI document is generated from these) ---------------------------------
@@ -147,6 +151,9 @@ class JobRecord(BaseModel):
     transcript: str
     segments: list[dict[str, Any]]
     delivered_to: list[str] = Field(description="Sinks that have this job, per the ledger.")
+    events: list[dict[str, Any]] = Field(
+        default_factory=list, description="The job's timeline in the ledger, oldest first."
+    )
 
 
 # What CI (a JSON or XML TaskFinish) and a CMQ topic's HTTP push send, read raw and never parsed
@@ -338,7 +345,12 @@ def create_app(ctx: ApiContext) -> FastAPI:
         except InvalidResult as exc:
             return _error(502, f"invalid result from CI: {exc}")
         delivered = ctx.ledger.delivered(job_id) if ctx.ledger is not None else set()
-        return {**record, "delivered_to": sorted(delivered)}
+        events = ctx.ledger.events(job_id) if ctx.ledger is not None else []
+        return {
+            **record,
+            "delivered_to": sorted(delivered),
+            "events": [event.to_dict() for event in events],
+        }
 
     @app.post(
         "/v1/callbacks/{token}",
@@ -358,6 +370,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
         headers = {k.lower(): v for k, v in request.headers.items()}
         answer = await run_in_threadpool(receiver.accept, token, body, headers)
         return JSONResponse(answer.body, status_code=answer.status)
+
+    if ctx.console is not None:
+        # The console follows the API's token rule: the same token signs in.
+        console = replace(ctx.console, token=ctx.token, metrics=ctx.metrics)
+        app.include_router(build_router(console), prefix="/ui")
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

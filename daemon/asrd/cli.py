@@ -29,6 +29,7 @@ from . import (
     pulsar_check,
     queueid,
     systemd,
+    usage,
     wiring,
 )
 from .api import ApiContext, ApiServer, serve
@@ -36,18 +37,19 @@ from .broker import make_client
 from .ci import CiClient, CiError
 from .cmq import CmqError
 from .config import ConfigError, HttpSettings, PulsarSettings, Settings
+from .console import ConsoleContext
 from .consumer import Consumer
 from .intake.feeds import Feeds
 from .intake.queue import QueueIntake
 from .jobs import JobService, job_gauges, sweep_overdue
 from .leadership import CHORES, Leadership
-from .ledger import Ledger, LedgerError, LedgerUnavailable
+from .ledger import USAGE_GROUPS, Ledger, LedgerError, LedgerUnavailable
 from .log_observer import LogObserver
 from .metrics import Metrics, multiprocess_dir
 from .observers import Observers
 from .outage import Outage
 from .periodic import every
-from .pipeline import KEYS, Pipeline
+from .pipeline import KEYS, Outcome, Pipeline
 from .preflight import check_writable
 from .reconcile import Report, reconcile
 from .result import InvalidResult, normalise
@@ -57,6 +59,7 @@ from .sinks.breaker import Breaker
 from .sinks.routing import Route, Router
 from .submit import Submitter
 from .supervisor import Supervisor, worker_command
+from .timeline_observer import TimelineObserver
 from .worker import Worker
 
 EX_OK, EX_FATAL, EX_CONFIG = 0, 1, 78
@@ -192,6 +195,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     keys = ci.credentials
     keys.observers.add(metrics)  # refreshes, and the COS sink's refused keys
+    observers.add(TimelineObserver(ledger))  # dead letters in the jobs' timelines
     metrics.gauges = lambda: job_gauges(ledger)
     _pulsar_preflight(settings.pulsar)
     client = make_client(settings.pulsar)
@@ -234,7 +238,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     submitter = cli_submit.make_submitter(settings, ci, ledger, stop=stop)
     api = _serve_api(
         settings if primary else settings.model_copy(update={"http": HttpSettings()}),
-        _api_context(settings, ci, ledger, metrics, feeds, submitter, outage),
+        _api_context(settings, ci, ledger, metrics, feeds, submitter, outage, stages.pipeline),
     )
     systemd.start_watchdog(systemd.loop_alive(lambda: consumer.health.last_tick, 30.0), stop)
     rc = settings.reconcile
@@ -315,6 +319,14 @@ def _settle_heap() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
+def _redeliverer(pipeline: Pipeline) -> Callable[[str], tuple[bool, str]]:
+    def redeliver(job_id: str) -> tuple[bool, str]:
+        verdict = pipeline.deliver_job(job_id)
+        return verdict.outcome is Outcome.DONE, verdict.reason
+
+    return redeliver
+
+
 def _api_context(
     settings: Settings,
     ci: CiClient,
@@ -323,8 +335,10 @@ def _api_context(
     feeds: Feeds,
     submitter: Submitter,
     outage: Outage,
+    pipeline: Pipeline | None = None,
 ) -> ApiContext:
-    """What the sidecar API serves, the same for ``asrd run`` and ``asrd intake``."""
+    """What the sidecar API serves, the same for ``asrd run`` and ``asrd intake`` (which has
+    no ``pipeline``: the console cannot redeliver there)."""
     return ApiContext(
         ci,
         settings.ci,
@@ -334,6 +348,16 @@ def _api_context(
         ledger=ledger,
         jobs=JobService(submitter, ledger),
         not_ready=outage.reason,
+        console=ConsoleContext(
+            ledger,
+            ci,
+            settings.pulsar,
+            sinks=[sink.name for sink in settings.sinks],
+            actions=settings.http.console_actions,
+            max_replays=settings.dlq.max_replays,
+            prices=settings.usage,
+            redeliver=_redeliverer(pipeline) if pipeline is not None else None,
+        ),
     )
 
 
@@ -404,12 +428,38 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    if args.days < 1:
+        print(f"asrd usage: --days must be 1 or more, not {args.days}", file=sys.stderr)
+        return 2
+    settings = _settings(args)
+    since = (time.time() // 86400 - (args.days - 1)) * 86400  # whole UTC days
+    ledger = cli_submit.open_ledger(settings)
+    try:
+        lines = usage.report(ledger, since, args.by, settings.usage)
+    finally:
+        ledger.close()
+    if args.csv:
+        print(usage.to_csv(lines, args.by, settings.usage), end="")
+        return EX_OK
+    priced = bool(settings.usage.prices)
+    currency = f" ({settings.usage.currency})" if settings.usage.currency else ""
+    print(f"{args.by:24} {'jobs':>8} {'audio h':>10}" + (f"  cost{currency}" if priced else ""))
+    for line in lines:
+        cost = "" if not priced else "  no price" if line.cost is None else f"  {line.cost:.2f}"
+        print(f"{line.key or '(none)':24} {line.jobs:8d} {line.audio_hours:10.3f}{cost}")
+    return EX_OK
+
+
 def cmd_dlq_list(args: argparse.Namespace) -> int:
     settings = _settings(args)
     parked = dlq.list_dead_letters(settings.pulsar, limit=args.limit)
     print(f"{len(parked)} message(s) on {settings.pulsar.dlq_topic}")
     for d in parked:
-        print(f"{d.message_id}\t{d.job_id}\t{d.published_at}\tattempts={d.attempts}\t{d.reason}")
+        print(
+            f"{d.message_id}\t{d.job_id}\t{d.published_at}\tattempts={d.attempts}"
+            f"\treplays={d.replays}\t{d.reason}"
+        )
     return EX_OK
 
 
@@ -418,15 +468,34 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     if not args.all and not args.id:
         print("asrd dlq replay: give --all or at least one --id", file=sys.stderr)
         return 2
-    done = dlq.replay(settings.pulsar, None if args.all else set(args.id))
-    for d in done:
+    max_replays = settings.dlq.max_replays
+    report = dlq.replay(settings.pulsar, None if args.all else set(args.id), max_replays)
+    if report.replayed:
+        try:
+            ledger = cli_submit.open_ledger(settings)
+        except (ConfigError, LedgerError) as exc:
+            # The messages are back on the topic all the same; only the timelines miss it.
+            print(f"asrd dlq replay: timelines not updated: {exc}", file=sys.stderr)
+        else:
+            try:
+                ledger.note_events(report.events(), report.started_at)  # timelines say so
+            finally:
+                ledger.close()
+    for d in report.replayed:
         print(f"replayed {d.message_id}\t{d.job_id}")
-    print(f"{len(done)} message(s) put back on {settings.pulsar.topic}")
-    missing = set(args.id or ()) - {d.message_id for d in done} - {d.job_id for d in done}
+    for d in report.refused:
+        print(
+            f"asrd dlq replay: {d.message_id} (job {d.job_id}) refused: replayed {d.replays} "
+            f"times already (dlq.max_replays = {max_replays}); it stays parked",
+            file=sys.stderr,
+        )
+    print(f"{len(report.replayed)} message(s) put back on {settings.pulsar.topic}")
+    seen = {d.message_id for d in report.replayed + report.refused}
+    seen |= {d.job_id for d in report.replayed + report.refused}
+    missing = set(args.id or ()) - seen
     if missing:
         print(f"asrd dlq replay: not found: {', '.join(sorted(missing))}", file=sys.stderr)
-        return EX_FATAL
-    return EX_OK
+    return EX_FATAL if missing or report.refused else EX_OK
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
@@ -597,6 +666,10 @@ def _parser() -> argparse.ArgumentParser:
     sp = add(dlq_cmds, "replay", cmd_dlq_replay, "put parked messages back on the main topic")
     sp.add_argument("--id", action="append", help="DLQ message id or job id (repeatable)")
     sp.add_argument("--all", action="store_true", help="replay every parked message")
+    sp = add(sub, "usage", cmd_usage, "audio hours (and estimated cost) of delivered jobs")
+    sp.add_argument("--days", type=int, default=30, help="the last N UTC days (default 30)")
+    sp.add_argument("--by", choices=USAGE_GROUPS, default="day", help="group per day|queue|engine")
+    sp.add_argument("--csv", action="store_true", help="CSV instead of a table")
     sub.add_parser("emulator", help="run the local CI emulator (asrd emulator --help)")
     return p
 

@@ -338,6 +338,8 @@ class HttpSettings(_Section):
     token: SecretStr | None = None
     token_file: Path | None = None
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # The console (/ui/) is read-only unless this is set: replay is refused by the server.
+    console_actions: bool = False
 
     secret_keys = ("token",)
 
@@ -379,6 +381,30 @@ class ReconcileSettings(_Section):
     # sweep (every sweep_interval_s, 0 = off) looks it up by id, whatever the list window.
     deadline_s: float = Field(default=3 * 3600.0, gt=0)
     sweep_interval_s: float = Field(default=300.0, ge=0)
+
+
+class DlqSettings(_Section):
+    """Replaying dead letters (``asrd dlq replay``, the console)."""
+
+    # A message replayed this many times is refused: it keeps failing, and must not loop.
+    max_replays: int = Field(default=3, ge=1, le=1000)
+
+
+class UsageSettings(_Section):
+    """Estimated cost in usage reports: no prices are built in (they change; take them from
+    the provider's price page). Without prices no cost is shown."""
+
+    currency: str = Field(default="", max_length=8)
+    # Price per audio hour, by engine model name (``16k_zh``...), in ``currency``.
+    prices: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("prices")
+    @classmethod
+    def _not_negative(cls, prices: dict[str, float]) -> dict[str, float]:
+        for engine, price in prices.items():
+            if price < 0:
+                raise ValueError(f"{engine}: a price cannot be negative")
+        return prices
 
 
 class SubmitSettings(_Section):
@@ -619,6 +645,8 @@ class Settings(_Section):
     log: LogSettings = LogSettings()
     reconcile: ReconcileSettings = ReconcileSettings()
     submit: SubmitSettings = SubmitSettings()
+    dlq: DlqSettings = DlqSettings()
+    usage: UsageSettings = UsageSettings()
     intake: IntakeSettings = IntakeSettings()
     canary: CanarySettings = CanarySettings()
     # Only the commands that deliver (run, reconcile) need a sink; build_routes says so.

@@ -85,6 +85,7 @@ def show(ledger: Ledger, ci: CiClient, job_id: str, now: float) -> dict[str, Any
         "job_id": job_id,
         "ledger": entry.to_dict(now) if entry else None,
         "delivered_to": sorted(ledger.delivered(job_id)),
+        "events": [event.to_dict() for event in ledger.events(job_id)],
     }
     try:
         detail = ci.get_job(job_id)

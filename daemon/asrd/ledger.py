@@ -29,7 +29,9 @@ from .config import LedgerSettings
 
 # Version 1: deliveries, attempts without first_at. 2: attempts.first_at. 3: the jobs table.
 # 4: not_wanted (sinks whose route does not select a job). 5: claims (who delivers a job now).
-SCHEMA_VERSION = 5
+# 6: events (each job's timeline); jobs.queue_id and jobs.user_data (the console's filters);
+# usage (each delivered job's audio length, queue and engine model).
+SCHEMA_VERSION = 6
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
     job_id TEXT NOT NULL,
@@ -64,10 +66,29 @@ CREATE TABLE IF NOT EXISTS jobs (
     settled_at REAL,
     ci_state TEXT NOT NULL DEFAULT '',
     checked_at REAL,
-    reason TEXT NOT NULL DEFAULT ''
+    reason TEXT NOT NULL DEFAULT '',
+    queue_id TEXT NOT NULL DEFAULT '',
+    user_data TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_status_deadline ON jobs (status, deadline_at);
 CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs (submitted_at);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,  -- the rowid: the order of events written together
+    job_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    stage TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_job ON events (job_id, at);
+CREATE INDEX IF NOT EXISTS events_at ON events (at);
+CREATE TABLE IF NOT EXISTS usage (
+    job_id TEXT PRIMARY KEY,
+    at REAL NOT NULL,
+    queue_id TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    audio_seconds REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_at ON usage (at);
 """
 # Job status in the ledger. PENDING: the create was sent, its answer not (yet) seen. OWED: CI
 # has the job, some selected sink does not have its result. SETTLED: every selected sink has
@@ -76,7 +97,12 @@ PENDING, OWED, SETTLED, FAILED = "pending", "owed", "settled", "failed"
 OPEN_STATUSES = (PENDING, OWED)
 _JOB_COLUMNS = (
     "client_token, job_id, input, status, submitted_at, deadline_at, settled_at, ci_state,"
-    " checked_at, reason"
+    " checked_at, reason, queue_id, user_data"
+)
+# Columns added to the jobs table after it was first made: (name, definition), for migrations.
+JOB_COLUMNS_ADDED = (
+    ("queue_id", "TEXT NOT NULL DEFAULT ''"),
+    ("user_data", "TEXT NOT NULL DEFAULT ''"),
 )
 
 
@@ -94,6 +120,8 @@ class JobEntry:
     ci_state: str = ""
     checked_at: float | None = None
     reason: str = ""
+    queue_id: str = ""  # the CI queue it was submitted to ("" = not known)
+    user_data: str = ""  # the UserData it was submitted with
 
     def overdue(self, now: float) -> bool:
         return self.status in OPEN_STATUSES and self.deadline_at < now
@@ -112,6 +140,8 @@ class JobEntry:
             "checked_at": _iso(self.checked_at),
             "reason": self.reason or None,
             "canary": is_canary(self.client_token),
+            "queue_id": self.queue_id or None,
+            "user_data": self.user_data or None,
         }
 
 
@@ -123,6 +153,61 @@ class JobStats:
     # Messages begun and not yet settled for good: in a worker's hands or waiting on the retry
     # topic (the attempts table; a message acknowledged or dead-lettered leaves it).
     deliveries_pending: int = 0
+
+
+@dataclass(frozen=True)
+class JobQuery:
+    """A page of the jobs table, newest first, for people browsing it (the console).
+    ``before`` is the (submitted_at, client_token) of the last row of the previous page: keyset
+    paging, so a deep page costs what the first does."""
+
+    statuses: tuple[str, ...] = ()
+    overdue_at: float | None = None
+    since: float | None = None
+    until: float | None = None
+    input_prefix: str = ""
+    job_id: str = ""
+    queue_id: str = ""
+    user_data: str = ""  # text the UserData contains (any case)
+    before: tuple[float, str] | None = None
+    limit: int = 50
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One step of a job's timeline: what happened (``stage``), when, and a detail (the sink,
+    CI's state, a reason)."""
+
+    at: float
+    stage: str
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return {"at": _iso(self.at), "stage": self.stage, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One delivered job's audio, for usage reports: its CI queue and engine model."""
+
+    job_id: str
+    queue_id: str
+    engine: str
+    audio_seconds: float
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """Audio of the jobs delivered in one group (a UTC day, a queue or an engine model), per
+    engine model (prices are per engine)."""
+
+    key: str
+    engine: str
+    jobs: int
+    audio_seconds: float
+
+
+USAGE_GROUPS = ("day", "queue", "engine")
 
 
 def _iso(ts: float | None) -> str | None:
@@ -143,6 +228,8 @@ def _entry(row: tuple[object, ...]) -> JobEntry:
         ci_state=str(row[7] or ""),
         checked_at=None if row[8] is None else float(str(row[8])),
         reason=str(row[9] or ""),
+        queue_id=str(row[10] or ""),
+        user_data=str(row[11] or ""),
     )
 
 
@@ -216,10 +303,12 @@ class Ledger(Protocol):
         settled: Sequence[tuple[str, str | None]] = (),
         release: Sequence[str] = (),
         owner: str = "",
+        usage: Sequence[Usage] = (),
     ) -> None:
         """In one transaction: record (job id, sink) deliveries and sinks that do not want a
         job, ``settle`` (job id, CI state) jobs, forget the attempts of settled messages, and
-        give up ``owner``'s claims on the ``release`` jobs."""
+        give up ``owner``'s claims on the ``release`` jobs, and record the settled jobs'
+        ``usage``."""
         ...
 
     def job_by_token(self, client_token: str) -> JobEntry | None: ...
@@ -256,6 +345,38 @@ class Ledger(Protocol):
         ...
 
     def job_stats(self, now: float) -> JobStats: ...
+
+    # -- read-only views for people (the console) --------------------------------------------
+    def browse_jobs(self, query: JobQuery) -> list[JobEntry]:
+        """One page of jobs matching ``query``, newest first."""
+        ...
+
+    def status_counts(self) -> dict[str, int]:
+        """How many jobs the ledger holds in each status."""
+        ...
+
+    def per_hour(self, column: str, start: float, hours: int) -> list[int]:
+        """Jobs whose ``submitted_at`` or ``settled_at`` falls in each hour from ``start``."""
+        ...
+
+    def deliveries_per_sink(self) -> dict[str, int]: ...
+
+    def events(self, job_id: str) -> list[JobEvent]:
+        """The job's timeline, oldest first."""
+        ...
+
+    def usage(self, since: float, by: str) -> list[UsageRow]:
+        """Audio delivered since then, grouped ``by`` one of ``USAGE_GROUPS`` and engine."""
+        ...
+
+    def forget_delivery(self, job_id: str, sink: str) -> bool:
+        """A person asked for the job again at this sink: the ledger no longer says the sink
+        has it (the timeline says why). Whether it did."""
+        ...
+
+    def note_events(self, events: Sequence[tuple[str, str, str]], at: float) -> None:
+        """Add (job id, stage, detail) steps that change nothing else (a replay) at ``at``."""
+        ...
 
     def lock_sessions(self) -> Callable[[], LockSession] | None:
         """What opens a session of its own for fleet-wide locks (``leadership``); None when
@@ -295,6 +416,56 @@ _CLAIM = (
     " WHERE claims.until < ? OR claims.owner = excluded.owner RETURNING job_id"
 )
 _RELEASE = "DELETE FROM claims WHERE job_id = ? AND owner = ?"
+_USAGE = (
+    "INSERT INTO usage (job_id, at, queue_id, engine, audio_seconds) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (job_id) DO NOTHING"
+)
+# Timeline events are written in the transaction of the change they record, and only when it is
+# a change (a duplicate callback's delivery, or a settle of a settled job, adds nothing).
+_EVENT = "INSERT INTO events (job_id, at, stage, detail) VALUES (?, ?, ?, ?)"
+_EVENT_DELIVERED = (
+    "INSERT INTO events (job_id, at, stage, detail) SELECT ?, ?, 'delivered', ?"
+    " WHERE NOT EXISTS (SELECT 1 FROM deliveries WHERE job_id = ? AND sink = ?)"
+)
+_EVENT_NOT_WANTED = (
+    "INSERT INTO events (job_id, at, stage, detail) SELECT ?, ?, 'not selected', ?"
+    " WHERE NOT EXISTS (SELECT 1 FROM not_wanted WHERE job_id = ? AND sink = ?)"
+)
+_EVENT_ONCE = (
+    "INSERT INTO events (job_id, at, stage, detail) SELECT ?, ?, ?, ?"
+    " WHERE NOT EXISTS (SELECT 1 FROM events WHERE job_id = ? AND stage = ?)"
+)
+_EVENT_SETTLED = (
+    "INSERT INTO events (job_id, at, stage, detail) SELECT ?, ?, ?, ?"
+    " WHERE EXISTS (SELECT 1 FROM jobs WHERE job_id = ? AND status IN (?, ?))"
+)
+_EVENT_FAILED = (
+    "INSERT INTO events (job_id, at, stage, detail) SELECT job_id, ?, 'failed', ? FROM jobs"
+    " WHERE client_token = ? AND job_id IS NOT NULL AND status IN (?, ?)"
+)
+
+
+def _delivered_statements(job_id: str, sink: str, now: float) -> list[tuple[str, Params]]:
+    return [
+        (_EVENT_DELIVERED, (job_id, now, sink, job_id, sink)),
+        (_MARK_DELIVERED, (job_id, sink, now)),
+    ]
+
+
+def _not_wanted_statements(job_id: str, sink: str, now: float) -> list[tuple[str, Params]]:
+    return [
+        (_EVENT_NOT_WANTED, (job_id, now, sink, job_id, sink)),
+        (_NOT_WANTED, (job_id, sink, now)),
+    ]
+
+
+def _settled_statements(job_id: str, ci_state: str | None, now: float) -> list[tuple[str, Params]]:
+    stage = "failed" if ci_state in ("Failed", "Cancel") else "settled"
+    detail = f"CI state {ci_state}" if ci_state else ""
+    event = (_EVENT_SETTLED, (job_id, now, stage, detail, job_id, *OPEN_STATUSES))
+    return [event, _settle_statement(job_id, ci_state, now)]
+
+
 _NOT_WANTED = (
     "INSERT INTO not_wanted (job_id, sink, decided_at) VALUES (?, ?, ?)"
     " ON CONFLICT (job_id, sink) DO NOTHING"
@@ -376,10 +547,10 @@ class _SqlLedger:
 
     def mark_not_wanted(self, job_id: str, sinks: Iterable[str]) -> None:
         now = time.time()
-        self._run_all([(_NOT_WANTED, (job_id, sink, now)) for sink in sinks])
+        self._run_all([st for sink in sinks for st in _not_wanted_statements(job_id, sink, now)])
 
     def mark_delivered(self, job_id: str, sink: str) -> None:
-        self._run(_MARK_DELIVERED, (job_id, sink, time.time()))
+        self._run_all(_delivered_statements(job_id, sink, time.time()))
 
     def begin_attempt(self, message_key: str) -> Attempt:
         rows, _ = self._run(_BEGIN_ATTEMPT, (message_key, time.time()))
@@ -453,15 +624,23 @@ class _SqlLedger:
         settled: Sequence[tuple[str, str | None]] = (),
         release: Sequence[str] = (),
         owner: str = "",
+        usage: Sequence[Usage] = (),
     ) -> None:
         now = time.time()
         statements: list[tuple[str, Params]] = [
-            (_MARK_DELIVERED, (job_id, sink, now)) for job_id, sink in delivered
+            st for job_id, sink in delivered for st in _delivered_statements(job_id, sink, now)
         ]
-        statements += [(_NOT_WANTED, (job_id, sink, now)) for job_id, sink in not_wanted]
-        statements += [_settle_statement(job_id, state, now) for job_id, state in settled]
+        statements += [
+            st for job_id, sink in not_wanted for st in _not_wanted_statements(job_id, sink, now)
+        ]
+        statements += [
+            st for job_id, state in settled for st in _settled_statements(job_id, state, now)
+        ]
         statements += [("DELETE FROM attempts WHERE message_key = ?", (k,)) for k in cleared]
         statements += [(_RELEASE, (job_id, owner)) for job_id in release]
+        statements += [
+            (_USAGE, (u.job_id, now, u.queue_id, u.engine, u.audio_seconds)) for u in usage
+        ]
         if statements:
             self._run_all(statements)
 
@@ -477,6 +656,13 @@ class _SqlLedger:
                 (
                     "DELETE FROM jobs WHERE status IN (?, ?) AND settled_at < ?",
                     (SETTLED, FAILED, cutoff),
+                ),
+                ("DELETE FROM usage WHERE at < ?", (cutoff,)),
+                # A timeline goes with its job: kept while the job is still owed.
+                (
+                    "DELETE FROM events WHERE at < ? AND job_id NOT IN (SELECT job_id FROM jobs"
+                    " WHERE status IN (?, ?) AND job_id IS NOT NULL)",
+                    (cutoff, *OPEN_STATUSES),
                 ),
             ]
         )
@@ -499,42 +685,78 @@ class _SqlLedger:
     def record_pending(self, entry: JobEntry) -> None:
         # An entry whose create CI refused (failed, no job) starts again; any other is kept.
         self._run(
-            "INSERT INTO jobs (client_token, input, status, submitted_at, deadline_at)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (client_token) DO UPDATE SET"
+            "INSERT INTO jobs (client_token, input, status, submitted_at, deadline_at, queue_id,"
+            " user_data) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (client_token) DO UPDATE SET"
             " status = excluded.status, submitted_at = excluded.submitted_at,"
-            " deadline_at = excluded.deadline_at, settled_at = NULL, reason = ''"
+            " deadline_at = excluded.deadline_at, settled_at = NULL, reason = '',"
+            " queue_id = excluded.queue_id, user_data = excluded.user_data"
             " WHERE jobs.status = ? AND jobs.job_id IS NULL",
             (entry.client_token, entry.input, PENDING, entry.submitted_at, entry.deadline_at,
-             FAILED),
+             entry.queue_id, entry.user_data, FAILED),
         )  # fmt: skip
 
     def record_job(self, entry: JobEntry) -> None:
         assert entry.job_id is not None
-        self._run(
-            "INSERT INTO jobs (client_token, job_id, input, status, submitted_at,"
-            " deadline_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (client_token) DO UPDATE"
-            " SET job_id = excluded.job_id, reason = '', status = CASE"
-            " WHEN jobs.status IN (?, ?) THEN ? ELSE jobs.status END",
-            (
-                entry.client_token, entry.job_id, entry.input, OWED,
-                entry.submitted_at, entry.deadline_at, PENDING, FAILED, OWED,
-            ),
+        now = time.time()
+        self._run_all(
+            [
+                (
+                    "INSERT INTO jobs (client_token, job_id, input, status, submitted_at,"
+                    " deadline_at, queue_id, user_data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (client_token) DO UPDATE"
+                    " SET job_id = excluded.job_id, reason = '', status = CASE"
+                    " WHEN jobs.status IN (?, ?) THEN ? ELSE jobs.status END,"
+                    # An adoption that does not know them keeps what the submit recorded.
+                    " queue_id = CASE WHEN excluded.queue_id = '' THEN jobs.queue_id"
+                    " ELSE excluded.queue_id END,"
+                    " user_data = CASE WHEN excluded.user_data = '' THEN jobs.user_data"
+                    " ELSE excluded.user_data END",
+                    (
+                        entry.client_token, entry.job_id, entry.input, OWED,
+                        entry.submitted_at, entry.deadline_at, entry.queue_id, entry.user_data,
+                        PENDING, FAILED, OWED,
+                    ),
+                ),
+                (
+                    _EVENT_ONCE,
+                    (entry.job_id, entry.submitted_at, "submitted", entry.input,
+                     entry.job_id, "submitted"),
+                ),
+                (
+                    _EVENT_ONCE,
+                    (entry.job_id, now, "created", f"client token {entry.client_token}",
+                     entry.job_id, "created"),
+                ),
+            ]
         )  # fmt: skip
 
     def settle(self, job_id: str, ci_state: str | None) -> None:
-        self._run(*_settle_statement(job_id, ci_state, time.time()))
+        self._run_all(_settled_statements(job_id, ci_state, time.time()))
 
     def fail_job(self, client_token: str, reason: str) -> None:
-        self._run(
-            "UPDATE jobs SET status = ?, settled_at = ?, reason = ? WHERE client_token = ?"
-            " AND status IN (?, ?)",
-            (FAILED, time.time(), reason[:500], client_token, *OPEN_STATUSES),
+        now = time.time()
+        self._run_all(
+            [
+                (_EVENT_FAILED, (now, reason[:500], client_token, *OPEN_STATUSES)),
+                (
+                    "UPDATE jobs SET status = ?, settled_at = ?, reason = ? WHERE client_token = ?"
+                    " AND status IN (?, ?)",
+                    (FAILED, now, reason[:500], client_token, *OPEN_STATUSES),
+                ),
+            ]
         )
 
     def note_check(self, job_id: str, ci_state: str, reason: str = "") -> None:
-        self._run(
-            "UPDATE jobs SET ci_state = ?, checked_at = ?, reason = ? WHERE job_id = ?",
-            (ci_state, time.time(), reason[:500], job_id),
+        now = time.time()
+        detail = f"CI state {ci_state}" + (f": {reason[:500]}" if reason else "")
+        self._run_all(
+            [
+                (
+                    "UPDATE jobs SET ci_state = ?, checked_at = ?, reason = ? WHERE job_id = ?",
+                    (ci_state, now, reason[:500], job_id),
+                ),
+                (_EVENT, (job_id, now, "checked", detail)),
+            ]
         )
 
     def list_jobs(
@@ -574,6 +796,103 @@ class _SqlLedger:
         row = rows[0]
         oldest = None if row[2] is None else float(row[2])
         return JobStats(int(row[0]), int(row[1] or 0), oldest, int(row[3] or 0))
+
+    # -- read-only views for people (the console) --------------------------------------------
+    def browse_jobs(self, query: JobQuery) -> list[JobEntry]:
+        clauses: list[str] = []
+        params: list[object] = []
+        if query.statuses:
+            clauses.append(f"status IN ({', '.join('?' for _ in query.statuses)})")
+            params.extend(query.statuses)
+        if query.overdue_at is not None:
+            clauses.append("deadline_at < ?")
+            params.append(query.overdue_at)
+        if query.since is not None:
+            clauses.append("submitted_at >= ?")
+            params.append(query.since)
+        if query.until is not None:
+            clauses.append("submitted_at < ?")
+            params.append(query.until)
+        if query.input_prefix:
+            # substr, not LIKE: SQLite's LIKE ignores ASCII case, and a prefix holds % and _.
+            clauses.append("substr(input, 1, ?) = ?")
+            params.extend((len(query.input_prefix), query.input_prefix))
+        if query.job_id:
+            clauses.append("job_id = ?")
+            params.append(query.job_id)
+        if query.queue_id:
+            clauses.append("queue_id = ?")
+            params.append(query.queue_id)
+        if query.user_data:
+            escaped = query.user_data.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+            clauses.append("LOWER(user_data) LIKE LOWER(?) ESCAPE '!'")
+            params.append(f"%{escaped}%")
+        if query.before is not None:
+            clauses.append("(submitted_at < ? OR (submitted_at = ? AND client_token < ?))")
+            params.extend((query.before[0], query.before[0], query.before[1]))
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = (
+            f"SELECT {_JOB_COLUMNS} FROM jobs{where}"  # noqa: S608 - fixed clauses, values bound
+            " ORDER BY submitted_at DESC, client_token DESC LIMIT ?"
+        )
+        rows, _ = self._run(sql, (*params, query.limit))
+        return [_entry(r) for r in rows]
+
+    def status_counts(self) -> dict[str, int]:
+        rows, _ = self._run("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def per_hour(self, column: str, start: float, hours: int) -> list[int]:
+        if column not in ("submitted_at", "settled_at"):
+            raise ValueError(f"per_hour: no column {column!r}")
+        # One pass over the index range; the buckets are sums, the same SQL on both backends.
+        buckets = ", ".join(
+            f"SUM(CASE WHEN {column} >= ? AND {column} < ? THEN 1 ELSE 0 END)" for _ in range(hours)
+        )
+        bounds = [b for h in range(hours) for b in (start + h * 3600, start + (h + 1) * 3600)]
+        sql = f"SELECT {buckets} FROM jobs WHERE {column} >= ? AND {column} < ?"  # noqa: S608
+        rows, _ = self._run(sql, (*bounds, start, start + hours * 3600))
+        return [int(v or 0) for v in rows[0]] if rows else [0] * hours
+
+    def deliveries_per_sink(self) -> dict[str, int]:
+        rows, _ = self._run("SELECT sink, COUNT(*) FROM deliveries GROUP BY sink ORDER BY sink")
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def events(self, job_id: str) -> list[JobEvent]:
+        rows, _ = self._run(
+            "SELECT at, stage, detail FROM events WHERE job_id = ? ORDER BY at, id", (job_id,)
+        )
+        return [JobEvent(float(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    def usage(self, since: float, by: str) -> list[UsageRow]:
+        # A UTC day is the Unix time divided by 86,400 in integers (on both backends).
+        key = {"day": "CAST(at AS BIGINT) / 86400", "queue": "queue_id", "engine": "engine"}[by]
+        rows, _ = self._run(
+            f"SELECT {key}, engine, COUNT(*), SUM(audio_seconds) FROM usage"  # noqa: S608
+            f" WHERE at >= ? GROUP BY {key}, engine ORDER BY {key}, engine",
+            (since,),
+        )
+        if by == "day":
+            days = [
+                (datetime.fromtimestamp(int(r[0]) * 86400, UTC).date().isoformat(), r) for r in rows
+            ]
+            return [UsageRow(d, str(r[1]), int(r[2]), float(r[3] or 0)) for d, r in days]
+        return [UsageRow(str(r[0]), str(r[1]), int(r[2]), float(r[3] or 0)) for r in rows]
+
+    def forget_delivery(self, job_id: str, sink: str) -> bool:
+        counts = self._run_all(
+            [
+                ("DELETE FROM deliveries WHERE job_id = ? AND sink = ?", (job_id, sink)),
+                (_EVENT, (job_id, time.time(), "redelivery asked", sink)),
+            ]
+        )
+        return counts[0] > 0
+
+    def note_events(self, events: Sequence[tuple[str, str, str]], at: float) -> None:
+        if events:
+            self._run_all(
+                [(_EVENT, (job_id, at, stage, text[:500])) for job_id, stage, text in events]
+            )
 
     def lock_sessions(self) -> Callable[[], LockSession] | None:
         return None
@@ -642,6 +961,10 @@ class SqliteLedger(_SqlLedger):
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
                             self._db.execute(statement)
+                    have = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
+                    for name, definition in JOB_COLUMNS_ADDED:
+                        if name not in have:
+                            self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
                     self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 self._db.execute("COMMIT")
             except BaseException:

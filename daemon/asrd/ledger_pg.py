@@ -23,6 +23,7 @@ from psycopg import conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .ledger import (
+    JOB_COLUMNS_ADDED,
     SCHEMA_VERSION,
     LedgerError,
     LedgerUnavailable,
@@ -67,10 +68,29 @@ CREATE TABLE IF NOT EXISTS jobs (
     settled_at DOUBLE PRECISION,
     ci_state TEXT NOT NULL DEFAULT '',
     checked_at DOUBLE PRECISION,
-    reason TEXT NOT NULL DEFAULT ''
+    reason TEXT NOT NULL DEFAULT '',
+    queue_id TEXT NOT NULL DEFAULT '',
+    user_data TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_status_deadline ON jobs (status, deadline_at);
 CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs (submitted_at);
+CREATE TABLE IF NOT EXISTS events (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
+    stage TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_job ON events (job_id, at);
+CREATE INDEX IF NOT EXISTS events_at ON events (at);
+CREATE TABLE IF NOT EXISTS usage (
+    job_id TEXT PRIMARY KEY,
+    at DOUBLE PRECISION NOT NULL,
+    queue_id TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    audio_seconds DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_at ON usage (at);
 """
 _TRANSIENT_FATAL = ("starting up", "shutting down", "too many", "recovery mode", "remaining")
 # Any constant: workers starting together take turns at migrating.
@@ -167,6 +187,10 @@ class PostgresLedger(_SqlLedger):
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement.encode())
+            for name, definition in JOB_COLUMNS_ADDED:
+                conn.execute(
+                    f"ALTER TABLE jobs ADD COLUMN IF NOT EXISTS {name} {definition}".encode()
+                )
             conn.execute("DELETE FROM asrd_schema")
             conn.execute("INSERT INTO asrd_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
 

@@ -163,6 +163,12 @@ class Metrics(Observer):
             ["operation", "status"],
             registry=r,
         )
+        self.audio = Counter(
+            "asrd_audio_seconds",
+            "Audio of the jobs settled (CI's AudioTime), by engine model and CI queue.",
+            ["engine", "queue"],
+            registry=r,
+        )
         self.ci_duration = Histogram(
             "asrd_ci_request_duration_seconds",
             "Duration of requests to CI/COS, by operation.",
@@ -350,6 +356,9 @@ class Metrics(Observer):
 
     def sink_failed(self, sink: str, job_id: str, error: str, permanent: bool) -> None:
         self.deliveries.labels(sink, "failed").inc()
+
+    def audio_delivered(self, queue: str, engine: str, seconds: float) -> None:
+        self.audio.labels(engine, queue).inc(seconds)
 
     def ci_call(self, operation: str, status: str, seconds: float) -> None:
         self.ci_requests.labels(operation, status).inc()

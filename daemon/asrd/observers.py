@@ -66,6 +66,9 @@ class Observer:
     def sink_failed(self, sink: str, job_id: str, error: str, permanent: bool) -> None:
         """A sink refused the record."""
 
+    def audio_delivered(self, queue: str, engine: str, seconds: float) -> None:
+        """A job settled with this much audio (CI's AudioTime), from this queue and engine."""
+
     def ci_call(self, operation: str, status: str, seconds: float) -> None:
         """One request to CI/COS ended; ``status`` is ``ok`` or the error kind."""
 
@@ -152,6 +155,9 @@ class Observers(Observer):
 
     def sink_failed(self, sink: str, job_id: str, error: str, permanent: bool) -> None:
         self._each("sink_failed", sink, job_id, error, permanent)
+
+    def audio_delivered(self, queue: str, engine: str, seconds: float) -> None:
+        self._each("audio_delivered", queue, engine, seconds)
 
     def ci_call(self, operation: str, status: str, seconds: float) -> None:
         self._each("ci_call", operation, status, seconds)

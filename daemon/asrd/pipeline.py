@@ -17,9 +17,9 @@ from enum import Enum
 
 from . import callback
 from .ci import CiClient, CiError, JobsDetail
-from .ledger import Ledger
+from .ledger import Ledger, Usage
 from .observers import Observers
-from .result import InvalidResult, ResultRecord, normalise, stamped
+from .result import InvalidResult, ResultRecord, engine_of, normalise, stamped
 from .sinks.base import SinkError, deliver_all
 from .sinks.breaker import Breaker
 from .sinks.routing import Router
@@ -68,6 +68,7 @@ class _Writes:
     delivered: list[tuple[str, str]] = field(default_factory=list)
     not_wanted: list[tuple[str, str]] = field(default_factory=list)
     settled: list[tuple[str, str | None]] = field(default_factory=list)
+    usage: list[Usage] = field(default_factory=list)
 
 
 class Pipeline:
@@ -200,9 +201,12 @@ class Pipeline:
                 not_wanted=writes.not_wanted,
                 settled=writes.settled,
                 release=claimed,
+                usage=writes.usage,
                 owner=self._owner,
             )
             claimed = []
+            for used in writes.usage:
+                self._obs.audio_delivered(used.queue_id, used.engine, used.audio_seconds)
             return out
         finally:
             if claimed:  # the batch failed before its transaction: let the jobs go
@@ -277,6 +281,8 @@ class Pipeline:
                 )
             else:
                 writes.settled.append((r.job_id, r.state))
+                if r.audio_time is not None:
+                    writes.usage.append(Usage(r.job_id, r.queue_id, engine_of(r), r.audio_time))
                 out[r.job_id] = Verdict(Outcome.DONE, "", r.job_id, got)
         return out
 

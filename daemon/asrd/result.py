@@ -97,6 +97,15 @@ class ResultRecord:
         return {"schema_version": data.pop("schema_version"), **data, "raw": data.pop("raw")}
 
 
+def engine_of(record: ResultRecord) -> str:
+    """The engine model the job ran with (``16k_zh``...), as CI echoes its parameters; "" when
+    CI does not say (a job made from a template)."""
+    operation = record.raw.get("Operation")
+    recognition = operation.get("SpeechRecognition") if isinstance(operation, dict) else None
+    engine = recognition.get("EngineModelType") if isinstance(recognition, dict) else None
+    return engine if isinstance(engine, str) else ""
+
+
 def as_list(value: Any) -> list[Any]:
     """The SDK gives one repeated element as a dict and several as a list; ``None`` when empty."""
     if value is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -314,7 +314,10 @@ class Submitter:
         # A pending entry is a create whose answer an earlier run never saw: look it up first.
         unknown_since = known.submitted_at if known and known.status == PENDING else None
         now = time.time()
-        entry = JobEntry(token, None, spec.input, PENDING, now, now + self._deadline_s)
+        entry = JobEntry(
+            token, None, spec.input, PENDING, now, now + self._deadline_s,
+            queue_id=self._settings.queue_id, user_data=spec.user_data or "",
+        )  # fmt: skip
         if known is None or known.status == FAILED:
             self._ledger.record_pending(entry)
         return self._send(request, entry, unknown_since)
@@ -361,6 +364,9 @@ class Submitter:
                 continue
             job_id = str(detail.get("JobId") or "")
             if job_id:
+                # CI names the queue it chose (its default one when none was configured).
+                queue = str(detail.get("QueueId") or entry.queue_id)
+                entry = replace(entry, queue_id=queue)
                 return self._recorded(SUBMITTED, entry, job_id, sent, sent_at)
             error = "CI answered the create without a JobId"
         if unknown_since is None:
@@ -371,10 +377,7 @@ class Submitter:
     def _recorded(
         self, status: str, entry: JobEntry, job_id: str, sent: int, sent_at: float
     ) -> SubmitOutcome:
-        self._ledger.record_job(
-            JobEntry(entry.client_token, job_id, entry.input, PENDING, entry.submitted_at,
-                     entry.deadline_at)
-        )  # fmt: skip
+        self._ledger.record_job(replace(entry, job_id=job_id, status=PENDING))
         return SubmitOutcome(status, entry.client_token, job_id, None, sent, sent_at)
 
 
