@@ -8,6 +8,7 @@ retry-letter and dead-letter conventions, which TDMQ documents.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import Mapping
@@ -101,9 +102,13 @@ def make_client(
     service_url: str = "",
     credentials: TokenSettings | None = None,
     operation_timeout_s: int = 30,
+    quiet: bool = False,
 ) -> pulsar.Client:
     """The one way asrd builds a Pulsar client: ``[pulsar]``'s TLS settings and token, or
-    another ``service_url`` and ``credentials`` (a Pulsar sink's own) with the same TLS ones."""
+    another ``service_url`` and ``credentials`` (a Pulsar sink's own) with the same TLS ones.
+
+    ``quiet``: the client's own log lines are dropped, for probes whose failures are the answer
+    (``asrd check`` names each problem in one line of its own)."""
     ca = settings.tls_trust_certs_file
     return pulsar.Client(
         service_url or settings.service_url,
@@ -112,7 +117,9 @@ def make_client(
         tls_trust_certs_file_path=str(ca) if ca is not None else None,
         tls_validate_hostname=settings.tls_validate_hostname and not settings.tls_allow_insecure,
         tls_allow_insecure_connection=settings.tls_allow_insecure,
-        logger=pulsar_logger(),
+        logger=pulsar.FileLogger(pulsar.LoggerLevel.Error, os.devnull)
+        if quiet
+        else pulsar_logger(),
     )
 
 

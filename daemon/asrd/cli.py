@@ -553,7 +553,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _check_pulsar(settings: PulsarSettings) -> list[str]:
     """The topics exist and the subscription is open on the topic and the retry-letter topic."""
-    client = make_client(settings, operation_timeout_s=10)
+    client = make_client(settings, operation_timeout_s=10, quiet=True)
     try:
         for topic in (settings.topic, settings.retry_letter_topic, settings.dlq_topic):
             client.get_topic_partitions(topic)
