@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from fastapi.testclient import TestClient
 
-from asrd import config
+from asrd import config, queueid
 from asrd.api import ApiContext, create_app
 from asrd.broker import ATTEMPTS, REASON
 from asrd.ci import CiClient
@@ -110,7 +110,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iterator[S
     emu = start_emulator(tmp / "emulator", broker.service_url, "--job-delay", "0.2")
     try:
         cfg = write_config(tmp / "site", emu, broker.service_url)
-        settings = config.load(cfg.path)
+        settings = queueid.resolved(config.load(cfg.path))  # as asrd submit does
         ledger = from_settings(settings.ledger)
         ci = CiClient(settings.ci)
         ci.put_object("media/calm.mp3", b"not audio")
