@@ -113,6 +113,6 @@ def test_dlq_list_at_debug_prints_only_data_on_stdout(
     for line, reason in zip(
         lines[1:], ("gave up after 2 attempts", "not a CI callback"), strict=True
     ):
-        assert re.fullmatch(rf"\S+\t-\t\S+\tattempts=\t{reason}", line), line
+        assert re.fullmatch(rf"\S+\t-\t\S+\tattempts=\treplays=0\t{reason}", line), line
     # The client's own lines at debug are there, on standard error.
     assert "INFO" in out.stderr and "ConnectionPool" in out.stderr
