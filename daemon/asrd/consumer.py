@@ -129,10 +129,12 @@ class Consumer:
         broker's next ledger roll-over (a restart is enough)."""
         s = self._settings
         try:
+            # Shared, so workers starting together do not refuse each other (ConsumerBusy, which
+            # the client would log); ``asrd dlq`` reads it exclusively once they are gone.
             self._client.subscribe(
                 s.dlq_topic,
                 f"{s.subscription}-dlq",
-                consumer_type=pulsar.ConsumerType.Exclusive,
+                consumer_type=pulsar.ConsumerType.Shared,
                 initial_position=pulsar.InitialPosition.Earliest,
             ).close()
         except pulsar.ConsumerBusy:
