@@ -158,7 +158,7 @@ def sweep_overdue(
             ledger.note_check(job_id, state, f"still {state} at CI past its deadline")
             report.still_running[job_id] = state
             continue
-        verdict = pipeline.deliver_detail(job_id, detail)
+        verdict = pipeline.deliver_details({job_id: detail})[job_id]
         if verdict.outcome is Outcome.DONE:
             report.delivered.append(job_id)
             log.info("deadline sweep delivered an overdue job", job_id=job_id, state=state)

@@ -17,8 +17,8 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -242,6 +242,22 @@ class Attempt:
     last_reason: str
 
 
+@dataclass
+class LedgerWrites:
+    """What settling a batch of messages leaves for the ledger, written in one transaction
+    (``Ledger.commit``): the ledger's one write type for deliveries."""
+
+    delivered: list[tuple[str, str]] = field(default_factory=list)  # (job id, sink)
+    not_wanted: list[tuple[str, str]] = field(default_factory=list)  # (job id, sink)
+    # (job id, CI state or None): every selected sink has the job (failed when CI ended it
+    # Failed or Cancel).
+    settled: list[tuple[str, str | None]] = field(default_factory=list)
+    usage: list[Usage] = field(default_factory=list)  # the settled jobs' audio
+    cleared: list[str] = field(default_factory=list)  # message keys settled for good
+    release: list[str] = field(default_factory=list)  # job ids whose claims ``owner`` gives up
+    owner: str = ""
+
+
 class Ledger(Protocol):
     def delivered(self, job_id: str) -> set[str]:
         """Names of the sinks that already have this job."""
@@ -252,19 +268,7 @@ class Ledger(Protocol):
         does not select it."""
         ...
 
-    def mark_delivered(self, job_id: str, sink: str) -> None: ...
-
-    def mark_not_wanted(self, job_id: str, sinks: Iterable[str]) -> None:
-        """These sinks' routes do not select this job."""
-        ...
-
-    def begin_attempt(self, message_key: str) -> Attempt:
-        """Count one more start of processing (before any work, so crashes count too)."""
-        ...
-
     def note_failure(self, message_key: str, reason: str) -> None: ...
-
-    def clear_attempts(self, message_key: str) -> None: ...
 
     def undo_attempts(self, message_keys: Sequence[str]) -> None:
         """Take back the start counted last for each message (an outage was not its try); a
@@ -277,11 +281,8 @@ class Ledger(Protocol):
 
     # -- a batch of messages in one transaction each way (workers, batched pipelines) --------
     def begin_attempts(self, message_keys: Sequence[str]) -> dict[str, Attempt]:
-        """``begin_attempt`` for several messages in one transaction."""
-        ...
-
-    def delivered_many(self, job_ids: Sequence[str]) -> dict[str, set[str]]:
-        """``delivered`` for several jobs in one query (every id is a key of the answer)."""
+        """Count one more start of processing of each message (before any work, so crashes
+        count too), in one transaction."""
         ...
 
     def finished_many(self, job_ids: Sequence[str]) -> dict[str, set[str]]:
@@ -295,20 +296,8 @@ class Ledger(Protocol):
 
     def release_jobs(self, job_ids: Sequence[str], owner: str) -> None: ...
 
-    def finish_batch(
-        self,
-        delivered: Sequence[tuple[str, str]],
-        cleared: Sequence[str],
-        not_wanted: Sequence[tuple[str, str]] = (),
-        settled: Sequence[tuple[str, str | None]] = (),
-        release: Sequence[str] = (),
-        owner: str = "",
-        usage: Sequence[Usage] = (),
-    ) -> None:
-        """In one transaction: record (job id, sink) deliveries and sinks that do not want a
-        job, ``settle`` (job id, CI state) jobs, forget the attempts of settled messages, and
-        give up ``owner``'s claims on the ``release`` jobs, and record the settled jobs'
-        ``usage``."""
+    def commit(self, writes: LedgerWrites) -> None:
+        """Everything ``writes`` holds, in one transaction."""
         ...
 
     def job_by_token(self, client_token: str) -> JobEntry | None: ...
@@ -321,10 +310,6 @@ class Ledger(Protocol):
 
     def record_job(self, entry: JobEntry) -> None:
         """CI answered (or the token was found): the job id; a pending entry becomes owed."""
-        ...
-
-    def settle(self, job_id: str, ci_state: str | None) -> None:
-        """Every selected sink has the job: settled (failed when CI ended it Failed/Cancel)."""
         ...
 
     def fail_job(self, client_token: str, reason: str) -> None: ...
@@ -545,26 +530,11 @@ class _SqlLedger:
         )
         return {str(r[0]) for r in rows}
 
-    def mark_not_wanted(self, job_id: str, sinks: Iterable[str]) -> None:
-        now = time.time()
-        self._run_all([st for sink in sinks for st in _not_wanted_statements(job_id, sink, now)])
-
-    def mark_delivered(self, job_id: str, sink: str) -> None:
-        self._run_all(_delivered_statements(job_id, sink, time.time()))
-
-    def begin_attempt(self, message_key: str) -> Attempt:
-        rows, _ = self._run(_BEGIN_ATTEMPT, (message_key, time.time()))
-        row = rows[0]
-        return Attempt(int(row[0]), float(row[1]), str(row[2]))
-
     def note_failure(self, message_key: str, reason: str) -> None:
         self._run(
             "UPDATE attempts SET last_reason = ? WHERE message_key = ?",
             (reason[:500], message_key),
         )
-
-    def clear_attempts(self, message_key: str) -> None:
-        self._run("DELETE FROM attempts WHERE message_key = ?", (message_key,))
 
     def undo_attempts(self, message_keys: Sequence[str]) -> None:
         statements: list[tuple[str, Params]] = []
@@ -582,9 +552,6 @@ class _SqlLedger:
             key: Attempt(int(r[0]), float(r[1]), str(r[2]))
             for key, r in zip(message_keys, rows, strict=True)
         }
-
-    def delivered_many(self, job_ids: Sequence[str]) -> dict[str, set[str]]:
-        return self._sinks_of(job_ids, with_not_wanted=False)
 
     def finished_many(self, job_ids: Sequence[str]) -> dict[str, set[str]]:
         return self._sinks_of(job_ids, with_not_wanted=True)
@@ -616,30 +583,22 @@ class _SqlLedger:
                 found[str(job_id)].add(str(sink))
         return found
 
-    def finish_batch(
-        self,
-        delivered: Sequence[tuple[str, str]],
-        cleared: Sequence[str],
-        not_wanted: Sequence[tuple[str, str]] = (),
-        settled: Sequence[tuple[str, str | None]] = (),
-        release: Sequence[str] = (),
-        owner: str = "",
-        usage: Sequence[Usage] = (),
-    ) -> None:
+    def commit(self, writes: LedgerWrites) -> None:
         now = time.time()
+        w = writes
         statements: list[tuple[str, Params]] = [
-            st for job_id, sink in delivered for st in _delivered_statements(job_id, sink, now)
+            st for job_id, sink in w.delivered for st in _delivered_statements(job_id, sink, now)
         ]
         statements += [
-            st for job_id, sink in not_wanted for st in _not_wanted_statements(job_id, sink, now)
+            st for job_id, sink in w.not_wanted for st in _not_wanted_statements(job_id, sink, now)
         ]
         statements += [
-            st for job_id, state in settled for st in _settled_statements(job_id, state, now)
+            st for job_id, state in w.settled for st in _settled_statements(job_id, state, now)
         ]
-        statements += [("DELETE FROM attempts WHERE message_key = ?", (k,)) for k in cleared]
-        statements += [(_RELEASE, (job_id, owner)) for job_id in release]
+        statements += [("DELETE FROM attempts WHERE message_key = ?", (k,)) for k in w.cleared]
+        statements += [(_RELEASE, (job_id, w.owner)) for job_id in w.release]
         statements += [
-            (_USAGE, (u.job_id, now, u.queue_id, u.engine, u.audio_seconds)) for u in usage
+            (_USAGE, (u.job_id, now, u.queue_id, u.engine, u.audio_seconds)) for u in w.usage
         ]
         if statements:
             self._run_all(statements)
@@ -729,9 +688,6 @@ class _SqlLedger:
                 ),
             ]
         )  # fmt: skip
-
-    def settle(self, job_id: str, ci_state: str | None) -> None:
-        self._run_all(_settled_statements(job_id, ci_state, time.time()))
 
     def fail_job(self, client_token: str, reason: str) -> None:
         now = time.time()

@@ -55,7 +55,7 @@ def reconcile(
         if pipeline.complete(job_id):
             report.already += 1
             continue
-        verdict = pipeline.deliver_job(job_id)
+        verdict = pipeline.deliver_jobs([job_id])[job_id]
         if verdict.outcome is Outcome.DONE:
             report.delivered.append(job_id)
             log.info("reconciled a job whose callback never came", job_id=job_id)
