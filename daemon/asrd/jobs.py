@@ -17,7 +17,7 @@ import structlog
 
 from . import clienttoken
 from .ci import CiClient, CiError
-from .ledger import FAILED, OWED, PENDING, SETTLED, JobEntry, Ledger
+from .ledger import FAILED, OWED, PENDING, SETTLED, JobBook, JobEntry
 from .observers import Observers
 from .pipeline import Outcome, Pipeline
 from .result import TERMINAL_STATES
@@ -52,7 +52,7 @@ def parse_since(text: str, now: float) -> float:
 
 
 def select(
-    ledger: Ledger, state: str | None, since: float | None, now: float, limit: int = 1000
+    ledger: JobBook, state: str | None, since: float | None, now: float, limit: int = 1000
 ) -> list[JobEntry]:
     """Jobs in one of ``STATES`` (all when None); ``owed`` includes creates still pending."""
     if state is not None and state not in STATES:
@@ -63,7 +63,7 @@ def select(
     return ledger.list_jobs(statuses.get(state or "", ()), since, None, limit)
 
 
-def job_gauges(ledger: Ledger, now: float | None = None) -> dict[str, float]:
+def job_gauges(ledger: JobBook, now: float | None = None) -> dict[str, float]:
     """The metrics of what is owed (one function, whatever exports it)."""
     now = time.time() if now is None else now
     stats = ledger.job_stats(now)
@@ -76,7 +76,7 @@ def job_gauges(ledger: Ledger, now: float | None = None) -> dict[str, float]:
     }
 
 
-def show(ledger: Ledger, ci: CiClient, job_id: str, now: float) -> dict[str, Any]:
+def show(ledger: JobBook, ci: CiClient, job_id: str, now: float) -> dict[str, Any]:
     """The ledger's view of a job and CI's, side by side."""
     from .result import InvalidResult, normalise
 
@@ -118,7 +118,7 @@ class SweepReport:
 def sweep_overdue(
     ci: CiClient,
     pipeline: Pipeline,
-    ledger: Ledger,
+    ledger: JobBook,
     lookup: TokenLookup,
     observers: Observers,
     batch: int = 10,
@@ -181,7 +181,7 @@ def sweep_overdue(
 
 
 def _resolve_pending(
-    entry: JobEntry, ledger: Ledger, lookup: TokenLookup, report: SweepReport
+    entry: JobEntry, ledger: JobBook, lookup: TokenLookup, report: SweepReport
 ) -> str | None:
     try:
         job_id = lookup.find(entry.client_token, entry.submitted_at, entry.submitted_at)
@@ -209,7 +209,7 @@ class JobService:
         "template_id", "client_token",
     )  # fmt: skip
 
-    def __init__(self, submitter: Submitter, ledger: Ledger) -> None:
+    def __init__(self, submitter: Submitter, ledger: JobBook) -> None:
         self._submitter = submitter
         self._ledger = ledger
 

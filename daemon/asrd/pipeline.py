@@ -17,7 +17,7 @@ from enum import Enum
 
 from . import callback
 from .ci import CiClient, CiError, JobsDetail
-from .ledger import Ledger, LedgerWrites, Usage
+from .ledger import Deliveries, LedgerWrites, Usage
 from .observers import Observers
 from .result import InvalidResult, ResultRecord, engine_of, normalise, stamped
 from .sinks.base import SinkError, deliver_all
@@ -66,7 +66,7 @@ class Pipeline:
         self,
         ci: CiClient,
         router: Router,
-        ledger: Ledger,
+        ledger: Deliveries,
         observers: Observers,
         max_message_bytes: int = 5 * 1024 * 1024,
         breaker: Breaker | None = None,

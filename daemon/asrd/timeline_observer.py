@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import time
 
-from .ledger import Ledger
+from .ledger import JobBook
 from .observers import MessageInfo, Observer
 from .pipeline import Verdict
 from .settle import Action, Settlement
 
 
 class TimelineObserver(Observer):
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: JobBook) -> None:
         self._ledger = ledger
 
     def settled(self, info: MessageInfo, verdict: Verdict, settlement: Settlement) -> None:

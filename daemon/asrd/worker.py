@@ -11,7 +11,7 @@ from typing import Protocol
 
 from .broker import Inbound
 from .config import PulsarSettings
-from .ledger import Ledger, LedgerUnavailable, LedgerWrites
+from .ledger import Attempts, LedgerUnavailable, LedgerWrites
 from .observers import MessageInfo, Observers
 from .pipeline import Outcome, Verdict
 from .settle import Action, Settlement, before_processing, settle
@@ -34,7 +34,7 @@ class Worker:
         self,
         settings: PulsarSettings,
         handle: BatchHandler,
-        ledger: Ledger,
+        ledger: Attempts,
         transport: Transport,
         observers: Observers,
         on_pause: Callable[[str, str], object] = lambda source, reason: None,

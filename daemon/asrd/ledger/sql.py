@@ -1,100 +1,36 @@
-"""The delivery ledger: per job and sink, whether the record was delivered; per message, attempts;
-per submitted job, whether a result is still owed.
-
-It is what makes redeliveries, duplicate callbacks and restarts harmless: a sink already
-recorded for a job is skipped. Attempt counts live here because the broker's redelivery
-count resets when a consumer crashes. The jobs table remembers every job asrd submitted (by
-client token, before the create is sent) until every selected sink has its result, so lost
-create answers, re-runs of a manifest and jobs whose callback never came can all be found.
-Backends are chosen by the URL's scheme (``open_ledger``): SQLite in WAL mode (the default; one
-host) and PostgreSQL (several workers, hosts or pods sharing one ledger). Both run the same
-statements (``_SqlLedger``); only the table definitions and the schema-version bookkeeping differ.
-"""
+"""Every ledger operation, written once in SQL that both SQLite and PostgreSQL run
+(``SqlLedger``); a backend (``sqlite``, ``postgres``) adds its table definitions, its
+schema-version bookkeeping and how a statement is run."""
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from typing import Any
 
-from .clienttoken import is_canary
-from .config import LedgerSettings
+from .types import (
+    FAILED,
+    OPEN_STATUSES,
+    OWED,
+    PENDING,
+    SETTLED,
+    Attempt,
+    JobEntry,
+    JobEvent,
+    JobQuery,
+    JobStats,
+    LedgerWrites,
+    LockSession,
+    UsageRow,
+)
 
 # Version 1: deliveries, attempts without first_at. 2: attempts.first_at. 3: the jobs table.
 # 4: not_wanted (sinks whose route does not select a job). 5: claims (who delivers a job now).
 # 6: events (each job's timeline); jobs.queue_id and jobs.user_data (the console's filters);
 # usage (each delivered job's audio length, queue and engine model).
 SCHEMA_VERSION = 6
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS deliveries (
-    job_id TEXT NOT NULL,
-    sink TEXT NOT NULL,
-    delivered_at REAL NOT NULL,
-    PRIMARY KEY (job_id, sink)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS not_wanted (
-    job_id TEXT NOT NULL,
-    sink TEXT NOT NULL,
-    decided_at REAL NOT NULL,
-    PRIMARY KEY (job_id, sink)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS claims (
-    job_id TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    until REAL NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS attempts (
-    message_key TEXT PRIMARY KEY,
-    count INTEGER NOT NULL,
-    last_reason TEXT NOT NULL,
-    first_at REAL NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS jobs (
-    client_token TEXT PRIMARY KEY,
-    job_id TEXT UNIQUE,
-    input TEXT NOT NULL,
-    status TEXT NOT NULL,
-    submitted_at REAL NOT NULL,
-    deadline_at REAL NOT NULL,
-    settled_at REAL,
-    ci_state TEXT NOT NULL DEFAULT '',
-    checked_at REAL,
-    reason TEXT NOT NULL DEFAULT '',
-    queue_id TEXT NOT NULL DEFAULT '',
-    user_data TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS jobs_status_deadline ON jobs (status, deadline_at);
-CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs (submitted_at);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY,  -- the rowid: the order of events written together
-    job_id TEXT NOT NULL,
-    at REAL NOT NULL,
-    stage TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS events_job ON events (job_id, at);
-CREATE INDEX IF NOT EXISTS events_at ON events (at);
-CREATE TABLE IF NOT EXISTS usage (
-    job_id TEXT PRIMARY KEY,
-    at REAL NOT NULL,
-    queue_id TEXT NOT NULL,
-    engine TEXT NOT NULL,
-    audio_seconds REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS usage_at ON usage (at);
-"""
-# Job status in the ledger. PENDING: the create was sent, its answer not (yet) seen. OWED: CI
-# has the job, some selected sink does not have its result. SETTLED: every selected sink has
-# it. FAILED: no result will come (CI ended the job Failed, or does not know it).
-PENDING, OWED, SETTLED, FAILED = "pending", "owed", "settled", "failed"
-OPEN_STATUSES = (PENDING, OWED)
+
 _JOB_COLUMNS = (
     "client_token, job_id, input, status, submitted_at, deadline_at, settled_at, ci_state,"
     " checked_at, reason, queue_id, user_data"
@@ -104,116 +40,6 @@ JOB_COLUMNS_ADDED = (
     ("queue_id", "TEXT NOT NULL DEFAULT ''"),
     ("user_data", "TEXT NOT NULL DEFAULT ''"),
 )
-
-
-@dataclass(frozen=True)
-class JobEntry:
-    """One submitted job as the ledger knows it."""
-
-    client_token: str
-    job_id: str | None
-    input: str
-    status: str
-    submitted_at: float
-    deadline_at: float
-    settled_at: float | None = None
-    ci_state: str = ""
-    checked_at: float | None = None
-    reason: str = ""
-    queue_id: str = ""  # the CI queue it was submitted to ("" = not known)
-    user_data: str = ""  # the UserData it was submitted with
-
-    def overdue(self, now: float) -> bool:
-        return self.status in OPEN_STATUSES and self.deadline_at < now
-
-    def to_dict(self, now: float) -> dict[str, object]:
-        return {
-            "job_id": self.job_id,
-            "client_token": self.client_token,
-            "input": self.input,
-            "status": self.status,
-            "overdue": self.overdue(now),
-            "submitted_at": _iso(self.submitted_at),
-            "deadline_at": _iso(self.deadline_at),
-            "settled_at": _iso(self.settled_at),
-            "ci_state": self.ci_state or None,
-            "checked_at": _iso(self.checked_at),
-            "reason": self.reason or None,
-            "canary": is_canary(self.client_token),
-            "queue_id": self.queue_id or None,
-            "user_data": self.user_data or None,
-        }
-
-
-@dataclass(frozen=True)
-class JobStats:
-    owed: int  # pending or owed
-    overdue: int  # of those, past their deadline
-    oldest_owed_at: float | None  # submitted_at of the oldest still owed
-    # Messages begun and not yet settled for good: in a worker's hands or waiting on the retry
-    # topic (the attempts table; a message acknowledged or dead-lettered leaves it).
-    deliveries_pending: int = 0
-
-
-@dataclass(frozen=True)
-class JobQuery:
-    """A page of the jobs table, newest first, for people browsing it (the console).
-    ``before`` is the (submitted_at, client_token) of the last row of the previous page: keyset
-    paging, so a deep page costs what the first does."""
-
-    statuses: tuple[str, ...] = ()
-    overdue_at: float | None = None
-    since: float | None = None
-    until: float | None = None
-    input_prefix: str = ""
-    job_id: str = ""
-    queue_id: str = ""
-    user_data: str = ""  # text the UserData contains (any case)
-    before: tuple[float, str] | None = None
-    limit: int = 50
-
-
-@dataclass(frozen=True)
-class JobEvent:
-    """One step of a job's timeline: what happened (``stage``), when, and a detail (the sink,
-    CI's state, a reason)."""
-
-    at: float
-    stage: str
-    detail: str = ""
-
-    def to_dict(self) -> dict[str, object]:
-        return {"at": _iso(self.at), "stage": self.stage, "detail": self.detail}
-
-
-@dataclass(frozen=True)
-class Usage:
-    """One delivered job's audio, for usage reports: its CI queue and engine model."""
-
-    job_id: str
-    queue_id: str
-    engine: str
-    audio_seconds: float
-
-
-@dataclass(frozen=True)
-class UsageRow:
-    """Audio of the jobs delivered in one group (a UTC day, a queue or an engine model), per
-    engine model (prices are per engine)."""
-
-    key: str
-    engine: str
-    jobs: int
-    audio_seconds: float
-
-
-USAGE_GROUPS = ("day", "queue", "engine")
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
 def _entry(row: tuple[object, ...]) -> JobEntry:
@@ -231,163 +57,6 @@ def _entry(row: tuple[object, ...]) -> JobEntry:
         queue_id=str(row[10] or ""),
         user_data=str(row[11] or ""),
     )
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """How many times processing of one message has started, since when, and why it last failed."""
-
-    count: int
-    first_at: float
-    last_reason: str
-
-
-@dataclass
-class LedgerWrites:
-    """What settling a batch of messages leaves for the ledger, written in one transaction
-    (``Ledger.commit``): the ledger's one write type for deliveries."""
-
-    delivered: list[tuple[str, str]] = field(default_factory=list)  # (job id, sink)
-    not_wanted: list[tuple[str, str]] = field(default_factory=list)  # (job id, sink)
-    # (job id, CI state or None): every selected sink has the job (failed when CI ended it
-    # Failed or Cancel).
-    settled: list[tuple[str, str | None]] = field(default_factory=list)
-    usage: list[Usage] = field(default_factory=list)  # the settled jobs' audio
-    cleared: list[str] = field(default_factory=list)  # message keys settled for good
-    release: list[str] = field(default_factory=list)  # job ids whose claims ``owner`` gives up
-    owner: str = ""
-
-
-class Ledger(Protocol):
-    def delivered(self, job_id: str) -> set[str]:
-        """Names of the sinks that already have this job."""
-        ...
-
-    def finished_sinks(self, job_id: str) -> set[str]:
-        """Names of the sinks that need nothing more for this job: they have it, or their route
-        does not select it."""
-        ...
-
-    def note_failure(self, message_key: str, reason: str) -> None: ...
-
-    def undo_attempts(self, message_keys: Sequence[str]) -> None:
-        """Take back the start counted last for each message (an outage was not its try); a
-        message with no earlier start is forgotten, so its retry window starts again."""
-        ...
-
-    def prune(self, older_than_s: float) -> int:
-        """Forget deliveries, attempts and settled jobs older than this; returns rows removed."""
-        ...
-
-    # -- a batch of messages in one transaction each way (workers, batched pipelines) --------
-    def begin_attempts(self, message_keys: Sequence[str]) -> dict[str, Attempt]:
-        """Count one more start of processing of each message (before any work, so crashes
-        count too), in one transaction."""
-        ...
-
-    def finished_many(self, job_ids: Sequence[str]) -> dict[str, set[str]]:
-        """``finished_sinks`` for several jobs in one query (every id is a key of the answer)."""
-        ...
-
-    def claim_jobs(self, job_ids: Sequence[str], owner: str, lease_s: float) -> set[str]:
-        """Take the right to deliver these jobs for ``lease_s`` (one transaction); the ids
-        claimed. A job another owner holds an unexpired claim on is not claimed."""
-        ...
-
-    def release_jobs(self, job_ids: Sequence[str], owner: str) -> None: ...
-
-    def commit(self, writes: LedgerWrites) -> None:
-        """Everything ``writes`` holds, in one transaction."""
-        ...
-
-    def job_by_token(self, client_token: str) -> JobEntry | None: ...
-
-    def job(self, job_id: str) -> JobEntry | None: ...
-
-    def record_pending(self, entry: JobEntry) -> None:
-        """Before a create is sent: the token and input (kept if already there)."""
-        ...
-
-    def record_job(self, entry: JobEntry) -> None:
-        """CI answered (or the token was found): the job id; a pending entry becomes owed."""
-        ...
-
-    def fail_job(self, client_token: str, reason: str) -> None: ...
-
-    def note_check(self, job_id: str, ci_state: str, reason: str = "") -> None:
-        """What CI said about an owed job when it was last looked up."""
-        ...
-
-    def list_jobs(
-        self, statuses: tuple[str, ...], since: float | None, overdue_at: float | None, limit: int
-    ) -> list[JobEntry]:
-        """Jobs in these statuses (all when empty), submitted since, past a deadline; newest
-        first."""
-        ...
-
-    def overdue_jobs(self, now: float, limit: int) -> list[JobEntry]:
-        """Owed jobs past their deadline, the longest unchecked first (a sweep's share)."""
-        ...
-
-    def job_stats(self, now: float) -> JobStats: ...
-
-    # -- read-only views for people (the console) --------------------------------------------
-    def browse_jobs(self, query: JobQuery) -> list[JobEntry]:
-        """One page of jobs matching ``query``, newest first."""
-        ...
-
-    def status_counts(self) -> dict[str, int]:
-        """How many jobs the ledger holds in each status."""
-        ...
-
-    def per_hour(self, column: str, start: float, hours: int) -> list[int]:
-        """Jobs whose ``submitted_at`` or ``settled_at`` falls in each hour from ``start``."""
-        ...
-
-    def deliveries_per_sink(self) -> dict[str, int]: ...
-
-    def events(self, job_id: str) -> list[JobEvent]:
-        """The job's timeline, oldest first."""
-        ...
-
-    def usage(self, since: float, by: str) -> list[UsageRow]:
-        """Audio delivered since then, grouped ``by`` one of ``USAGE_GROUPS`` and engine."""
-        ...
-
-    def forget_delivery(self, job_id: str, sink: str) -> bool:
-        """A person asked for the job again at this sink: the ledger no longer says the sink
-        has it (the timeline says why). Whether it did."""
-        ...
-
-    def note_events(self, events: Sequence[tuple[str, str, str]], at: float) -> None:
-        """Add (job id, stage, detail) steps that change nothing else (a replay) at ``at``."""
-        ...
-
-    def lock_sessions(self) -> Callable[[], LockSession] | None:
-        """What opens a session of its own for fleet-wide locks (``leadership``); None when
-        the ledger is on one host only (SQLite), where the supervisor's first worker leads."""
-        ...
-
-    def probe(self) -> None:
-        """Raises ``LedgerUnavailable`` while the ledger cannot be written."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class LockSession(Protocol):
-    """Named locks that last as long as one connection to the shared ledger: the server
-    releases them when that connection ends (the holder died or lost its network)."""
-
-    def try_lock(self, name: str) -> bool:
-        """Take ``name`` unless another session holds it; True when this session has it."""
-        ...
-
-    def alive(self) -> bool:
-        """A cheap round trip; False once the connection is lost (its locks are gone)."""
-        ...
-
-    def close(self) -> None: ...
 
 
 Params = Sequence[object]
@@ -472,31 +141,10 @@ def _settle_statement(job_id: str, ci_state: str | None, now: float) -> tuple[st
     )
 
 
-class LedgerError(Exception):
-    """The ledger cannot be opened (a message safe to print: no secrets). ``config``: the
-    configuration is at fault (exit 78); else the ledger may become reachable later."""
-
-    def __init__(self, message: str, config: bool = True) -> None:
-        super().__init__(message)
-        self.config = config
-
-
-class LedgerUnavailable(Exception):
-    """The ledger cannot be read or written now (its disk full or failing, the server gone): an
-    outage. Nothing may be acknowledged until it works again; no message is at fault."""
-
-    SOURCE = "ledger"  # what the outage pause is called
-
-
-# SQLite's primary result codes that mean the file, not the statement, is at fault.
-_SQLITE_OUTAGES = frozenset(
-    {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN}
-)
-
 _PROBE_KEY = "asrd:probe"
 
 
-class _SqlLedger:
+class SqlLedger:
     """Every ledger operation, written once in SQL both SQLite and PostgreSQL run.
 
     Statements use ``?`` placeholders; a backend implements ``_run`` (one statement) and
@@ -869,149 +517,3 @@ class _SqlLedger:
 
     def close(self) -> None:
         raise NotImplementedError
-
-
-class SqliteLedger(_SqlLedger):
-    """One connection shared by the worker threads under a lock; writes are short.
-
-    Several processes may open the same file (``[pulsar] workers``): SQLite lets one of them
-    write at a time, so they share the ledger correctly but write no faster than one.
-    """
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._path = path
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        # WAL + NORMAL survives a process crash (SIGKILL); only an OS crash can drop the tail.
-        self._wal(deadline=time.monotonic() + 30)
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
-
-    def _wal(self, deadline: float) -> None:
-        """Switch a new file to WAL. While another process writes to it (workers opening the
-        ledger together), SQLite answers "locked" at once instead of waiting out the busy
-        timeout (the switch would upgrade a read lock: a possible deadlock), so wait here."""
-        while True:
-            try:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def _migrate(self) -> None:
-        """Bring a ledger written by an older asrd to this schema (``PRAGMA user_version``)."""
-        with self._lock:
-            # One process migrates at a time (several workers may start together).
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-                if version < SCHEMA_VERSION:
-                    columns = {r[1] for r in self._db.execute("PRAGMA table_info(attempts)")}
-                    if columns and "first_at" not in columns:
-                        # Version 1 kept no first-attempt time. Attempt counts are only retry
-                        # bookkeeping: starting them again costs a few retries, never a delivery.
-                        self._db.execute("DROP TABLE attempts")
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            self._db.execute(statement)
-                    have = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
-                    for name, definition in JOB_COLUMNS_ADDED:
-                        if name not in have:
-                            self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
-                    self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:  # SQLite may have rolled back itself (disk full)
-                    self._db.execute("ROLLBACK")
-                raise
-
-    def _run(self, sql: str, params: Params = ()) -> tuple[Rows, int]:
-        with self._lock, self._outage():
-            cur = self._db.execute(sql, params)
-            rows = cur.fetchall() if cur.description else []
-            return rows, int(cur.rowcount)
-
-    @contextlib.contextmanager
-    def _outage(self) -> Iterator[None]:
-        """A full disk or an I/O error as ``LedgerUnavailable`` (the transaction is rolled back
-        by the caller, or by SQLite itself)."""
-        try:
-            yield
-        except sqlite3.Error as exc:
-            if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _SQLITE_OUTAGES:
-                raise LedgerUnavailable(f"ledger {self._path}: {exc}") from exc
-            raise
-
-    def _run_all(self, statements: Sequence[tuple[str, Params]]) -> list[int]:
-        with self._lock, self._outage():
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                counts = [int(self._db.execute(sql, p).rowcount) for sql, p in statements]
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:  # SQLite may have rolled back itself (disk full)
-                    self._db.execute("ROLLBACK")
-                raise
-            return counts
-
-    def _returning_all(
-        self, statements: Sequence[tuple[str, Params]], optional: bool = False
-    ) -> Rows:
-        with self._lock, self._outage():
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = [self._db.execute(sql, p).fetchone() for sql, p in statements]
-                rows = [r for r in rows if r is not None] if optional else rows
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:  # SQLite may have rolled back itself (disk full)
-                    self._db.execute("ROLLBACK")
-                raise
-            return rows
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-
-def _open_sqlite(url: str) -> Ledger:
-    path = Path(url.removeprefix("sqlite:///"))
-    try:
-        return SqliteLedger(path)
-    except (OSError, sqlite3.Error) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-        raise LedgerError(f"ledger.url: cannot open {path}: {reason}") from None
-
-
-def _open_postgresql(url: str, password: str | None = None, pool_size: int = 4) -> Ledger:
-    from .ledger_pg import PostgresLedger  # psycopg only where PostgreSQL is used
-
-    return PostgresLedger(url, password=password, pool_size=pool_size)
-
-
-# Ledger backends by URL scheme.
-BACKENDS: dict[str, Callable[..., Ledger]] = {
-    "sqlite": _open_sqlite,
-    "postgresql": _open_postgresql,
-    "postgres": _open_postgresql,
-}
-
-
-def open_ledger(url: str, password: str | None = None, pool_size: int = 4) -> Ledger:
-    """The ledger at ``url`` (``sqlite:////abs/path`` or ``postgresql://user@host/db``)."""
-    scheme = urlsplit(url).scheme
-    opener = BACKENDS.get(scheme)
-    if opener is None:
-        raise LedgerError(f"ledger.url: unknown scheme {scheme!r} (one of {', '.join(BACKENDS)})")
-    if opener is _open_sqlite:
-        return opener(url)
-    return opener(url, password=password, pool_size=pool_size)
-
-
-def from_settings(settings: LedgerSettings) -> Ledger:
-    """The configured ledger; one that cannot be opened raises ``LedgerError``."""
-    secret = settings.password.get_secret_value() if settings.password else None
-    return open_ledger(settings.url, password=secret, pool_size=settings.pool_size)
