@@ -154,3 +154,18 @@ def test_the_finder_finds_a_cycle() -> None:
     cycles = [c for c in strongly_connected(graph) if len(c) > 1]
     assert cycles == [["a", "b", "c"]]
     assert _cycle(graph, cycles[0]) == ["a", "b", "c", "a"]
+
+
+def test_the_vocabulary_is_the_bottom_and_the_hooks_stand_on_it_alone() -> None:
+    graph = import_graph()
+    assert graph["asrd.vocabulary"] == set()
+    assert graph["asrd.observers"] == {"asrd.vocabulary"}
+
+
+def test_the_emulator_shares_no_code_with_the_client_side() -> None:
+    """``asrd emulator`` is an independent implementation of the services asrd talks to: a
+    shared module would let one bug hide in both."""
+    graph = import_graph()
+    emulator = {m for m in graph if m == "asrd.emulator" or m.startswith("asrd.emulator.")}
+    outside = {(m, t) for m in emulator for t in graph[m] if t not in emulator}
+    assert not outside, f"the emulator imports the client side: {sorted(outside)}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -19,9 +18,11 @@ from . import clienttoken
 from .ci import CiClient, CiError
 from .ledger import FAILED, OWED, PENDING, SETTLED, JobBook, JobEntry
 from .observers import Observers
-from .pipeline import Outcome, Pipeline
+from .pipeline import Pipeline
 from .result import TERMINAL_STATES
 from .submit import SKIPPED, JobSpec, Submitter, TokenLookup
+from .vocabulary import Outcome
+from .vocabulary import SweepReport as SweepReport
 
 log = structlog.get_logger("asrd.jobs")
 
@@ -104,15 +105,6 @@ def show(ledger: JobBook, ci: CiClient, job_id: str, now: float) -> dict[str, An
     record.pop("segments", None)
     view["ci"] = record
     return view
-
-
-@dataclass
-class SweepReport:
-    checked: int = 0
-    delivered: list[str] = field(default_factory=list)
-    adopted: list[str] = field(default_factory=list)
-    still_running: dict[str, str] = field(default_factory=dict)  # job id -> CI state
-    failed: dict[str, str] = field(default_factory=dict)  # job id or token -> reason
 
 
 def sweep_overdue(

@@ -12,8 +12,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import Enum
 
 from . import callback
 from .ci import CiClient, CiError, JobsDetail
@@ -23,6 +21,9 @@ from .result import InvalidResult, ResultRecord, engine_of, normalise, stamped
 from .sinks.base import SinkError, deliver_all
 from .sinks.breaker import Breaker
 from .sinks.routing import Router
+from .vocabulary import BadMessage
+from .vocabulary import Outcome as Outcome
+from .vocabulary import Verdict as Verdict
 
 # The outage source of refused or missing keys (CI, COS): work waits while it lasts.
 KEYS = "credentials"
@@ -32,33 +33,12 @@ KEYS = "credentials"
 CLAIM_LEASE_S = 10.0
 
 
-class Outcome(Enum):
-    DONE = "done"  # delivered (or already delivered): acknowledge
-    IGNORED = "ignored"  # not ours (another job type or event): acknowledge
-    RETRY = "retry"  # transient: redeliver later
-    DEAD = "dead"  # can never succeed: dead-letter with the reason
-    # A setup fault (asrd's keys refused, a sink that cannot work): put the message back without
-    # spending an attempt, and pause until the fault is gone.
-    PAUSED = "paused"
-
-
 def _ci_failed(exc: CiError, job_id: str) -> Verdict:
     if exc.auth:
         what = "no usable keys for CI" if exc.status is None else "CI refused asrd's keys"
         return Verdict(Outcome.PAUSED, f"{what}: {exc}", job_id, pause=KEYS)
     outcome = Outcome.RETRY if exc.transient else Outcome.DEAD
     return Verdict(outcome, f"CI get job failed: {exc}", job_id)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    outcome: Outcome
-    reason: str = ""
-    job_id: str = ""
-    delivered: tuple[str, ...] = ()  # sinks that got the record on this attempt
-    pause: str = ""  # PAUSED: what is out (``KEYS``, or a sink's name)
-    # PAUSED only because a sink already paused was not called: nothing new to pause.
-    waiting: bool = False
 
 
 class Pipeline:
@@ -93,7 +73,7 @@ class Pipeline:
         for i, body in enumerate(bodies):
             try:
                 event = callback.parse(body, self._max_bytes)
-            except callback.BadMessage as exc:
+            except BadMessage as exc:
                 verdicts.append(Verdict(Outcome.DEAD, f"bad message: {exc}"))
                 continue
             if not event.is_asr_task_finish:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import time
 
 from .ledger import JobBook
-from .observers import MessageInfo, Observer
-from .pipeline import Verdict
-from .settle import Action, Settlement
+from .observers import Observer
+from .vocabulary import Action, MessageInfo, Settlement, Verdict
 
 
 class TimelineObserver(Observer):

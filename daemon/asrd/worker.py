@@ -12,9 +12,9 @@ from typing import Protocol
 from .broker import Inbound
 from .config import PulsarSettings
 from .ledger import Attempts, LedgerUnavailable, LedgerWrites
-from .observers import MessageInfo, Observers
-from .pipeline import Outcome, Verdict
-from .settle import Action, Settlement, before_processing, settle
+from .observers import Observers
+from .settle import before_processing, settle
+from .vocabulary import Action, MessageInfo, Outcome, Settlement, Verdict
 
 BatchHandler = Callable[[list[bytes]], list[Verdict]]
 
