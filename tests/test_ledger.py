@@ -1,4 +1,5 @@
-"""The ledger's contract, run against every backend (SQLite and a real PostgreSQL server):
+"""The ledger's contract, run against every backend (SQLite and a real PostgreSQL server; the
+tests taking the ``ledger`` fixture also against the fast tests' in-memory ledger):
 deliveries, crash-proof attempt counts, submitted jobs, pruning, reopening, migration from older
 schemas, several processes sharing one ledger, and errors that never show a password."""
 
@@ -30,6 +31,7 @@ from asrd.ledger import (
     Usage,
     open_ledger,
 )
+from asrd.testing import MemoryLedger
 from tests import postgres as pg
 
 
@@ -103,9 +105,15 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     return Store(request.param, tmp_path, server)
 
 
-@pytest.fixture
-def ledger(store: Store) -> Iterator[Ledger]:
-    opened = store.open()
+@pytest.fixture(params=["memory", *BACKENDS])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+    """Each backend, and the in-memory ledger of the fast tests (asrd.testing): the tests that
+    take this fixture are the contract every ledger keeps."""
+    if request.param == "memory":
+        opened: Ledger = MemoryLedger()
+    else:
+        server = request.getfixturevalue("postgres") if request.param == "postgresql" else None
+        opened = Store(request.param, tmp_path, server).open()
     yield opened
     opened.close()
 

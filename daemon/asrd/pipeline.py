@@ -12,9 +12,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from . import callback
-from .ci import CiClient, CiError, JobsDetail
+from .ci import CiError, JobsDetail
 from .ledger import Deliveries, LedgerWrites, Usage
 from .observers import Observers
 from .result import InvalidResult, ResultRecord, engine_of, normalise, stamped
@@ -41,10 +42,19 @@ def _ci_failed(exc: CiError, job_id: str) -> Verdict:
     return Verdict(outcome, f"CI get job failed: {exc}", job_id)
 
 
+class JobLookup(Protocol):
+    """What the pipeline asks of CI (``CiClient``; a stub in fast tests)."""
+
+    def get_jobs(self, job_ids: list[str]) -> dict[str, JobsDetail | CiError | None]:
+        """Each job as CI describes it, ``None`` when CI does not know it, or why the look-up
+        failed."""
+        ...
+
+
 class Pipeline:
     def __init__(
         self,
-        ci: CiClient,
+        ci: JobLookup,
         router: Router,
         ledger: Deliveries,
         observers: Observers,
