@@ -154,7 +154,9 @@ def test_the_doubles_names_are_pinned() -> None:
 
     assert asrd.testing.__all__ == [
         "DeadLetter",
+        "MemoryLedger",
         "Retry",
+        "StubCi",
         "StubMessage",
         "StubTransport",
         "message",
