@@ -150,32 +150,29 @@ class SqliteLedger(SqlLedger):
                 raise LedgerUnavailable(f"ledger {self._path}: {exc}") from exc
             raise
 
-    def _run_all(self, statements: Sequence[tuple[str, Params]]) -> list[int]:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction under the lock, rolled back if anything in it fails."""
         with self._lock, self._outage():
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                counts = [int(self._db.execute(sql, p).rowcount) for sql, p in statements]
+                yield
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:  # SQLite may have rolled back itself (disk full)
                     self._db.execute("ROLLBACK")
                 raise
-            return counts
+
+    def _run_all(self, statements: Sequence[tuple[str, Params]]) -> list[int]:
+        with self._transaction():
+            return [int(self._db.execute(sql, p).rowcount) for sql, p in statements]
 
     def _returning_all(
         self, statements: Sequence[tuple[str, Params]], optional: bool = False
     ) -> Rows:
-        with self._lock, self._outage():
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = [self._db.execute(sql, p).fetchone() for sql, p in statements]
-                rows = [r for r in rows if r is not None] if optional else rows
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:  # SQLite may have rolled back itself (disk full)
-                    self._db.execute("ROLLBACK")
-                raise
-            return rows
+        with self._transaction():
+            rows = [self._db.execute(sql, p).fetchone() for sql, p in statements]
+            return [r for r in rows if r is not None] if optional else rows
 
     def close(self) -> None:
         with self._lock:
