@@ -201,9 +201,6 @@ class SqlLedger:
             for key, r in zip(message_keys, rows, strict=True)
         }
 
-    def finished_many(self, job_ids: Sequence[str]) -> dict[str, set[str]]:
-        return self._sinks_of(job_ids, with_not_wanted=True)
-
     def claim_jobs(self, job_ids: Sequence[str], owner: str, lease_s: float) -> set[str]:
         now = time.time()
         rows = self._returning_all(
@@ -215,18 +212,17 @@ class SqlLedger:
         if job_ids:
             self._run_all([(_RELEASE, (job_id, owner)) for job_id in job_ids])
 
-    def _sinks_of(self, job_ids: Sequence[str], with_not_wanted: bool) -> dict[str, set[str]]:
+    def finished_many(self, job_ids: Sequence[str]) -> dict[str, set[str]]:
         found: dict[str, set[str]] = {job_id: set() for job_id in job_ids}
         unique = list(found)
         for i in range(0, len(unique), 400):  # SQLite allows 999 parameters per statement
             chunk = unique[i : i + 400]
             marks = ", ".join("?" for _ in chunk)
-            sql = f"SELECT job_id, sink FROM deliveries WHERE job_id IN ({marks})"  # noqa: S608
-            params = list(chunk)
-            if with_not_wanted:
-                sql += f" UNION ALL SELECT job_id, sink FROM not_wanted WHERE job_id IN ({marks})"  # noqa: S608
-                params += chunk
-            rows, _ = self._run(sql, params)
+            sql = (
+                f"SELECT job_id, sink FROM deliveries WHERE job_id IN ({marks})"  # noqa: S608
+                f" UNION ALL SELECT job_id, sink FROM not_wanted WHERE job_id IN ({marks})"
+            )
+            rows, _ = self._run(sql, [*chunk, *chunk])
             for job_id, sink in rows:
                 found[str(job_id)].add(str(sink))
         return found
