@@ -24,7 +24,7 @@ from asrd.ci import CiClient
 from asrd.config import UsageSettings
 from asrd.console import ConsoleContext
 from asrd.dlq import REPLAYS
-from asrd.ledger import JobEntry, Ledger, Usage, from_settings
+from asrd.ledger import JobEntry, Ledger, LedgerWrites, Usage, from_settings
 from asrd.metrics import Metrics
 from asrd.observers import Observers
 from asrd.pipeline import Outcome, Pipeline
@@ -94,7 +94,7 @@ class Site:
         )
 
         def redeliver(job_id: str) -> tuple[bool, str]:
-            verdict = pipeline.deliver_job(job_id)
+            verdict = pipeline.deliver_jobs([job_id])[job_id]
             return verdict.outcome is Outcome.DONE, verdict.reason
 
         return redeliver
@@ -130,12 +130,11 @@ def site(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iterator[S
                 user_data=user_data,
             )  # fmt: skip
             ledger.record_job(entry)
-        ledger.mark_delivered(jobs["calm"], "files")
         # Usage: what the consumer records when it settles a job (engine, queue, AudioTime).
-        ledger.finish_batch([], [], usage=[
+        ledger.commit(LedgerWrites(delivered=[(jobs["calm"], "files")], usage=[
             Usage(jobs["calm"], "pq-main", "16k_zh", 5400.0),
             Usage(jobs["evil"], "pq-main", "8k_zh", 1800.0),
-        ])  # fmt: skip
+        ]))  # fmt: skip
         for job_id in jobs.values():
             wait_for(lambda j=job_id: (ci.get_job(j) or {}).get("State") == "Success", 30, "CI")
         # Ledger-only jobs, one per minute back from an hour ago: every third settled, every
@@ -151,7 +150,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iterator[S
             )  # fmt: skip
             ledger.record_job(entry)
             if i % 3 == 0:
-                ledger.settle(job_id, "Success")
+                ledger.commit(LedgerWrites(settled=[(job_id, "Success")]))
             elif i % 5 == 0:
                 ledger.fail_job(entry.client_token, "CI ended it Failed")
             synthetic.append(job_id)

@@ -323,11 +323,10 @@ def test_a_paused_verdict_puts_messages_back_without_spending_attempts(
     transport = Transport()
     worker = Worker(
         settings,
-        lambda body: refused,
+        lambda bodies: [refused] * len(bodies),
         ledger,
         transport,
         Observers(),
-        handle_batch=lambda bodies: [refused] * len(bodies),
         on_pause=lambda source, reason: paused.append((source, reason)),
     )
     messages = [Inbound(None, b"{}", "t", f"id{i}", 0) for i in range(3)]
@@ -336,11 +335,11 @@ def test_a_paused_verdict_puts_messages_back_without_spending_attempts(
             worker.process_batch(messages)
         else:
             for m in messages:
-                worker.process(m)
+                worker.process_batch([m])
     assert set(transport.calls) == {"release"} and len(transport.calls) == 15
     assert paused and paused[0] == ("credentials", refused.reason)
     # The next start of each message is its first.
-    assert all(ledger.begin_attempt(m.key).count == 1 for m in messages)
+    assert all(c.count == 1 for c in ledger.begin_attempts([m.key for m in messages]).values())
     ledger.close()
 
 

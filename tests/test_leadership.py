@@ -13,7 +13,7 @@ import pytest
 
 from asrd.leadership import CHORES, Leadership
 from asrd.ledger import Ledger, LockSession, open_ledger
-from asrd.ledger_pg import PgLockSession
+from asrd.ledger.postgres import PgLockSession
 from tests import postgres as pg
 from tests.support import Clock, free_port
 

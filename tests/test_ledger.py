@@ -1,4 +1,5 @@
-"""The ledger's contract, run against every backend (SQLite and a real PostgreSQL server):
+"""The ledger's contract, run against every backend (SQLite and a real PostgreSQL server; the
+tests taking the ``ledger`` fixture also against the fast tests' in-memory ledger):
 deliveries, crash-proof attempt counts, submitted jobs, pruning, reopening, migration from older
 schemas, several processes sharing one ledger, and errors that never show a password."""
 
@@ -20,15 +21,35 @@ from asrd.ledger import (
     PENDING,
     SCHEMA_VERSION,
     SETTLED,
+    Attempt,
     JobEntry,
     JobQuery,
     Ledger,
     LedgerError,
+    LedgerWrites,
     SqliteLedger,
     Usage,
     open_ledger,
 )
+from asrd.testing import MemoryLedger
 from tests import postgres as pg
+
+
+def deliver(ledger: Ledger, job_id: str, sink: str) -> None:
+    ledger.commit(LedgerWrites(delivered=[(job_id, sink)]))
+
+
+def begin(ledger: Ledger, key: str) -> Attempt:
+    return ledger.begin_attempts([key])[key]
+
+
+def clear(ledger: Ledger, key: str) -> None:
+    ledger.commit(LedgerWrites(cleared=[key]))
+
+
+def settle(ledger: Ledger, job_id: str, ci_state: str | None) -> None:
+    ledger.commit(LedgerWrites(settled=[(job_id, ci_state)]))
+
 
 # PostgreSQL is a server of its own: `slow` (tests/conftest.py).
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
@@ -84,44 +105,50 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     return Store(request.param, tmp_path, server)
 
 
-@pytest.fixture
-def ledger(store: Store) -> Iterator[Ledger]:
-    opened = store.open()
+@pytest.fixture(params=["memory", *BACKENDS])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+    """Each backend, and the in-memory ledger of the fast tests (asrd.testing): the tests that
+    take this fixture are the contract every ledger keeps."""
+    if request.param == "memory":
+        opened: Ledger = MemoryLedger()
+    else:
+        server = request.getfixturevalue("postgres") if request.param == "postgresql" else None
+        opened = Store(request.param, tmp_path, server).open()
     yield opened
     opened.close()
 
 
 def test_deliveries_and_attempts_survive_reopening(store: Store) -> None:
     ledger = store.open()
-    ledger.mark_delivered("s1", "files")
-    ledger.mark_delivered("s1", "files")  # a second delivery of the same job is one row
-    ledger.mark_delivered("s1", "app")
-    first = ledger.begin_attempt("topic|1:0:-1")
+    deliver(ledger, "s1", "files")
+    deliver(ledger, "s1", "files")  # a second delivery of the same job is one row
+    deliver(ledger, "s1", "app")
+    first = begin(ledger, "topic|1:0:-1")
     ledger.note_failure("topic|1:0:-1", "CI 503")
     ledger.close()
 
     ledger = store.open()  # as after a crash and restart
     assert ledger.delivered("s1") == {"files", "app"}
     assert ledger.delivered("s2") == set()
-    second = ledger.begin_attempt("topic|1:0:-1")
+    second = begin(ledger, "topic|1:0:-1")
     assert (first.count, second.count) == (1, 2)
     assert second.first_at == first.first_at  # times keep their full precision
     assert second.last_reason == "CI 503"
-    ledger.clear_attempts("topic|1:0:-1")
-    assert ledger.begin_attempt("topic|1:0:-1").count == 1
+    clear(ledger, "topic|1:0:-1")
+    assert begin(ledger, "topic|1:0:-1").count == 1
     ledger.close()
 
 
 def test_prune_forgets_only_old_rows(ledger: Ledger) -> None:
-    ledger.mark_delivered("s-old", "files")
-    ledger.begin_attempt("old")
+    deliver(ledger, "s-old", "files")
+    begin(ledger, "old")
     time.sleep(0.2)
-    ledger.mark_delivered("s-new", "files")
-    ledger.begin_attempt("new")
+    deliver(ledger, "s-new", "files")
+    begin(ledger, "new")
     assert ledger.prune(older_than_s=0.1) == 2
     assert ledger.delivered("s-old") == set()
     assert ledger.delivered("s-new") == {"files"}
-    assert ledger.begin_attempt("new").count == 2
+    assert begin(ledger, "new").count == 2
 
 
 def test_a_version_1_ledger_is_migrated_and_keeps_its_deliveries(store: Store) -> None:
@@ -136,7 +163,7 @@ def test_a_version_1_ledger_is_migrated_and_keeps_its_deliveries(store: Store) -
     )
     ledger = store.open()
     assert ledger.delivered("s1") == {"files"}
-    assert ledger.begin_attempt("k").count == 1
+    assert begin(ledger, "k").count == 1
     assert ledger.prune(older_than_s=3600) == 0
     ledger.close()
     assert store.version() == SCHEMA_VERSION
@@ -161,7 +188,7 @@ def test_a_version_2_ledger_gains_the_jobs_table(store: Store) -> None:
     )
     ledger = store.open()
     assert ledger.delivered("s1") == {"files"}
-    assert ledger.begin_attempt("k").count == 4  # version 2 attempts are kept
+    assert begin(ledger, "k").count == 4  # version 2 attempts are kept
     assert ledger.job_stats(time.time()).owed == 0
     ledger.close()
     assert store.version() == SCHEMA_VERSION
@@ -169,19 +196,21 @@ def test_a_version_2_ledger_gains_the_jobs_table(store: Store) -> None:
 
 def test_a_batch_of_messages_in_one_transaction_each_way(ledger: Ledger) -> None:
     keys = [f"topic|{i}:0:-1" for i in range(3)]
-    ledger.begin_attempt(keys[0])
+    begin(ledger, keys[0])
     first = ledger.begin_attempts(keys)
     assert [first[k].count for k in keys] == [2, 1, 1]
-    assert ledger.delivered_many([]) == {}
-    ledger.mark_delivered("s1", "files")
-    assert ledger.delivered_many(["s1", "s2", "s1"]) == {"s1": {"files"}, "s2": set()}
-    ledger.finish_batch([("s2", "files"), ("s2", "app"), ("s1", "files")], cleared=keys[:2])
-    assert ledger.delivered_many(["s1", "s2"]) == {"s1": {"files"}, "s2": {"files", "app"}}
+    assert ledger.finished_many([]) == {}
+    deliver(ledger, "s1", "files")
+    assert ledger.finished_many(["s1", "s2", "s1"]) == {"s1": {"files"}, "s2": set()}
+    ledger.commit(
+        LedgerWrites(delivered=[("s2", "files"), ("s2", "app"), ("s1", "files")], cleared=keys[:2])
+    )
+    assert ledger.finished_many(["s1", "s2"]) == {"s1": {"files"}, "s2": {"files", "app"}}
     again = ledger.begin_attempts(keys)
     assert [again[k].count for k in keys] == [1, 1, 2]  # the cleared ones start again
     many = [f"s{i:05d}" for i in range(1200)]  # more ids than one statement may carry
-    ledger.finish_batch([(j, "files") for j in many], cleared=[])
-    assert all(v == {"files"} for v in ledger.delivered_many(many).values())
+    ledger.commit(LedgerWrites(delivered=[(j, "files") for j in many]))
+    assert all(v == {"files"} for v in ledger.finished_many(many).values())
 
 
 def test_claims_let_one_owner_deliver_a_job_at_a_time(store: Store) -> None:
@@ -203,15 +232,15 @@ def test_claims_let_one_owner_deliver_a_job_at_a_time(store: Store) -> None:
 def test_a_batch_settles_jobs_and_records_unwanted_sinks_in_one_go(ledger: Ledger) -> None:
     now = time.time()
     ledger.record_job(entry("t1", "s1", now, 3600))
-    ledger.mark_delivered("s1", "files")
-    ledger.finish_batch(
-        [("s2", "files")], [], not_wanted=[("s1", "app"), ("s1", "app")],
+    deliver(ledger, "s1", "files")
+    ledger.commit(LedgerWrites(
+        delivered=[("s2", "files")], not_wanted=[("s1", "app"), ("s1", "app")],
         settled=[("s1", "Success"), ("s9", None)],
-    )  # fmt: skip
+    ))  # fmt: skip
     assert ledger.finished_many(["s1", "s2", "s3"]) == {
         "s1": {"files", "app"}, "s2": {"files"}, "s3": set(),
     }  # fmt: skip
-    assert ledger.delivered_many(["s1"]) == {"s1": {"files"}}  # unwanted is not delivered
+    assert ledger.delivered("s1") == {"files"}  # unwanted is not delivered
     assert ledger.job("s1").status == SETTLED  # type: ignore[union-attr]
 
 
@@ -226,9 +255,9 @@ def test_several_processes_share_one_ledger(store: Store) -> None:
             ledger = store.open()
             ledgers.append(ledger)
             for i in range(50):
-                ledger.begin_attempt("shared")
-                ledger.mark_delivered(f"s{i}", "files")
-                ledger.mark_delivered(f"own-{n}-{i}", "files")
+                begin(ledger, "shared")
+                deliver(ledger, f"s{i}", "files")
+                deliver(ledger, f"own-{n}-{i}", "files")
         except BaseException as exc:
             errors.append(exc)
 
@@ -239,7 +268,7 @@ def test_several_processes_share_one_ledger(store: Store) -> None:
         t.join()
     assert errors == []
     check = store.open()
-    assert check.begin_attempt("shared").count == 4 * 50 + 1
+    assert begin(check, "shared").count == 4 * 50 + 1
     assert all(check.delivered(f"s{i}") == {"files"} for i in range(50))
     assert all(check.delivered(f"own-{n}-49") == {"files"} for n in range(4))
     for ledger in [*ledgers, check]:
@@ -267,7 +296,7 @@ def test_a_new_sqlite_ledger_opens_while_another_process_writes_to_it(tmp_path: 
     threading.Timer(0.3, release.set).start()  # how long the open waits, not whether it works
     ledger = SqliteLedger(path)
     thread.join()
-    assert ledger.begin_attempt("k").count == 1
+    assert begin(ledger, "k").count == 1
     ledger.close()
 
 
@@ -294,25 +323,25 @@ def test_submitted_jobs_from_pending_to_settled(ledger: Ledger) -> None:
     assert [e.job_id for e in select(ledger, "overdue", None, now)] == ["s1"]
     assert {e.client_token for e in select(ledger, "owed", None, now)} == {"t1", "t2", "t3", "t4"}
 
-    ledger.settle("s1", "Success")
-    ledger.settle("s2", "Failed")  # CI ended it Failed: nothing more is owed, but it failed
-    ledger.settle("s9", "Success")  # not submitted by asrd: nothing to settle
+    settle(ledger, "s1", "Success")
+    settle(ledger, "s2", "Failed")  # CI ended it Failed: nothing more is owed, but it failed
+    settle(ledger, "s9", "Success")  # not submitted by asrd: nothing to settle
     ledger.fail_job("t4", "the create never reached CI")
     assert ledger.job("s1").status == SETTLED  # type: ignore[union-attr]
     assert ledger.job("s2").status == FAILED  # type: ignore[union-attr]
     failed = {e.client_token: e.reason for e in select(ledger, "failed", None, now)}
     assert failed == {"t2": "", "t4": "the create never reached CI"}
     assert [e.job_id for e in select(ledger, "owed", now - 20, now)] == ["s3"]
-    ledger.begin_attempt("topic|1:0:-1")
-    ledger.begin_attempt("topic|1:1:-1")
+    begin(ledger, "topic|1:0:-1")
+    begin(ledger, "topic|1:1:-1")
     ledger.note_failure("topic|1:1:-1", "sink down")  # waiting on the retry topic: pending
-    ledger.clear_attempts("topic|1:0:-1")  # settled for good: no longer pending
+    clear(ledger, "topic|1:0:-1")  # settled for good: no longer pending
     gauges = job_gauges(ledger, now)
     assert gauges == {
         "jobs_owed": 1.0, "jobs_overdue": 0.0, "jobs_oldest_owed_age_seconds": 10.0,
         "deliveries_pending": 1.0,
     }  # fmt: skip
-    ledger.clear_attempts("topic|1:1:-1")
+    clear(ledger, "topic|1:1:-1")
 
     ledger.note_check("s3", "Running", "still Running at CI past its deadline")
     assert ledger.job("s3").ci_state == "Running"  # type: ignore[union-attr]
@@ -332,7 +361,7 @@ def test_a_refused_create_starts_again_and_sweeps_take_the_least_checked(ledger:
     ledger.record_job(entry("t2", "s2", now - 300, 10))
     ledger.record_job(entry("t3", "s3", now - 200, 10))
     ledger.record_job(entry("t4", "s4", now - 100, 10))
-    ledger.settle("s4", "Success")
+    settle(ledger, "s4", "Success")
     ledger.record_pending(entry("t4", None, now, 10))  # settled: never touched again
     assert ledger.job_by_token("t4").status == SETTLED  # type: ignore[union-attr]
     assert [e.job_id for e in ledger.overdue_jobs(now, 10)] == ["s2", "s3"]
@@ -375,13 +404,13 @@ def test_each_job_keeps_its_timeline_written_with_its_changes(ledger: Ledger) ->
     ledger.record_pending(entry("t1", None, now - 5, 3600))
     ledger.record_job(entry("t1", "s1", now - 5, 3600))
     ledger.record_job(entry("t1", "s1", now - 5, 3600))  # adopted again: nothing new
-    ledger.mark_delivered("s1", "files")
-    ledger.mark_delivered("s1", "files")  # a duplicate callback: nothing new
-    ledger.finish_batch(
-        [("s1", "files"), ("s1", "hook")], [], not_wanted=[("s1", "archive")],
+    deliver(ledger, "s1", "files")
+    deliver(ledger, "s1", "files")  # a duplicate callback: nothing new
+    ledger.commit(LedgerWrites(
+        delivered=[("s1", "files"), ("s1", "hook")], not_wanted=[("s1", "archive")],
         settled=[("s1", "Success")],
-    )  # fmt: skip
-    ledger.settle("s1", "Success")  # settled already: nothing new
+    ))  # fmt: skip
+    settle(ledger, "s1", "Success")  # settled already: nothing new
     stages = [(e.stage, e.detail) for e in ledger.events("s1")]
     assert stages == [
         ("submitted", "media/t1.mp3"),
@@ -417,8 +446,8 @@ def test_browsing_jobs_pages_by_key_with_filters(ledger: Ledger) -> None:
             now - 3600 - (i // 2), now + 3600,
         )  # fmt: skip
         ledger.record_job(job)
-    ledger.settle("s00", "Success")
-    ledger.mark_delivered("s00", "files")
+    settle(ledger, "s00", "Success")
+    deliver(ledger, "s00", "files")
     seen: list[str] = []
     before = None
     while True:
@@ -485,12 +514,12 @@ def test_a_version_5_ledger_keeps_its_jobs_and_gains_their_queue_and_user_data(
 
 def test_usage_of_delivered_jobs_by_day_queue_and_engine(ledger: Ledger) -> None:
     now = time.time()
-    ledger.finish_batch(
-        [("s1", "files"), ("s2", "files"), ("s3", "files")], [],
+    ledger.commit(LedgerWrites(
+        delivered=[("s1", "files"), ("s2", "files"), ("s3", "files")],
         usage=[Usage("s1", "q1", "16k_zh", 1800.0), Usage("s2", "q1", "16k_en", 900.0),
                Usage("s3", "q2", "16k_zh", 3600.0)],
-    )  # fmt: skip
-    ledger.finish_batch([], [], usage=[Usage("s1", "q1", "16k_zh", 1800.0)])  # counted once
+    ))  # fmt: skip
+    ledger.commit(LedgerWrites(usage=[Usage("s1", "q1", "16k_zh", 1800.0)]))  # counted once
     today = time.strftime("%Y-%m-%d", time.gmtime(now))
     by_day = ledger.usage(now - 3600, "day")
     assert {(r.key, r.engine, r.jobs, r.audio_seconds) for r in by_day} == {

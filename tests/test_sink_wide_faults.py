@@ -299,7 +299,7 @@ def test_postgresql_ledger_commits_synchronously_whatever_the_server_default(
     import psycopg
 
     from asrd.ledger import open_ledger
-    from asrd.ledger_pg import PostgresLedger
+    from asrd.ledger.postgres import PostgresLedger
     from tests import postgres as pg
 
     database = postgres.create_database()

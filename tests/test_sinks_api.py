@@ -145,12 +145,12 @@ def test_a_duplicate_for_a_job_some_route_skips_does_not_go_back_to_ci(tmp_path:
     # CI is unreachable: asking it would answer RETRY, not DONE.
     ci = CiClient(s.ci, observers=Observers([calls]))
     pipeline = Pipeline(ci, Router(build_routes(s)), ledger, Observers([calls]))
-    first = pipeline.deliver(normalise(detail(Result="[0:1.000,0:2.000] hi")))
+    first = pipeline.deliver_details({JOB: detail(Result="[0:1.000,0:2.000] hi")})[JOB]
     assert first.outcome is Outcome.DONE and first.delivered == ("ok",)
     assert (tmp_path / "ok" / f"{JOB}.json").exists()
     assert not list((tmp_path / "f").iterdir())
     assert pipeline.complete(JOB)
-    again = pipeline.deliver_job(JOB)
+    again = pipeline.deliver_jobs([JOB])[JOB]
     assert again.outcome is Outcome.DONE and again.reason == "already delivered to every sink"
     assert calls.calls == []
     ledger.close()

@@ -36,16 +36,15 @@ def ledger(tmp_path: Path) -> Iterator[SqliteLedger]:
 def worker(
     ledger: SqliteLedger, transport: StubTransport, judge: Callable[[bytes], Verdict]
 ) -> Worker:
-    """A worker whose pipeline answers ``judge(body)`` for each message, one by one or in a
-    batch."""
+    """A worker whose pipeline answers ``judge(body)`` for each message of a batch."""
     return Worker(
-        SETTINGS,
-        judge,
-        ledger,
-        transport,
-        Observers(),
-        handle_batch=lambda bodies: [judge(b) for b in bodies],
+        SETTINGS, lambda bodies: [judge(b) for b in bodies], ledger, transport, Observers()
     )
+
+
+def begin(ledger: SqliteLedger, key: str) -> int:
+    """Count one more start of the message ``key``; its count."""
+    return ledger.begin_attempts([key])[key].count
 
 
 def by_body(verdicts: dict[bytes, Verdict]) -> Callable[[bytes], Verdict]:
@@ -55,9 +54,9 @@ def by_body(verdicts: dict[bytes, Verdict]) -> Callable[[bytes], Verdict]:
 def test_done_is_acknowledged_and_its_attempts_forgotten(ledger: SqliteLedger) -> None:
     transport = StubTransport()
     m = message(b"ok")
-    worker(ledger, transport, by_body({b"ok": Verdict(Outcome.DONE, "")})).process(m)
+    worker(ledger, transport, by_body({b"ok": Verdict(Outcome.DONE, "")})).process_batch([m])
     assert transport.acked == [m] and not transport.retried and not transport.dead_lettered
-    assert ledger.begin_attempt(m.key).count == 1  # counted afresh: the old count is gone
+    assert begin(ledger, m.key) == 1  # counted afresh: the old count is gone
 
 
 def test_a_failing_message_is_retried_with_backoff_then_dead_lettered(
@@ -65,10 +64,10 @@ def test_a_failing_message_is_retried_with_backoff_then_dead_lettered(
 ) -> None:
     transport = StubTransport()
     w = worker(ledger, transport, lambda body: Verdict(Outcome.RETRY, "CI busy"))
-    w.process(message(b"job"))
+    w.process_batch([message(b"job")])
     for _ in range(2):
         [copy] = transport.redeliver()
-        w.process(copy)
+        w.process_batch([copy])
     assert [r.attempt for r in transport.retried] == [1, 2]
     # Backoff grows from retry_base_s (jitter below its bound), capped at retry_max_s.
     assert all(0 < r.delay_s <= 10.0 for r in transport.retried)
@@ -81,7 +80,7 @@ def test_a_failing_message_is_retried_with_backoff_then_dead_lettered(
 def test_a_permanent_failure_is_dead_lettered_at_once(ledger: SqliteLedger) -> None:
     transport = StubTransport()
     w = worker(ledger, transport, lambda body: Verdict(Outcome.DEAD, "not a CI callback"))
-    w.process(message(b"junk"))
+    w.process_batch([message(b"junk")])
     [dead] = transport.dead_lettered
     assert (dead.reason, dead.attempts) == ("not a CI callback", 1)
     assert not transport.retried
@@ -92,7 +91,7 @@ def test_a_pipeline_bug_is_retried_not_lost(ledger: SqliteLedger) -> None:
         raise KeyError("oops")
 
     transport = StubTransport()
-    worker(ledger, transport, broken).process(message(b"job"))
+    worker(ledger, transport, broken).process_batch([message(b"job")])
     [retry] = transport.retried
     assert retry.attempt == 1 and not transport.acked and not transport.dead_lettered
 
@@ -102,7 +101,7 @@ def test_a_message_the_process_died_on_is_parked_without_another_try(
 ) -> None:
     m = message(b"poison")
     for _ in range(SETTINGS.max_attempts):
-        ledger.begin_attempt(m.key)  # counted, then the process died before settling
+        begin(ledger, m.key)  # counted, then the process died before settling
     judged: list[bytes] = []
 
     def judge(body: bytes) -> Verdict:
@@ -110,7 +109,7 @@ def test_a_message_the_process_died_on_is_parked_without_another_try(
         return Verdict(Outcome.DONE, "")
 
     transport = StubTransport()
-    worker(ledger, transport, judge).process(m)
+    worker(ledger, transport, judge).process_batch([m])
     assert judged == []  # not tried again
     [dead] = transport.dead_lettered
     assert dead.reason.endswith(DIED_ON_IT)
@@ -119,7 +118,7 @@ def test_a_message_the_process_died_on_is_parked_without_another_try(
 def test_an_outage_of_the_broker_leaves_the_message_unsettled(ledger: SqliteLedger) -> None:
     transport = StubTransport(outage="broker unreachable")
     w = worker(ledger, transport, lambda body: Verdict(Outcome.RETRY, "CI busy"))
-    w.process(message(b"job"))
+    w.process_batch([message(b"job")])
     assert transport.settled == 0 and transport.retried == [] and transport.redeliver() == []
 
 
@@ -137,7 +136,7 @@ def test_a_batch_is_settled_message_by_message(ledger: SqliteLedger) -> None:
     assert [r.message.data for r in transport.retried] == [b"b"]
     assert [(d.message.data, d.reason) for d in transport.dead_lettered] == [(b"c", "bad job id")]
     # Settled messages' attempts are forgotten; the retried one keeps its count.
-    counts: dict[str, int] = {m.key: ledger.begin_attempt(m.key).count for m in batch}
+    counts: dict[str, int] = {m.key: begin(ledger, m.key) for m in batch}
     assert counts == {batch[0].key: 1, batch[1].key: 2, batch[2].key: 1, batch[3].key: 1}
 
 
@@ -155,7 +154,9 @@ def test_the_doubles_names_are_pinned() -> None:
 
     assert asrd.testing.__all__ == [
         "DeadLetter",
+        "MemoryLedger",
         "Retry",
+        "StubCi",
         "StubMessage",
         "StubTransport",
         "message",

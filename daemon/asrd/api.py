@@ -41,7 +41,7 @@ from .config import CiSettings
 from .console import ConsoleContext, build_router
 from .intake.url import UrlReceiver
 from .jobs import SINCE_DURATION, JobService
-from .ledger import Ledger
+from .ledger import JobBook
 from .result import InvalidResult, normalise
 
 log = structlog.get_logger("asrd.api")
@@ -57,7 +57,7 @@ class ApiContext:
     ready: Callable[[], bool]
     metrics: Callable[[], bytes]
     callbacks: UrlReceiver | None = None
-    ledger: Ledger | None = None  # where "delivered to" comes from
+    ledger: JobBook | None = None  # where "delivered to" comes from
     jobs: JobService | None = None  # submission and the ledger's job list
     token: str = ""  # bearer token for /v1/*; empty = none needed (loopback only)
     not_ready: Callable[[], str] = lambda: ""  # why work is paused ("" when it is not)

@@ -8,7 +8,6 @@ anything. Parsing is strict about size, entities and shape, and every refusal is
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,12 +17,11 @@ import defusedxml.sax as defused_sax
 import xmltodict
 from defusedxml import DefusedXmlException
 
-JOB_ID = re.compile(r"s[0-9a-f]{32}")
+from .vocabulary import JOB_ID as JOB_ID
+from .vocabulary import BadMessage as BadMessage
+from .vocabulary import valid_job_id as valid_job_id
+
 _MAX_DEPTH = 64
-
-
-class BadMessage(Exception):
-    """The body can never be processed; the text is the dead-letter reason."""
 
 
 @dataclass(frozen=True)
@@ -39,14 +37,6 @@ class CallbackEvent:
         # A missing Tag is given the benefit of the doubt: get-job only knows ASR jobs, so a
         # foreign id ends in the dead-letter topic, never in a sink.
         return self.event_name == "TaskFinish" and self.tag in ("SpeechRecognition", "")
-
-
-def valid_job_id(value: object) -> str:
-    """The id if it has CI's job id form (safe in file names and keys); else ``BadMessage``."""
-    if not isinstance(value, str) or not JOB_ID.fullmatch(value):
-        shown = repr(value)[:80]
-        raise BadMessage(f"JobId {shown} is not a CI job id (s + 32 hex digits)")
-    return value
 
 
 def _depth(node: Any, limit: int = _MAX_DEPTH) -> int:

@@ -29,7 +29,7 @@ from .cli_submit import make_submitter
 from .config import Settings
 from .intake.queue import CMQ_DEQUEUE_COUNT, CMQ_MSG_ID, CMQ_QUEUE
 from .intake.url import SOURCE
-from .ledger import FAILED, SETTLED, Ledger
+from .ledger import FAILED, SETTLED, JobBook
 from .submit import JobSpec
 
 __all__ = ["AUDIO_NAME", "Stage", "Watch", "audio", "run"]
@@ -159,7 +159,7 @@ def _on_topic(msg: Any, watch: Watch) -> None:
 def _follow(
     settings: Settings,
     ci: CiClient,
-    ledger: Ledger,
+    ledger: JobBook,
     reader: Any,
     job_id: str,
     watch: Watch,
@@ -194,7 +194,7 @@ def _follow(
 
 def run(
     settings: Settings,
-    ledger: Ledger,
+    ledger: JobBook,
     out: TextIO,
     clock: Callable[[], float] = time.monotonic,
 ) -> int:

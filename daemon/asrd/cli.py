@@ -226,11 +226,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     worker = Worker(
         settings.pulsar,
-        stages.pipeline.handle,
+        stages.pipeline.handle_batch,
         ledger,
         consumer,
         observers,
-        handle_batch=stages.pipeline.handle_batch,
         on_pause=pause,
     )
     shutdown.busy = lambda: consumer.health.subscribed
@@ -280,7 +279,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _log_wiring_warnings(settings)
         feeds.start(stop)
     _settle_heap()
-    consumer.run(stop, worker.process, worker.process_batch)
+    consumer.run(stop, worker.process_batch)
     systemd.notify("STOPPING=1")
     if api is not None:
         api.shutdown()
@@ -321,7 +320,7 @@ def _settle_heap() -> None:
 
 def _redeliverer(pipeline: Pipeline) -> Callable[[str], tuple[bool, str]]:
     def redeliver(job_id: str) -> tuple[bool, str]:
-        verdict = pipeline.deliver_job(job_id)
+        verdict = pipeline.deliver_jobs([job_id])[job_id]
         return verdict.outcome is Outcome.DONE, verdict.reason
 
     return redeliver

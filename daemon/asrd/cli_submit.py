@@ -30,7 +30,7 @@ from .batch import (
 from .ci import CiClient
 from .config import ConfigError, Settings
 from .jobs import STATES, parse_since, select, show
-from .ledger import JobEntry, Ledger, LedgerError, from_settings
+from .ledger import JobBook, JobEntry, Ledger, LedgerError, from_settings
 from .limiter import RateLimiter
 from .progress import tracker
 from .submit import SKIPPED, JobSpec, Submitter, TokenLookup
@@ -41,7 +41,7 @@ EX_OK, EX_FATAL, EX_USAGE = 0, 1, 2
 def make_submitter(
     settings: Settings,
     ci: CiClient,
-    ledger: Ledger,
+    ledger: JobBook,
     rate: float | None = None,
     stop: threading.Event | None = None,
 ) -> Submitter:

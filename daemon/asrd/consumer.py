@@ -153,21 +153,20 @@ class Consumer:
     def run(
         self,
         stop: threading.Event,
-        process: Callable[[Inbound], None],
-        process_batch: Callable[[list[Inbound]], None] | None = None,
+        process: Callable[[list[Inbound]], None],
     ) -> None:
         """Hand every message to ``process`` on a worker thread until ``stop`` is set, then
         drain within the shutdown deadline. ``process`` settles each message through ``ack``,
-        ``retry`` or ``dead_letter``. With ``process_batch`` and ``[pulsar] batch_size`` > 1,
-        messages already waiting in the client's queue go with the one received, up to
-        ``batch_size`` per call (never waiting for more: a lone message is not delayed)."""
+        ``retry`` or ``dead_letter``. Messages already waiting in the client's queue go with
+        the one received, up to ``[pulsar] batch_size`` per call (never waiting for more: a
+        lone message is a batch of one, not delayed)."""
         if not self._subscribe(stop):
             self.close()
             return
         slots = threading.Semaphore(self._settings.max_in_flight)
         pool = ThreadPoolExecutor(self._settings.concurrency, thread_name_prefix="asrd-worker")
         retry_topic = self._settings.retry_letter_topic
-        batch_size = self._settings.batch_size if process_batch is not None else 1
+        batch_size = self._settings.batch_size
         last_health = 0.0
         try:
             while not stop.is_set():
@@ -189,10 +188,7 @@ class Consumer:
                         stop.wait(0.5)
                     continue
                 batch = [broker.inbound(msg, retry_topic), *self._more(slots, batch_size - 1)]
-                if process_batch is not None:
-                    fut = pool.submit(process_batch, batch)
-                else:
-                    fut = pool.submit(process, batch[0])
+                fut = pool.submit(process, batch)
                 fut.add_done_callback(partial(_release, slots, len(batch)))
         finally:
             self._drain(pool, slots)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -17,11 +16,13 @@ import structlog
 
 from . import clienttoken
 from .ci import CiClient, CiError
-from .ledger import FAILED, OWED, PENDING, SETTLED, JobEntry, Ledger
+from .ledger import FAILED, OWED, PENDING, SETTLED, JobBook, JobEntry
 from .observers import Observers
-from .pipeline import Outcome, Pipeline
+from .pipeline import Pipeline
 from .result import TERMINAL_STATES
 from .submit import SKIPPED, JobSpec, Submitter, TokenLookup
+from .vocabulary import Outcome
+from .vocabulary import SweepReport as SweepReport
 
 log = structlog.get_logger("asrd.jobs")
 
@@ -52,7 +53,7 @@ def parse_since(text: str, now: float) -> float:
 
 
 def select(
-    ledger: Ledger, state: str | None, since: float | None, now: float, limit: int = 1000
+    ledger: JobBook, state: str | None, since: float | None, now: float, limit: int = 1000
 ) -> list[JobEntry]:
     """Jobs in one of ``STATES`` (all when None); ``owed`` includes creates still pending."""
     if state is not None and state not in STATES:
@@ -63,7 +64,7 @@ def select(
     return ledger.list_jobs(statuses.get(state or "", ()), since, None, limit)
 
 
-def job_gauges(ledger: Ledger, now: float | None = None) -> dict[str, float]:
+def job_gauges(ledger: JobBook, now: float | None = None) -> dict[str, float]:
     """The metrics of what is owed (one function, whatever exports it)."""
     now = time.time() if now is None else now
     stats = ledger.job_stats(now)
@@ -76,7 +77,7 @@ def job_gauges(ledger: Ledger, now: float | None = None) -> dict[str, float]:
     }
 
 
-def show(ledger: Ledger, ci: CiClient, job_id: str, now: float) -> dict[str, Any]:
+def show(ledger: JobBook, ci: CiClient, job_id: str, now: float) -> dict[str, Any]:
     """The ledger's view of a job and CI's, side by side."""
     from .result import InvalidResult, normalise
 
@@ -106,19 +107,10 @@ def show(ledger: Ledger, ci: CiClient, job_id: str, now: float) -> dict[str, Any
     return view
 
 
-@dataclass
-class SweepReport:
-    checked: int = 0
-    delivered: list[str] = field(default_factory=list)
-    adopted: list[str] = field(default_factory=list)
-    still_running: dict[str, str] = field(default_factory=dict)  # job id -> CI state
-    failed: dict[str, str] = field(default_factory=dict)  # job id or token -> reason
-
-
 def sweep_overdue(
     ci: CiClient,
     pipeline: Pipeline,
-    ledger: Ledger,
+    ledger: JobBook,
     lookup: TokenLookup,
     observers: Observers,
     batch: int = 10,
@@ -158,7 +150,7 @@ def sweep_overdue(
             ledger.note_check(job_id, state, f"still {state} at CI past its deadline")
             report.still_running[job_id] = state
             continue
-        verdict = pipeline.deliver_detail(job_id, detail)
+        verdict = pipeline.deliver_details({job_id: detail})[job_id]
         if verdict.outcome is Outcome.DONE:
             report.delivered.append(job_id)
             log.info("deadline sweep delivered an overdue job", job_id=job_id, state=state)
@@ -181,7 +173,7 @@ def sweep_overdue(
 
 
 def _resolve_pending(
-    entry: JobEntry, ledger: Ledger, lookup: TokenLookup, report: SweepReport
+    entry: JobEntry, ledger: JobBook, lookup: TokenLookup, report: SweepReport
 ) -> str | None:
     try:
         job_id = lookup.find(entry.client_token, entry.submitted_at, entry.submitted_at)
@@ -209,7 +201,7 @@ class JobService:
         "template_id", "client_token",
     )  # fmt: skip
 
-    def __init__(self, submitter: Submitter, ledger: Ledger) -> None:
+    def __init__(self, submitter: Submitter, ledger: JobBook) -> None:
         self._submitter = submitter
         self._ledger = ledger
 

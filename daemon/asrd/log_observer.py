@@ -13,11 +13,9 @@ import time
 
 import structlog
 
-from .jobs import SweepReport
 from .observability import Counters
-from .observers import MessageInfo, Observer
-from .pipeline import Outcome, Verdict
-from .settle import Action, Settlement
+from .observers import Observer
+from .vocabulary import Action, MessageInfo, Outcome, Settlement, SweepReport, Verdict
 
 
 class LogObserver(Observer):

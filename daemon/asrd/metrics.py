@@ -38,11 +38,16 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .jobs import SweepReport
-from .observers import MessageInfo, Observer
-from .pipeline import Outcome, Verdict
-from .reconcile import Report
-from .settle import Action, Settlement
+from .observers import Observer
+from .vocabulary import (
+    Action,
+    MessageInfo,
+    Outcome,
+    ReconcileReport,
+    Settlement,
+    SweepReport,
+    Verdict,
+)
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -364,7 +369,7 @@ class Metrics(Observer):
         self.ci_requests.labels(operation, status).inc()
         self.ci_duration.labels(operation).observe(seconds)
 
-    def reconcile_pass(self, report: Report, seconds: float) -> None:
+    def reconcile_pass(self, report: ReconcileReport, seconds: float) -> None:
         self.reconcile_passes.inc()
         self.reconciled.inc(len(report.delivered))
 

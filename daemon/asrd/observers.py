@@ -10,27 +10,14 @@ fail a delivery.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
-if TYPE_CHECKING:
-    from .jobs import SweepReport
-    from .pipeline import Verdict
-    from .reconcile import Report
-    from .settle import Settlement
+from .vocabulary import MessageInfo as MessageInfo
+from .vocabulary import ReconcileReport, Settlement, SweepReport, Verdict
 
 log = structlog.get_logger("asrd.observers")
-
-
-@dataclass(frozen=True)
-class MessageInfo:
-    """What observers learn about one received message (never its body)."""
-
-    message_id: str
-    attempt: int
-    published_ms: int  # when the first copy of the message reached the broker (epoch ms)
 
 
 class Observer:
@@ -72,7 +59,7 @@ class Observer:
     def ci_call(self, operation: str, status: str, seconds: float) -> None:
         """One request to CI/COS ended; ``status`` is ``ok`` or the error kind."""
 
-    def reconcile_pass(self, report: Report, seconds: float) -> None:
+    def reconcile_pass(self, report: ReconcileReport, seconds: float) -> None:
         """A reconcile pass over finished jobs ended."""
 
     def deadline_sweep(self, report: SweepReport) -> None:
@@ -162,7 +149,7 @@ class Observers(Observer):
     def ci_call(self, operation: str, status: str, seconds: float) -> None:
         self._each("ci_call", operation, status, seconds)
 
-    def reconcile_pass(self, report: Report, seconds: float) -> None:
+    def reconcile_pass(self, report: ReconcileReport, seconds: float) -> None:
         self._each("reconcile_pass", report, seconds)
 
     def deadline_sweep(self, report: SweepReport) -> None:

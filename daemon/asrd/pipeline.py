@@ -12,17 +12,19 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import Enum
+from typing import Protocol
 
 from . import callback
-from .ci import CiClient, CiError, JobsDetail
-from .ledger import Ledger, Usage
+from .ci import CiError, JobsDetail
+from .ledger import Deliveries, LedgerWrites, Usage
 from .observers import Observers
 from .result import InvalidResult, ResultRecord, engine_of, normalise, stamped
 from .sinks.base import SinkError, deliver_all
 from .sinks.breaker import Breaker
 from .sinks.routing import Router
+from .vocabulary import BadMessage
+from .vocabulary import Outcome as Outcome
+from .vocabulary import Verdict as Verdict
 
 # The outage source of refused or missing keys (CI, COS): work waits while it lasts.
 KEYS = "credentials"
@@ -30,16 +32,6 @@ KEYS = "credentials"
 # How long a worker may take to deliver a job before another may deliver it too (a worker
 # that died holding a claim blocks its jobs this long; shorter than the drain deadline).
 CLAIM_LEASE_S = 10.0
-
-
-class Outcome(Enum):
-    DONE = "done"  # delivered (or already delivered): acknowledge
-    IGNORED = "ignored"  # not ours (another job type or event): acknowledge
-    RETRY = "retry"  # transient: redeliver later
-    DEAD = "dead"  # can never succeed: dead-letter with the reason
-    # A setup fault (asrd's keys refused, a sink that cannot work): put the message back without
-    # spending an attempt, and pause until the fault is gone.
-    PAUSED = "paused"
 
 
 def _ci_failed(exc: CiError, job_id: str) -> Verdict:
@@ -50,33 +42,21 @@ def _ci_failed(exc: CiError, job_id: str) -> Verdict:
     return Verdict(outcome, f"CI get job failed: {exc}", job_id)
 
 
-@dataclass(frozen=True)
-class Verdict:
-    outcome: Outcome
-    reason: str = ""
-    job_id: str = ""
-    delivered: tuple[str, ...] = ()  # sinks that got the record on this attempt
-    pause: str = ""  # PAUSED: what is out (``KEYS``, or a sink's name)
-    # PAUSED only because a sink already paused was not called: nothing new to pause.
-    waiting: bool = False
+class JobLookup(Protocol):
+    """What the pipeline asks of CI (``CiClient``; a stub in fast tests)."""
 
-
-@dataclass
-class _Writes:
-    """What a batch's deliveries leave for the ledger, written in one transaction."""
-
-    delivered: list[tuple[str, str]] = field(default_factory=list)
-    not_wanted: list[tuple[str, str]] = field(default_factory=list)
-    settled: list[tuple[str, str | None]] = field(default_factory=list)
-    usage: list[Usage] = field(default_factory=list)
+    def get_jobs(self, job_ids: list[str]) -> dict[str, JobsDetail | CiError | None]:
+        """Each job as CI describes it, ``None`` when CI does not know it, or why the look-up
+        failed."""
+        ...
 
 
 class Pipeline:
     def __init__(
         self,
-        ci: CiClient,
+        ci: JobLookup,
         router: Router,
-        ledger: Ledger,
+        ledger: Deliveries,
         observers: Observers,
         max_message_bytes: int = 5 * 1024 * 1024,
         breaker: Breaker | None = None,
@@ -93,28 +73,17 @@ class Pipeline:
         # Whether a sink is paused by an outage (set by the daemon): it is not called then.
         self.sink_paused: Callable[[str], bool] = lambda name: False
 
-    def handle(self, body: bytes) -> Verdict:
-        try:
-            event = callback.parse(body, self._max_bytes)
-        except callback.BadMessage as exc:
-            return Verdict(Outcome.DEAD, f"bad message: {exc}")
-        if not event.is_asr_task_finish:
-            return Verdict(
-                Outcome.IGNORED,
-                f"not an ASR TaskFinish (event {event.event_name!r}, tag {event.tag!r})",
-            )
-        return self.deliver_job(event.job_id)
-
     def handle_batch(self, bodies: list[bytes]) -> list[Verdict]:
-        """``handle`` for a batch of messages: one ledger query for what is already done, the
-        rest looked up together (multi-id describes), one ledger transaction for the jobs
-        settled. A verdict per body, in order; one bad job never fails its neighbours."""
+        """A verdict per message body, in order (a single message is a batch of one): one
+        ledger query for what is already done, the rest looked up together (multi-id
+        describes), one ledger transaction for the jobs settled. One bad job never fails its
+        neighbours."""
         verdicts: list[Verdict | None] = []
         wanted: dict[str, list[int]] = {}  # job id -> positions of its messages
         for i, body in enumerate(bodies):
             try:
                 event = callback.parse(body, self._max_bytes)
-            except callback.BadMessage as exc:
+            except BadMessage as exc:
                 verdicts.append(Verdict(Outcome.DEAD, f"bad message: {exc}"))
                 continue
             if not event.is_asr_task_finish:
@@ -127,44 +96,57 @@ class Pipeline:
                 continue
             verdicts.append(None)
             wanted.setdefault(event.job_id, []).append(i)
-        for job_id, verdict in self._deliver_jobs(list(wanted)).items():
+        for job_id, verdict in self.deliver_jobs(list(wanted)).items():
             for i in wanted[job_id]:
                 verdicts[i] = verdict
         return [
             v if v is not None else Verdict(Outcome.RETRY, "internal: no verdict") for v in verdicts
         ]
 
-    def _deliver_jobs(self, job_ids: list[str]) -> dict[str, Verdict]:
+    def deliver_jobs(self, job_ids: list[str]) -> dict[str, Verdict]:
+        """Fetch the jobs from CI (the truth) and deliver them; a verdict per job id. Used for
+        callbacks, by the reconciler and for redeliveries people ask for."""
         out: dict[str, Verdict] = {}
         names = self._router.names
         finished = self._ledger.finished_many(job_ids)
         done = [j for j in job_ids if names <= finished[j]]
         if done:
             # Duplicate callbacks or redeliveries after a crash: no need to ask CI again.
-            self._ledger.finish_batch([], [], settled=[(j, None) for j in done])
+            self._ledger.commit(LedgerWrites(settled=[(j, None) for j in done]))
             for j in done:
                 out[j] = Verdict(Outcome.DONE, "already delivered to every sink", j)
         lookup = [j for j in job_ids if j not in out]
-        records: list[ResultRecord] = []
+        details: dict[str, JobsDetail] = {}
         for job_id, detail in self._ci.get_jobs(lookup).items() if lookup else ():
             if isinstance(detail, CiError):
                 out[job_id] = _ci_failed(detail, job_id)
             elif detail is None:
+                # Read-after-notify lag is possible: "not found" is retried until the budget ends.
                 out[job_id] = Verdict(
                     Outcome.RETRY, "CI does not know this job (NonExistJobIds)", job_id
                 )
             else:
-                try:
-                    record = normalise(detail)
-                except InvalidResult as exc:
-                    out[job_id] = Verdict(Outcome.DEAD, f"invalid result from CI: {exc}", job_id)
-                    continue
-                if not record.terminal:
-                    out[job_id] = Verdict(
-                        Outcome.RETRY, f"job still {record.state} after its callback", job_id
-                    )
-                    continue
-                records.append(stamped(record))
+                details[job_id] = detail
+        out.update(self.deliver_details(details))
+        return out
+
+    def deliver_details(self, details: dict[str, JobsDetail]) -> dict[str, Verdict]:
+        """Deliver jobs CI has just described (the deadline sweep describes many at once); a
+        verdict per job id."""
+        out: dict[str, Verdict] = {}
+        records: list[ResultRecord] = []
+        for job_id, detail in details.items():
+            try:
+                record = normalise(detail)
+            except InvalidResult as exc:
+                out[job_id] = Verdict(Outcome.DEAD, f"invalid result from CI: {exc}", job_id)
+                continue
+            if not record.terminal:
+                out[job_id] = Verdict(
+                    Outcome.RETRY, f"job still {record.state} after its callback", job_id
+                )
+                continue
+            records.append(stamped(record))
         if records:
             out.update(self._deliver_records(records))
         return out
@@ -191,19 +173,11 @@ class Pipeline:
             mine = [r for r in records if r.job_id in got]
             # Read after claiming: a worker that delivered and let go is seen here.
             finished = self._ledger.finished_many([r.job_id for r in mine])
-            writes = _Writes()
+            writes = LedgerWrites(release=list(claimed), owner=self._owner)
             out.update(self._deliver_claimed(mine, finished, writes))
             # Until this commits, the claims keep other workers from delivering these jobs
             # again; a crash before it means one more (idempotent) delivery, never none.
-            self._ledger.finish_batch(
-                writes.delivered,
-                [],
-                not_wanted=writes.not_wanted,
-                settled=writes.settled,
-                release=claimed,
-                usage=writes.usage,
-                owner=self._owner,
-            )
+            self._ledger.commit(writes)
             claimed = []
             for used in writes.usage:
                 self._obs.audio_delivered(used.queue_id, used.engine, used.audio_seconds)
@@ -228,7 +202,7 @@ class Pipeline:
         return claimed
 
     def _deliver_claimed(
-        self, records: list[ResultRecord], done: dict[str, set[str]], writes: _Writes
+        self, records: list[ResultRecord], done: dict[str, set[str]], writes: LedgerWrites
     ) -> dict[str, Verdict]:
         """Each sink gets the records it wants and lacks in one batch; one record's failure
         never fails its neighbours."""
@@ -302,35 +276,4 @@ class Pipeline:
 
     def complete(self, job_id: str) -> bool:
         """Every configured sink has this job or does not want it (so CI need not be asked)."""
-        return self._router.names <= self._ledger.finished_sinks(job_id)
-
-    def deliver_job(self, job_id: str) -> Verdict:
-        """Fetch the job from CI (the truth) and deliver it; also used by the reconciler."""
-        if self.complete(job_id):
-            # A duplicate callback or a redelivery after a crash: no need to ask CI again.
-            self._ledger.settle(job_id, None)
-            return Verdict(Outcome.DONE, "already delivered to every sink", job_id)
-        try:
-            detail = self._ci.get_job(job_id)
-        except CiError as exc:
-            return _ci_failed(exc, job_id)
-        if detail is None:
-            # Read-after-notify lag is possible, so "not found" is retried until the budget ends.
-            return Verdict(Outcome.RETRY, "CI does not know this job (NonExistJobIds)", job_id)
-        return self.deliver_detail(job_id, detail)
-
-    def deliver_detail(self, job_id: str, detail: JobsDetail) -> Verdict:
-        """Deliver a job CI has just described (the deadline sweep describes many at once)."""
-        try:
-            record = normalise(detail)
-        except InvalidResult as exc:
-            return Verdict(Outcome.DEAD, f"invalid result from CI: {exc}", job_id)
-        if not record.terminal:
-            return Verdict(Outcome.RETRY, f"job still {record.state} after its callback", job_id)
-        return self.deliver(stamped(record))
-
-    def deliver(self, record: ResultRecord) -> Verdict:
-        """Deliver a record to the sinks that want it and do not have it yet."""
-        # Duplicate callbacks (or the reconciler) may race on one job: one delivers, the other
-        # finds it in the ledger (the job locks in this process, the ledger's claims across).
-        return self._deliver_records([record])[record.job_id]
+        return self._router.names <= self._ledger.finished_many([job_id])[job_id]

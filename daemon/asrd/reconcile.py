@@ -9,28 +9,22 @@ alone for ``grace_s``, since their callback is probably on its way.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import structlog
 
 from .ci import CiClient
 from .observers import Observers
-from .pipeline import Outcome, Pipeline
+from .pipeline import Pipeline
+from .vocabulary import Outcome, ReconcileReport
+
+Report = ReconcileReport  # the name callers know
 
 log = structlog.get_logger("asrd.reconcile")
 
 CI_TIME = "%Y-%m-%dT%H:%M:%S%z"
 # CI's own timestamps are Beijing time; any offset works for the filter.
 _CST = timezone(timedelta(hours=8))
-
-
-@dataclass
-class Report:
-    checked: int = 0
-    already: int = 0
-    delivered: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
 
 
 def reconcile(
@@ -41,13 +35,13 @@ def reconcile(
     grace_s: float,
     now: datetime | None = None,
     observers: Observers | None = None,
-) -> Report:
+) -> ReconcileReport:
     """One pass over jobs created in ``[now - lookback_s, now - grace_s]`` that have ended."""
     started = time.monotonic()
     now = now or datetime.now(_CST)
     start = (now - timedelta(seconds=lookback_s)).astimezone(_CST).strftime(CI_TIME)
     end = (now - timedelta(seconds=grace_s)).astimezone(_CST).strftime(CI_TIME)
-    report = Report()
+    report = ReconcileReport()
     jobs = ci.list_jobs(queue_id=queue_id or None, states="Success,Failed", start=start, end=end)
     for detail in jobs:
         report.checked += 1
@@ -55,7 +49,7 @@ def reconcile(
         if pipeline.complete(job_id):
             report.already += 1
             continue
-        verdict = pipeline.deliver_job(job_id)
+        verdict = pipeline.deliver_jobs([job_id])[job_id]
         if verdict.outcome is Outcome.DONE:
             report.delivered.append(job_id)
             log.info("reconciled a job whose callback never came", job_id=job_id)

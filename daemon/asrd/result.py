@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import clienttoken
-from .callback import BadMessage, valid_job_id
+from .vocabulary import BadMessage, valid_job_id
 
 SCHEMA_VERSION = 1
 TERMINAL_STATES = frozenset({"Success", "Failed", "Cancel"})

@@ -8,30 +8,15 @@ of a message ("out of attempts") is decided by ``out_of_attempts`` and nowhere e
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-from enum import Enum
 
 from . import backoff
 from .config import PulsarSettings
 from .ledger import Attempt
-from .pipeline import Outcome, Verdict
+from .vocabulary import Action as Action
+from .vocabulary import Outcome, Verdict
+from .vocabulary import Settlement as Settlement
 
 DIED_ON_IT = "processing never finished (the daemon died on it)"
-
-
-class Action(Enum):
-    ACK = "ack"
-    RETRY = "retry"
-    DEAD_LETTER = "dead_letter"
-    # Put back unacknowledged (redelivered later) with its attempt not counted: an outage.
-    RELEASE = "release"
-
-
-@dataclass(frozen=True)
-class Settlement:
-    action: Action
-    reason: str = ""
-    delay_s: float = 0.0  # only for RETRY: how long the copy waits on the retry-letter topic
 
 
 def out_of_attempts(made: int, attempt: Attempt, settings: PulsarSettings, now: float) -> str:

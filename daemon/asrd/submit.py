@@ -21,7 +21,7 @@ import structlog
 from . import backoff, clienttoken
 from .ci import CiClient, CiError, JobsDetail, ci_time
 from .config import CiSettings
-from .ledger import FAILED, PENDING, JobEntry, Ledger
+from .ledger import FAILED, PENDING, JobBook, JobEntry
 from .limiter import RateLimiter
 
 log = structlog.get_logger("asrd.submit")
@@ -265,7 +265,7 @@ class Submitter:
         self,
         ci: CiClient,
         settings: CiSettings,
-        ledger: Ledger,
+        ledger: JobBook,
         deadline_s: float,
         lookup: TokenLookup,
         limiter: RateLimiter | None = None,

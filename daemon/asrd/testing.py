@@ -3,24 +3,40 @@
 ``StubMessage`` stands for a received ``pulsar.Message`` (the calls asrd makes on one);
 ``message`` wraps one as the ``Inbound`` the worker takes. ``StubTransport`` is the worker's
 ``Transport`` in memory: it records what the worker decided for each message (acknowledge,
-retry after a delay, dead-letter with a reason), can fail its publishes as a broker outage
-would, and hands retry copies back as the retry-letter topic would redeliver them (same
+retry after a delay, dead-letter with a reason, put back), can fail its publishes as a broker
+outage would, and hands retry copies and messages put back out again as the broker would (same
 origin, so the ledger counts their attempts under the same key).
 
-The ledger needs no double: ``SqliteLedger`` on a temporary file is in-process and fast.
+``MemoryLedger`` is the whole ledger in memory (the SQL ledger's answers, no file), and
+``StubCi`` answers the pipeline's look-ups from a dict of job descriptions, so the worker, the
+pipeline, the settle policy and the sinks can be driven together in milliseconds.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .broker import Inbound
+from .ci import CiError, JobsDetail
+from .ledger import Ledger
+from .ledger.memory import MemoryLedger
 
-__all__ = ["DeadLetter", "Retry", "StubMessage", "StubTransport", "message"]
+__all__ = [
+    "DeadLetter",
+    "MemoryLedger",
+    "Retry",
+    "StubCi",
+    "StubMessage",
+    "StubTransport",
+    "message",
+]
 
 _ids = itertools.count(1)
+# mypy holds MemoryLedger to the whole ledger protocol here.
+_WHOLE_LEDGER: Callable[[], Ledger] = MemoryLedger
 
 
 @dataclass
@@ -78,6 +94,7 @@ class StubTransport:
     acked: list[Inbound] = field(default_factory=list)
     retried: list[Retry] = field(default_factory=list)
     dead_lettered: list[DeadLetter] = field(default_factory=list)
+    released: list[Inbound] = field(default_factory=list)
     _waiting: deque[Inbound] = field(default_factory=deque)
 
     def ack(self, m: Inbound) -> None:
@@ -98,9 +115,14 @@ class StubTransport:
         self.dead_lettered.append(DeadLetter(m, reason, attempts))
         return ""
 
+    def release(self, m: Inbound) -> None:
+        """Put back unacknowledged (an outage): the broker hands the same message out again."""
+        self.released.append(m)
+        self._waiting.append(m)
+
     def redeliver(self) -> list[Inbound]:
         """The retry copies published so far, as they come back once their delay is over
-        (delays are recorded in ``retried``, not waited for)."""
+        (delays are recorded in ``retried``, not waited for), and the messages put back."""
         copies = list(self._waiting)
         self._waiting.clear()
         return copies
@@ -109,3 +131,18 @@ class StubTransport:
     def settled(self) -> int:
         """Messages acknowledged or dead-lettered: they will not come back."""
         return len(self.acked) + len(self.dead_lettered)
+
+
+@dataclass
+class StubCi:
+    """CI's job look-ups (``pipeline.JobLookup``) answered from ``jobs`` (job id → what CI's
+    describe says); an id missing there is unknown to CI. ``failures``: job id → the error its
+    look-up fails with. Every look-up is recorded in ``asked``."""
+
+    jobs: dict[str, JobsDetail] = field(default_factory=dict)
+    failures: dict[str, CiError] = field(default_factory=dict)
+    asked: list[list[str]] = field(default_factory=list)
+
+    def get_jobs(self, job_ids: list[str]) -> dict[str, JobsDetail | CiError | None]:
+        self.asked.append(list(job_ids))
+        return {j: self.failures.get(j) or self.jobs.get(j) for j in job_ids}

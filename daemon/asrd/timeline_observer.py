@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import time
 
-from .ledger import Ledger
-from .observers import MessageInfo, Observer
-from .pipeline import Verdict
-from .settle import Action, Settlement
+from .ledger import JobBook
+from .observers import Observer
+from .vocabulary import Action, MessageInfo, Settlement, Verdict
 
 
 class TimelineObserver(Observer):
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: JobBook) -> None:
         self._ledger = ledger
 
     def settled(self, info: MessageInfo, verdict: Verdict, settlement: Settlement) -> None:

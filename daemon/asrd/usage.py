@@ -12,7 +12,7 @@ import io
 from dataclasses import dataclass
 
 from .config import UsageSettings
-from .ledger import Ledger
+from .ledger import JobBook
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class UsageLine:
     cost: float | None  # None: no price for some of its engines
 
 
-def report(ledger: Ledger, since: float, by: str, prices: UsageSettings) -> list[UsageLine]:
+def report(ledger: JobBook, since: float, by: str, prices: UsageSettings) -> list[UsageLine]:
     lines: dict[str, UsageLine] = {}
     for row in ledger.usage(since, by):
         hours = row.audio_seconds / 3600

@@ -11,12 +11,11 @@ from typing import Protocol
 
 from .broker import Inbound
 from .config import PulsarSettings
-from .ledger import Ledger, LedgerUnavailable
-from .observers import MessageInfo, Observers
-from .pipeline import Outcome, Verdict
-from .settle import Action, Settlement, before_processing, settle
+from .ledger import Attempts, LedgerUnavailable, LedgerWrites
+from .observers import Observers
+from .settle import before_processing, settle
+from .vocabulary import Action, MessageInfo, Outcome, Settlement, Verdict
 
-Handler = Callable[[bytes], Verdict]
 BatchHandler = Callable[[list[bytes]], list[Verdict]]
 
 
@@ -34,49 +33,26 @@ class Worker:
     def __init__(
         self,
         settings: PulsarSettings,
-        handle: Handler,
-        ledger: Ledger,
+        handle: BatchHandler,
+        ledger: Attempts,
         transport: Transport,
         observers: Observers,
-        handle_batch: BatchHandler | None = None,
         on_pause: Callable[[str, str], object] = lambda source, reason: None,
     ) -> None:
-        """``on_pause``: told what is out and why when a message meets an outage (it pauses
+        """``handle``: a verdict per message body, in order (``Pipeline.handle_batch``).
+        ``on_pause``: told what is out and why when a message meets an outage (it pauses
         work)."""
         self._settings = settings
         self._handle = handle
-        self._handle_batch = handle_batch
         self._ledger = ledger
         self._transport = transport
         self._obs = observers
         self._on_pause = on_pause
 
-    def process(self, m: Inbound) -> None:
-        try:
-            attempt = self._ledger.begin_attempt(m.key)
-        except LedgerUnavailable as exc:
-            self._ledger_out([m], exc)
-            return
-        info = MessageInfo(m.origin_id, attempt.count, m.published_ms)
-        self._obs.message_received(info)
-        started = time.monotonic()
-        settlement = before_processing(attempt, self._settings, time.time())
-        if settlement is not None:
-            verdict = Verdict(Outcome.DEAD, settlement.reason)
-        else:
-            verdict = self._judge(m, info)
-            settlement = settle(verdict, attempt, self._settings, time.time())
-        self._obs.verdict(info, verdict, time.monotonic() - started)
-        self._carry_out(m, info, verdict, settlement)
-
     def process_batch(self, ms: list[Inbound]) -> None:
-        """``process`` for several messages: attempts counted in one ledger transaction, the
-        pipeline asked once, each message settled on its own, attempts of the settled ones
-        forgotten in one transaction."""
-        if self._handle_batch is None or len(ms) == 1:
-            for m in ms:
-                self.process(m)
-            return
+        """Process received messages (a single message is a batch of one): attempts counted in
+        one ledger transaction, the pipeline asked once, each message settled on its own,
+        attempts of the settled ones forgotten in one transaction."""
         try:
             attempts = self._ledger.begin_attempts([m.key for m in ms])
         except LedgerUnavailable as exc:
@@ -95,7 +71,8 @@ class Worker:
             else:
                 todo.append(m)
         started = time.monotonic()
-        verdicts = dict(zip((m.key for m in todo), self._judge_batch(todo, infos), strict=True))
+        first = next((i for m, i in zip(ms, infos, strict=True) if m.key not in early), None)
+        verdicts = dict(zip((m.key for m in todo), self._judge(todo, first), strict=True))
         seconds = time.monotonic() - started
         cleared: list[str] = []
         for m, info in zip(ms, infos, strict=True):
@@ -107,10 +84,10 @@ class Worker:
                 verdict = verdicts[m.key]
                 settlement = settle(verdict, attempt, self._settings, time.time())
             self._obs.verdict(info, verdict, seconds)
-            if self._carry_out(m, info, verdict, settlement, clear=False):
+            if self._carry_out(m, info, verdict, settlement):
                 cleared.append(m.key)
         if cleared:
-            self._bookkeeping(lambda: self._ledger.finish_batch([], cleared))
+            self._bookkeeping(lambda: self._ledger.commit(LedgerWrites(cleared=cleared)))
 
     def _ledger_out(self, ms: list[Inbound], exc: LedgerUnavailable) -> None:
         """The ledger cannot count attempts: nothing is processed or acknowledged; the messages
@@ -127,28 +104,19 @@ class Worker:
         except LedgerUnavailable as exc:
             self._on_pause(LedgerUnavailable.SOURCE, str(exc))
 
-    def _judge_batch(self, todo: list[Inbound], infos: list[MessageInfo]) -> list[Verdict]:
-        if not todo:
+    def _judge(self, todo: list[Inbound], first: MessageInfo | None) -> list[Verdict]:
+        """The pipeline's verdicts on ``todo`` (``first``: the first one's info, for the log)."""
+        if not todo or first is None:
             return []
-        assert self._handle_batch is not None
         try:
-            return self._handle_batch([m.data for m in todo])
+            return self._handle([m.data for m in todo])
         except LedgerUnavailable as exc:
             return [_ledger_paused(exc)] * len(todo)
         except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker or lose messages
-            self._obs.pipeline_crashed(infos[0], exc)
+            self._obs.pipeline_crashed(first, exc)
             return [Verdict(Outcome.RETRY, f"internal error: {type(exc).__name__}: {exc}")] * len(
                 todo
             )
-
-    def _judge(self, m: Inbound, info: MessageInfo) -> Verdict:
-        try:
-            return self._handle(m.data)
-        except LedgerUnavailable as exc:
-            return _ledger_paused(exc)
-        except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker or lose the message
-            self._obs.pipeline_crashed(info, exc)
-            return Verdict(Outcome.RETRY, f"internal error: {type(exc).__name__}: {exc}")
 
     def _carry_out(
         self,
@@ -156,9 +124,8 @@ class Worker:
         info: MessageInfo,
         verdict: Verdict,
         settlement: Settlement,
-        clear: bool = True,
     ) -> bool:
-        """Settle the message; True when its attempts may be forgotten (``clear``: now)."""
+        """Settle the message; True when its attempts may be forgotten."""
         if settlement.action is Action.RELEASE:
             # An outage is not the message's fault: its attempt is taken back, it is put back
             # unacknowledged, and work pauses (the consumer stops receiving until it is over).
@@ -180,8 +147,6 @@ class Worker:
             self._obs.publish_failed(info, settlement, error)
             return False
         forget = settlement.action is not Action.RETRY
-        if forget and clear:
-            self._bookkeeping(lambda: self._ledger.clear_attempts(m.key))
         if settlement.action is Action.DEAD_LETTER:
             self._obs.dead_lettered(info, settlement.reason)
         self._obs.settled(info, verdict, settlement)

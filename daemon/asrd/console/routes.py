@@ -28,10 +28,10 @@ from ..ledger import (
     PENDING,
     SETTLED,
     USAGE_GROUPS,
+    JobBook,
     JobEntry,
     JobEvent,
     JobQuery,
-    Ledger,
 )
 from ..result import InvalidResult, ResultRecord, normalise
 from ..usage import report, to_csv
@@ -47,7 +47,7 @@ PAGE_SIZES = (25, 50, 100, 200)
 
 @dataclass
 class ConsoleContext:
-    ledger: Ledger
+    ledger: JobBook
     ci: CiClient
     pulsar: PulsarSettings
     sinks: list[str] = field(default_factory=list)  # configured sink names, in order

@@ -1,4 +1,4 @@
-"""The only module that talks to Tencent Cloud CI and COS, always through ``cos-python-sdk-v5``.
+"""The client of Tencent Cloud CI and COS, always through ``cos-python-sdk-v5``.
 
 It hides the SDK's shapes (dict-or-list, strings, ``None`` for empty) behind a few calls and
 maps every failure to one of three kinds the pipeline can act on: transient (retry later),
@@ -11,12 +11,8 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from enum import Enum
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -29,16 +25,16 @@ from qcloud_cos.cos_comm import format_xml
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
 from requests.adapters import HTTPAdapter
 
-from . import backoff
-from .config import CiSettings
-from .credentials import CredentialError, Credentials, Snapshot, StaticSource, for_ci
-from .limiter import AdaptiveLimiter
-from .observers import Observers
+from ..config import CiSettings
+from ..credentials import CredentialError, Credentials, Snapshot, StaticSource, for_ci
+from ..limiter import AdaptiveLimiter
+from ..observers import Observers
+from .batcher import GetBatcher, JobsDetail
+from .errors import Backoff, CiError, ErrorKind, classify, with_retry
 
 # The SDK logs request headers (Authorization, security token) at DEBUG: never let that through.
 logging.getLogger("qcloud_cos").setLevel(logging.WARNING)
 
-JobsDetail = dict[str, Any]
 T = TypeVar("T")
 # CI's list filters take times as %Y-%m-%dT%H:%M:%S%z; CI itself prints Beijing time.
 CI_TIME = "%Y-%m-%dT%H:%M:%S%z"
@@ -48,74 +44,6 @@ CI_ZONE = timezone(timedelta(hours=8))
 def ci_time(ts: float) -> str:
     """A Unix time as CI's list operation takes it (``startCreationTime``)."""
     return datetime.fromtimestamp(ts, CI_ZONE).strftime(CI_TIME)
-
-
-class ErrorKind(Enum):
-    TRANSIENT = "transient"
-    PERMANENT = "permanent"
-    # asrd's keys were refused or there are none: a setup fault, never the message's.
-    AUTH = "auth"
-
-
-class CiError(Exception):
-    """A CI/COS call failed; ``kind`` says whether trying again can help."""
-
-    def __init__(self, kind: ErrorKind, code: str, message: str, status: int | None = None):
-        super().__init__(f"{code}: {message}" + (f" (HTTP {status})" if status else ""))
-        self.kind = kind
-        self.code = code
-        self.status = status
-
-    @property
-    def transient(self) -> bool:
-        """Trying again later can help (an authentication failure too, once keys work)."""
-        return self.kind is not ErrorKind.PERMANENT
-
-    @property
-    def auth(self) -> bool:
-        return self.kind is ErrorKind.AUTH
-
-    @property
-    def throttling(self) -> bool:
-        return self.status == 429 or (self.status == 503 and self.code in _THROTTLE_CODES)
-
-
-# Answers that say the request quota is spent: the limiter slows every caller down.
-_THROTTLE_CODES = {"SlowDown", "TooManyRequests", "RequestLimitExceeded"}
-# 4xx codes that mean "slow down" rather than "your request is wrong".
-_RETRYABLE_CODES = {"SlowDown", "RequestTimeout", "TooManyRequests", "ServiceUnavailable"}
-# 4xx codes that say asrd's keys were refused (expired token, unknown or wrong key, no
-# permission): work pauses until keys work again, no message is charged an attempt.
-AUTH_CODES = {
-    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
-    "InvalidToken", "TokenExpired",
-}  # fmt: skip
-# 4xx codes that say asrd's own settings are wrong, not the message: retried (with backoff) so
-# a bad clock or bucket does not dead-letter every message while it is fixed.
-_SETUP_CODES = {"RequestTimeTooSkewed", "NoSuchBucket"}
-
-
-def classify(exc: Exception) -> CiError:
-    """Turn an SDK exception into a ``CiError`` (secrets never appear in SDK messages we keep)."""
-    if isinstance(exc, CosServiceError):
-        status = int(exc.get_status_code())
-        code = str(exc.get_error_code() or "Unknown")
-        try:
-            msg = str(exc.get_error_msg())
-        except (KeyError, TypeError):
-            msg = "no message"
-        if status in (400, 401, 403) and code in AUTH_CODES:
-            return CiError(ErrorKind.AUTH, code, msg, status)
-        transient = status >= 500 or status == 429 or code in _RETRYABLE_CODES | _SETUP_CODES
-        return CiError(ErrorKind.TRANSIENT if transient else ErrorKind.PERMANENT, code, msg, status)
-    if isinstance(exc, CosClientError):
-        # Network failures (refused, reset, timeout) after the SDK's own attempts.
-        return CiError(ErrorKind.TRANSIENT, "ClientError", _short(str(exc)))
-    if isinstance(exc, ParseError):
-        return CiError(
-            ErrorKind.TRANSIENT, "BadResponse", "CI answered with a body that is not XML"
-        )
-    raise exc
 
 
 def answer_dict(content: bytes) -> dict[str, Any]:
@@ -162,51 +90,6 @@ def _children(parent: Element) -> dict[str, Any]:
     return out
 
 
-def _short(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """In-process retries of one call: bounded by attempts and by total sleep.
-
-    Kept short on purpose: longer waits belong to the redelivery path, which does not hold a
-    worker thread.
-    """
-
-    attempts: int = 3
-    base_s: float = 0.2
-    cap_s: float = 2.0
-    budget_s: float = 5.0
-
-    def delays(self) -> Iterator[float]:
-        spent = 0.0
-        for attempt in range(1, self.attempts):
-            wait = backoff.delay(attempt, self.base_s, self.cap_s)
-            if spent + wait > self.budget_s:
-                return
-            spent += wait
-            yield wait
-
-
-def with_retry(
-    call: Callable[[], T], backoff: Backoff, sleep: Callable[[float], None] = time.sleep
-) -> T:
-    """Run ``call``; on a transient ``CiError`` wait and try again within ``backoff``."""
-    delays = backoff.delays()
-    while True:
-        try:
-            return call()
-        except CiError as err:
-            if not err.transient or err.auth:  # refused keys: the outage pause decides
-                raise
-            delay = next(delays, None)
-            if delay is None:
-                raise
-            sleep(delay)
-
-
 def _session(pool_size: int) -> requests.Session:
     session = requests.Session()
     adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size)
@@ -226,153 +109,6 @@ def _session(pool_size: int) -> requests.Session:
 _PROXY_ENV = (
     "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
 )  # fmt: skip
-
-
-def _outcome(fut: Future[JobsDetail | None]) -> JobsDetail | BaseException | None:
-    exc = fut.exception()
-    return exc if exc is not None else fut.result()
-
-
-class GetBatcher:
-    """Coalesces concurrent job lookups into describe requests of up to ``max_ids`` ids.
-
-    CI's describe takes comma-separated ids. At most ``lanes`` requests are in flight; while
-    they are, new ids queue, and the next request takes up to ``max_ids`` of them, so HTTP,
-    signing and connection costs are shared under load. When other requests are in flight
-    (a backlog), a short batch waits up to ``linger_s`` for more ids; a lone id on an idle
-    daemon is sent at once. If a multi-id request is refused as a whole (4xx), it is split in
-    halves and each half asked again (down to single ids), so one bad id cannot fail its
-    neighbours and costs about 2·log2(n) extra requests, not n.
-
-    ``pace`` (the CI request limiter) is waited for after a lane is free and before the ids are
-    taken: under a request quota the ids pile up meanwhile, so each request carries as many as
-    it can.
-    """
-
-    def __init__(
-        self,
-        describe: Callable[[list[str]], dict[str, JobsDetail]],
-        lanes: int,
-        max_ids: int,
-        linger_s: float = 0.002,
-        pace: Callable[[], object] | None = None,
-    ) -> None:
-        self._describe = describe
-        self._pace = pace
-        self._max_ids = max_ids
-        self._linger_s = linger_s
-        self._busy = 0  # requests in flight; guarded by _ready
-        self._queue: deque[tuple[str, Future[JobsDetail | None]]] = deque()
-        self._ready = threading.Condition()
-        self._lanes = threading.BoundedSemaphore(lanes)
-        self._pool = ThreadPoolExecutor(lanes, thread_name_prefix="asrd-ci")
-        threading.Thread(target=self._dispatch, name="asrd-ci-batcher", daemon=True).start()
-
-    def get(self, job_id: str) -> JobsDetail | None:
-        return self._submit([job_id])[0].result()
-
-    def get_many(self, job_ids: list[str]) -> dict[str, JobsDetail | CiError | None]:
-        """Several ids at once (they share requests); a failure is the id's value.
-
-        Whole requests' worth of ids are asked from the caller's thread (a batch of messages
-        already is a batch of ids: handing it to a lane costs thread switches and gains
-        nothing); only the rest joins the queue, to share a request with other callers' ids."""
-        whole = len(job_ids) - len(job_ids) % self._max_ids
-        rest = job_ids[whole:]
-        futures = self._submit(rest) if rest else []
-        found: dict[str, JobsDetail | BaseException | None] = {}
-        for i in range(0, whole, self._max_ids):
-            with self._lanes:
-                if self._pace is not None:
-                    self._pace()
-                with self._ready:
-                    self._busy += 1  # in flight: the dispatcher lingers for fuller batches
-                try:
-                    found.update(self._lookup(job_ids[i : i + self._max_ids]))
-                finally:
-                    with self._ready:
-                        self._busy -= 1
-        found.update((job_id, _outcome(fut)) for job_id, fut in zip(rest, futures, strict=True))
-        out: dict[str, JobsDetail | CiError | None] = {}
-        for job_id in job_ids:
-            value = found.get(job_id)
-            if isinstance(value, BaseException) and not isinstance(value, CiError):
-                raise value
-            out[job_id] = value
-        return out
-
-    def _submit(self, job_ids: list[str]) -> list[Future[JobsDetail | None]]:
-        futures: list[Future[JobsDetail | None]] = [Future() for _ in job_ids]
-        with self._ready:
-            self._queue.extend(zip(job_ids, futures, strict=True))
-            self._ready.notify()
-        return futures
-
-    def _dispatch(self) -> None:
-        while True:
-            with self._ready:
-                while not self._queue:
-                    self._ready.wait()
-            # A free lane (callers' own requests hold lanes too); meanwhile ids pile up.
-            self._lanes.acquire()
-            if self._pace is not None:
-                self._pace()  # a request slot of the quota: more ids pile up meanwhile
-            with self._ready:
-                if self._busy and len(self._queue) < self._max_ids:
-                    deadline = time.monotonic() + self._linger_s
-                    while (
-                        len(self._queue) < self._max_ids
-                        and (left := deadline - time.monotonic()) > 0
-                    ):
-                        self._ready.wait(left)
-                take = min(self._max_ids, len(self._queue))
-                batch = [self._queue.popleft() for _ in range(take)]
-                self._busy += 1
-            self._pool.submit(self._run, batch)
-
-    def _run(self, batch: list[tuple[str, Future[JobsDetail | None]]]) -> None:
-        try:
-            outcome = self._lookup([job_id for job_id, _ in batch])
-            for job_id, fut in batch:
-                result = outcome.get(job_id)
-                if isinstance(result, BaseException):
-                    fut.set_exception(result)
-                else:
-                    fut.set_result(result)
-        except BaseException as exc:  # noqa: BLE001 - every waiter must be woken, whatever happened
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-        finally:
-            with self._ready:
-                self._busy -= 1
-            self._lanes.release()
-
-    def _lookup(self, job_ids: list[str]) -> dict[str, JobsDetail | BaseException | None]:
-        """One describe request for the ids (a refused one split in halves)."""
-        ids = list(dict.fromkeys(job_ids))
-        try:
-            return dict(self._describe(ids))
-        except CiError as exc:
-            if exc.transient or len(ids) == 1:
-                return dict.fromkeys(ids, exc)
-            return self._split(ids)
-
-    def _split(self, ids: list[str]) -> dict[str, JobsDetail | BaseException | None]:
-        """The ids of a refused request, asked again in halves (each half paced)."""
-        outcome: dict[str, JobsDetail | BaseException | None] = {}
-        half = len(ids) // 2
-        for part in (ids[:half], ids[half:]):
-            if self._pace is not None:
-                self._pace()
-            try:
-                outcome.update(self._describe(part))
-            except CiError as exc:
-                if exc.transient or len(part) == 1:
-                    outcome.update(dict.fromkeys(part, exc))
-                else:
-                    outcome.update(self._split(part))
-        return outcome
 
 
 def sdk_config(settings: CiSettings, keys: Snapshot | None = None) -> CosConfig:

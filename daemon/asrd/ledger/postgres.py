@@ -1,6 +1,6 @@
 """The ledger on PostgreSQL: one database shared by every worker, host and pod of a subscription.
 
-The statements are the SQLite ledger's (``_SqlLedger``); here are the table definitions (times
+The statements are the SQLite ledger's (``SqlLedger``); here are the table definitions (times
 as ``DOUBLE PRECISION``: PostgreSQL's ``REAL`` is 4 bytes and would round a Unix time to
 minutes), the schema version kept in a table, and a connection pool (psycopg-pool) in autocommit
 mode: every statement is its own short transaction, as with SQLite.
@@ -22,16 +22,8 @@ import psycopg
 from psycopg import conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .ledger import (
-    JOB_COLUMNS_ADDED,
-    SCHEMA_VERSION,
-    LedgerError,
-    LedgerUnavailable,
-    LockSession,
-    Params,
-    Rows,
-    _SqlLedger,
-)
+from .sql import JOB_COLUMNS_ADDED, SCHEMA_VERSION, Params, Rows, SqlLedger
+from .types import LedgerError, LedgerUnavailable, LockSession
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS asrd_schema (version INTEGER NOT NULL);
@@ -130,7 +122,7 @@ def describe(url: str) -> str:
     return f"postgresql://{user}{parts.get('host', '')}{port}/{parts.get('dbname', '')}"
 
 
-class PostgresLedger(_SqlLedger):
+class PostgresLedger(SqlLedger):
     def __init__(
         self, url: str, password: str | None = None, pool_size: int = 4, connect_s: float = 15.0
     ) -> None:
