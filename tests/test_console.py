@@ -26,11 +26,13 @@ from asrd.console import ConsoleContext
 from asrd.dlq import REPLAYS
 from asrd.ledger import JobEntry, Ledger, Usage, from_settings
 from asrd.metrics import Metrics
-from asrd.observers import Observers
-from asrd.pipeline import Outcome, Pipeline
+from asrd.observers import MessageInfo, MovedCallback, Observers
+from asrd.pipeline import Outcome, Pipeline, Verdict
+from asrd.settle import Action, Settlement
 from asrd.sinks import build_routes
 from asrd.sinks.routing import Router
 from asrd.submit import build_request
+from asrd.timeline_observer import TimelineObserver
 
 from .conftest import Broker
 from .support import quiet_client, read_topic, start_emulator, wait_for, write_config
@@ -314,6 +316,21 @@ def test_hostile_transcript_and_user_data_show_as_text(site: Site) -> None:
     assert "<script>alert" not in html
     assert "&lt;script&gt;alert(&#39;transcript&#39;)&lt;/script&gt;" in html
     assert "&lt;script&gt;alert(&#39;userdata&#39;)&lt;/script&gt;" in html
+
+
+def test_job_page_shows_the_intake_and_failed_attempt_steps(site: Site) -> None:
+    job = site.jobs["evil"]
+    timeline = TimelineObserver(site.ledger)
+    body = f'{{"EventName": "TaskFinish", "JobsDetail": {{"JobId": "{job}"}}}}'.encode()
+    timeline.callbacks_moved("persistent://public/default/t", [MovedCallback(body, 1.0, "URL")])
+    retry = Settlement(Action.RETRY, "CI answered <b>503</b>", 8.0)
+    timeline.settled(MessageInfo("1:1:1", 1, 0), Verdict(Outcome.RETRY, "", job), retry)
+    timeline.drain()
+    html = site.app().get(f"/ui/jobs/{job}").text
+    steps = html[html.index('id="timeline"') :]
+    for stage in ("callback received", "moved onto Pulsar", "retry scheduled"):
+        assert f"<td>{stage}</td>" in steps
+    assert "attempt 1 failed: CI answered &lt;b&gt;503&lt;/b&gt;; retry in 8 s" in steps
 
 
 def test_unknown_job_is_404(site: Site) -> None:

@@ -195,7 +195,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     keys = ci.credentials
     keys.observers.add(metrics)  # refreshes, and the COS sink's refused keys
-    observers.add(TimelineObserver(ledger))  # dead letters in the jobs' timelines
+    timeline = TimelineObserver(ledger)  # callbacks moved, failed attempts: jobs' timelines
+    observers.add(timeline)
     metrics.gauges = lambda: job_gauges(ledger)
     _pulsar_preflight(settings.pulsar)
     client = make_client(settings.pulsar)
@@ -288,6 +289,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for chore in chores:
         chore.join(timeout=settings.pulsar.shutdown_deadline_s)
     leader.stop()
+    timeline.drain()
     stages.close()
     client.close()
     log.info("asrd stopped", counters=logs.counters.snapshot())
@@ -382,6 +384,8 @@ def cmd_intake(args: argparse.Namespace) -> int:
     ci = CiClient(settings.ci, observers=observers)
     ci.credentials.observers.add(metrics)
     ledger = cli_submit.open_ledger(settings)  # a job submitted here is owed like any other
+    timeline = TimelineObserver(ledger)  # callbacks moved: the jobs' timelines
+    observers.add(timeline)
     metrics.gauges = lambda: job_gauges(ledger)
     submitter = cli_submit.make_submitter(settings, ci, ledger, stop=stop)
     ctx = _api_context(settings, ci, ledger, metrics, feeds, submitter, outage)
@@ -395,6 +399,7 @@ def cmd_intake(args: argparse.Namespace) -> int:
         api.shutdown()
     feeds.stop()
     client.close()
+    timeline.drain()
     ledger.close()
     log.info("asrd intake stopped", counters=logs.counters.snapshot())
     shutdown.finished()

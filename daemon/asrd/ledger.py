@@ -378,6 +378,11 @@ class Ledger(Protocol):
         """Add (job id, stage, detail) steps that change nothing else (a replay) at ``at``."""
         ...
 
+    def note_job_events(self, events: Sequence[tuple[str, float, str, str]]) -> None:
+        """Add (job id, time, stage, detail) steps, in one transaction, for the jobs the ledger
+        knows (a step of a job it does not know is dropped: another deployment's job)."""
+        ...
+
     def lock_sessions(self) -> Callable[[], LockSession] | None:
         """What opens a session of its own for fleet-wide locks (``leadership``); None when
         the ledger is on one host only (SQLite), where the supervisor's first worker leads."""
@@ -438,6 +443,10 @@ _EVENT_ONCE = (
 _EVENT_SETTLED = (
     "INSERT INTO events (job_id, at, stage, detail) SELECT ?, ?, ?, ?"
     " WHERE EXISTS (SELECT 1 FROM jobs WHERE job_id = ? AND status IN (?, ?))"
+)
+_EVENT_KNOWN = (
+    "INSERT INTO events (job_id, at, stage, detail) SELECT ?, ?, ?, ?"
+    " WHERE EXISTS (SELECT 1 FROM jobs WHERE job_id = ?)"
 )
 _EVENT_FAILED = (
     "INSERT INTO events (job_id, at, stage, detail) SELECT job_id, ?, 'failed', ? FROM jobs"
@@ -892,6 +901,15 @@ class _SqlLedger:
         if events:
             self._run_all(
                 [(_EVENT, (job_id, at, stage, text[:500])) for job_id, stage, text in events]
+            )
+
+    def note_job_events(self, events: Sequence[tuple[str, float, str, str]]) -> None:
+        if events:
+            self._run_all(
+                [
+                    (_EVENT_KNOWN, (job_id, at, stage, text[:500], job_id))
+                    for job_id, at, stage, text in events
+                ]
             )
 
     def lock_sessions(self) -> Callable[[], LockSession] | None:

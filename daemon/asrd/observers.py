@@ -9,7 +9,7 @@ fail a delivery.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,15 @@ class MessageInfo:
     message_id: str
     attempt: int
     published_ms: int  # when the first copy of the message reached the broker (epoch ms)
+
+
+@dataclass(frozen=True)
+class MovedCallback:
+    """A notification the intake put on Pulsar (for the job's timeline)."""
+
+    body: bytes
+    received_at: float  # when the sender handed it over (CMQ's enqueue time; a URL's POST)
+    via: str  # where it came from: "CMQ queue q (message m)", "URL callback"
 
 
 class Observer:
@@ -84,6 +93,13 @@ class Observer:
 
     def intake_moved(self, queue: str, count: int) -> None:
         """``count`` notifications were produced to Pulsar and deleted from the queue."""
+
+    def callbacks_moved(self, topic: str, moved: Sequence[MovedCallback]) -> None:
+        """These notifications are persisted on ``topic`` (called once per batch)."""
+
+    def intake_lag(self, queue: str, seconds: float) -> None:
+        """At a poll, the oldest notification received had waited this long in the queue (0
+        when the poll found none)."""
 
     def intake_receive_error(self, queue: str, error: str) -> None:
         """A poll of the notification queue failed."""
@@ -173,6 +189,12 @@ class Observers(Observer):
 
     def intake_moved(self, queue: str, count: int) -> None:
         self._each("intake_moved", queue, count)
+
+    def callbacks_moved(self, topic: str, moved: Sequence[MovedCallback]) -> None:
+        self._each("callbacks_moved", topic, moved)
+
+    def intake_lag(self, queue: str, seconds: float) -> None:
+        self._each("intake_lag", queue, seconds)
 
     def intake_receive_error(self, queue: str, error: str) -> None:
         self._each("intake_receive_error", queue, error)

@@ -22,7 +22,7 @@ from .. import backoff
 from ..cmq import CmqClient, CmqError, CmqMessage
 from ..config import CmqIntakeSettings
 from ..credentials import Credentials
-from ..observers import Observers
+from ..observers import MovedCallback, Observers
 from ..outage import Outage
 from .forward import Forwarder, ForwardError, Outgoing
 
@@ -121,7 +121,11 @@ class QueueIntake:
         self._outage.resume(self.SOURCE, started)
         self._obs.intake_poll_ok(s.queue)
         if not messages:
+            self._obs.intake_lag(s.queue, 0.0)
             return MoveReport()
+        enqueued = [m.enqueue_time for m in messages if m.enqueue_time > 0]
+        if enqueued:
+            self._obs.intake_lag(s.queue, max(0.0, time.time() - min(enqueued)))
         self._check_visibility(messages)
         failures = self._forwarder.send_all(
             [self._outgoing(m) for m in messages], s.produce_timeout_s
@@ -132,6 +136,8 @@ class QueueIntake:
                 # Not deleted: CMQ redelivers it after the queue's visibility timeout.
                 self._obs.intake_produce_errors(s.queue, 1)
                 log.warning("could not put a CMQ message on Pulsar", msg_id=m.msg_id, error=failed)
+        if persisted:
+            self._obs.callbacks_moved(self._forwarder.topic, [self._moved(m) for m in persisted])
         refused = self._delete(cmq, persisted)
         moved = len(persisted) - len(refused)
         self._obs.intake_moved(s.queue, moved)
@@ -176,6 +182,10 @@ class QueueIntake:
                 error=next(iter(refused.values())),
             )
         return refused
+
+    def _moved(self, m: CmqMessage) -> MovedCallback:
+        via = f"CMQ queue {self._settings.queue} (message {m.msg_id})"
+        return MovedCallback(m.body.encode("utf-8"), float(m.enqueue_time or time.time()), via)
 
     def _outgoing(self, m: CmqMessage) -> Outgoing:
         props = {
