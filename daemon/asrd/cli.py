@@ -39,6 +39,7 @@ from .cmq import CmqError
 from .config import ConfigError, HttpSettings, PulsarSettings, Settings
 from .console import ConsoleContext
 from .consumer import Consumer
+from .hourly import HourlyFigures
 from .intake.feeds import Feeds
 from .intake.queue import QueueIntake
 from .jobs import JobService, job_gauges, sweep_overdue
@@ -182,7 +183,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return consumer.health.ready
 
     metrics = Metrics(ready=lambda: subscribed() and feeds.reachable(settings) and not stopped())
-    observers = Observers([logs, metrics])
+    hourly = HourlyFigures()  # the console's intake and CI charts
+    observers = Observers([logs, metrics, hourly])
     outage = Outage(observers, stop=stop)
     stages = _stages(settings, observers)
     ci, routes, ledger = stages.ci, stages.routes, stages.ledger
@@ -239,7 +241,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     submitter = cli_submit.make_submitter(settings, ci, ledger, stop=stop)
     api = _serve_api(
         settings if primary else settings.model_copy(update={"http": HttpSettings()}),
-        _api_context(settings, ci, ledger, metrics, feeds, submitter, outage, stages.pipeline),
+        _api_context(
+            settings, ci, ledger, metrics, feeds, submitter, outage, stages.pipeline, hourly
+        ),
     )
     systemd.start_watchdog(systemd.loop_alive(lambda: consumer.health.last_tick, 30.0), stop)
     rc = settings.reconcile
@@ -338,6 +342,7 @@ def _api_context(
     submitter: Submitter,
     outage: Outage,
     pipeline: Pipeline | None = None,
+    hourly: HourlyFigures | None = None,
 ) -> ApiContext:
     """What the sidecar API serves, the same for ``asrd run`` and ``asrd intake`` (which has
     no ``pipeline``: the console cannot redeliver there)."""
@@ -359,6 +364,7 @@ def _api_context(
             max_replays=settings.dlq.max_replays,
             prices=settings.usage,
             redeliver=_redeliverer(pipeline) if pipeline is not None else None,
+            hourly=hourly,
         ),
     )
 
@@ -374,7 +380,8 @@ def cmd_intake(args: argparse.Namespace) -> int:
     stop = shutdown.stop
     logs = LogObserver()
     metrics = Metrics(ready=lambda: feeds.reachable(settings) and not outage.paused())
-    observers = Observers([logs, metrics])
+    hourly = HourlyFigures()  # the console's intake and CI charts
+    observers = Observers([logs, metrics, hourly])
     outage = Outage(observers, stop=stop)
     _pulsar_preflight(settings.pulsar)
     client = make_client(settings.pulsar)
@@ -388,7 +395,7 @@ def cmd_intake(args: argparse.Namespace) -> int:
     observers.add(timeline)
     metrics.gauges = lambda: job_gauges(ledger)
     submitter = cli_submit.make_submitter(settings, ci, ledger, stop=stop)
-    ctx = _api_context(settings, ci, ledger, metrics, feeds, submitter, outage)
+    ctx = _api_context(settings, ci, ledger, metrics, feeds, submitter, outage, hourly=hourly)
     api = _serve_api(settings, ctx)
     systemd.start_watchdog(systemd.loop_alive(lambda: queue.health.last_tick, 90.0), stop)
     feeds.start(stop)
