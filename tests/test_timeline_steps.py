@@ -20,6 +20,7 @@ from asrd.intake.forward import Forwarder
 from asrd.intake.queue import QueueIntake, cmq_clients
 from asrd.jobs import OWED
 from asrd.ledger import JobEntry, SqliteLedger
+from asrd.metrics import Metrics
 from asrd.observers import MessageInfo, Observers
 from asrd.pipeline import Outcome, Verdict
 from asrd.settle import Action, Settlement
@@ -90,9 +91,9 @@ def test_the_intake_writes_received_and_moved_for_known_jobs_in_one_call(
     assert settings is not None
     client = pulsar.Client(broker.service_url)
     timeline = TimelineObserver(ledger)
-    intake = QueueIntake(
-        settings, cmq_clients(settings), Forwarder(client, cfg.topic), Observers([timeline])
-    )
+    metrics = Metrics()
+    observers = Observers([timeline, metrics])
+    intake = QueueIntake(settings, cmq_clients(settings), Forwarder(client, cfg.topic), observers)
     try:
         moved = 0
         deadline = time.monotonic() + 30
@@ -109,6 +110,7 @@ def test_the_intake_writes_received_and_moved_for_known_jobs_in_one_call(
     assert len(received) == 2 and all(d.startswith(f"CMQ queue {cfg.mq_name}") for d in received)
     assert ledger.events(UNKNOWN) == []  # not a job of this ledger
     assert sum(ledger.calls) == 6 and len(ledger.calls) <= 3  # batched, never one per message
+    assert b"\nasrd_intake_lag_seconds " in metrics.exposition()
 
 
 def test_a_ledger_that_refuses_timeline_steps_does_not_stop_the_move(
