@@ -117,6 +117,7 @@ class QueueIntake:
         wait = s.polling_wait_s if wait_s is None else wait_s
         started = time.monotonic()
         messages = cmq.batch_receive(s.queue, s.batch_size, wait)
+        polled_at = time.time()
         self.health.last_ok = time.monotonic()
         self._outage.resume(self.SOURCE, started)
         self._obs.intake_poll_ok(s.queue)
@@ -125,7 +126,7 @@ class QueueIntake:
             return MoveReport()
         enqueued = [m.enqueue_time for m in messages if m.enqueue_time > 0]
         if enqueued:
-            self._obs.intake_lag(s.queue, max(0.0, time.time() - min(enqueued)))
+            self._obs.intake_lag(s.queue, max(0.0, polled_at - min(enqueued)))
         self._check_visibility(messages)
         failures = self._forwarder.send_all(
             [self._outgoing(m) for m in messages], s.produce_timeout_s
@@ -137,7 +138,8 @@ class QueueIntake:
                 self._obs.intake_produce_errors(s.queue, 1)
                 log.warning("could not put a CMQ message on Pulsar", msg_id=m.msg_id, error=failed)
         if persisted:
-            self._obs.callbacks_moved(self._forwarder.topic, [self._moved(m) for m in persisted])
+            callbacks = [self._moved(m, polled_at) for m in persisted]
+            self._obs.callbacks_moved(self._forwarder.topic, callbacks)
         refused = self._delete(cmq, persisted)
         moved = len(persisted) - len(refused)
         self._obs.intake_moved(s.queue, moved)
@@ -183,9 +185,12 @@ class QueueIntake:
             )
         return refused
 
-    def _moved(self, m: CmqMessage) -> MovedCallback:
+    def _moved(self, m: CmqMessage, polled_at: float) -> MovedCallback:
+        """CMQ gives the enqueue time in whole seconds: the end of that second (or the poll,
+        if sooner) keeps the step after the job's creation and before its move."""
         via = f"CMQ queue {self._settings.queue} (message {m.msg_id})"
-        return MovedCallback(m.body.encode("utf-8"), float(m.enqueue_time or time.time()), via)
+        received = min(float(m.enqueue_time + 1), polled_at) if m.enqueue_time else polled_at
+        return MovedCallback(m.body.encode("utf-8"), received, via)
 
     def _outgoing(self, m: CmqMessage) -> Outgoing:
         props = {
