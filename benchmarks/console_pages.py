@@ -3,14 +3,17 @@ a deep keyset page) and a job page (ledger entry, timeline, deliveries, and one 
 from the emulator), with N jobs and 5 N timeline events in the ledger (default 1,000,000
 jobs), on SQLite and on PostgreSQL (Debian's server, started as the tests start it).
 Requests go through the ASGI app in process (no network): the figures are the server's own.
-Writes benchmarks/results/console_pages.json. Usage: .venv/bin/python
-benchmarks/console_pages.py [--jobs 1000000] [--requests 200] [--backend both]
+Writes benchmarks/results/console_pages.json (console_pages-<N>.json for another size, so a
+trial at a reduced size leaves the full run's figures alone). Usage: .venv/bin/python
+benchmarks/console_pages.py [--jobs 1000000] [--requests 200] [--backend both]; the size's
+default comes from ``ASRD_BENCH_CONSOLE_JOBS`` (e.g. 50000 for a quick trial).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import statistics
 import sys
@@ -36,6 +39,7 @@ from asrd.console import ConsoleContext  # noqa: E402
 from asrd.ledger import open_ledger  # noqa: E402
 
 STAGES = ("submitted", "created", "delivered", "delivered", "settled")
+FULL_SIZE = 1_000_000
 
 
 JOB_COLUMNS = (
@@ -140,7 +144,8 @@ def measure(settings: config.Settings, url: str, jobs: int, count: int) -> dict[
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--jobs", type=int, default=1_000_000)
+    size = int(os.environ.get("ASRD_BENCH_CONSOLE_JOBS", "") or FULL_SIZE)
+    parser.add_argument("--jobs", type=int, default=size)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
     args = parser.parse_args()
@@ -171,7 +176,8 @@ def main() -> int:
             emulator.stop()
             if server is not None:
                 server.stop()
-    out = ROOT / "benchmarks" / "results" / "console_pages.json"
+    name = "console_pages" if args.jobs == FULL_SIZE else f"console_pages-{args.jobs}"
+    out = ROOT / "benchmarks" / "results" / f"{name}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -5,17 +5,20 @@ Starts what is not running, submits sample jobs with `asrd submit` (CallBackType
 writes each TaskFinish message into the CMQ queue `asr-demo`), waits for their records in
 var/results/, prints a table and the console's address, runs `asrd check --canary` once (one
 job followed through every stage), then (on a terminal) waits for Enter so the console can be
-looked at, and stops what it started.
+looked at, and stops what it started. Before the canary it checks that the console shows each
+job with its transcript and timeline, and it ends with the console's address.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,6 +99,31 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _console_misses(console: str, jobs: dict[str, str]) -> str:
+    """What the console does not show yet after 30 s (``""``: every job's page has its
+    transcript and its timeline from submit to the callback's move onto Pulsar)."""
+    wanted = ["submitted", "callback received", "moved onto Pulsar", "delivered", "settled"]
+    deadline = time.monotonic() + 30
+    while True:
+        missing = ""
+        for job_id, key in jobs.items():
+            try:
+                url = f"{console}jobs/{job_id}"  # our own daemon, over http on loopback
+                with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310
+                    page = html.unescape(answer.read().decode("utf-8"))
+            except OSError as exc:
+                missing = f"the page of {job_id} ({exc})"
+                break
+            lacks = [f"<td>{s}</td>" for s in wanted if f"<td>{s}</td>" not in page]
+            lacks += [line for line in SAMPLES[key] if line not in page]
+            if lacks:
+                missing = f"{', '.join(lacks)} on the page of {job_id}"
+                break
+        if not missing or time.monotonic() > deadline:
+            return missing
+        time.sleep(0.5)
+
+
 def main() -> int:
     DEMO.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -174,7 +202,12 @@ def main() -> int:
             text = rec["transcript"].replace("\n", " ")
             print(f"{job_id:34} {rec['state']:8} {rec['audio_time']:7.2f}  {key:18} {text[:60]}")
         print(f"\nrecords: {RESULTS}/<job id>.json (also .txt and .srt)")
-        print(f"console: http://127.0.0.1:{values['http_port']}/ui/ (docs/console.md)")
+        console = f"http://127.0.0.1:{values['http_port']}/ui/"
+        step("checking that the console shows each job with its transcript and timeline")
+        missing = _console_misses(console, jobs)
+        if missing:
+            print(f"the console lacks {missing}; see {DEMO / 'daemon.log'}", file=sys.stderr)
+            return 1
 
         step(
             "the canary, the last production step: asrd check --canary (its record reaches no sink)"
@@ -182,8 +215,11 @@ def main() -> int:
         canary = subprocess.run(
             [*ASRD, "check", "--config", str(cfg), "--canary"], text=True, check=False
         )
+        print(f"\nconsole: {console} (docs/console.md); the jobs: {console}jobs")
         if sys.stdin.isatty():
-            input("press Enter to stop the demo ")
+            input("press Enter to stop the demo (and the console with it) ")
+        else:
+            print("(not a terminal: the demo stops now, and the console with it)")
         return canary.returncode
     finally:
         step("stopping what the demo started")

@@ -24,16 +24,19 @@ from asrd.ci import CiClient
 from asrd.config import UsageSettings
 from asrd.console import ConsoleContext
 from asrd.dlq import REPLAYS
+from asrd.hourly import HourlyFigures
 from asrd.ledger import JobEntry, Ledger, LedgerWrites, Usage, from_settings
 from asrd.metrics import Metrics
-from asrd.observers import Observers
-from asrd.pipeline import Outcome, Pipeline
+from asrd.observers import MessageInfo, MovedCallback, Observers
+from asrd.pipeline import Outcome, Pipeline, Verdict
+from asrd.settle import Action, Settlement
 from asrd.sinks import build_routes
 from asrd.sinks.routing import Router
 from asrd.submit import build_request
+from asrd.timeline_observer import TimelineObserver
 
 from .conftest import Broker
-from .support import quiet_client, read_topic, start_emulator, wait_for, write_config
+from .support import Clock, quiet_client, read_topic, start_emulator, wait_for, write_config
 
 HOSTILE = "<script>alert('transcript')</script>"
 HOSTILE_USER_DATA = "<script>alert('userdata')</script>"
@@ -60,6 +63,7 @@ class Site:
         metrics: Metrics | None = None,
         prices: UsageSettings | None = None,
         redeliver: bool = False,
+        hourly: HourlyFigures | None = None,
     ) -> TestClient:
         console = ConsoleContext(
             self.ledger,
@@ -70,6 +74,7 @@ class Site:
             dlq_wait_ms=500,
             prices=prices or UsageSettings(),
             redeliver=self.redeliverer() if redeliver else None,
+            hourly=hourly,
         )
         ctx = ApiContext(
             self.ci,
@@ -227,6 +232,33 @@ def test_overview_shows_the_process_figures(site: Site) -> None:
     assert 'id="figures"' not in site.app().get("/ui/").text  # no metrics, no section
 
 
+def test_overview_shows_intake_lag_and_ci_rate_per_hour(site: Site) -> None:
+    clock = Clock()
+    clock.now = 1_800_000_000.0
+    hourly = HourlyFigures(clock=clock)
+    for _ in range(30):
+        hourly.ci_call("DescribeAsrJob", "ok", 0.01)
+    for _ in range(6):
+        hourly.ci_call("DescribeAsrJob", "transient", 0.01)
+    hourly.intake_lag("q", 42.5)
+    clock.now += 60  # a minute later: the rates are over that minute
+    hourly.intake_lag("q", 3.0)
+    app = site.app(hourly=hourly)
+    # The page's hours are the real clock's; the figures' hours, the fake clock's: look at the
+    # figures' own hour through the ``per_hour`` the page uses.
+    start = (clock.now // 3600 - 23) * 3600
+    assert hourly.per_hour("requests", start, 24)[-1] == 36
+    assert hourly.per_hour("later", start, 24)[-1] == 6
+    assert hourly.per_hour("lag_s", start, 24)[-1] == 42  # the longest of the hour
+    html = app.get("/ui/").text
+    flow = html[html.index('id="flow"') :]
+    assert 'id="intake-lag">3.0 s<' in flow  # the latest poll's
+    assert 'id="ci-rate">0.60<' in flow  # 36 requests over the 60 s since the start
+    assert html.count("<rect ") == 48 + 4 * 24  # four more charts, 24 hours each
+    assert "intake lag, the longest (s) per hour" in flow
+    assert 'id="flow"' not in site.app().get("/ui/").text  # not wired: not shown
+
+
 def test_usage_hours_and_cost_only_with_a_price_table(site: Site) -> None:
     plain = site.app().get("/ui/usage?by=engine").text
     assert 'id="total-hours">2.0000<' in plain
@@ -313,6 +345,21 @@ def test_hostile_transcript_and_user_data_show_as_text(site: Site) -> None:
     assert "<script>alert" not in html
     assert "&lt;script&gt;alert(&#39;transcript&#39;)&lt;/script&gt;" in html
     assert "&lt;script&gt;alert(&#39;userdata&#39;)&lt;/script&gt;" in html
+
+
+def test_job_page_shows_the_intake_and_failed_attempt_steps(site: Site) -> None:
+    job = site.jobs["evil"]
+    timeline = TimelineObserver(site.ledger)
+    body = f'{{"EventName": "TaskFinish", "JobsDetail": {{"JobId": "{job}"}}}}'.encode()
+    timeline.callbacks_moved("persistent://public/default/t", [MovedCallback(body, 1.0, "URL")])
+    retry = Settlement(Action.RETRY, "CI answered <b>503</b>", 8.0)
+    timeline.settled(MessageInfo("1:1:1", 1, 0), Verdict(Outcome.RETRY, "", job), retry)
+    timeline.drain()
+    html = site.app().get(f"/ui/jobs/{job}").text
+    steps = html[html.index('id="timeline"') :]
+    for stage in ("callback received", "moved onto Pulsar", "retry scheduled"):
+        assert f"<td>{stage}</td>" in steps
+    assert "attempt 1 failed: CI answered &lt;b&gt;503&lt;/b&gt;; retry in 8 s" in steps
 
 
 def test_unknown_job_is_404(site: Site) -> None:

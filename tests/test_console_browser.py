@@ -113,7 +113,9 @@ def test_console_in_chromium(
         page.goto(f"{base}/")
         expect(page.locator("#count-submitted")).to_have_text("3")
         expect(page.locator("#count-dead")).to_have_text("1")
-        assert page.locator("svg.chart rect").count() == 48
+        # Submitted and settled from the ledger; the intake's and CI's four from this process.
+        assert page.locator("svg.chart rect").count() == 48 + 4 * 24
+        expect(page.locator("#intake-lag")).to_have_text(re.compile(r"^\d+\.\d s$"))
         expect(page.locator("#figures")).to_contain_text("callbacks moved from CMQ onto Pulsar")
         page.screenshot(path=shots / "overview.png", full_page=True)
 
@@ -131,7 +133,9 @@ def test_console_in_chromium(
         expect(page.locator("#transcript")).to_contain_text("The weekly meeting starts now.")
         expect(page.locator("table.segments tbody tr")).to_have_count(2)
         timeline = page.locator("#timeline tbody")
-        for step in ("submitted", "created", "delivered", "settled"):
+        for step in (
+            "submitted", "created", "callback received", "moved onto Pulsar", "delivered", "settled"
+        ):  # fmt: skip
             expect(timeline).to_contain_text(step)
         page.screenshot(path=shots / "job.png", full_page=True)
 
@@ -172,6 +176,9 @@ def test_console_in_chromium(
         # The webhook refused it twice (max_attempts = 2): the dead letter, then the replay,
         # then its delivery.
         assert steps.index("dead-lettered") < steps.index("replayed") < len(steps) - 2
+        # Each failed attempt is a step: the first one's retry, before the dead letter.
+        assert steps.index("moved onto Pulsar") < steps.index("retry scheduled")
+        assert steps.index("retry scheduled") < steps.index("dead-lettered")
         metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
         audio = re.search(
             r'asrd_audio_seconds_total\{engine="16k_zh",queue="[^"]+"\} ([0-9.]+)', metrics

@@ -100,6 +100,16 @@ def test_tdmq_callbacks_come_through_cmq_and_the_intake(
     assert body.lstrip()[:1] == (b"{" if callback_format == "JSON" else b"<")
     assert job_id.encode() in body
     assert queue_is_empty(emulator, cfg.mq_name)
+    steps = timeline(cfg, job_id)
+    assert steps.index("callback received") < steps.index("moved onto Pulsar")
+    assert steps.index("moved onto Pulsar") < steps.index("delivered")
+
+
+def timeline(cfg: DaemonConfig, job_id: str) -> list[str]:
+    """The job's timeline steps as ``asrd jobs show`` prints them."""
+    out = asrd("jobs", "show", job_id, "--config", str(cfg.path), env=cfg.env)
+    assert out.returncode == 0, out.stderr
+    return [event["stage"] for event in json.loads(out.stdout)["events"]]
 
 
 def test_sigkill_while_moving_1000_callbacks(
@@ -245,6 +255,8 @@ def test_url_callbacks_and_cmq_push_reach_the_sinks(
         "url",
         "cmq-push",
     }
+    for job in (job_id, lost):
+        assert {"callback received", "moved onto Pulsar"} <= set(timeline(cfg, job))
 
 
 def asrd_state(cfg: DaemonConfig, job_id: str) -> str:

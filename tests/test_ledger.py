@@ -399,6 +399,24 @@ def test_ledger_urls_that_cannot_be_used_say_why_without_the_password(
         open_ledger("mysql://x/y")
 
 
+def test_steps_of_known_jobs_only_at_their_own_times(ledger: Ledger) -> None:
+    now = time.time()
+    ledger.record_job(entry("t1", "s1", now - 5, 3600))
+    ledger.note_job_events(
+        [
+            ("s1", now - 2, "callback received", "CMQ queue q (message m)"),
+            ("s9", now - 2, "callback received", "another deployment's job"),
+            ("s1", now - 1, "moved onto Pulsar", "persistent://public/default/t"),
+        ]
+    )
+    ledger.note_job_events([])  # nothing to write: no transaction
+    steps = [
+        (e.at, e.stage) for e in ledger.events("s1") if e.stage not in ("submitted", "created")
+    ]
+    assert steps == [(now - 2, "callback received"), (now - 1, "moved onto Pulsar")]
+    assert ledger.events("s9") == []
+
+
 def test_each_job_keeps_its_timeline_written_with_its_changes(ledger: Ledger) -> None:
     now = time.time()
     ledger.record_pending(entry("t1", None, now - 5, 3600))

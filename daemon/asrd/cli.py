@@ -39,6 +39,7 @@ from .cmq import CmqError
 from .config import ConfigError, HttpSettings, PulsarSettings, Settings
 from .console import ConsoleContext
 from .consumer import Consumer
+from .hourly import HourlyFigures
 from .intake.feeds import Feeds
 from .intake.queue import QueueIntake
 from .jobs import JobService, job_gauges, sweep_overdue
@@ -182,7 +183,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return consumer.health.ready
 
     metrics = Metrics(ready=lambda: subscribed() and feeds.reachable(settings) and not stopped())
-    observers = Observers([logs, metrics])
+    hourly = HourlyFigures()  # the console's intake and CI charts
+    observers = Observers([logs, metrics, hourly])
     outage = Outage(observers, stop=stop)
     stages = _stages(settings, observers)
     ci, routes, ledger = stages.ci, stages.routes, stages.ledger
@@ -195,7 +197,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     keys = ci.credentials
     keys.observers.add(metrics)  # refreshes, and the COS sink's refused keys
-    observers.add(TimelineObserver(ledger))  # dead letters in the jobs' timelines
+    timeline = TimelineObserver(ledger)  # callbacks moved, failed attempts: jobs' timelines
+    observers.add(timeline)
     metrics.gauges = lambda: job_gauges(ledger)
     _pulsar_preflight(settings.pulsar)
     client = make_client(settings.pulsar)
@@ -237,7 +240,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     submitter = cli_submit.make_submitter(settings, ci, ledger, stop=stop)
     api = _serve_api(
         settings if primary else settings.model_copy(update={"http": HttpSettings()}),
-        _api_context(settings, ci, ledger, metrics, feeds, submitter, outage, stages.pipeline),
+        _api_context(
+            settings, ci, ledger, metrics, feeds, submitter, outage, stages.pipeline, hourly
+        ),
     )
     systemd.start_watchdog(systemd.loop_alive(lambda: consumer.health.last_tick, 30.0), stop)
     rc = settings.reconcile
@@ -287,6 +292,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for chore in chores:
         chore.join(timeout=settings.pulsar.shutdown_deadline_s)
     leader.stop()
+    timeline.drain()
     stages.close()
     client.close()
     log.info("asrd stopped", counters=logs.counters.snapshot())
@@ -335,6 +341,7 @@ def _api_context(
     submitter: Submitter,
     outage: Outage,
     pipeline: Pipeline | None = None,
+    hourly: HourlyFigures | None = None,
 ) -> ApiContext:
     """What the sidecar API serves, the same for ``asrd run`` and ``asrd intake`` (which has
     no ``pipeline``: the console cannot redeliver there)."""
@@ -356,6 +363,7 @@ def _api_context(
             max_replays=settings.dlq.max_replays,
             prices=settings.usage,
             redeliver=_redeliverer(pipeline) if pipeline is not None else None,
+            hourly=hourly,
         ),
     )
 
@@ -371,7 +379,8 @@ def cmd_intake(args: argparse.Namespace) -> int:
     stop = shutdown.stop
     logs = LogObserver()
     metrics = Metrics(ready=lambda: feeds.reachable(settings) and not outage.paused())
-    observers = Observers([logs, metrics])
+    hourly = HourlyFigures()  # the console's intake and CI charts
+    observers = Observers([logs, metrics, hourly])
     outage = Outage(observers, stop=stop)
     _pulsar_preflight(settings.pulsar)
     client = make_client(settings.pulsar)
@@ -381,9 +390,11 @@ def cmd_intake(args: argparse.Namespace) -> int:
     ci = CiClient(settings.ci, observers=observers)
     ci.credentials.observers.add(metrics)
     ledger = cli_submit.open_ledger(settings)  # a job submitted here is owed like any other
+    timeline = TimelineObserver(ledger)  # callbacks moved: the jobs' timelines
+    observers.add(timeline)
     metrics.gauges = lambda: job_gauges(ledger)
     submitter = cli_submit.make_submitter(settings, ci, ledger, stop=stop)
-    ctx = _api_context(settings, ci, ledger, metrics, feeds, submitter, outage)
+    ctx = _api_context(settings, ci, ledger, metrics, feeds, submitter, outage, hourly=hourly)
     api = _serve_api(settings, ctx)
     systemd.start_watchdog(systemd.loop_alive(lambda: queue.health.last_tick, 90.0), stop)
     feeds.start(stop)
@@ -394,6 +405,7 @@ def cmd_intake(args: argparse.Namespace) -> int:
         api.shutdown()
     feeds.stop()
     client.close()
+    timeline.drain()
     ledger.close()
     log.info("asrd intake stopped", counters=logs.counters.snapshot())
     shutdown.finished()

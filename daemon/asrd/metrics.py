@@ -211,6 +211,13 @@ class Metrics(Observer):
             "Notifications moved from the CMQ queue to the Pulsar topic.",
             registry=r,
         )
+        self.intake_lag_s = Gauge(
+            "asrd_intake_lag_seconds",
+            "At the intake's latest poll, how long the oldest notification it received had waited "
+            "in the CMQ queue (0: the poll found none).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self._intake_errors = Counter(
             "asrd_intake_receive_errors_total", "Failed polls of the CMQ queue.", registry=r
         )
@@ -383,6 +390,9 @@ class Metrics(Observer):
 
     def intake_moved(self, queue: str, count: int) -> None:
         self._moved.inc(count)
+
+    def intake_lag(self, queue: str, seconds: float) -> None:
+        self.intake_lag_s.set(seconds)
 
     def intake_receive_error(self, queue: str, error: str) -> None:
         self._intake_errors.inc()

@@ -9,12 +9,13 @@ fail a delivery.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import structlog
 
 from .vocabulary import MessageInfo as MessageInfo
+from .vocabulary import MovedCallback as MovedCallback
 from .vocabulary import ReconcileReport, Settlement, SweepReport, Verdict
 
 log = structlog.get_logger("asrd.observers")
@@ -71,6 +72,13 @@ class Observer:
 
     def intake_moved(self, queue: str, count: int) -> None:
         """``count`` notifications were produced to Pulsar and deleted from the queue."""
+
+    def callbacks_moved(self, topic: str, moved: Sequence[MovedCallback]) -> None:
+        """These notifications are persisted on ``topic`` (called once per batch)."""
+
+    def intake_lag(self, queue: str, seconds: float) -> None:
+        """At a poll, the oldest notification received had waited this long in the queue (0
+        when the poll found none)."""
 
     def intake_receive_error(self, queue: str, error: str) -> None:
         """A poll of the notification queue failed."""
@@ -160,6 +168,12 @@ class Observers(Observer):
 
     def intake_moved(self, queue: str, count: int) -> None:
         self._each("intake_moved", queue, count)
+
+    def callbacks_moved(self, topic: str, moved: Sequence[MovedCallback]) -> None:
+        self._each("callbacks_moved", topic, moved)
+
+    def intake_lag(self, queue: str, seconds: float) -> None:
+        self._each("intake_lag", queue, seconds)
 
     def intake_receive_error(self, queue: str, error: str) -> None:
         self._each("intake_receive_error", queue, error)

@@ -77,6 +77,15 @@ class MessageInfo:
     published_ms: int  # when the first copy of the message reached the broker (epoch ms)
 
 
+@dataclass(frozen=True)
+class MovedCallback:
+    """A notification the intake put on Pulsar (for the job's timeline)."""
+
+    body: bytes
+    received_at: float  # when the sender handed it over (CMQ's enqueue time; a URL's POST)
+    via: str  # where it came from: "CMQ queue q (message m)", "URL callback"
+
+
 @dataclass
 class ReconcileReport:
     """One reconcile pass: jobs listed, already delivered, delivered now, not deliverable."""

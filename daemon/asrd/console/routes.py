@@ -21,6 +21,7 @@ from .. import dlq
 from ..callback import JOB_ID
 from ..ci import CiClient, CiError
 from ..config import PulsarSettings, UsageSettings
+from ..hourly import HourlyFigures
 from ..ledger import (
     FAILED,
     OPEN_STATUSES,
@@ -63,6 +64,8 @@ class ConsoleContext:
     # None where no pipeline runs (``asrd intake``): redelivery is not offered.
     redeliver: Callable[[str], tuple[bool, str]] | None = None
     replay: Callable[[set[str]], dlq.ReplayReport] | None = None
+    # This process's intake and CI figures per hour (None: the overview leaves them out).
+    hourly: HourlyFigures | None = None
 
     def __post_init__(self) -> None:
         if self.list_dead is None:
@@ -187,6 +190,31 @@ def _figures(exposition: bytes) -> list[tuple[str, float]]:
                     totals[i] = totals.get(i, 0.0) + sample.value
                     found.add(i)
     return [(label, totals[i]) for i, (label, _, _) in enumerate(_FIGURES) if i in found]
+
+
+def _flow(ctx: ConsoleContext, start: float) -> dict[str, Any] | None:
+    """The intake's lag and CI's request rate and throttling: now, and per hour since this
+    process started (within the last 24 h from ``start``)."""
+    hourly = ctx.hourly
+    if hourly is None:
+        return None
+    now = hourly.now()
+    limiter = ctx.ci.limiter
+    charts = {}
+    for name, label in (
+        ("requests", "CI requests"),
+        ("later", "CI requests throttled or busy"),
+        ("moved", "callbacks moved onto Pulsar"),
+        ("lag_s", "intake lag, the longest (s)"),
+    ):
+        values = hourly.per_hour(name, start, 24)
+        charts[label] = (hourly_bars(values, start), max(values))
+    return {
+        "now": now,
+        "limit": None if limiter is None else (limiter.rate, limiter.ceiling),
+        "throttled": None if limiter is None else limiter.throttled_total,
+        "charts": charts,
+    }
 
 
 def _timeline(events: list[JobEvent]) -> list[dict[str, Any]]:
@@ -367,6 +395,7 @@ def build_router(ctx: ConsoleContext) -> APIRouter:
             sinks={name: 0 for name in ctx.sinks} | ctx.ledger.deliveries_per_sink(),
             dead=dead,
             figures=_figures(ctx.metrics()) if ctx.metrics is not None else [],
+            flow=_flow(ctx, start),
             refresh=True,
         )
 

@@ -22,7 +22,7 @@ from .. import backoff
 from ..cmq import CmqClient, CmqError, CmqMessage
 from ..config import CmqIntakeSettings
 from ..credentials import Credentials
-from ..observers import Observers
+from ..observers import MovedCallback, Observers
 from ..outage import Outage
 from .forward import Forwarder, ForwardError, Outgoing
 
@@ -117,11 +117,16 @@ class QueueIntake:
         wait = s.polling_wait_s if wait_s is None else wait_s
         started = time.monotonic()
         messages = cmq.batch_receive(s.queue, s.batch_size, wait)
+        polled_at = time.time()
         self.health.last_ok = time.monotonic()
         self._outage.resume(self.SOURCE, started)
         self._obs.intake_poll_ok(s.queue)
         if not messages:
+            self._obs.intake_lag(s.queue, 0.0)
             return MoveReport()
+        enqueued = [m.enqueue_time for m in messages if m.enqueue_time > 0]
+        if enqueued:
+            self._obs.intake_lag(s.queue, max(0.0, polled_at - min(enqueued)))
         self._check_visibility(messages)
         failures = self._forwarder.send_all(
             [self._outgoing(m) for m in messages], s.produce_timeout_s
@@ -132,6 +137,9 @@ class QueueIntake:
                 # Not deleted: CMQ redelivers it after the queue's visibility timeout.
                 self._obs.intake_produce_errors(s.queue, 1)
                 log.warning("could not put a CMQ message on Pulsar", msg_id=m.msg_id, error=failed)
+        if persisted:
+            callbacks = [self._moved(m, polled_at) for m in persisted]
+            self._obs.callbacks_moved(self._forwarder.topic, callbacks)
         refused = self._delete(cmq, persisted)
         moved = len(persisted) - len(refused)
         self._obs.intake_moved(s.queue, moved)
@@ -176,6 +184,13 @@ class QueueIntake:
                 error=next(iter(refused.values())),
             )
         return refused
+
+    def _moved(self, m: CmqMessage, polled_at: float) -> MovedCallback:
+        """CMQ gives the enqueue time in whole seconds: the end of that second (or the poll,
+        if sooner) keeps the step after the job's creation and before its move."""
+        via = f"CMQ queue {self._settings.queue} (message {m.msg_id})"
+        received = min(float(m.enqueue_time + 1), polled_at) if m.enqueue_time else polled_at
+        return MovedCallback(m.body.encode("utf-8"), received, via)
 
     def _outgoing(self, m: CmqMessage) -> Outgoing:
         props = {

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import structlog
 
 from ..config import UrlIntakeSettings
-from ..observers import Observers
+from ..observers import MovedCallback, Observers
 from .forward import Forwarder, ForwardError, Outgoing
 
 __all__ = ["Answer", "UrlReceiver", "unwrap_push"]
@@ -84,12 +85,16 @@ class UrlReceiver:
             return Answer(413, {"error": f"body larger than {self.max_bytes} bytes"})
         if not body.strip():
             return Answer(400, {"error": "empty body"})
+        received_at = time.time()
         props = {SOURCE: "url"}
+        via = "URL callback"
         message_id = headers.get("x-cmq-message-id")
         if message_id:
             props.update({SOURCE: "cmq-push", "CMQ_MSG_ID": message_id[:128]})
+            via = f"CMQ push to the URL (message {message_id[:128]})"
+        inner = unwrap_push(body)
         try:
-            self._forwarder.send(Outgoing(unwrap_push(body), props), self.answer_within_s)
+            self._forwarder.send(Outgoing(inner, props), self.answer_within_s)
         except ForwardError as exc:
             self._obs.url_callback(accepted=False)
             log.warning(
@@ -97,4 +102,5 @@ class UrlReceiver:
             )
             return Answer(503, {"error": "broker unavailable, retry later"})
         self._obs.url_callback(accepted=True)
+        self._obs.callbacks_moved(self._forwarder.topic, [MovedCallback(inner, received_at, via)])
         return Answer(200, {"accepted": True})

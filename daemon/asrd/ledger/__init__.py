@@ -194,6 +194,11 @@ class JobBook(Protocol):
         """Add (job id, stage, detail) steps that change nothing else (a replay) at ``at``."""
         ...
 
+    def note_job_events(self, events: Sequence[tuple[str, float, str, str]]) -> None:
+        """Add (job id, time, stage, detail) steps, in one transaction, for the jobs the ledger
+        knows (a step of a job it does not know is dropped: another deployment's job)."""
+        ...
+
 
 class Upkeep(Protocol):
     """What the daemon's chores and health checks need: pruning, fleet-wide locks, a probe."""

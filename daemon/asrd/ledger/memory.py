@@ -391,6 +391,14 @@ class MemoryLedger:
             for job_id, stage, text in events:
                 self._event(job_id, at, stage, text[:_REASON])
 
+    def note_job_events(self, events: Sequence[tuple[str, float, str, str]]) -> None:
+        with self._lock:
+            self._check()
+            known = {e.job_id for e in self._jobs.values()}
+            for job_id, at, stage, text in events:
+                if job_id in known:  # another deployment's job: not ours to record
+                    self._event(job_id, at, stage, text[:_REASON])
+
     # -- upkeep -----------------------------------------------------------------------------
     def prune(self, older_than_s: float) -> int:
         cutoff = time.time() - older_than_s

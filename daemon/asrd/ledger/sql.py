@@ -77,6 +77,10 @@ _USAGE = (
 # Timeline events are written in the transaction of the change they record, and only when it is
 # a change (a duplicate callback's delivery, or a settle of a settled job, adds nothing).
 _EVENT = "INSERT INTO events (job_id, at, stage, detail) VALUES (?, ?, ?, ?)"
+_EVENT_KNOWN = (
+    "INSERT INTO events (job_id, at, stage, detail) SELECT ?, ?, ?, ?"
+    " WHERE EXISTS (SELECT 1 FROM jobs WHERE job_id = ?)"
+)
 _EVENT_DELIVERED = (
     "INSERT INTO events (job_id, at, stage, detail) SELECT ?, ?, 'delivered', ?"
     " WHERE NOT EXISTS (SELECT 1 FROM deliveries WHERE job_id = ? AND sink = ?)"
@@ -492,6 +496,15 @@ class SqlLedger:
         if events:
             self._run_all(
                 [(_EVENT, (job_id, at, stage, text[:500])) for job_id, stage, text in events]
+            )
+
+    def note_job_events(self, events: Sequence[tuple[str, float, str, str]]) -> None:
+        if events:
+            self._run_all(
+                [
+                    (_EVENT_KNOWN, (job_id, at, stage, text[:500], job_id))
+                    for job_id, at, stage, text in events
+                ]
             )
 
     def lock_sessions(self) -> Callable[[], LockSession] | None:
