@@ -1,4 +1,5 @@
-"""The ``asrd`` command line: one function per subcommand.
+"""The ``asrd`` command line: parses the arguments, loads the configuration and runs one
+subcommand (``asrd run`` and ``asrd intake`` through ``daemon.Daemon``).
 
 Exit status: 0 clean stop, 78 configuration error (EX_CONFIG), 1 any other fatal error.
 """
@@ -9,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -52,6 +54,40 @@ Every command but emulator takes --config FILE (TOML; ASRD_SECTION__KEY environm
 override its keys). Data goes to standard output, log lines to standard error.
 Exit status: 0 done, 1 failed (CI, the broker or the ledger), 2 usage, 78 configuration error.
 Start with: asrd check --config FILE --connect, then asrd run --config FILE."""
+
+# What `asrd COMMAND --help` says above the options: what the command does, and which sections
+# of the configuration it needs (one it does not need may be absent).
+ABOUT = {
+    "run": "Run the daemon: move CI's notifications onto the Pulsar topic, read each finished "
+    "job back from CI and deliver its record to every sink, acknowledging a message only when "
+    "every sink has it. SIGTERM or SIGINT stop it after the messages in hand.\n"
+    "Needs [ci], [pulsar] and [[sinks]].",
+    "intake": "Only move CI's notifications from the TDMQ-CMQ queue onto the Pulsar topic (and "
+    "serve the API, when [http] listen is set); run asrd run elsewhere to deliver them.\n"
+    "Needs [ci], [pulsar] and [intake.cmq].",
+    "submit": "Submit speech-recognition jobs: one (--input or --url), every row of a manifest "
+    "(--manifest) or every object under a prefix (--prefix). Each job is recorded in the "
+    "ledger before CI is asked, so a repeated row or client token is not submitted twice.\n"
+    "Needs [ci]; no [pulsar] and no [[sinks]].",
+    "jobs": "List the jobs asrd submitted, as the ledger has them (owed, settled, overdue, "
+    "failed), or show one (asrd jobs show JOB_ID) with CI's view of it.\n"
+    "Needs no section ([ledger] has a default); show also needs [ci].",
+    "get": "Print the normalised record of each job as CI has it now (JSON).\nNeeds [ci].",
+    "list": "List the jobs of the configured CI queue: id, state, creation time, input.\n"
+    "Needs [ci].",
+    "reconcile": "Deliver the finished jobs of the last --lookback seconds whose notification "
+    "never arrived (the daemon does this every [reconcile] interval_s).\n"
+    "Needs [ci] and [[sinks]]; [pulsar] only for a sink that publishes there.",
+    "check": "Validate the configuration as asrd run reads it; with --connect also reach CI, "
+    "the broker and the CMQ queue; with --canary follow one short job through every stage.\n"
+    "Needs [ci], [pulsar] and [[sinks]], as asrd run does.",
+    "dlq list": "List the messages parked on the dead-letter topic, with why.\n"
+    "Needs [pulsar]; no [ci].",
+    "dlq replay": "Put parked messages back on the main topic (--all, or --id per message or "
+    "job), at most [dlq] max_replays times each.\nNeeds [pulsar]; no [ci].",
+    "usage": "Audio hours of the jobs delivered over the last --days UTC days, per day, queue "
+    "or engine, priced when [usage] has prices.\nNeeds no section ([ledger] has a default).",
+}
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -312,7 +348,11 @@ def _parser() -> argparse.ArgumentParser:
         fn: Callable[[argparse.Namespace], int],
         help_: str,
     ) -> argparse.ArgumentParser:
-        sp: argparse.ArgumentParser = subs.add_parser(name, help=help_)
+        sp: argparse.ArgumentParser = subs.add_parser(
+            name, help=help_, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        about = ABOUT.get(sp.prog.removeprefix("asrd "), help_)
+        sp.description = "\n".join(textwrap.fill(line, 88) for line in about.splitlines())
         sp.add_argument("--config", "-c", required=True, help="TOML configuration file")
         sp.set_defaults(fn=fn)
         return sp
@@ -322,10 +362,10 @@ def _parser() -> argparse.ArgumentParser:
     add(sub, "intake", cmd_intake, "only move CMQ notifications onto the Pulsar topic")
     cli_submit.add_commands(sub, add)
     sp = add(sub, "get", cmd_get, "print the normalised record of jobs as CI has them now")
-    sp.add_argument("job_id", nargs="+")
+    sp.add_argument("job_id", nargs="+", help="CI job id (s + 32 hex digits)")
     sp = add(sub, "list", cmd_list, "list jobs of the configured queue")
     sp.add_argument("--states", default="All", help="comma list of states (default All)")
-    sp.add_argument("--limit", type=int, default=100)
+    sp.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     sp = add(sub, "reconcile", cmd_reconcile, "deliver finished jobs whose callback never came")
     sp.add_argument("--lookback", type=float, default=86_400.0, help="seconds back (default 1 day)")
     sp.add_argument("--grace", type=float, default=0.0, help="skip jobs created this recently")
@@ -336,11 +376,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="submit one short job and follow it through every stage (needs asrd run)",
     )
-    dlq_cmds = sub.add_parser("dlq", help="dead letters: list | replay").add_subparsers(
+    dlq_help = "dead letters: list | replay"
+    dlq_cmds = sub.add_parser("dlq", help=dlq_help, description=dlq_help).add_subparsers(
         dest="dlq_command", required=True, metavar="ACTION"
     )
     sp = add(dlq_cmds, "list", cmd_dlq_list, "show parked messages with their reasons")
-    sp.add_argument("--limit", type=int, default=1000)
+    sp.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
     sp = add(dlq_cmds, "replay", cmd_dlq_replay, "put parked messages back on the main topic")
     sp.add_argument("--id", action="append", help="DLQ message id or job id (repeatable)")
     sp.add_argument("--all", action="store_true", help="replay every parked message")
