@@ -175,8 +175,8 @@ def _redeliverer(pipeline: Pipeline) -> Callable[[str], tuple[bool, str]]:
 
 
 class Daemon:
-    """One process of asrd, as its ``role`` says. Build nothing before ``start()``: signal
-    handling (``run_until_signalled``) must be in place before the first thread."""
+    """One process of asrd, as its ``role`` says. No thread starts before ``start()``: signal
+    handling (``run_until_signalled``) must be in place before the first one."""
 
     def __init__(self, settings: Settings, role: Role = Role.PRIMARY) -> None:
         self.settings = settings
@@ -455,6 +455,7 @@ class Daemon:
             self._client.close()
         what = "asrd stopped" if self.role.consumes else "asrd intake stopped"
         log.info(what, counters=self._logs.counters.snapshot())
+        structlog.contextvars.unbind_contextvars("worker")
 
     # -- state the probes and the consumer read -------------------------------------------------
     def _ready(self) -> bool:
