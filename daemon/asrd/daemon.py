@@ -219,6 +219,11 @@ class Daemon:
     def start(self) -> None:
         if self.role.index is not None:
             structlog.contextvars.bind_contextvars(worker=self.role.index)
+        self._build()
+        self._launch()
+
+    def _build(self) -> None:
+        """What the role uses, in the order its problems are best reported (config first)."""
         if self.role.consumes:
             self._build_delivery()
         else:
@@ -229,6 +234,8 @@ class Daemon:
             self._build_consumer(self._client)
         if self.role.primary:
             self._serve(self._client)
+
+    def _launch(self) -> None:
         self._start_chores()
         if self.role.consumes:
             self._log_start()
@@ -439,6 +446,14 @@ class Daemon:
         self._closed = True
         self._stop.set()  # the intake and the chores stop with the consumer
         systemd.notify("STOPPING=1")
+        self._stop_serving()
+        self._release()
+        what = "asrd stopped" if self.role.consumes else "asrd intake stopped"
+        log.info(what, counters=self._logs.counters.snapshot())
+        structlog.contextvars.unbind_contextvars("worker")
+
+    def _stop_serving(self) -> None:
+        """The API, the intake and the chores, before what they use is closed."""
         if self._api is not None:
             self._api.shutdown()
         if self._feeds is not None:
@@ -447,15 +462,14 @@ class Daemon:
             chore.join(timeout=self.settings.pulsar.shutdown_deadline_s)
         if self._leader is not None:
             self._leader.stop()
+
+    def _release(self) -> None:
         if self._stages is not None:
             self._stages.close()
         elif self._ledger is not None:
             self._ledger.close()
         if self._client is not None:
             self._client.close()
-        what = "asrd stopped" if self.role.consumes else "asrd intake stopped"
-        log.info(what, counters=self._logs.counters.snapshot())
-        structlog.contextvars.unbind_contextvars("worker")
 
     # -- state the probes and the consumer read -------------------------------------------------
     def _ready(self) -> bool:
