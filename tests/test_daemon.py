@@ -14,6 +14,7 @@ from asrd.daemon import Daemon, Role
 
 from .conftest import Broker
 from .support import (
+    DaemonConfig,
     Emulator,
     create_jobs,
     free_port,
@@ -36,13 +37,16 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _with_api(tmp_path: Path, broker: Broker, emulator: Emulator) -> tuple[DaemonConfig, int]:
+    port = free_port()
+    extra = f'[http]\nlisten = "127.0.0.1:{port}"\n'
+    return write_config(tmp_path, emulator, broker.service_url, extra=extra), port
+
+
 def test_a_primary_in_process_delivers_and_stops_on_request(
     tmp_path: Path, broker: Broker, emulator: Emulator
 ) -> None:
-    port = free_port()
-    cfg = write_config(
-        tmp_path, emulator, broker.service_url, extra=f'[http]\nlisten = "127.0.0.1:{port}"\n'
-    )
+    cfg, port = _with_api(tmp_path, broker, emulator)
     daemon = Daemon(config.load(cfg.path), Role.PRIMARY)
     daemon.start()
     try:
@@ -60,10 +64,7 @@ def test_a_primary_in_process_delivers_and_stops_on_request(
 def test_a_worker_that_is_not_the_primary_serves_no_api_and_runs_no_intake(
     tmp_path: Path, broker: Broker, emulator: Emulator
 ) -> None:
-    port = free_port()
-    cfg = write_config(
-        tmp_path, emulator, broker.service_url, extra=f'[http]\nlisten = "127.0.0.1:{port}"\n'
-    )
+    cfg, port = _with_api(tmp_path, broker, emulator)
     daemon = Daemon(config.load(cfg.path), Role.worker(1, 2))
     daemon.start()
     try:
