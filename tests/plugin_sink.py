@@ -8,9 +8,10 @@ from typing import Any
 
 
 class LineSink:
-    def __init__(self, name: str, path: Path) -> None:
+    def __init__(self, name: str, path: Path, services: Any = None) -> None:
         self.name = name
         self.path = path
+        self.services = services
         self._lock = threading.Lock()
 
     def deliver(self, record: Any) -> None:
@@ -28,3 +29,8 @@ def make(name: str, options: dict[str, Any]) -> LineSink:
 def build(settings: Any, shared: Any) -> LineSink:
     """The same sink as an ``asrd.sinks`` entry point: ``(settings, shared) -> Sink``."""
     return LineSink(settings.name, Path(settings.options["path"]))
+
+
+def build_with_services(settings: Any, shared: Any, *, services: Any) -> LineSink:
+    """A factory that asks for the process's shared services (``asrd.sinks.Services``)."""
+    return LineSink(settings.name, Path(settings.options["path"]), services)

@@ -71,6 +71,55 @@ def test_submit_needs_neither_sinks_nor_a_broker(tmp_path: Path) -> None:
         settings.pulsar  # noqa: B018 - reading it is the check
 
 
+def test_reconcile_and_list_need_no_broker_section(tmp_path: Path) -> None:
+    """reconcile reads nothing from the broker: without [pulsar] it delivers with the
+    defaults; list and get read only [ci]."""
+    emulator = start_emulator(tmp_path / "emulator", NO_BROKER)
+    try:
+        cfg = write_config(tmp_path / "daemon", emulator, NO_BROKER, intake=False)
+        _without(cfg.path, "pulsar", until="ledger")
+        job_id = asrd("submit", "--config", str(cfg.path), "--input", "media/a.mp3").stdout.strip()
+        reconciled = asrd("reconcile", "--config", str(cfg.path), "--lookback", "600")
+        listed = asrd("list", "--config", str(cfg.path))
+    finally:
+        assert emulator.stop() == 0
+    assert reconciled.returncode == 0, reconciled.stderr
+    assert reconciled.stdout.startswith("checked "), reconciled.stdout
+    assert listed.returncode == 0, listed.stderr
+    assert job_id in listed.stdout
+
+
+def test_ledger_commands_need_no_section_at_all(tmp_path: Path) -> None:
+    """usage and jobs read the ledger alone; a config without [ci], [pulsar] or [[sinks]]
+    (and with an intake whose keys would come from [ci]) is enough."""
+    cfg = tmp_path / "asrd.toml"
+    cfg.write_text(
+        f'[ledger]\nurl = "sqlite:///{tmp_path / "ledger.db"}"\n'
+        '[intake.cmq]\nendpoint = "http://127.0.0.1:1"\nqueue = "q"\nregion = "gz"\n'
+    )
+    for command in (["usage"], ["jobs", "--json"]):
+        out = asrd(*command, "--config", str(cfg))
+        assert out.returncode == 0, (command, out.stderr)
+    assert asrd("usage", "--config", str(cfg)).stdout.startswith("day ")
+    refused = asrd("get", "--config", str(cfg), "s" + "0" * 32)
+    assert refused.returncode == 78
+    assert refused.stderr == f"config error: {cfg}: ci: no [ci] section; this needs one\n"
+
+
+def test_each_command_says_what_it_does_and_which_sections_it_needs() -> None:
+    commands = [
+        ["run"], ["intake"], ["submit"], ["jobs"], ["get"], ["list"], ["reconcile"], ["check"],
+        ["dlq", "list"], ["dlq", "replay"], ["usage"],
+    ]  # fmt: skip
+    for command in commands:
+        out = asrd(*command, "--help")
+        assert out.returncode == 0, out.stderr
+        about = out.stdout.split("\n\n")[1]
+        assert re.search(r"^Needs .+\.$", about, re.M), (command, about)
+    assert "Needs [pulsar]; no [ci]." in asrd("dlq", "list", "--help").stdout
+    assert "no [pulsar] and no [[sinks]]" in asrd("submit", "--help").stdout
+
+
 def test_run_and_check_without_sinks_exit_78(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, "http://127.0.0.1:1", NO_BROKER, intake=False)
     _without_sinks(cfg.path)

@@ -47,6 +47,7 @@ def test_plugin_facing_names_are_pinned() -> None:
         "ExtensionSinkSettings",
         "ResultRecord",
         "Segment",
+        "Services",
         "Sink",
         "SinkError",
         "SinkFactory",
@@ -81,6 +82,32 @@ def test_a_sink_type_from_another_package(tmp_path: Path, monkeypatch: pytest.Mo
     (route,) = build_routes(s)
     route.sink.deliver(normalise(detail(Result="[0:1.000,0:2.000] hi")))
     assert out.read_text() == f"{JOB} Success\n"
+
+
+def test_a_factory_that_asks_for_services_gets_the_process_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dist = tmp_path / "site" / "asrd_lines-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: asrd-lines\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[asrd.sinks]\nlines = tests.plugin_sink:build_with_services\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    s = settings(
+        tmp_path,
+        f'[[sinks]]\nname = "mine"\ntype = "lines"\noptions = {{ path = "{tmp_path}/x" }}\n'
+        '[[sinks]]\nname = "cos"\ntype = "cos"\n',
+    )
+    services = asrd.sinks.Services(CiClient(s.ci), Observers())
+    lines, cos = (route.sink for route in build_routes(s, services))
+    assert getattr(lines, "services", None) is services
+    # The COS sink puts through the process's one client (its keys, pool, limiter, metrics).
+    assert getattr(cos, "_client", None) is services.ci
+    # Built without a process around it, the COS sink still gets a client, from [ci].
+    _, alone = (route.sink for route in build_routes(s))
+    client = getattr(alone, "_client", None)
+    assert isinstance(client, CiClient) and client is not services.ci
 
 
 def test_an_unknown_sink_type_is_a_config_error(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The ``asrd`` command line: one function per subcommand.
+"""The ``asrd`` command line: parses the arguments, loads the configuration and runs one
+subcommand (``asrd run`` and ``asrd intake`` through ``daemon.Daemon``).
 
 Exit status: 0 clean stop, 78 configuration error (EX_CONFIG), 1 any other fatal error.
 """
@@ -6,18 +7,16 @@ Exit status: 0 clean stop, 78 configuration error (EX_CONFIG), 1 any other fatal
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pulsar
-import structlog
 
 from . import (
     __version__,
@@ -28,40 +27,19 @@ from . import (
     observability,
     pulsar_check,
     queueid,
-    systemd,
     usage,
     wiring,
 )
-from .api import ApiContext, ApiServer, serve
 from .broker import make_client
 from .ci import CiClient, CiError
 from .cmq import CmqError
-from .config import ConfigError, HttpSettings, PulsarSettings, Settings
-from .console import ConsoleContext
-from .consumer import Consumer
-from .hourly import HourlyFigures
+from .config import ConfigError, PulsarSettings, Settings
+from .daemon import Daemon, Role, build_stages, supervise
 from .intake.feeds import Feeds
-from .intake.queue import QueueIntake
-from .jobs import JobService, job_gauges, sweep_overdue
-from .leadership import CHORES, Leadership
-from .ledger import USAGE_GROUPS, Ledger, LedgerError, LedgerUnavailable
-from .log_observer import LogObserver
-from .metrics import Metrics, multiprocess_dir
+from .ledger import USAGE_GROUPS, LedgerError
 from .observers import Observers
-from .outage import Outage
-from .periodic import every
-from .pipeline import KEYS, Outcome, Pipeline
-from .preflight import check_writable
-from .reconcile import Report, reconcile
 from .result import InvalidResult, normalise
-from .shutdown import Shutdown
-from .sinks import build_routes, require_sinks
-from .sinks.breaker import Breaker
-from .sinks.routing import Route, Router
-from .submit import Submitter
-from .supervisor import Supervisor, worker_command
-from .timeline_observer import TimelineObserver
-from .worker import Worker
+from .sinks import require_sinks
 
 EX_OK, EX_FATAL, EX_CONFIG = 0, 1, 78
 
@@ -77,7 +55,39 @@ override its keys). Data goes to standard output, log lines to standard error.
 Exit status: 0 done, 1 failed (CI, the broker or the ledger), 2 usage, 78 configuration error.
 Start with: asrd check --config FILE --connect, then asrd run --config FILE."""
 
-log = structlog.get_logger("asrd")
+# What `asrd COMMAND --help` says above the options: what the command does, and which sections
+# of the configuration it needs (one it does not need may be absent).
+ABOUT = {
+    "run": "Run the daemon: move CI's notifications onto the Pulsar topic, read each finished "
+    "job back from CI and deliver its record to every sink, acknowledging a message only when "
+    "every sink has it. SIGTERM or SIGINT stop it after the messages in hand.\n"
+    "Needs [ci], [pulsar] and [[sinks]].",
+    "intake": "Only move CI's notifications from the TDMQ-CMQ queue onto the Pulsar topic (and "
+    "serve the API, when [http] listen is set); run asrd run elsewhere to deliver them.\n"
+    "Needs [ci], [pulsar] and [intake.cmq].",
+    "submit": "Submit speech-recognition jobs: one (--input or --url), every row of a manifest "
+    "(--manifest) or every object under a prefix (--prefix). Each job is recorded in the "
+    "ledger before CI is asked, so a repeated row or client token is not submitted twice.\n"
+    "Needs [ci]; no [pulsar] and no [[sinks]].",
+    "jobs": "List the jobs asrd submitted, as the ledger has them (owed, settled, overdue, "
+    "failed), or show one (asrd jobs show JOB_ID) with CI's view of it.\n"
+    "Needs no section ([ledger] has a default); show also needs [ci].",
+    "get": "Print the normalised record of each job as CI has it now (JSON).\nNeeds [ci].",
+    "list": "List the jobs of the configured CI queue: id, state, creation time, input.\n"
+    "Needs [ci].",
+    "reconcile": "Deliver the finished jobs of the last --lookback seconds whose notification "
+    "never arrived (the daemon does this every [reconcile] interval_s).\n"
+    "Needs [ci] and [[sinks]]; [pulsar] only for a sink that publishes there.",
+    "check": "Validate the configuration as asrd run reads it; with --connect also reach CI, "
+    "the broker and the CMQ queue; with --canary follow one short job through every stage.\n"
+    "Needs [ci], [pulsar] and [[sinks]], as asrd run does.",
+    "dlq list": "List the messages parked on the dead-letter topic, with why.\n"
+    "Needs [pulsar]; no [ci].",
+    "dlq replay": "Put parked messages back on the main topic (--all, or --id per message or "
+    "job), at most [dlq] max_replays times each.\nNeeds [pulsar]; no [ci].",
+    "usage": "Audio hours of the jobs delivered over the last --days UTC days, per day, queue "
+    "or engine, priced when [usage] has prices.\nNeeds no section ([ledger] has a default).",
+}
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -86,329 +96,22 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-@dataclass
-class Stages:
-    """What both the daemon and a one-off reconcile deliver through."""
-
-    ci: CiClient
-    routes: list[Route]
-    ledger: Ledger
-    observers: Observers
-    pipeline: Pipeline
-
-    def reconcile(self, settings: Settings, lookback_s: float, grace_s: float) -> Report:
-        return reconcile(
-            self.ci,
-            self.pipeline,
-            self.ci.queue_id(),  # configured, or the bucket's queue looked up once
-            lookback_s,
-            grace_s,
-            observers=self.observers,
-        )
-
-    def close(self) -> None:
-        for route in self.routes:
-            route.sink.close()
-        self.ledger.close()
-
-
-def _stages(settings: Settings, observers: Observers) -> Stages:
-    check_writable(settings)
-    try:
-        routes = build_routes(settings)
-        ledger = cli_submit.open_ledger(settings)
-    except OSError as exc:
-        raise ConfigError(f"config error: cannot prepare {exc.filename}: {exc.strerror}") from None
-    ci = CiClient(settings.ci, observers=observers)
-    pipeline = Pipeline(
-        ci,
-        Router(routes),
-        ledger,
-        observers,
-        settings.pulsar.max_message_bytes,
-        Breaker(settings.pulsar.sink_breaker_failures),
-    )
-    return Stages(ci, routes, ledger, observers, pipeline)
-
-
-def _serve_api(settings: Settings, ctx: ApiContext) -> ApiServer | None:
-    if not settings.http.listen:
-        return None
-    ctx.token, ctx.max_body_bytes = settings.http.bearer_token, settings.http.max_body_bytes
-    try:
-        return serve(settings.http.listen, ctx)
-    except OSError as exc:
-        listen = settings.http.listen
-        raise ConfigError(
-            f"config error: http.listen: cannot listen on {listen}: {exc.strerror}"
-        ) from None
-
-
-def _supervise(settings: Settings, args: argparse.Namespace) -> int:
-    workers = settings.pulsar.workers
-    if settings.ledger.is_sqlite:
-        log.warning(
-            "workers share one SQLite ledger: duplicates are still delivered at most once, but "
-            "SQLite takes one writer at a time, so ledger writes do not scale with workers; "
-            "use a postgresql:// ledger to scale",
-            workers=workers,
-        )
-    return Supervisor(
-        workers, worker_command(str(args.config)), settings.pulsar.shutdown_deadline_s
-    ).run()
-
-
-def _no_probe() -> None:
-    """The probe of a source that has none: it passes, and the next messages try again."""
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings.pulsar.workers > 1 and args.worker is None:
-        return _supervise(settings, args)
-    # Worker 0 (or the only process) also runs the intake, the API and the periodic chores.
-    primary = not args.worker
-    if args.worker is not None:
-        structlog.contextvars.bind_contextvars(worker=args.worker)
-    # Before any thread exists (the broker client starts some): they inherit the signal mask.
-    shutdown = Shutdown(settings.pulsar.shutdown_deadline_s)
-    shutdown.install()
-    stop = shutdown.stop
-    logs = LogObserver()
-
-    def subscribed() -> bool:
-        """With workers, /readyz (worker 0's) and asrd_ready wait for every one of them."""
-        if settings.pulsar.workers > 1 and multiprocess_dir():
-            return metrics.workers_ready() >= settings.pulsar.workers
-        return consumer.health.ready
-
-    metrics = Metrics(ready=lambda: subscribed() and feeds.reachable(settings) and not stopped())
-    hourly = HourlyFigures()  # the console's intake and CI charts
-    observers = Observers([logs, metrics, hourly])
-    outage = Outage(observers, stop=stop)
-    stages = _stages(settings, observers)
-    ci, routes, ledger = stages.ci, stages.routes, stages.ledger
-    sinks = {r.sink.name: r.sink for r in routes}
-    stages.pipeline.sink_paused = lambda name: outage.paused(name)
-
-    def stopped(but: tuple[str, ...] = ()) -> bool:
-        """A paused sink alone keeps the daemon ready and consuming (the others still work)."""
-        return outage.stops_work(frozenset(sinks), but)
-
-    keys = ci.credentials
-    keys.observers.add(metrics)  # refreshes, and the COS sink's refused keys
-    timeline = TimelineObserver(ledger)  # callbacks moved, failed attempts: jobs' timelines
-    observers.add(timeline)
-    metrics.gauges = lambda: job_gauges(ledger)
-    _pulsar_preflight(settings.pulsar)
-    client = make_client(settings.pulsar)
-    consumer = Consumer(
-        settings.pulsar,
-        client=client,
-        on_ready=lambda: systemd.notify("READY=1"),
-        on_receive_error=observers.receive_failed,
-        # The intake's own pause (CMQ) does not stop what is already on the topic.
-        paused=lambda: stopped(but=(QueueIntake.SOURCE,)),
+        return supervise(settings, str(args.config))
+    role = (
+        Role.PRIMARY if args.worker is None else Role.worker(args.worker, settings.pulsar.workers)
     )
-
-    def pause(source: str, reason: str) -> None:
-        """A message met an outage: consumption pauses until a probe passes. Refused keys are
-        probed with a CI request; anything else (a sink) with the next messages after a wait."""
-        if source == KEYS:
-            reason += f" (provider {keys.provider}: {keys.hint})"
-        # A source without a probe of its own is tried again by the next messages after the
-        # probe's first wait.
-        probe: Callable[[], object] = _no_probe
-        if source == KEYS:
-            probe = ci.probe
-        elif source == LedgerUnavailable.SOURCE:
-            probe = ledger.probe
-        elif source in sinks:
-            probe = getattr(sinks[source], "probe", _no_probe)
-        outage.pause(source or "delivery", reason, probe=probe)
-
-    worker = Worker(
-        settings.pulsar,
-        stages.pipeline.handle_batch,
-        ledger,
-        consumer,
-        observers,
-        on_pause=pause,
-    )
-    shutdown.busy = lambda: consumer.health.subscribed
-    feeds = Feeds.build(settings, client, observers, outage)
-    submitter = cli_submit.make_submitter(settings, ci, ledger, stop=stop)
-    api = _serve_api(
-        settings if primary else settings.model_copy(update={"http": HttpSettings()}),
-        _api_context(
-            settings, ci, ledger, metrics, feeds, submitter, outage, stages.pipeline, hourly
-        ),
-    )
-    systemd.start_watchdog(systemd.loop_alive(lambda: consumer.health.last_tick, 30.0), stop)
-    rc = settings.reconcile
-    retention_s = settings.ledger.retention_days * 86_400
-    # One process of the fleet runs these (the other primaries' timers tick and do nothing).
-    leader = Leadership(CHORES, ledger.lock_sessions(), primary)
-    metrics.leader = leader.gauges
-    prune = leader.only_leader("prune_ledger", lambda: ledger.prune(retention_s))
-    chores = [every(6 * 3600.0, stop, prune, "prune-ledger", first_s=60.0)] if primary else []
-    # Each process's own readiness, for worker 0 to add up (about as fresh as the consumer's
-    # connection check, once a second).
-    chores.append(
-        # A worker paused by an outage is not ready either: worker 0's /readyz counts it out.
-        every(
-            0.5,
-            stop,
-            lambda: metrics.publish_ready(consumer.health.ready and not stopped()),
-            "readiness",
-        )
-    )
-    if rc.interval_s > 0 and primary:
-        passes = leader.only_leader(
-            "reconcile", lambda: stages.reconcile(settings, rc.lookback_s, rc.grace_s)
-        )
-        chores.append(every(rc.interval_s, stop, passes, "reconcile"))
-
-    if rc.sweep_interval_s > 0 and primary:
-        lookup = submitter.lookup
-        sweep = leader.only_leader(
-            "deadline_sweep",
-            lambda: sweep_overdue(
-                ci, stages.pipeline, ledger, lookup, observers, settings.ci.get_batch_size
-            ),
-        )
-        chores.append(every(rc.sweep_interval_s, stop, sweep, "deadline-sweep"))
-    leader.start(stop)
-    log.info("asrd starting", version=__version__, sinks=[r.sink.name for r in routes])
-    if primary:
-        _log_wiring_warnings(settings)
-        feeds.start(stop)
-    _settle_heap()
-    consumer.run(stop, worker.process_batch)
-    systemd.notify("STOPPING=1")
-    if api is not None:
-        api.shutdown()
-    feeds.stop()
-    for chore in chores:
-        chore.join(timeout=settings.pulsar.shutdown_deadline_s)
-    leader.stop()
-    timeline.drain()
-    stages.close()
-    client.close()
-    log.info("asrd stopped", counters=logs.counters.snapshot())
-    shutdown.finished()
-    sys.stderr.flush()
-    # Worker threads stuck past the deadline must not hold the exit; their messages are unacked.
-    os._exit(EX_OK)
-
-
-def _pulsar_preflight(settings: PulsarSettings) -> None:
-    """A refused certificate or token stops start-up with one line; warnings are logged."""
-    for warning in pulsar_check.warnings(settings):
-        log.warning(warning)
-    pulsar_check.preflight(settings)
-
-
-def _log_wiring_warnings(settings: Settings) -> None:
-    for note in wiring.notes(settings):
-        if note.warning:
-            log.warning(note.text)
-
-
-def _settle_heap() -> None:
-    """What start-up built lives as long as the process: out of the collector's way (``freeze``),
-    and collections rarer than CPython's default, which allocates past 700 objects per message
-    batch and spent ~6% of a busy daemon's CPU walking the same long-lived objects."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
-
-
-def _redeliverer(pipeline: Pipeline) -> Callable[[str], tuple[bool, str]]:
-    def redeliver(job_id: str) -> tuple[bool, str]:
-        verdict = pipeline.deliver_jobs([job_id])[job_id]
-        return verdict.outcome is Outcome.DONE, verdict.reason
-
-    return redeliver
-
-
-def _api_context(
-    settings: Settings,
-    ci: CiClient,
-    ledger: Ledger,
-    metrics: Metrics,
-    feeds: Feeds,
-    submitter: Submitter,
-    outage: Outage,
-    pipeline: Pipeline | None = None,
-    hourly: HourlyFigures | None = None,
-) -> ApiContext:
-    """What the sidecar API serves, the same for ``asrd run`` and ``asrd intake`` (which has
-    no ``pipeline``: the console cannot redeliver there)."""
-    return ApiContext(
-        ci,
-        settings.ci,
-        metrics.ready,
-        metrics.exposition,
-        callbacks=feeds.url,
-        ledger=ledger,
-        jobs=JobService(submitter, ledger),
-        not_ready=outage.reason,
-        console=ConsoleContext(
-            ledger,
-            ci,
-            settings.pulsar,
-            sinks=[sink.name for sink in settings.sinks],
-            actions=settings.http.console_actions,
-            max_replays=settings.dlq.max_replays,
-            prices=settings.usage,
-            redeliver=_redeliverer(pipeline) if pipeline is not None else None,
-            hourly=hourly,
-        ),
-    )
+    Daemon(settings, role).run_until_signalled()
+    return EX_OK
 
 
 def cmd_intake(args: argparse.Namespace) -> int:
-    """The CMQ intake alone, for operators who run it apart from the consumers."""
     settings = _settings(args)
     if settings.intake.cmq is None:
         raise ConfigError(f"config error: {args.config}: intake.cmq: section required")
-    # Nothing is lost by leaving at once: a batch not yet deleted comes back from CMQ.
-    shutdown = Shutdown(deadline_s=settings.pulsar.shutdown_deadline_s)
-    shutdown.install()
-    stop = shutdown.stop
-    logs = LogObserver()
-    metrics = Metrics(ready=lambda: feeds.reachable(settings) and not outage.paused())
-    hourly = HourlyFigures()  # the console's intake and CI charts
-    observers = Observers([logs, metrics, hourly])
-    outage = Outage(observers, stop=stop)
-    _pulsar_preflight(settings.pulsar)
-    client = make_client(settings.pulsar)
-    feeds = Feeds.build(settings, client, observers, outage)
-    queue = feeds.queue
-    assert queue is not None  # built from intake.cmq above
-    ci = CiClient(settings.ci, observers=observers)
-    ci.credentials.observers.add(metrics)
-    ledger = cli_submit.open_ledger(settings)  # a job submitted here is owed like any other
-    timeline = TimelineObserver(ledger)  # callbacks moved: the jobs' timelines
-    observers.add(timeline)
-    metrics.gauges = lambda: job_gauges(ledger)
-    submitter = cli_submit.make_submitter(settings, ci, ledger, stop=stop)
-    ctx = _api_context(settings, ci, ledger, metrics, feeds, submitter, outage, hourly=hourly)
-    api = _serve_api(settings, ctx)
-    systemd.start_watchdog(systemd.loop_alive(lambda: queue.health.last_tick, 90.0), stop)
-    feeds.start(stop)
-    systemd.notify("READY=1")
-    stop.wait()
-    systemd.notify("STOPPING=1")
-    if api is not None:
-        api.shutdown()
-    feeds.stop()
-    client.close()
-    timeline.drain()
-    ledger.close()
-    log.info("asrd intake stopped", counters=logs.counters.snapshot())
-    shutdown.finished()
+    Daemon(settings, Role.INTAKE_ONLY).run_until_signalled()
     return EX_OK
 
 
@@ -511,9 +214,9 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    stages = _stages(settings, Observers())
+    stages = build_stages(settings, Observers())
     try:
-        report = stages.reconcile(settings, args.lookback, args.grace)
+        report = stages.reconcile(args.lookback, args.grace)
     finally:
         stages.close()
     print(
@@ -645,7 +348,11 @@ def _parser() -> argparse.ArgumentParser:
         fn: Callable[[argparse.Namespace], int],
         help_: str,
     ) -> argparse.ArgumentParser:
-        sp: argparse.ArgumentParser = subs.add_parser(name, help=help_)
+        sp: argparse.ArgumentParser = subs.add_parser(
+            name, help=help_, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        about = ABOUT.get(sp.prog.removeprefix("asrd "), help_)
+        sp.description = "\n".join(textwrap.fill(line, 88) for line in about.splitlines())
         sp.add_argument("--config", "-c", required=True, help="TOML configuration file")
         sp.set_defaults(fn=fn)
         return sp
@@ -655,10 +362,10 @@ def _parser() -> argparse.ArgumentParser:
     add(sub, "intake", cmd_intake, "only move CMQ notifications onto the Pulsar topic")
     cli_submit.add_commands(sub, add)
     sp = add(sub, "get", cmd_get, "print the normalised record of jobs as CI has them now")
-    sp.add_argument("job_id", nargs="+")
+    sp.add_argument("job_id", nargs="+", help="CI job id (s + 32 hex digits)")
     sp = add(sub, "list", cmd_list, "list jobs of the configured queue")
     sp.add_argument("--states", default="All", help="comma list of states (default All)")
-    sp.add_argument("--limit", type=int, default=100)
+    sp.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     sp = add(sub, "reconcile", cmd_reconcile, "deliver finished jobs whose callback never came")
     sp.add_argument("--lookback", type=float, default=86_400.0, help="seconds back (default 1 day)")
     sp.add_argument("--grace", type=float, default=0.0, help="skip jobs created this recently")
@@ -669,11 +376,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="submit one short job and follow it through every stage (needs asrd run)",
     )
-    dlq_cmds = sub.add_parser("dlq", help="dead letters: list | replay").add_subparsers(
+    dlq_help = "dead letters: list | replay"
+    dlq_cmds = sub.add_parser("dlq", help=dlq_help, description=dlq_help).add_subparsers(
         dest="dlq_command", required=True, metavar="ACTION"
     )
     sp = add(dlq_cmds, "list", cmd_dlq_list, "show parked messages with their reasons")
-    sp.add_argument("--limit", type=int, default=1000)
+    sp.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
     sp = add(dlq_cmds, "replay", cmd_dlq_replay, "put parked messages back on the main topic")
     sp.add_argument("--id", action="append", help="DLQ message id or job id (repeatable)")
     sp.add_argument("--all", action="store_true", help="replay every parked message")

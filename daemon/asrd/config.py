@@ -681,6 +681,8 @@ class Settings(_Section):
         cmq = self.intake.cmq
         if cmq is None or (cmq.secret_id is not None and cmq.secret_key is not None):
             return self
+        if self.ci_section is None:  # a command without [ci] (asrd dlq) runs no intake
+            return self
         # Frozen sections: fill the defaults from [ci] into a copy.
         filled = cmq.model_copy(
             update={

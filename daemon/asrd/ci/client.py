@@ -238,7 +238,7 @@ class CiClient:
             err = classify(exc)
             status = err.kind.value
             if err.auth:
-                self._obs.auth_failed(self._service, str(err))
+                self._obs.auth_failed(_service_of(operation, self._service), str(err))
             if limiter is not None and err.throttling:
                 limiter.throttled()
             elif limiter is not None and err.status is not None:
@@ -440,3 +440,13 @@ class CiClient:
             return data
 
         return with_retry(lambda: self._call("get_object", read), self._backoff)
+
+
+# Object operations are COS's, whichever client makes them (the COS sink uses the process's one
+# client): their refused keys are counted as COS's, as a separate COS client once counted them.
+_COS_OPERATIONS = frozenset({"put_object", "get_object", "list_objects"})
+
+
+def _service_of(operation: str, default: str) -> str:
+    """What an auth failure of ``operation`` is counted as (``ci`` or ``cos``)."""
+    return "cos" if operation in _COS_OPERATIONS else default

@@ -9,6 +9,7 @@ from ..ci import CiClient, CiError
 from ..config import CosSinkSettings, Settings
 from ..formats import render
 from ..result import ResultRecord
+from ..services import Services
 from .base import SinkError
 
 _TYPES = {"json": "application/json", "txt": "text/plain", "srt": "application/x-subrip"}
@@ -40,6 +41,7 @@ class CosSink:
         return None
 
 
-def build(settings: CosSinkSettings, shared: Settings) -> CosSink:
-    """The ``asrd.sinks`` entry point for ``type = "cos"``, with the ``[ci]`` credentials."""
-    return CosSink(settings, CiClient(shared.ci, service="cos"))
+def build(settings: CosSinkSettings, shared: Settings, *, services: Services) -> CosSink:
+    """The ``asrd.sinks`` entry point for ``type = "cos"``: it puts through the process's CI
+    client, so its requests use the keys, connection pool and metrics of every other call."""
+    return CosSink(settings, services.ci)
