@@ -43,6 +43,7 @@ from .intake.url import UrlReceiver
 from .jobs import SINCE_DURATION, JobService
 from .ledger import Ledger
 from .result import InvalidResult, normalise
+from .tracing import trace_id
 
 log = structlog.get_logger("asrd.api")
 JOB_ID_PATTERN = f"^{JOB_ID.pattern}$"  # a path pattern is searched, not matched: anchor it
@@ -153,6 +154,9 @@ class JobRecord(BaseModel):
     delivered_to: list[str] = Field(description="Sinks that have this job, per the ledger.")
     events: list[dict[str, Any]] = Field(
         default_factory=list, description="The job's timeline in the ledger, oldest first."
+    )
+    trace_id: str | None = Field(
+        default=None, description="The job's trace id (32 hex digits) when it was traced."
     )
 
 
@@ -346,10 +350,12 @@ def create_app(ctx: ApiContext) -> FastAPI:
             return _error(502, f"invalid result from CI: {exc}")
         delivered = ctx.ledger.delivered(job_id) if ctx.ledger is not None else set()
         events = ctx.ledger.events(job_id) if ctx.ledger is not None else []
+        kept = ctx.ledger.trace_parents([job_id]) if ctx.ledger is not None else {}
         return {
             **record,
             "delivered_to": sorted(delivered),
             "events": [event.to_dict() for event in events],
+            "trace_id": trace_id(kept.get(job_id)),
         }
 
     @app.post(

@@ -29,6 +29,7 @@ from . import (
     pulsar_check,
     queueid,
     systemd,
+    tracing,
     usage,
     wiring,
 )
@@ -196,6 +197,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     keys = ci.credentials
     keys.observers.add(metrics)  # refreshes, and the COS sink's refused keys
     observers.add(TimelineObserver(ledger))  # dead letters in the jobs' timelines
+    for tracer in tracing.observers(ledger):  # none unless OTEL_* asks (docs/tracing.md)
+        observers.add(tracer)
     metrics.gauges = lambda: job_gauges(ledger)
     _pulsar_preflight(settings.pulsar)
     client = make_client(settings.pulsar)
@@ -235,7 +238,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     shutdown.busy = lambda: consumer.health.subscribed
     feeds = Feeds.build(settings, client, observers, outage)
-    submitter = cli_submit.make_submitter(settings, ci, ledger, stop=stop)
+    submitter = cli_submit.make_submitter(settings, ci, ledger, stop=stop, observers=observers)
     api = _serve_api(
         settings if primary else settings.model_copy(update={"http": HttpSettings()}),
         _api_context(settings, ci, ledger, metrics, feeds, submitter, outage, stages.pipeline),
@@ -292,6 +295,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     client.close()
     log.info("asrd stopped", counters=logs.counters.snapshot())
     shutdown.finished()
+    tracing.shutdown()  # buffered spans out before os._exit
     sys.stderr.flush()
     # Worker threads stuck past the deadline must not hold the exit; their messages are unacked.
     os._exit(EX_OK)
@@ -382,8 +386,10 @@ def cmd_intake(args: argparse.Namespace) -> int:
     ci = CiClient(settings.ci, observers=observers)
     ci.credentials.observers.add(metrics)
     ledger = cli_submit.open_ledger(settings)  # a job submitted here is owed like any other
+    for tracer in tracing.observers(ledger):  # none unless OTEL_* asks (docs/tracing.md)
+        observers.add(tracer)
     metrics.gauges = lambda: job_gauges(ledger)
-    submitter = cli_submit.make_submitter(settings, ci, ledger, stop=stop)
+    submitter = cli_submit.make_submitter(settings, ci, ledger, stop=stop, observers=observers)
     ctx = _api_context(settings, ci, ledger, metrics, feeds, submitter, outage)
     api = _serve_api(settings, ctx)
     systemd.start_watchdog(systemd.loop_alive(lambda: queue.health.last_tick, 90.0), stop)

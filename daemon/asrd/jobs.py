@@ -22,6 +22,7 @@ from .observers import Observers
 from .pipeline import Outcome, Pipeline
 from .result import TERMINAL_STATES
 from .submit import SKIPPED, JobSpec, Submitter, TokenLookup
+from .tracing import trace_id
 
 log = structlog.get_logger("asrd.jobs")
 
@@ -87,6 +88,9 @@ def show(ledger: Ledger, ci: CiClient, job_id: str, now: float) -> dict[str, Any
         "delivered_to": sorted(ledger.delivered(job_id)),
         "events": [event.to_dict() for event in ledger.events(job_id)],
     }
+    kept = ledger.trace_parents([job_id]).get(job_id)
+    if kept:  # only when the job was traced (docs/tracing.md)
+        view["trace_id"] = trace_id(kept)
     try:
         detail = ci.get_job(job_id)
     except CiError as exc:

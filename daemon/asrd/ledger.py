@@ -30,8 +30,9 @@ from .config import LedgerSettings
 # Version 1: deliveries, attempts without first_at. 2: attempts.first_at. 3: the jobs table.
 # 4: not_wanted (sinks whose route does not select a job). 5: claims (who delivers a job now).
 # 6: events (each job's timeline); jobs.queue_id and jobs.user_data (the console's filters);
-# usage (each delivered job's audio length, queue and engine model).
-SCHEMA_VERSION = 6
+# usage (each delivered job's audio length, queue and engine model). 7: jobs.trace_parent (the
+# W3C trace context of the job's trace, when tracing is on).
+SCHEMA_VERSION = 7
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
     job_id TEXT NOT NULL,
@@ -68,7 +69,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     checked_at REAL,
     reason TEXT NOT NULL DEFAULT '',
     queue_id TEXT NOT NULL DEFAULT '',
-    user_data TEXT NOT NULL DEFAULT ''
+    user_data TEXT NOT NULL DEFAULT '',
+    trace_parent TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status_deadline ON jobs (status, deadline_at);
 CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs (submitted_at);
@@ -103,6 +105,7 @@ _JOB_COLUMNS = (
 JOB_COLUMNS_ADDED = (
     ("queue_id", "TEXT NOT NULL DEFAULT ''"),
     ("user_data", "TEXT NOT NULL DEFAULT ''"),
+    ("trace_parent", "TEXT"),
 )
 
 
@@ -376,6 +379,13 @@ class Ledger(Protocol):
 
     def note_events(self, events: Sequence[tuple[str, str, str]], at: float) -> None:
         """Add (job id, stage, detail) steps that change nothing else (a replay) at ``at``."""
+        ...
+
+    def set_trace_parent(self, job_id: str, trace_parent: str) -> None:
+        """Keep the job's trace context (``traceparent``, with ``tracestate`` after a space)."""
+
+    def trace_parents(self, job_ids: Sequence[str]) -> dict[str, str]:
+        """The trace contexts kept for these jobs (absent: none known)."""
         ...
 
     def lock_sessions(self) -> Callable[[], LockSession] | None:
@@ -681,6 +691,21 @@ class _SqlLedger:
 
     def job(self, job_id: str) -> JobEntry | None:
         return self._one("job_id", job_id)
+
+    # -- tracing: the job's trace context (nullable; written only when tracing is on) ------
+    def set_trace_parent(self, job_id: str, trace_parent: str) -> None:
+        self._run("UPDATE jobs SET trace_parent = ? WHERE job_id = ?", (trace_parent, job_id))
+
+    def trace_parents(self, job_ids: Sequence[str]) -> dict[str, str]:
+        if not job_ids:
+            return {}
+        marks = ", ".join("?" * len(job_ids))
+        rows, _ = self._run(
+            f"SELECT job_id, trace_parent FROM jobs WHERE job_id IN ({marks})"  # noqa: S608
+            " AND trace_parent IS NOT NULL",
+            tuple(job_ids),
+        )
+        return {str(r[0]): str(r[1]) for r in rows}
 
     def record_pending(self, entry: JobEntry) -> None:
         # An entry whose create CI refused (failed, no job) starts again; any other is kept.

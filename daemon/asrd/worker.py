@@ -73,7 +73,7 @@ class Worker:
         """``process`` for several messages: attempts counted in one ledger transaction, the
         pipeline asked once, each message settled on its own, attempts of the settled ones
         forgotten in one transaction."""
-        if self._handle_batch is None or len(ms) == 1:
+        if self._handle_batch is None:
             for m in ms:
                 self.process(m)
             return
@@ -83,7 +83,7 @@ class Worker:
             self._ledger_out(ms, exc)
             return
         now = time.time()
-        infos, early, todo = [], {}, []
+        infos, early, todo, todo_infos = [], {}, [], []
         for m in ms:
             attempt = attempts[m.key]
             info = MessageInfo(m.origin_id, attempt.count, m.published_ms)
@@ -94,6 +94,8 @@ class Worker:
                 early[m.key] = settlement
             else:
                 todo.append(m)
+                todo_infos.append(info)
+        self._obs.consuming(todo, todo_infos)
         started = time.monotonic()
         verdicts = dict(zip((m.key for m in todo), self._judge_batch(todo, infos), strict=True))
         seconds = time.monotonic() - started

@@ -123,9 +123,10 @@ class QueueIntake:
         if not messages:
             return MoveReport()
         self._check_visibility(messages)
-        failures = self._forwarder.send_all(
-            [self._outgoing(m) for m in messages], s.produce_timeout_s
-        )
+        outgoing = [self._outgoing(m) for m in messages]
+        topic = self._forwarder.topic
+        self._obs.intake_forwarding(s.queue, topic, outgoing, time.monotonic() - started)
+        failures = self._forwarder.send_all(outgoing, s.produce_timeout_s)
         persisted = [m for m, failed in zip(messages, failures, strict=True) if failed is None]
         for m, failed in zip(messages, failures, strict=True):
             if failed is not None:
