@@ -295,7 +295,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     client.close()
     log.info("asrd stopped", counters=logs.counters.snapshot())
     shutdown.finished()
-    tracing.shutdown()  # buffered spans out before os._exit
+    tracing.shutdown()  # the spans still buffered go out before os._exit
     sys.stderr.flush()
     # Worker threads stuck past the deadline must not hold the exit; their messages are unacked.
     os._exit(EX_OK)
@@ -713,6 +713,7 @@ def entry() -> None:
     """
     observability.keep_stdout_for_data()
     code = main()
+    tracing.shutdown()  # the spans still buffered go out first (no atexit after os._exit)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -134,10 +134,10 @@ class Observer:
         """The submit of ``token`` ended: ``status`` as ``SubmitOutcome.status``."""
 
     def intake_forwarding(
-        self, queue: str, topic: str, messages: Sequence[Outgoing], polled_s: float
+        self, queue: str, topic: str, messages: Sequence[Outgoing], received_s: float
     ) -> None:
-        """The intake is about to produce ``messages`` (received in a poll of ``polled_s``)
-        from ``queue`` to ``topic``; the round ends with ``intake_moved``."""
+        """The intake is about to produce ``messages`` (received ``received_s`` ago) from
+        ``queue`` to ``topic``; the round ends with ``intake_moved``."""
 
     def consuming(self, messages: Sequence[Inbound], infos: Sequence[MessageInfo]) -> None:
         """A batch of received messages goes to the pipeline; each is settled with
@@ -264,9 +264,9 @@ class Observers(Observer):
         self._each("submit_ended", token, job_id, status, queue_id, error)
 
     def intake_forwarding(
-        self, queue: str, topic: str, messages: Sequence[Outgoing], polled_s: float
+        self, queue: str, topic: str, messages: Sequence[Outgoing], received_s: float
     ) -> None:
-        self._each("intake_forwarding", queue, topic, messages, polled_s)
+        self._each("intake_forwarding", queue, topic, messages, received_s)
 
     def consuming(self, messages: Sequence[Inbound], infos: Sequence[MessageInfo]) -> None:
         self._each("consuming", messages, infos)

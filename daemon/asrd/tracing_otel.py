@@ -206,14 +206,14 @@ class TracingObserver(Observer):
 
     # -- intake ----------------------------------------------------------------------------
     def intake_forwarding(
-        self, queue: str, topic: str, messages: Sequence[Outgoing], polled_s: float
+        self, queue: str, topic: str, messages: Sequence[Outgoing], received_s: float
     ) -> None:
         self._end_moves()
         jobs = [_job_of(m.body) for m in messages]
         known: dict[str, str] = {}
         if self._ledger is not None and any(jobs):
             known = self._ledger.trace_parents([j for j in jobs if j])
-        started = _ns_ago(polled_s)
+        started = _ns_ago(received_s)
         begun: dict[str, str] = {}  # jobs whose trace starts here: kept for the next ones
         for m, job in zip(messages, jobs, strict=True):
             kept = known.get(job) or begun.get(job)

@@ -117,7 +117,7 @@ class QueueIntake:
         wait = s.polling_wait_s if wait_s is None else wait_s
         started = time.monotonic()
         messages = cmq.batch_receive(s.queue, s.batch_size, wait)
-        self.health.last_ok = time.monotonic()
+        self.health.last_ok = received = time.monotonic()
         self._outage.resume(self.SOURCE, started)
         self._obs.intake_poll_ok(s.queue)
         if not messages:
@@ -125,7 +125,7 @@ class QueueIntake:
         self._check_visibility(messages)
         outgoing = [self._outgoing(m) for m in messages]
         topic = self._forwarder.topic
-        self._obs.intake_forwarding(s.queue, topic, outgoing, time.monotonic() - started)
+        self._obs.intake_forwarding(s.queue, topic, outgoing, time.monotonic() - received)
         failures = self._forwarder.send_all(outgoing, s.produce_timeout_s)
         persisted = [m for m, failed in zip(messages, failures, strict=True) if failed is None]
         for m, failed in zip(messages, failures, strict=True):
