@@ -1,8 +1,8 @@
 """What tracing costs the consumer: throughput and CPU per job of ``asrd run`` draining the same
 backlog of finished jobs three times in one run, as ratios to the first.
 
-- ``no_extra``: OpenTelemetry cannot be imported (a stub package on PYTHONPATH refuses), as
-  without ``asrd[otel]``;
+- ``no_extra``: the OpenTelemetry SDK cannot be imported (a stub on PYTHONPATH refuses), as
+  without ``asrd[otel]`` (the API alone comes with FastAPI);
 - ``extra_off``: the extra installed, no ``OTEL_*`` exporter named (tracing off);
 - ``on``: tracing on, ``OTEL_TRACES_SAMPLER=always_on`` (every job), exporting over OTLP/HTTP to a
   receiver in this benchmark's process that reads and drops each request (the cost of a real
@@ -82,10 +82,13 @@ def main() -> int:
     for name in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT"):
         os.environ.pop(name, None)  # the variants decide
     base = Path(tempfile.mkdtemp(prefix="tracing-bench-"))
+    # FastAPI itself depends on opentelemetry-api; the extra adds the SDK and the exporter.
+    # A namespace portion first on PYTHONPATH hides the SDK as if it were not installed.
     stub = base / "no-otel"
-    (stub / "opentelemetry").mkdir(parents=True)
-    (stub / "opentelemetry" / "__init__.py").write_text(
-        "raise ImportError('asrd[otel] is not installed in this variant')\n"
+    (stub / "opentelemetry" / "sdk").mkdir(parents=True)
+    (stub / "opentelemetry" / "sdk" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'opentelemetry.sdk'\", "
+        "name='opentelemetry.sdk')\n"
     )
     rid = run_id()
     broker = Broker()

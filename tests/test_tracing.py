@@ -21,7 +21,7 @@ from asrd.broker import Inbound
 from asrd.config import Settings
 from asrd.intake.forward import Outgoing
 from asrd.jobs import show
-from asrd.ledger import SqliteLedger
+from asrd.ledger import SCHEMA_VERSION, SqliteLedger
 from asrd.observers import Observers
 from asrd.pipeline import Pipeline
 from asrd.sinks import build_routes
@@ -32,6 +32,7 @@ from asrd.tracing_otel import TracingObserver
 from asrd.worker import Worker
 
 from .test_callback_and_result import detail
+from .test_ledger import BACKENDS, Store
 
 TOPIC = "persistent://public/default/asr"
 BASE = """
@@ -276,3 +277,40 @@ def test_the_trace_rule() -> None:
     )
     assert tracing.trace_id("00-" + "a" * 32 + "-" + "b" * 16 + "-01 k=v") == "a" * 32
     assert tracing.trace_id(None) is None
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    server = request.getfixturevalue("postgres") if request.param == "postgresql" else None
+    return Store(request.param, tmp_path, server)
+
+
+def test_a_version_6_ledger_gains_the_trace_context_column(store: Store) -> None:
+    t = store.time_type
+    version = (
+        ["PRAGMA user_version = 6"]
+        if store.backend == "sqlite"
+        else ["CREATE TABLE asrd_schema (version INTEGER NOT NULL)",
+              "INSERT INTO asrd_schema VALUES (6)"]
+    )  # fmt: skip
+    store.raw(
+        "CREATE TABLE jobs (client_token TEXT PRIMARY KEY, job_id TEXT UNIQUE,"
+        f" input TEXT NOT NULL, status TEXT NOT NULL, submitted_at {t} NOT NULL,"
+        f" deadline_at {t} NOT NULL, settled_at {t}, ci_state TEXT NOT NULL DEFAULT '',"
+        f" checked_at {t}, reason TEXT NOT NULL DEFAULT '', queue_id TEXT NOT NULL DEFAULT '',"
+        " user_data TEXT NOT NULL DEFAULT '')",
+        "INSERT INTO jobs (client_token, job_id, input, status, submitted_at, deadline_at)"
+        " VALUES ('a', 's-a', 'a.mp3', 'owed', 1, 2), ('b', 's-b', 'b.mp3', 'owed', 1, 2)",
+        *version,
+    )
+    ledger = store.open()
+    try:
+        assert ledger.trace_parents(["s-a", "s-b"]) == {}
+        kept = "00-" + "1" * 32 + "-" + "2" * 16 + "-01 vendor=x"
+        ledger.set_trace_parent("s-a", kept)
+        ledger.set_trace_parent("s-unknown", kept)  # a job the ledger does not have: nothing
+        assert ledger.trace_parents(["s-a", "s-b", "s-unknown"]) == {"s-a": kept}
+        assert ledger.trace_parents([]) == {}
+    finally:
+        ledger.close()
+    assert store.version() == SCHEMA_VERSION
