@@ -262,7 +262,7 @@ class TracingObserver(Observer):
     # -- consumer --------------------------------------------------------------------------
     def consuming(self, messages: Sequence[Inbound], infos: Sequence[MessageInfo]) -> None:
         b = self._batch
-        for left in b.consumes:  # a batch that ended without settling (a crash): close it
+        for left in b.by_message.values():  # a batch left unsettled (a crash): close it
             left.end()
         b.consumes, b.by_message, b.by_job = [], {}, {}
         for m, info in zip(messages, infos, strict=True):
@@ -358,19 +358,13 @@ class TracingObserver(Observer):
         span.set_attribute("asrd.settlement", settlement.action.value)
         if verdict.outcome.value in ("retry", "dead"):
             span.set_status(Status(StatusCode.ERROR, verdict.reason[:500]))
-        self._close(span)
+        span.end()
 
     def publish_failed(self, info: MessageInfo, settlement: Settlement, error: str) -> None:
         span = self._batch.by_message.pop(info.message_id, None)
         if span is not None:
             span.set_status(Status(StatusCode.ERROR, f"could not publish: {error}"[:500]))
-            self._close(span)
-
-    def _close(self, span: Span) -> None:
-        span.end()
-        consumes = self._batch.consumes
-        if span in consumes:
-            consumes.remove(span)
+            span.end()
 
     def _parents(self, job_ids: Sequence[str]) -> dict[str, Span]:
         """The consume span of each job in this thread's batch; jobs delivered without a
