@@ -35,6 +35,7 @@ from .test_callback_and_result import detail
 from .test_ledger import BACKENDS, Store
 
 TOPIC = "persistent://public/default/asr"
+BATCH_SPANS = ("ci.describe", "ledger.commit")  # one per batch, linked from its other jobs
 BASE = """
 [ci]
 region = "ap-guangzhou"
@@ -142,14 +143,14 @@ class Rig:
 
     def of(self, job: str) -> list[ReadableSpan]:
         """Every finished span in the traces of the spans that name ``job``, plus the
-        describes they link to."""
+        batch spans they link to."""
         spans = self.spans.get_finished_spans()
         names = [s for s in spans if (s.attributes or {}).get("asrd.job_id") == job]
         traces = {s.context.trace_id for s in names}
         mine = [s for s in spans if s.context.trace_id in traces]
         linked = {link.context.span_id for s in mine for link in s.links}
-        describes = [s for s in spans if s.name == "ci.describe" and s not in mine]
-        return mine + [s for s in describes if s.context.span_id in linked]
+        batch = [s for s in spans if s.name in BATCH_SPANS and s not in mine]
+        return mine + [s for s in batch if s.context.span_id in linked]
 
     def close(self) -> None:
         self.ledger.close()
@@ -201,13 +202,16 @@ def test_a_delivered_job_has_one_trace_from_submit_to_every_sink(rig: Rig) -> No
     for sink in ("files", "archive"):
         span = one(spans, f"sink.{sink}")
         assert parent_of(span, consume) and span.attributes["asrd.sink"] == sink
-    assert parent_of(one(spans, "ledger.commit"), consume)
+    commit = one(spans, "ledger.commit")
+    assert parent_of(commit, consume) and commit.attributes["asrd.job_ids"] == (first, second)
 
-    # The other job of the batch: its own trace, and a link to the one describe request.
+    # The other job of the batch: its own trace, linked to the one describe and commit.
     others = rig.of(second)
     theirs = one(others, "pulsar.consume")
     assert theirs.context.trace_id != consume.context.trace_id
-    assert [link.context.span_id for link in theirs.links] == [describe.context.span_id]
+    linked = [link.context.span_id for link in theirs.links]
+    assert linked == [describe.context.span_id, commit.context.span_id]
+    assert [link.context.span_id for link in describe.links] == [theirs.context.span_id]
     assert parent_of(one(others, "sink.files"), theirs)
 
     # asrd jobs show prints the trace id.

@@ -6,8 +6,9 @@ context is kept with the job in the ledger. The intake finds it there by job id 
 trace when the job was submitted elsewhere), adds ``ci.job`` from CI's own creation and end times
 and ``cmq.move``, and writes the W3C ``traceparent``/``tracestate`` into the Pulsar message's
 properties. The consumer continues from them: ``pulsar.consume`` for each attempt (a retry is a
-new span with its ``asrd.attempt``), ``ci.describe`` once per multi-id request (in the first
-job's trace, linked from the others), then ``sink.<name>`` and ``ledger.commit`` for each job.
+new span with its ``asrd.attempt``), ``ci.describe`` once per multi-id request and
+``ledger.commit`` once per transaction (each in the first job's trace, linked from the others'),
+and ``sink.<name>`` for each job.
 
 Stages do work for several jobs at once; their hooks are called once per batch, and the spans
 of a batch are kept per thread (a batch never leaves the thread that received it).
@@ -298,22 +299,29 @@ class TracingObserver(Observer):
     def described(
         self, job_ids: Sequence[str], found: Mapping[str, object], seconds: float
     ) -> None:
-        parents = self._parents(job_ids)
-        first = next(iter(parents.values()), None)
-        links = [Link(p.get_span_context()) for p in list(parents.values())[1:]]
+        failed = [j for j in job_ids if not isinstance(found.get(j), dict)]
+        attrs: dict[str, Any] = {BATCH_COUNT: len(job_ids), "asrd.job_ids": list(job_ids)}
+        if failed:
+            attrs["asrd.not_described"] = failed
+        self._batch_span("ci.describe", job_ids, attrs, seconds)
+
+    def _batch_span(
+        self, name: str, job_ids: Sequence[str], attrs: dict[str, Any], seconds: float
+    ) -> None:
+        """One span for work done for several jobs at once: in the first job's trace, and
+        linked both ways with the others' (OpenTelemetry's pattern for batch processing)."""
+        parents = list(self._parents(job_ids).values())
+        first = parents[0] if parents else None
         span = self._tracer.start_span(
-            "ci.describe",
-            context=trace.set_span_in_context(first) if first is not None else Context(),
+            name,
+            context=_in(first),
             kind=SpanKind.CLIENT,
-            links=links,
-            attributes={BATCH_COUNT: len(job_ids), "asrd.job_ids": list(job_ids)},
+            links=[Link(p.get_span_context()) for p in parents[1:]],
+            attributes=attrs,
             start_time=_ns_ago(seconds),
         )
-        failed = [j for j in job_ids if not isinstance(found.get(j), dict)]
-        if failed:
-            span.set_attribute("asrd.not_described", failed)
         span.end()
-        for p in list(parents.values())[1:]:  # each other job's trace points at the request
+        for p in parents[1:]:  # each other job's trace points at the one request
             p.add_link(span.get_span_context())
 
     def sink_called(
@@ -339,16 +347,9 @@ class TracingObserver(Observer):
             span.end(end_time=now)
 
     def ledger_committed(self, records: Sequence[Delivered], seconds: float) -> None:
-        now = time.time_ns()
-        parents = self._parents([r.job_id for r in records])
-        for r in records:
-            self._tracer.start_span(
-                "ledger.commit",
-                context=_in(parents.get(r.job_id)),
-                kind=SpanKind.CLIENT,
-                attributes={JOB_ID: r.job_id, "db.operation.name": "COMMIT"},
-                start_time=_ns_ago(seconds, now),
-            ).end(end_time=now)
+        jobs = [r.job_id for r in records]
+        attrs = {BATCH_COUNT: len(jobs), "asrd.job_ids": jobs, "db.operation.name": "COMMIT"}
+        self._batch_span("ledger.commit", jobs, attrs, seconds)
 
     def settled(self, info: MessageInfo, verdict: Verdict, settlement: Settlement) -> None:
         span = self._batch.by_message.pop(info.message_id, None)
