@@ -26,10 +26,9 @@ CHAIN = {
     "ci.job": "asrd.submit",
     "cmq.move": "ci.job",
     "pulsar.consume": "cmq.move",
-    **{f"sink.{s}": "pulsar.consume" for s in SINKS},
 }
 # One span per batch: in the first job's trace under its consume span, linked from the others'.
-BATCH_SPANS = ("ci.describe", "ledger.commit")
+BATCH_SPANS = ("ci.describe", *(f"sink.{s}" for s in SINKS), "ledger.commit")
 
 
 def otel_env(endpoint: str, service: str) -> dict[str, str]:

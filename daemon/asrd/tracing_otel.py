@@ -6,9 +6,9 @@ context is kept with the job in the ledger. The intake finds it there by job id 
 trace when the job was submitted elsewhere), adds ``ci.job`` from CI's own creation and end times
 and ``cmq.move``, and writes the W3C ``traceparent``/``tracestate`` into the Pulsar message's
 properties. The consumer continues from them: ``pulsar.consume`` for each attempt (a retry is a
-new span with its ``asrd.attempt``), ``ci.describe`` once per multi-id request and
-``ledger.commit`` once per transaction (each in the first job's trace, linked from the others'),
-and ``sink.<name>`` for each job.
+new span with its ``asrd.attempt``); then ``ci.describe`` (one multi-id request), each
+``sink.<name>`` (one delivery of a batch) and ``ledger.commit`` (one transaction) once per batch,
+in the first job's trace and linked from the others'.
 
 Stages do work for several jobs at once; their hooks are called once per batch, and the spans
 of a batch are kept per thread (a batch never leaves the thread that received it).
@@ -33,7 +33,7 @@ from opentelemetry.sdk.trace.export import (
     ConsoleSpanExporter,
     SpanExporter,
 )
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from . import callback
@@ -299,30 +299,8 @@ class TracingObserver(Observer):
     def described(
         self, job_ids: Sequence[str], found: Mapping[str, object], seconds: float
     ) -> None:
-        failed = [j for j in job_ids if not isinstance(found.get(j), dict)]
-        attrs: dict[str, Any] = {BATCH_COUNT: len(job_ids), "asrd.job_ids": list(job_ids)}
-        if failed:
-            attrs["asrd.not_described"] = failed
-        self._batch_span("ci.describe", job_ids, attrs, seconds)
-
-    def _batch_span(
-        self, name: str, job_ids: Sequence[str], attrs: dict[str, Any], seconds: float
-    ) -> None:
-        """One span for work done for several jobs at once: in the first job's trace, and
-        linked both ways with the others' (OpenTelemetry's pattern for batch processing)."""
-        parents = list(self._parents(job_ids).values())
-        first = parents[0] if parents else None
-        span = self._tracer.start_span(
-            name,
-            context=_in(first),
-            kind=SpanKind.CLIENT,
-            links=[Link(p.get_span_context()) for p in parents[1:]],
-            attributes=attrs,
-            start_time=_ns_ago(seconds),
-        )
-        span.end()
-        for p in parents[1:]:  # each other job's trace points at the one request
-            p.add_link(span.get_span_context())
+        failed = sum(1 for j in job_ids if not isinstance(found.get(j), dict))
+        self._batch_span("ci.describe", job_ids, {"asrd.not_described": failed}, seconds, failed)
 
     def sink_called(
         self,
@@ -331,25 +309,47 @@ class TracingObserver(Observer):
         errors: Mapping[str, Exception],
         seconds: float,
     ) -> None:
-        now = time.time_ns()
-        parents = self._parents([r.job_id for r in records])
-        for r in records:
-            span = self._tracer.start_span(
-                f"sink.{sink}",
-                context=_in(parents.get(r.job_id)),
-                kind=SpanKind.PRODUCER,
-                attributes={SINK: sink, JOB_ID: r.job_id, QUEUE_ID: r.queue_id},
-                start_time=_ns_ago(seconds, now),
-            )
-            error = errors.get(r.job_id)
-            if error is not None:
-                span.set_status(Status(StatusCode.ERROR, str(error)))
-            span.end(end_time=now)
+        attrs: dict[str, Any] = {SINK: sink, "asrd.refused": len(errors)}
+        queues = {r.queue_id for r in records}
+        if len(queues) == 1:
+            attrs[QUEUE_ID] = queues.pop()
+        jobs = [r.job_id for r in records]
+        self._batch_span(f"sink.{sink}", jobs, attrs, seconds, len(errors), SpanKind.PRODUCER)
 
     def ledger_committed(self, records: Sequence[Delivered], seconds: float) -> None:
-        jobs = [r.job_id for r in records]
-        attrs = {BATCH_COUNT: len(jobs), "asrd.job_ids": jobs, "db.operation.name": "COMMIT"}
-        self._batch_span("ledger.commit", jobs, attrs, seconds)
+        attrs = {"db.operation.name": "COMMIT"}
+        self._batch_span("ledger.commit", [r.job_id for r in records], attrs, seconds)
+
+    def _batch_span(
+        self,
+        name: str,
+        job_ids: Sequence[str],
+        attrs: dict[str, Any],
+        seconds: float,
+        failed: int = 0,
+        kind: SpanKind = SpanKind.CLIENT,
+    ) -> None:
+        """One span for work done for several jobs at once (OpenTelemetry's pattern for batch
+        processing): in the first job's trace, and linked from every other job's consume span.
+        Per-job copies would show the same interval again and cost a span per job each."""
+        parents = list(self._parents(job_ids).values())
+        first = parents[0] if parents else None
+        attrs[BATCH_COUNT] = len(job_ids)
+        if len(job_ids) == 1:
+            attrs[JOB_ID] = job_ids[0]
+        span = self._tracer.start_span(
+            name,
+            context=_in(first),
+            kind=kind,
+            attributes=attrs,
+            start_time=_ns_ago(seconds),
+        )
+        if failed:
+            span.set_status(Status(StatusCode.ERROR, f"{failed} of {len(job_ids)} jobs failed"))
+        span.end()
+        context = span.get_span_context()
+        for p in parents[1:]:  # each other job's trace points at the one span
+            p.add_link(context)
 
     def settled(self, info: MessageInfo, verdict: Verdict, settlement: Settlement) -> None:
         span = self._batch.by_message.pop(info.message_id, None)
