@@ -13,7 +13,7 @@ CI's callbacks straight to the topic (no intake), so the spans measured are the 
 pulsar.consume, ci.describe, sink.<name>, ledger.commit per job. Writes
 benchmarks/results/tracing.json.
 
-Usage: .venv/bin/python benchmarks/tracing.py [--jobs 3000] [--rounds 2]
+Usage: .venv/bin/python benchmarks/tracing.py [--jobs 2000] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -117,8 +117,8 @@ def variants(stub: Path, endpoint: str) -> dict[str, dict[str, str]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--jobs", type=int, default=3000)
-    ap.add_argument("--rounds", type=int, default=2, help="each variant this many times")
+    ap.add_argument("--jobs", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=5, help="each variant this many times")
     args = ap.parse_args()
     for name in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT"):
         os.environ.pop(name, None)  # the variants decide
@@ -158,6 +158,7 @@ def main() -> int:
                 )
                 print(f"  {name} round {round_}: {run.rate:.0f} jobs/s, "
                       f"{run.cpu_per_1000:.2f} CPU s per 1000 jobs", flush=True)  # fmt: skip
+        observer_us = observer_cpu_us_per_job(endpoint)
     finally:
         emulator.stop()
         receiver.shutdown()
@@ -165,7 +166,6 @@ def main() -> int:
         broker.release()
         shutil.rmtree(base, ignore_errors=True)
 
-    observer_us = observer_cpu_us_per_job(endpoint)
     result: dict[str, Any] = {
         "key": "tracing_cost",
         "jobs": args.jobs,
