@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from threading import Thread
+from threading import Lock, Thread
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,12 +45,34 @@ TARGETS = {"extra_off": 0.02, "on": 0.15}
 CONCURRENCY = 32
 
 
-def drop_receiver() -> ThreadingHTTPServer:
-    """Answers every OTLP/HTTP export with 200 after reading it."""
+class Spans:
+    """What the receiver counted (the spans the daemon exported, none dropped on the way)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.lock = Lock()
+
+    def take(self) -> int:
+        with self.lock:
+            count, self.count = self.count, 0
+            return count
+
+
+def drop_receiver(spans: Spans | None = None) -> ThreadingHTTPServer:
+    """Answers every OTLP/HTTP export with 200 after reading it (and counting its spans)."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if spans is not None:
+                req = ExportTraceServiceRequest()
+                req.ParseFromString(body)
+                got = sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
+                with spans.lock:
+                    spans.count += got
             self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -134,7 +156,8 @@ def main() -> int:
     rid = run_id()
     broker = Broker()
     broker.ensure()
-    receiver = drop_receiver()
+    exported = Spans()
+    receiver = drop_receiver(exported)
     endpoint = f"http://127.0.0.1:{receiver.server_address[1]}"
     emulator = start_emulator(base / "emulator")
     runs: dict[str, list[dict[str, float]]] = {}
@@ -153,8 +176,13 @@ def main() -> int:
                 run = scenarios.run_daemon(setup, name, ctx, len(published), published, 0.0, 32)
                 if not run.complete:
                     raise RuntimeError(f"{name}: {len(run.delivered)} of {len(published)} jobs")
+                spans = exported.take()  # the daemon flushed its spans before it exited
                 runs.setdefault(name, []).append(
-                    {"jobs_per_s": run.rate, "cpu_s_per_1000_jobs": run.cpu_per_1000}
+                    {
+                        "jobs_per_s": run.rate,
+                        "cpu_s_per_1000_jobs": run.cpu_per_1000,
+                        "spans_per_job": round(spans / len(published), 2),
+                    }
                 )
                 print(f"  {name} round {round_}: {run.rate:.0f} jobs/s, "
                       f"{run.cpu_per_1000:.2f} CPU s per 1000 jobs", flush=True)  # fmt: skip
