@@ -177,6 +177,8 @@ def main() -> int:
                 if not run.complete:
                     raise RuntimeError(f"{name}: {len(run.delivered)} of {len(published)} jobs")
                 spans = exported.take()  # the daemon flushed its spans before it exited
+                if (spans > 0) != (name == "on"):
+                    raise RuntimeError(f"{name}: the daemon exported {spans} spans")
                 runs.setdefault(name, []).append(
                     {
                         "jobs_per_s": run.rate,

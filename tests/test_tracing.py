@@ -6,6 +6,7 @@ the intake calls it (the end-to-end test, tests/test_tracing_e2e.py, runs the re
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from asrd.testing import StubMessage, StubTransport
 from asrd.tracing_otel import TracingObserver
 from asrd.worker import Worker
 
+from . import otlp_receiver
 from .test_callback_and_result import detail
 from .test_ledger import BACKENDS, Store
 
@@ -315,3 +317,22 @@ def test_a_version_6_ledger_gains_the_trace_context_column(store: Store) -> None
     finally:
         ledger.close()
     assert store.version() == SCHEMA_VERSION
+
+
+def test_an_empty_exporter_variable_means_the_default_otlp(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Exported over OTLP/HTTP to a receiver (tests/otlp_receiver.py), as the daemon does."""
+    from asrd import tracing_otel
+
+    receiver = otlp_receiver.start()
+    try:
+        monkeypatch.setenv("OTEL_TRACES_EXPORTER", "")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{receiver.endpoint}/v1/traces")
+        tracing_otel.make_tracer(os.environ).start_span("probe").end()
+        tracing_otel.flush()
+        assert [s.name for s in receiver.snapshot()] == ["probe"]
+    finally:
+        receiver.close()
+    with pytest.raises(ValueError, match="not 'jaeger'"):
+        tracing_otel.make_tracer({"OTEL_TRACES_EXPORTER": "jaeger"})

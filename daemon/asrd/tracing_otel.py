@@ -91,7 +91,8 @@ def make_tracer(env: Mapping[str, str]) -> Tracer:
         raise ValueError(
             f"OTEL_EXPORTER_OTLP_PROTOCOL: asrd exports http/protobuf only, not {protocol!r}"
         )
-    names = [n.strip().lower() for n in env.get("OTEL_TRACES_EXPORTER", "otlp").split(",")]
+    # Unset or empty: the specification's default, otlp.
+    names = [n.strip().lower() for n in (env.get("OTEL_TRACES_EXPORTER") or "otlp").split(",")]
     exporters = [_exporter(n) for n in names if n and n != "none"]
     named = env.get("OTEL_SERVICE_NAME") or "service.name=" in env.get(
         "OTEL_RESOURCE_ATTRIBUTES", ""
