@@ -81,8 +81,11 @@ def _exporter(name: str) -> SpanExporter:
 
 
 def make_tracer(env: Mapping[str, str]) -> Tracer:
-    """The process's tracer provider from the standard ``OTEL_*`` variables (the SDK reads the
-    sampler, batch, endpoint and resource ones itself). Raises ValueError on a bad value."""
+    """asrd's tracer provider from the standard ``OTEL_*`` variables (the SDK reads the sampler,
+    batch, endpoint and resource ones itself). Raises ValueError on a bad value.
+
+    It is not made OpenTelemetry's global provider: FastAPI would then trace every request to
+    the sidecar API (each probe and metrics scrape a trace of its own)."""
     global _provider
     protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
         "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
@@ -100,7 +103,6 @@ def make_tracer(env: Mapping[str, str]) -> Tracer:
     provider = TracerProvider(resource=Resource.create({} if named else {"service.name": "asrd"}))
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)  # plugin sinks may add spans of their own
     _provider = provider
     return provider.get_tracer("asrd")
 
