@@ -72,7 +72,14 @@ def test_api_health_metrics_submit_get_and_sd_notify(tmp_path: Path, broker: Bro
             return [event["stage"] for event in events]
 
         # No object media/x.mp3: CI ends the job Failed, and the record says so.
-        timeline = ["submitted", "created", "delivered", "failed"]
+        timeline = [
+            "submitted",
+            "created",
+            "callback received",
+            "moved onto Pulsar",
+            "delivered",
+            "failed",
+        ]
         wait_for(lambda: stages() == timeline, 30, "the job's timeline")
         got = requests.get(f"{base}/v1/jobs/{job_id}", timeout=10)
         assert got.status_code == 200 and got.json()["job_id"] == job_id

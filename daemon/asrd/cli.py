@@ -27,6 +27,7 @@ from . import (
     observability,
     pulsar_check,
     queueid,
+    tracing,
     usage,
     wiring,
 )
@@ -426,6 +427,7 @@ def entry() -> None:
     """
     observability.keep_stdout_for_data()
     code = main()
+    tracing.shutdown()  # the spans still buffered go out first (no atexit after os._exit)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

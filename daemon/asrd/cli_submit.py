@@ -16,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from . import clienttoken, config, observability
+from . import clienttoken, config, observability, tracing
 from .batch import (
     ManifestError,
     Report,
@@ -32,6 +32,7 @@ from .config import ConfigError, Settings
 from .jobs import STATES, parse_since, select, show
 from .ledger import JobBook, JobEntry, Ledger, LedgerError, from_settings
 from .limiter import RateLimiter
+from .observers import Observers
 from .progress import tracker
 from .submit import SKIPPED, JobSpec, Submitter, TokenLookup
 
@@ -44,9 +45,13 @@ def make_submitter(
     ledger: JobBook,
     rate: float | None = None,
     stop: threading.Event | None = None,
+    observers: Observers | None = None,
 ) -> Submitter:
-    """The one way asrd creates jobs (CLI, batches, sidecar API): limited, recorded, by token."""
+    """The one way asrd creates jobs (CLI, batches, sidecar API): limited, recorded, by token.
+    Without ``observers``, only tracing's (when it is on) watch the submits."""
     s = settings.submit
+    if observers is None:
+        observers = Observers(tracing.observers(ledger))
     return Submitter(
         ci,
         settings.ci,
@@ -56,6 +61,7 @@ def make_submitter(
         RateLimiter(rate or s.rate),
         attempts=s.attempts,
         stop=stop,
+        observers=observers,
     )
 
 

@@ -28,7 +28,7 @@ from typing import ClassVar
 import pulsar
 import structlog
 
-from . import __version__, cli_submit, pulsar_check, systemd, wiring
+from . import __version__, cli_submit, pulsar_check, systemd, tracing, wiring
 from .api import ApiContext, ApiServer, serve
 from .broker import make_client
 from .ci import CiClient
@@ -287,9 +287,11 @@ class Daemon:
         self.metrics.gauges = lambda: job_gauges(ledger)
 
     def _add_timeline(self, ledger: Ledger) -> None:
-        """Callbacks moved and failed attempts, in the jobs' timelines."""
+        """Callbacks moved and failed attempts, in the jobs' timelines; and the jobs' traces."""
         self._timeline = TimelineObserver(ledger)
         self.observers.add(self._timeline)
+        for tracer in tracing.observers(ledger):  # none unless OTEL_* asks (docs/tracing.md)
+            self.observers.add(tracer)
 
     def _pulsar_preflight(self) -> None:
         """A refused certificate or token stops start-up with one line; warnings are logged."""
@@ -325,7 +327,7 @@ class Daemon:
         assert ci is not None and ledger is not None
         self._feeds = feeds = Feeds.build(settings, client, self.observers, self.outage)
         self._submitter = submitter = cli_submit.make_submitter(
-            settings, ci, ledger, stop=self._stop
+            settings, ci, ledger, stop=self._stop, observers=self.observers
         )
         pipeline = self._stages.pipeline if self._stages is not None else None
         self._api = _serve_api(settings, self._api_context(feeds, submitter, pipeline))

@@ -21,6 +21,7 @@ from .observers import Observers
 from .pipeline import Pipeline
 from .result import TERMINAL_STATES
 from .submit import SKIPPED, JobSpec, Submitter, TokenLookup
+from .tracing import trace_id
 from .vocabulary import Outcome
 from .vocabulary import SweepReport as SweepReport
 
@@ -88,6 +89,9 @@ def show(ledger: JobBook, ci: CiClient, job_id: str, now: float) -> dict[str, An
         "delivered_to": sorted(ledger.delivered(job_id)),
         "events": [event.to_dict() for event in ledger.events(job_id)],
     }
+    kept = ledger.trace_parents([job_id]).get(job_id)
+    if kept:  # only when the job was traced (docs/tracing.md)
+        view["trace_id"] = trace_id(kept)
     try:
         detail = ci.get_job(job_id)
     except CiError as exc:

@@ -9,8 +9,8 @@ fail a delivery.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 import structlog
 
@@ -19,6 +19,36 @@ from .vocabulary import MovedCallback as MovedCallback
 from .vocabulary import ReconcileReport, Settlement, SweepReport, Verdict
 
 log = structlog.get_logger("asrd.observers")
+
+
+class Outgoing(Protocol):
+    """A message the intake is about to put on Pulsar (its properties may be added to)."""
+
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def properties(self) -> dict[str, str]: ...
+
+
+class Received(Protocol):
+    """What observers may read of a message taken from the broker (never its body)."""
+
+    @property
+    def handle(self) -> Any: ...  # the client's message: its properties (trace context)
+
+    @property
+    def origin_topic(self) -> str: ...
+
+
+class Delivered(Protocol):
+    """What observers learn about a record handed to a sink (never its text)."""
+
+    @property
+    def job_id(self) -> str: ...
+
+    @property
+    def queue_id(self) -> str: ...
 
 
 class Observer:
@@ -94,6 +124,48 @@ class Observer:
 
     def url_callback(self, accepted: bool) -> None:
         """A URL callback with a valid token was put on Pulsar (or the broker refused it)."""
+
+    # -- one job's path, for tracing (each called once per batch, not per message) ----------
+    def submit_started(self, token: str) -> None:
+        """``asrd submit`` (or the API) began creating the job with this client token."""
+
+    def create_answered(self, token: str, attempt: int, seconds: float, error: str) -> None:
+        """One create request for ``token`` ended (``error``: empty when CI made the job)."""
+
+    def submit_ended(
+        self, token: str, job_id: str | None, status: str, queue_id: str, error: str
+    ) -> None:
+        """The submit of ``token`` ended: ``status`` as ``SubmitOutcome.status``."""
+
+    def intake_forwarding(
+        self, queue: str, topic: str, messages: Sequence[Outgoing], received_s: float
+    ) -> None:
+        """The intake is about to produce ``messages`` (received ``received_s`` ago) from
+        ``queue`` to ``topic``; the round ends with ``intake_moved``."""
+
+    def consuming(self, messages: Sequence[Received], infos: Sequence[MessageInfo]) -> None:
+        """A batch of received messages goes to the pipeline; each is settled with
+        ``settled`` or ``publish_failed``."""
+
+    def batch_jobs(self, positions: Mapping[str, list[int]]) -> None:
+        """The batch's job ids, each with the positions of its messages in the batch."""
+
+    def described(
+        self, job_ids: Sequence[str], found: Mapping[str, object], seconds: float
+    ) -> None:
+        """CI was asked about ``job_ids`` together (one multi-id describe, retries included)."""
+
+    def sink_called(
+        self,
+        sink: str,
+        records: Sequence[Delivered],
+        errors: Mapping[str, Exception],
+        seconds: float,
+    ) -> None:
+        """``sink`` was handed ``records`` at once; ``errors`` by job id."""
+
+    def ledger_committed(self, records: Sequence[Delivered], seconds: float) -> None:
+        """The deliveries of ``records`` were written to the ledger in one transaction."""
 
     # -- credentials and outages ----------------------------------------------------------------
     def credentials_refreshed(self, provider: str, expires_at: float | None, error: str) -> None:
@@ -189,6 +261,45 @@ class Observers(Observer):
 
     def url_callback(self, accepted: bool) -> None:
         self._each("url_callback", accepted)
+
+    def submit_started(self, token: str) -> None:
+        self._each("submit_started", token)
+
+    def create_answered(self, token: str, attempt: int, seconds: float, error: str) -> None:
+        self._each("create_answered", token, attempt, seconds, error)
+
+    def submit_ended(
+        self, token: str, job_id: str | None, status: str, queue_id: str, error: str
+    ) -> None:
+        self._each("submit_ended", token, job_id, status, queue_id, error)
+
+    def intake_forwarding(
+        self, queue: str, topic: str, messages: Sequence[Outgoing], received_s: float
+    ) -> None:
+        self._each("intake_forwarding", queue, topic, messages, received_s)
+
+    def consuming(self, messages: Sequence[Received], infos: Sequence[MessageInfo]) -> None:
+        self._each("consuming", messages, infos)
+
+    def batch_jobs(self, positions: Mapping[str, list[int]]) -> None:
+        self._each("batch_jobs", positions)
+
+    def described(
+        self, job_ids: Sequence[str], found: Mapping[str, object], seconds: float
+    ) -> None:
+        self._each("described", job_ids, found, seconds)
+
+    def sink_called(
+        self,
+        sink: str,
+        records: Sequence[Delivered],
+        errors: Mapping[str, Exception],
+        seconds: float,
+    ) -> None:
+        self._each("sink_called", sink, records, errors, seconds)
+
+    def ledger_committed(self, records: Sequence[Delivered], seconds: float) -> None:
+        self._each("ledger_committed", records, seconds)
 
     def credentials_refreshed(self, provider: str, expires_at: float | None, error: str) -> None:
         self._each("credentials_refreshed", provider, expires_at, error)

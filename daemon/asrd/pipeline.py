@@ -96,6 +96,7 @@ class Pipeline:
                 continue
             verdicts.append(None)
             wanted.setdefault(event.job_id, []).append(i)
+        self._obs.batch_jobs(wanted)
         for job_id, verdict in self.deliver_jobs(list(wanted)).items():
             for i in wanted[job_id]:
                 verdicts[i] = verdict
@@ -117,7 +118,12 @@ class Pipeline:
                 out[j] = Verdict(Outcome.DONE, "already delivered to every sink", j)
         lookup = [j for j in job_ids if j not in out]
         details: dict[str, JobsDetail] = {}
-        for job_id, detail in self._ci.get_jobs(lookup).items() if lookup else ():
+        described: dict[str, JobsDetail | CiError | None] = {}
+        if lookup:
+            started = time.monotonic()
+            described = self._ci.get_jobs(lookup)
+            self._obs.described(lookup, described, time.monotonic() - started)
+        for job_id, detail in described.items():
             if isinstance(detail, CiError):
                 out[job_id] = _ci_failed(detail, job_id)
             elif detail is None:
@@ -177,8 +183,10 @@ class Pipeline:
             out.update(self._deliver_claimed(mine, finished, writes))
             # Until this commits, the claims keep other workers from delivering these jobs
             # again; a crash before it means one more (idempotent) delivery, never none.
+            committing = time.monotonic()
             self._ledger.commit(writes)
             claimed = []
+            self._obs.ledger_committed(mine, time.monotonic() - committing)
             for used in writes.usage:
                 self._obs.audio_delivered(used.queue_id, used.engine, used.audio_seconds)
             return out
@@ -230,6 +238,7 @@ class Pipeline:
             started = time.monotonic()
             errors = self._sink_wide(name, len(batch), deliver_all(route.sink, batch))
             seconds = time.monotonic() - started
+            self._obs.sink_called(name, batch, errors, seconds)
             for job_id, exc in errors.items():
                 failures[job_id].append(f"sink {name}: {exc}")
                 if exc.outage:

@@ -23,6 +23,7 @@ from .ci import CiClient, CiError, JobsDetail, ci_time
 from .config import CiSettings
 from .ledger import FAILED, PENDING, JobBook, JobEntry
 from .limiter import RateLimiter
+from .observers import Observers
 
 log = structlog.get_logger("asrd.submit")
 
@@ -272,8 +273,10 @@ class Submitter:
         attempts: int = 5,
         retry_base_s: float = 0.5,
         stop: threading.Event | None = None,
+        observers: Observers | None = None,
     ) -> None:
         self._ci = ci
+        self._obs = observers or Observers()
         self._settings = settings
         self._ledger = ledger
         self._deadline_s = deadline_s
@@ -301,6 +304,19 @@ class Submitter:
 
         Raises ValueError when ``spec`` cannot make a valid request (nothing is sent).
         """
+        self._obs.submit_started(token)
+        out: SubmitOutcome | None = None
+        try:
+            out = self._submit(spec, token)
+            return out
+        finally:
+            if out is None:
+                self._obs.submit_ended(token, None, FAILED_ROW, "", "bad request")
+            else:
+                queue = self._settings.queue_id
+                self._obs.submit_ended(token, out.job_id, out.status, queue, out.error or "")
+
+    def _submit(self, spec: JobSpec, token: str) -> SubmitOutcome:
         try:
             settings = self._queued_settings()
         except CiError as exc:
@@ -353,6 +369,7 @@ class Submitter:
                 detail = self._ci.create_job(request)
             except CiError as exc:
                 error = str(exc)
+                self._obs.create_answered(token, sent, time.time() - sent_at, error)
                 if outcome_unknown(exc):
                     unknown_since = sent_at
                     log.warning("create answer lost", idempotency_key=token, error=error)
@@ -363,6 +380,7 @@ class Submitter:
                     )
                 continue
             job_id = str(detail.get("JobId") or "")
+            self._obs.create_answered(token, sent, time.time() - sent_at, "")
             if job_id:
                 # CI names the queue it chose (its default one when none was configured).
                 queue = str(detail.get("QueueId") or entry.queue_id)

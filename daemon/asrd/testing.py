@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .broker import Inbound
+from .broker import Inbound, own_properties
 from .ci import CiError, JobsDetail
 from .ledger import Ledger
 from .ledger.memory import MemoryLedger
@@ -104,7 +104,9 @@ class StubTransport:
         if self.outage:
             return self.outage
         self.retried.append(Retry(m, attempt, delay_s))
-        copy = StubMessage(m.data, m.origin_topic + "-RETRY", props={"attempt": str(attempt)})
+        # As the consumer's copies: the message's own properties (trace context) travel along.
+        props = {**own_properties(m.handle.properties()), "attempt": str(attempt)}
+        copy = StubMessage(m.data, m.origin_topic + "-RETRY", props=props)
         # The copy is a new message of the retry topic that names its origin.
         self._waiting.append(Inbound(copy, m.data, m.origin_topic, m.origin_id, m.published_ms))
         return ""

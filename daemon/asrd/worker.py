@@ -59,7 +59,7 @@ class Worker:
             self._ledger_out(ms, exc)
             return
         now = time.time()
-        infos, early, todo = [], {}, []
+        infos, early, todo, todo_infos = [], {}, [], []
         for m in ms:
             attempt = attempts[m.key]
             info = MessageInfo(m.origin_id, attempt.count, m.published_ms)
@@ -70,6 +70,8 @@ class Worker:
                 early[m.key] = settlement
             else:
                 todo.append(m)
+                todo_infos.append(info)
+        self._obs.consuming(todo, todo_infos)
         started = time.monotonic()
         first = next((i for m, i in zip(ms, infos, strict=True) if m.key not in early), None)
         verdicts = dict(zip((m.key for m in todo), self._judge(todo, first), strict=True))

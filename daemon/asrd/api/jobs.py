@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from ..ci import CiError
 from ..jobs import SINCE_DURATION
 from ..result import InvalidResult, normalise
+from ..tracing import trace_id
 from .context import ApiContext, context
 from .models import JOB_ID_PATTERN, JobList, JobRecord, JobRequest, JobSubmitted, error, errors
 
@@ -81,8 +82,10 @@ def get_job(
     ledger = ctx.ledger
     delivered = ledger.delivered(job_id) if ledger is not None else set()
     events = ledger.events(job_id) if ledger is not None else []
+    kept = ledger.trace_parents([job_id]) if ledger is not None else {}
     return {
         **record,
         "delivered_to": sorted(delivered),
         "events": [event.to_dict() for event in events],
+        "trace_id": trace_id(kept.get(job_id)),
     }

@@ -101,6 +101,9 @@ class JobRecord(BaseModel):
     events: list[dict[str, Any]] = Field(
         default_factory=list, description="The job's timeline in the ledger, oldest first."
     )
+    trace_id: str | None = Field(
+        default=None, description="The job's trace id (32 hex digits) when it was traced."
+    )
 
 
 # What CI (a JSON or XML TaskFinish) and a CMQ topic's HTTP push send, read raw and never parsed

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ class ForwardError(Exception):
 @dataclass(frozen=True)
 class Outgoing:
     body: bytes
-    properties: Mapping[str, str]
+    properties: dict[str, str]  # observers may add theirs (tracing's trace context)
 
 
 class Forwarder:

@@ -118,7 +118,7 @@ class QueueIntake:
         started = time.monotonic()
         messages = cmq.batch_receive(s.queue, s.batch_size, wait)
         polled_at = time.time()
-        self.health.last_ok = time.monotonic()
+        self.health.last_ok = received = time.monotonic()
         self._outage.resume(self.SOURCE, started)
         self._obs.intake_poll_ok(s.queue)
         if not messages:
@@ -128,9 +128,10 @@ class QueueIntake:
         if enqueued:
             self._obs.intake_lag(s.queue, max(0.0, polled_at - min(enqueued)))
         self._check_visibility(messages)
-        failures = self._forwarder.send_all(
-            [self._outgoing(m) for m in messages], s.produce_timeout_s
-        )
+        outgoing = [self._outgoing(m) for m in messages]
+        topic = self._forwarder.topic
+        self._obs.intake_forwarding(s.queue, topic, outgoing, time.monotonic() - received)
+        failures = self._forwarder.send_all(outgoing, s.produce_timeout_s)
         persisted = [m for m, failed in zip(messages, failures, strict=True) if failed is None]
         for m, failed in zip(messages, failures, strict=True):
             if failed is not None:

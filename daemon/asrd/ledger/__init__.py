@@ -135,6 +135,13 @@ class JobBook(Protocol):
 
     def job(self, job_id: str) -> JobEntry | None: ...
 
+    def set_trace_parent(self, job_id: str, trace_parent: str) -> None:
+        """Keep the job's trace context (``traceparent``, with ``tracestate`` after a space)."""
+
+    def trace_parents(self, job_ids: Sequence[str]) -> dict[str, str]:
+        """The trace contexts kept for these jobs (absent: none known)."""
+        ...
+
     def record_pending(self, entry: JobEntry) -> None:
         """Before a create is sent: the token and input (kept if already there)."""
         ...

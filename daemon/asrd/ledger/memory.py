@@ -76,6 +76,7 @@ class MemoryLedger:
         self._claims: dict[str, tuple[str, float]] = {}
         self._attempts: dict[str, _Attempts] = {}
         self._jobs: dict[str, JobEntry] = {}  # by client token
+        self._traces: dict[str, str] = {}  # job id -> trace context
         self._events: list[_Event] = []
         self._usage: dict[str, _Usage] = {}
 
@@ -205,6 +206,16 @@ class MemoryLedger:
         with self._lock:
             self._check()
             return self._jobs.get(client_token)
+
+    def set_trace_parent(self, job_id: str, trace_parent: str) -> None:
+        with self._lock:
+            self._check()
+            self._traces[job_id] = trace_parent
+
+    def trace_parents(self, job_ids: Sequence[str]) -> dict[str, str]:
+        with self._lock:
+            self._check()
+            return {j: self._traces[j] for j in job_ids if j in self._traces}
 
     def job(self, job_id: str) -> JobEntry | None:
         with self._lock:

@@ -28,8 +28,9 @@ from .types import (
 # Version 1: deliveries, attempts without first_at. 2: attempts.first_at. 3: the jobs table.
 # 4: not_wanted (sinks whose route does not select a job). 5: claims (who delivers a job now).
 # 6: events (each job's timeline); jobs.queue_id and jobs.user_data (the console's filters);
-# usage (each delivered job's audio length, queue and engine model).
-SCHEMA_VERSION = 6
+# usage (each delivered job's audio length, queue and engine model). 7: jobs.trace_parent (the
+# W3C trace context of the job's trace, when tracing is on).
+SCHEMA_VERSION = 7
 
 _JOB_COLUMNS = (
     "client_token, job_id, input, status, submitted_at, deadline_at, settled_at, ci_state,"
@@ -39,6 +40,7 @@ _JOB_COLUMNS = (
 JOB_COLUMNS_ADDED = (
     ("queue_id", "TEXT NOT NULL DEFAULT ''"),
     ("user_data", "TEXT NOT NULL DEFAULT ''"),
+    ("trace_parent", "TEXT"),
 )
 
 
@@ -285,6 +287,21 @@ class SqlLedger:
 
     def job_by_token(self, client_token: str) -> JobEntry | None:
         return self._one("client_token", client_token)
+
+    # -- tracing: the job's trace context (nullable; written only when tracing is on) ------
+    def set_trace_parent(self, job_id: str, trace_parent: str) -> None:
+        self._run("UPDATE jobs SET trace_parent = ? WHERE job_id = ?", (trace_parent, job_id))
+
+    def trace_parents(self, job_ids: Sequence[str]) -> dict[str, str]:
+        if not job_ids:
+            return {}
+        marks = ", ".join("?" * len(job_ids))
+        rows, _ = self._run(
+            f"SELECT job_id, trace_parent FROM jobs WHERE job_id IN ({marks})"  # noqa: S608
+            " AND trace_parent IS NOT NULL",
+            tuple(job_ids),
+        )
+        return {str(r[0]): str(r[1]) for r in rows}
 
     def job(self, job_id: str) -> JobEntry | None:
         return self._one("job_id", job_id)

@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     checked_at REAL,
     reason TEXT NOT NULL DEFAULT '',
     queue_id TEXT NOT NULL DEFAULT '',
-    user_data TEXT NOT NULL DEFAULT ''
+    user_data TEXT NOT NULL DEFAULT '',
+    trace_parent TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status_deadline ON jobs (status, deadline_at);
 CREATE INDEX IF NOT EXISTS jobs_submitted ON jobs (submitted_at);
