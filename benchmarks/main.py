@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import load, report, scale, scenarios
+from benchmarks import load, report, scale, scenarios, spread
 from benchmarks.harness import ROOT, Broker, run_id, start_emulator
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -56,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
 
         _step(f"preloading {args.jobs:,} finished jobs and their callbacks", t0)
         setup, raw_a, published = scenarios.preload(ctx, args.jobs)
-        _step(f"raw consume-and-ack baseline: {raw_a.rate:.0f} msg/s; backlog run", t0)
+        count = len(ctx.bodies)
+        _step(f"raw consume-and-ack baseline: {raw_a.rate:.0f} msg/s; the early spread run", t0)
+        early = spread.drain(ctx, "spread-early", count)
+        _step(f"early run: {early.drain.rate:.0f} jobs/s; backlog run", t0)
         backlog = scenarios.backlog_run(ctx, setup, "backlog", published, 0.0, 32)
         _step(f"backlog: {backlog.rate:.0f} jobs/s; republishing for the latency run", t0)
         setup_b, raw_b, published_b = scenarios.republish(ctx, "latency", args.concurrency)
@@ -72,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
         deep = scenarios.deep_topic(ctx, args.deep, args.deep_seconds)
         _step("the baseline, the CI quota, workers", t0)
         scaled = None if args.no_scale else scale.run_all(ctx, args.jobs, args.latency_ms)
+        _step("two identical runs back to back (the spread)", t0)
+        late_a = spread.drain(ctx, "spread-late-a", count)
+        late_b = spread.drain(ctx, "spread-late-b", count)
         results = report.Results(
             host,
             args.jobs,
@@ -83,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
             deep,
             time.monotonic() - t0,
             scaled,
+            spread.Spread(early, late_a, late_b),
         )
         targets = report.write(results, args.out)
     _step(f"done; summary in {args.out}/summary.md", t0)

@@ -16,6 +16,7 @@ from benchmarks import metrics
 from benchmarks.harness import ROOT
 from benchmarks.scale import QUOTA_RPS, ScaleResults
 from benchmarks.scenarios import Baseline, DaemonRun, DeepTopicRun, SteadyRun
+from benchmarks.spread import Spread
 
 RSS_LIMIT_MB = 200.0
 GROWTH_LIMIT = 0.10
@@ -72,6 +73,7 @@ class Results:
     deep: DeepTopicRun
     wall_s: float
     scale: ScaleResults | None = None
+    spread: Spread | None = None
 
 
 def machine() -> dict[str, Any]:
@@ -324,6 +326,7 @@ def to_json(r: Results, ts: list[Target]) -> dict[str, Any]:
             "asrd_over_raw_consume_ack_latency_50": round(r.latency.rate / r.raw_latency.rate, 3),
         },
         "scale": r.scale.to_dict() if r.scale is not None else None,
+        "spread": r.spread.to_dict() if r.spread is not None else None,
         "runs": {
             "backlog": _run_dict(r.backlog),
             "backlog_latency": _run_dict(r.latency),
@@ -379,6 +382,8 @@ def to_markdown(r: Results, ts: list[Target]) -> str:
             "|---|---|",
         ]
         lines += [f"| {share:.0%} | `{frame}` |" for frame, share in r.deep.profile]
+    if r.spread is not None:
+        lines += ["", *r.spread.markdown()]
     lines += [
         "",
         "## Runs",
