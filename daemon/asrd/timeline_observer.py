@@ -17,7 +17,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import structlog
 
@@ -112,6 +112,20 @@ class TimelineObserver(Observer):
             if job_id:
                 steps.append((job_id, callback.received_at, "callback received", callback.via))
                 steps.append((job_id, now, "moved onto Pulsar", topic))
+        if steps:
+            self._writer.put(steps)
+
+    def described(
+        self, job_ids: Sequence[str], found: Mapping[str, object], seconds: float
+    ) -> None:
+        """CI answered a describe: each job it knew was read back (its state then)."""
+        now = time.time()
+        steps: list[Step] = []
+        for job_id in job_ids:
+            detail = found.get(job_id)
+            if isinstance(detail, Mapping):  # an error or None: the settled step says why
+                state = detail.get("State", "")
+                steps.append((job_id, now, "read back", f"CI said {state} ({seconds:.2f} s)"))
         if steps:
             self._writer.put(steps)
 
