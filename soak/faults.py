@@ -17,19 +17,20 @@ class Kind:
     hold_s: float  # how long the fault lasts (0: an instant, such as a SIGKILL)
     cheap: bool = False  # part of the short run that `make test` does
     then: str = ""  # a kind that follows this one at once (a second phase)
+    cost_s: float = 0.0  # for an instant: what it costs the schedule (a restart takes a while)
 
 
 KINDS = {
     k.name: k
     for k in [
-        Kind("kill-worker", 0, cheap=True),
+        Kind("kill-worker", 0, cheap=True, cost_s=5),
         Kind("webhook-500", 60, cheap=True, then="webhook-timeout"),
         Kind("webhook-timeout", 60),
-        Kind("broker-restart", 0, cheap=True),
+        Kind("broker-restart", 0, cheap=True, cost_s=40),
         Kind("ci-503", 30),
-        Kind("pg-restart", 0),
+        Kind("pg-restart", 0, cost_s=10),
         Kind("disk-full", 60, cheap=True),
-        Kind("kill-daemon", 0, cheap=True),
+        Kind("kill-daemon", 0, cheap=True, cost_s=10),
         Kind("cmq-unreachable", 30),
         Kind("ci-slowdown", 30),
         Kind("net-degraded", 60, cheap=True, then="net-partition"),
@@ -44,7 +45,6 @@ ROUND = [k for k in KINDS if k not in {v.then for v in KINDS.values()}]
 OVERLAYS = ["kill-worker", "pg-restart", "broker-restart", "kill-worker"]
 # Faults an overlay must not land in: the daemon is being replaced, or the same server is down.
 NO_OVERLAY = {"kill-daemon", "clock-skew", "pg-outage", "pg-restart", "broker-restart"}
-INSTANT_COST_S = 30.0  # what an instant fault (restarts included) costs the schedule
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Planned:
 
 
 def cost(kind: str, hold_s: float) -> float:
-    return hold_s if hold_s > 0 else INSTANT_COST_S
+    return hold_s if hold_s > 0 else KINDS[kind].cost_s
 
 
 def plan(duration_s: float, gap_s: float, lead_s: float = 30.0) -> list[Planned]:
@@ -91,10 +91,9 @@ def _short(budget: float, gap_s: float, every: bool = False) -> list[Planned]:
     """One of each cheap kind (``every``: of every kind), long faults shortened (to no less
     than 10 s) to fit."""
     names = [k for k in KINDS.values() if k.cheap or every]
-    instants = sum(1 for k in names if k.hold_s == 0)
     gaps = len(names) * gap_s
     held = sum(k.hold_s for k in names)
-    room = budget - gaps - instants * INSTANT_COST_S
+    room = budget - gaps - sum(k.cost_s for k in names)
     scale = max(0.0, min(1.0, room / held)) if held else 1.0
     return [
         Planned(k.name, max(10.0, round(k.hold_s * scale)) if k.hold_s else 0.0, gap_s)

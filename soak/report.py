@@ -25,7 +25,8 @@ def markdown(r: dict[str, Any], plot: str = "") -> str:
         "Verdicts: " + ", ".join(f"{k} **{'yes' if ok else 'NO'}**" for k, ok in v.items()),
         "",
         f"- load: {r['duration_s']} s at {r['settings']['rate']} jobs/s; "
-        f"jobs submitted {r['jobs_submitted']}; delivered: files {r['delivered']['files']}, "
+        f"jobs submitted {r['jobs_submitted']}, finished by CI (the emulator's journal) "
+        f"{r.get('jobs_finished_by_ci', '?')}; delivered: files {r['delivered']['files']}, "
         f"webhook {r['delivered']['webhook']}",
         f"- **lost: {r['lost_count']}**; **double effects**: files "
         f"{r['double_effects']['files']}, webhook {r['double_effects']['webhook']} (repeat "
