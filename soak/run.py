@@ -335,18 +335,22 @@ class Soak:
                 self.start_daemon()
 
     def down(self) -> None:
+        """Everything up() made, undone; what up() did not get to is skipped."""
         self.stop.set()
         with self.daemon_lock:
             if self.daemon is not None:
                 stop_process(self.daemon, timeout=60)
                 self.daemon = None
-        with contextlib.suppress(Exception):
-            self.hook.close()
-        with contextlib.suppress(Exception):
-            self.emu.stop()
-        self.files.close()
-        with contextlib.suppress(Exception):
-            self.pg.stop()
+        for name, undo in (
+            ("submit_proc", lambda: stop_process(self.submit_proc, timeout=10)),
+            ("hook", lambda: self.hook.close()),
+            ("emu", lambda: self.emu.stop()),
+            ("files", lambda: self.files.close()),
+            ("pg", lambda: self.pg.stop()),
+        ):
+            if hasattr(self, name):
+                with contextlib.suppress(Exception):
+                    undo()
         self.broker("stop")
         self.net.down()
 
@@ -382,9 +386,7 @@ class Soak:
         import logging
 
         # The client's complaints while the broker restarts go to a file, not the run's output.
-        logging.getLogger("tests.pulsar").addHandler(
-            logging.FileHandler(self.work / "planter.log")
-        )
+        logging.getLogger("tests.pulsar").addHandler(logging.FileHandler(self.work / "planter.log"))
         client = quiet_client(self.pulsar_url)
         try:
             producer = client.create_producer(self.cfg.topic, send_timeout_millis=60_000)
@@ -606,10 +608,10 @@ class Soak:
 
     # -- the whole run --------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        self.up()
-        self.t0, self.wall0 = time.monotonic(), time.time()  # the clock starts with the load
         try:
-            submit = self.submit()
+            self.up()
+            self.t0, self.wall0 = time.monotonic(), time.time()  # the clock starts with the load
+            submit = self.submit_proc = self.submit()
             for target in (self.sample, self.plant, self.count, self.watchdog):
                 threading.Thread(target=target, daemon=True).start()
             self.run_faults()
@@ -780,6 +782,14 @@ def main() -> int:
     if os.geteuid() != 0:
         print("soak: run as root (network namespace, tmpfs)", file=sys.stderr)
         return 2
+
+    def interrupted(signum: int, _frame: object) -> None:
+        # Started in the background, SIGINT may be ignored: take SIGTERM and SIGINT alike,
+        # and leave through run()'s cleanup (namespace, tmpfs, servers).
+        raise SystemExit(f"soak: stopped by signal {signum}")
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, interrupted)
     load_before = os.getloadavg()
     result = Soak(Settings()).run()
     result["load_average_at_start"] = load_before

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from soak import faults
+
 from tests.support import ROOT, free_port
 
 

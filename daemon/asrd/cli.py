@@ -23,6 +23,7 @@ from . import (
     __version__,
     canary,
     cli_submit,
+    clock,
     config,
     dlq,
     observability,
@@ -34,7 +35,7 @@ from . import (
 )
 from .api import ApiContext, ApiServer, serve
 from .broker import make_client
-from .ci import CiClient, CiError
+from .ci import CiClient, CiError, service_url
 from .cmq import CmqError
 from .config import ConfigError, HttpSettings, PulsarSettings, Settings
 from .console import ConsoleContext
@@ -212,7 +213,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         """A message met an outage: consumption pauses until a probe passes. Refused keys are
         probed with a CI request; anything else (a sink) with the next messages after a wait."""
         if source == KEYS:
-            reason += f" (provider {keys.provider}: {keys.hint})"
+            # A clock off by minutes is refused like bad keys: say which it is.
+            note = clock.skew_note(service_url(settings.ci), "CI")
+            reason += f" ({note})" if note else f" (provider {keys.provider}: {keys.hint})"
         # A source without a probe of its own is tried again by the next messages after the
         # probe's first wait.
         probe: Callable[[], object] = _no_probe
