@@ -38,7 +38,14 @@ KINDS = {
         Kind("pg-outage", 30),
         Kind("ci-slow", 60),
         Kind("clock-skew", 60),
+        Kind("ledger-full", 30),  # the SQLite variant's ledger disk
     ]
+}
+# What each ledger's run leaves out: PostgreSQL's faults on SQLite and the other way round; one
+# process (workers = 1 on SQLite) has no worker of its own to kill.
+NOT_FOR = {
+    "postgres": {"ledger-full"},
+    "sqlite": {"pg-restart", "pg-outage", "kill-worker"},
 }
 # The order of a round; second phases follow their first.
 ROUND = [k for k in KINDS if k not in {v.then for v in KINDS.values()}]
@@ -59,18 +66,23 @@ def cost(kind: str, hold_s: float) -> float:
     return hold_s if hold_s > 0 else KINDS[kind].cost_s
 
 
-def plan(duration_s: float, gap_s: float, lead_s: float = 30.0) -> list[Planned]:
+def plan(
+    duration_s: float, gap_s: float, lead_s: float = 30.0, ledger: str = "postgres"
+) -> list[Planned]:
     """Faults for a run of ``duration_s``: the first after ``lead_s``, the last ending at least
     ``gap_s`` before the load stops."""
     budget = duration_s - lead_s - gap_s
-    round_cost = sum(gap_s + cost(k, KINDS[k].hold_s) for k in KINDS)
+    skip = NOT_FOR[ledger]
+    round_cost = sum(gap_s + cost(k, KINDS[k].hold_s) for k in KINDS if k not in skip)
     if budget < round_cost:
-        return _short(budget, gap_s)
+        return _short(budget, gap_s, ledger=ledger)
     out: list[Planned] = []
     used = 0.0
     n = 0
     while True:
         for name in ROUND:
+            if name in skip:
+                continue
             if name == "clock-skew" and n % 2:  # one skewed restart every other round
                 continue
             chain = [name] + ([KINDS[name].then] if KINDS[name].then else [])
@@ -82,15 +94,21 @@ def plan(duration_s: float, gap_s: float, lead_s: float = 30.0) -> list[Planned]
                 overlay = ""
                 if hold >= 30 and k not in NO_OVERLAY and len(out) % 2 == 0:
                     overlay = OVERLAYS[len(out) // 2 % len(OVERLAYS)]
+                    overlay = "" if overlay in skip else overlay
                 out.append(Planned(k, hold, gap_s if i == 0 else 0.0, overlay))
             used += need
         n += 1
 
 
-def _short(budget: float, gap_s: float, every: bool = False) -> list[Planned]:
+def _short(
+    budget: float, gap_s: float, every: bool = False, ledger: str = "postgres"
+) -> list[Planned]:
     """One of each cheap kind (``every``: of every kind), long faults shortened (to no less
     than 10 s) to fit."""
-    names = [k for k in KINDS.values() if k.cheap or every]
+    skip = NOT_FOR[ledger]
+    names = [k for k in KINDS.values() if (k.cheap or every) and k.name not in skip]
+    if ledger == "sqlite" and not every:
+        names.append(KINDS["ledger-full"])
     gaps = len(names) * gap_s
     held = sum(k.hold_s for k in names)
     room = budget - gaps - sum(k.cost_s for k in names)

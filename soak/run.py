@@ -77,6 +77,9 @@ class Settings:
     job_s: float = field(default_factory=lambda: env_float("SOAK_JOB_S", 2.0))
     drain_s: float = field(default_factory=lambda: env_float("SOAK_DRAIN_S", 600))
     kinds: str = field(default_factory=lambda: os.environ.get("SOAK_KINDS", "all"))
+    # "postgres" (workers = 2), or "sqlite": workers = 1 on a SQLite ledger on a small tmpfs
+    # that the ledger-full fault fills.
+    ledger: str = field(default_factory=lambda: os.environ.get("SOAK_LEDGER", "postgres"))
 
 
 class Hook:
@@ -259,7 +262,13 @@ class Soak:
     def up(self) -> None:
         self.net.up()
         self.pulsar_url = self.broker("start")
-        self.pg = pg.start(host=self.net.host_ip)
+        if self.s.ledger == "sqlite":
+            self.ledger_fs = Tmpfs(self.work / "ledger", "32m")
+            ledger = {"ledger_url": f"sqlite:///{self.ledger_fs.where / 'ledger.db'}"}
+            workers = "workers = 1"
+        else:
+            self.pg = pg.start(host=self.net.host_ip)
+            workers = "workers = 2"
         self.emu = start_emulator(
             self.work / "emulator",
             self.pulsar_url,
@@ -273,20 +282,22 @@ class Soak:
         self.hook = Hook(self.net.host_ip)
         self.files = Tmpfs(self.work / "run" / "results", "64m")
         self.collector = Collector(self.files.where)
-        ledger = pg.ledger_config(self.pg)
+        if self.s.ledger != "sqlite":
+            ledger = pg.ledger_config(self.pg)
         self.cfg: DaemonConfig = write_config(
             self.work / "run",
             self.emu,
             self.pulsar_url,
             # The production defaults otherwise (attempts, retry delays).
-            extra_pulsar="workers = 2",
+            extra_pulsar=workers,
             extra_sinks=webhook_sink(self.hook.receiver.url(), "timeout_s = 5"),
             ledger_url=ledger["ledger_url"],
-            ledger_password=ledger["ledger_password"],
+            ledger_password=ledger.get("ledger_password", ""),
             formats=("json",),
         )
         self.start_daemon()
-        self.wait_subscribed(0)
+        ready = "all workers subscribed" if self.s.ledger != "sqlite" else "subscribed"
+        self.wait_subscribed(0, ready)
 
     def start_daemon(self, skewed: bool = False) -> None:
         env = {**os.environ, **self.cfg.env}
@@ -302,14 +313,14 @@ class Soak:
                 env=env,
             )
 
-    def wait_subscribed(self, offset: int) -> None:
+    def wait_subscribed(self, offset: int, event: str) -> None:
         def subscribed() -> bool:
             assert self.daemon is not None
             if self.daemon.poll() is not None:
                 raise RuntimeError(f"soak: the daemon exited; see {self.cfg.log}")
             with self.cfg.log.open("rb") as fh:
                 fh.seek(offset)
-                return b'"event": "all workers subscribed"' in fh.read()
+                return f'"event": "{event}"'.encode() in fh.read()
 
         wait_for(subscribed, 180, "the daemon to subscribe", 0.5)
 
@@ -348,6 +359,7 @@ class Soak:
             ("emu", lambda: self.emu.stop()),
             ("files", lambda: self.files.close()),
             ("pg", lambda: self.pg.stop()),
+            ("ledger_fs", lambda: self.ledger_fs.close()),
         ):
             if hasattr(self, name):
                 with contextlib.suppress(Exception):
@@ -448,7 +460,13 @@ class Soak:
                         procs["supervisor" if i == 0 else f"worker{i - 1}"] = proc_sample(pid)
                 row["broker_connections"] = broker_connections(daemon.pid, self.broker_port)
             row["procs"] = procs
+            if self.s.ledger == "sqlite":
+                row["ledger_bytes"] = sum(
+                    f.stat().st_size for f in self.ledger_fs.where.glob("ledger.db*")
+                )
             with contextlib.suppress(Exception):
+                if self.s.ledger == "sqlite":
+                    raise LookupError  # the file's size above
                 import psycopg
 
                 with psycopg.connect(
@@ -532,6 +550,7 @@ class Soak:
             "net-partition": (self.net.partition, self.net.heal),
             "disk-full": (disk_full, disk_free),
             "clock-skew": (skew, unskew),
+            "ledger-full": (lambda: self.ledger_fs.fill(), lambda: self.ledger_fs.free()),
         }
 
     def log_events(self, offset: int) -> Counter[str]:
@@ -551,8 +570,9 @@ class Soak:
             return []
         if self.s.kinds in ("cheap", "each"):
             budget = self.s.duration_s - 30 - self.s.gap_s
-            return schedule._short(budget, self.s.gap_s, every=self.s.kinds == "each")
-        return schedule.plan(self.s.duration_s, self.s.gap_s)
+            every = self.s.kinds == "each"
+            return schedule._short(budget, self.s.gap_s, every=every, ledger=self.s.ledger)
+        return schedule.plan(self.s.duration_s, self.s.gap_s, ledger=self.s.ledger)
 
     def run_one(self, kind: str, hold_s: float) -> FaultRun:
         begin, end = self.actions()[kind]

@@ -32,9 +32,16 @@ def test_short_schedules_fit_and_cover_the_cheap_kinds() -> None:
     assert sum(p.gap_before_s + faults.cost(p.kind, p.hold_s) for p in cheap) <= LOAD_S
     full = faults.plan(3600, 20)
     kinds = {p.kind for p in full} | {p.overlay for p in full if p.overlay}
-    assert kinds == set(faults.KINDS)  # every kind, several times, some overlapping
+    # every kind, several times, some overlapping
+    assert kinds == set(faults.KINDS) - faults.NOT_FOR["postgres"]
     assert len(full) + sum(1 for p in full if p.overlay) >= 40
-    assert min(sum(1 for p in full if p.kind == k) for k in faults.KINDS) >= 2
+    pg_kinds = set(faults.KINDS) - faults.NOT_FOR["postgres"]
+    assert min(sum(1 for p in full if p.kind == k) for k in pg_kinds) >= 2
+    sqlite = faults.plan(1800, 20, ledger="sqlite")
+    kinds = {p.kind for p in sqlite} | {p.overlay for p in sqlite if p.overlay}
+    assert kinds == set(faults.KINDS) - faults.NOT_FOR["sqlite"]
+    short = {p.kind for p in faults._short(300, 10, ledger="sqlite")}
+    assert "ledger-full" in short and not short & faults.NOT_FOR["sqlite"]
 
 
 @pytest.mark.slow
