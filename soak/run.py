@@ -536,7 +536,7 @@ class Soak:
             "kill-daemon": (kill_daemon, nothing),
             "broker-restart": (broker_restart, nothing),
             "pg-restart": (pg_restart, nothing),
-            "pg-outage": (self.pg.halt, self.pg.resume),
+            "pg-outage": (lambda: self.pg.halt(), lambda: self.pg.resume()),
             "cmq-unreachable": (
                 lambda: self.net.block_port(self.cmq_port),
                 lambda: self.net.unblock_port(self.cmq_port),
