@@ -53,9 +53,46 @@ def markdown(r: dict[str, Any], plot: str = "") -> str:
     lines += ["", "| measure (mean) | 2nd quarter | last quarter | growth |", "|---|---|---|---|"]
     for name, g in r["growth"].items():
         lines.append(f"| {name} | {g['q2']} | {g['q4']} | {g['growth']:+.1%} |")
+    lv = levels_after_faults(r)
+    lines += [
+        "",
+        "Open FDs and broker connections back to their level after each fault (no higher than "
+        "the highest before it, 10 s after it caught up): "
+        f"{lv['faults_compared'] - len(lv['higher_after'])} of {lv['faults_compared']}; "
+        f"higher after: {lv['higher_after'] or 'none'}",
+    ]
     if plot:
         lines += ["", f"![throughput, latency and RSS over time]({plot})"]
     return "\n".join(lines) + "\n"
+
+
+def _fds(sample: dict[str, Any]) -> int:
+    return sum(p["fds"] for p in sample["procs"].values())
+
+
+def levels_after_faults(r: dict[str, Any]) -> dict[str, Any]:
+    """Open FDs (all asrd processes) and broker connections after each fault (the median of
+    the three samples from 10 s after it caught up) against the highest level seen before it.
+    Pools and producers open lazily, so a level may rise once; a leak makes a new high after
+    fault upon fault, and those faults are listed."""
+    samples = [s for s in r["samples"] if s.get("procs")]
+    higher = []
+    compared = 0
+    for f in r["faults"]:
+        settled = f["ended"] + (f.get("caught_up_s") or 60.0) + 10
+        before = [s for s in samples if s["t"] < f["started"]]
+        after = [s for s in samples if s["t"] > settled][:3]
+        if not before or not after:
+            continue
+        compared += 1
+        fds = (max(_fds(s) for s in before), sorted(_fds(s) for s in after)[len(after) // 2])
+        conns_after = sorted(s.get("broker_connections", 0) for s in after)[len(after) // 2]
+        conns = (max(s.get("broker_connections", 0) for s in before), conns_after)
+        if fds[1] > fds[0] * 1.1 or conns[1] > conns[0]:
+            higher.append(
+                {"kind": f["kind"], "at": round(f["started"]), "fds": fds, "conns": conns}
+            )
+    return {"faults_compared": compared, "higher_after": higher}
 
 
 def fmt_load(load: Any) -> str:
@@ -138,3 +175,20 @@ def _series(samples: list[dict[str, Any]], key: str) -> list[tuple[float, float]
 
 def _proc(samples: list[dict[str, Any]], name: str) -> list[tuple[float, float]]:
     return [(s["t"], float(s["procs"][name]["rss_kib"])) for s in samples if name in s["procs"]]
+
+
+def main() -> None:
+    """``python -m soak.report <result.json>``: the .md and .svg again from a result (after
+    the report gained something, or to look at an old run)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    path = Path(sys.argv[1])
+    r = json.loads(path.read_text())
+    path.with_suffix(".md").write_text(markdown(r, path.with_suffix(".svg").name))
+    path.with_suffix(".svg").write_text(svg(r))
+
+
+if __name__ == "__main__":
+    main()
