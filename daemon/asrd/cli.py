@@ -50,7 +50,7 @@ from .metrics import Metrics, multiprocess_dir
 from .observers import Observers
 from .outage import Outage
 from .periodic import every
-from .pipeline import KEYS, Outcome, Pipeline
+from .pipeline import KEYS, REFUSED, Outcome, Pipeline
 from .preflight import check_writable
 from .reconcile import Report, reconcile
 from .result import InvalidResult, normalise
@@ -213,8 +213,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         """A message met an outage: consumption pauses until a probe passes. Refused keys are
         probed with a CI request; anything else (a sink) with the next messages after a wait."""
         if source == KEYS:
-            # A clock off by minutes is refused like bad keys: say which it is.
-            note = clock.skew_note(service_url(settings.ci), "CI")
+            # A clock off by minutes is refused like bad keys: say which it is (only when CI
+            # answered; without keys there is nothing to tell apart).
+            refused = reason.startswith(REFUSED)
+            note = clock.skew_note(service_url(settings.ci), "CI") if refused else ""
             reason += f" ({note})" if note else f" (provider {keys.provider}: {keys.hint})"
         # A source without a probe of its own is tried again by the next messages after the
         # probe's first wait.
