@@ -732,18 +732,19 @@ class Soak:
         return result
 
     def latencies(self) -> dict[str, float]:
-        """CI's end time → delivered_at of the file sink's record, for records delivered
-        neither during a fault nor while the backlog it left was worked off (until it caught
-        up; 60 s when that was not measured). With faults 20 s apart a fixed margin after each
-        would leave almost nothing outside."""
+        """CI's end time → delivered_at of the file sink's record, for jobs CI finished and
+        the sink got neither during a fault nor while the backlog it left was worked off
+        (until it caught up; 60 s when that was not measured). With faults 20 s apart, a
+        fixed margin after each would leave almost nothing outside."""
         windows = [
             (self.wall0 + f.started, self.wall0 + f.ended + (f.caught_up_s or 60.0) + 1)
             for f in self.faults
         ]
+        # A job CI finished inside a window waited out the fault too, whenever it arrived.
         values = [
             d - e
             for _, e, d in self.collector.seen.values()
-            if not any(a <= d <= b for a, b in windows)
+            if not any(a <= d <= b or a <= e <= b for a, b in windows)
         ]
         if not values:
             return {}
