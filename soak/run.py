@@ -629,6 +629,8 @@ class Soak:
 
     # -- the whole run --------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        # Kept afterwards for a post-mortem (logs, the emulator's journal, the broker's data).
+        print(f"soak: working in {self.work}", flush=True)
         try:
             self.up()
             self.t0, self.wall0 = time.monotonic(), time.time()  # the clock starts with the load
