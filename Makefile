@@ -50,11 +50,13 @@ bench: venv
 	$(BIN)/python benchmarks/tracing.py
 	$(BIN)/python benchmarks/console_pages.py
 
-# The production wiring under load and faults for SOAK_S seconds (default 3600; as root):
+# The production wiring under load and faults for SOAK_S seconds (default 3600) at SOAK_RATE
+# jobs/s (default 100), as root (docs/soak.md):
 # results in soak/results/. Not part of `make test`.
 SOAK_S ?= 3600
-soak: venv
-	SOAK_S=$(SOAK_S) $(BIN)/python -m soak.run
+SOAK_RATE ?= 100
+soak: venv deploy-deps
+	SOAK_S=$(SOAK_S) SOAK_RATE=$(SOAK_RATE) $(BIN)/python -m soak.run
 
 broker-start:
 	scripts/pulsar start

@@ -46,10 +46,22 @@ class Server:
     bin_dir: Path
     data_dir: Path
     port: int
+    options: str = ""  # the server options it was started with, for a restart
+    host: str = "127.0.0.1"  # the address clients use
 
     def url(self, dbname: str = "postgres", password: bool = False) -> str:
         secret = f":{PASSWORD}" if password else ""
-        return f"postgresql://{USER}{secret}@127.0.0.1:{self.port}/{dbname}"
+        return f"postgresql://{USER}{secret}@{self.host}:{self.port}/{dbname}"
+
+    def halt(self) -> None:
+        """Stop the server (fast: connections are closed), keeping its data."""
+        self.pg_ctl("-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        log = str(self.data_dir.parent / "server.log")
+        done = self.pg_ctl("-l", log, "-o", self.options, "-w", "-t", "60", "start")
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_ctl start failed: {done.stderr.strip()}")
 
     def create_database(self) -> str:
         """A fresh, empty database; its name."""
@@ -79,7 +91,9 @@ def _as_owner(program: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, check=False)
 
 
-def start() -> Server:
+def start(host: str = "127.0.0.1") -> Server:
+    """A new cluster listening on 127.0.0.1 and, if given, ``host`` (which its URLs then name),
+    with password access from that address too."""
     bin_dir = _install()
     top = Path(tempfile.mkdtemp(prefix="asrd-pg-"))
     data = top / "data"
@@ -97,11 +111,13 @@ def start() -> Server:
         shutil.rmtree(top, ignore_errors=True)
         raise RuntimeError(f"initdb failed: {done.stderr.strip()}")
     port = free_port()
+    listen = "127.0.0.1" if host == "127.0.0.1" else f"127.0.0.1,{host}"
+    if host != "127.0.0.1":
+        with (data / "pg_hba.conf").open("a") as hba:
+            hba.write("host all all samenet scram-sha-256\n")  # the network of `host`
     # fsync off: a test cluster is thrown away; it keeps the tests' commits cheap.
-    options = (
-        f"-p {port} -k {top} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    )
-    server = Server(bin_dir, data, port)
+    options = f"-p {port} -k {top} -c listen_addresses={listen} -c fsync=off -c max_connections=200"
+    server = Server(bin_dir, data, port, options, host)
     done = server.pg_ctl("-l", str(top / "server.log"), "-o", options, "-w", "-t", "60", "start")
     if done.returncode != 0:
         log = (top / "server.log").read_text(errors="replace")[-2000:]

@@ -30,7 +30,7 @@ Reply = Callable[[Received], tuple[int, float]]  # → (status, seconds to wait 
 class Receiver:
     """Listens on 127.0.0.1 (``port`` 0 = any free one); every response goes out in one send."""
 
-    def __init__(self, reply: Reply | None = None, port: int = 0) -> None:
+    def __init__(self, reply: Reply | None = None, port: int = 0, host: str = "127.0.0.1") -> None:
         self.reply: Reply = reply or (lambda _: (200, 0.0))
         self.received: list[Received] = []
         self._lock = threading.Lock()
@@ -74,7 +74,8 @@ class Receiver:
                 return None
 
         ThreadingHTTPServer.allow_reuse_address = True
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.host = host
+        self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(
@@ -83,7 +84,7 @@ class Receiver:
         self._thread.start()
 
     def url(self, path: str = "/asr") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http://{self.host}:{self.port}{path}"
 
     def by_job(self) -> dict[str, list[Received]]:
         with self._lock:

@@ -117,6 +117,7 @@ def start_emulator(
     *extra: str,
     cmq: bool = True,
     keys: tuple[str, ...] = (f"{SECRET_ID}:{SECRET_KEY}",),
+    host: str = "127.0.0.1",
 ) -> Emulator:
     """The emulator on free ports; with ``cmq`` (the default) also its CMQ endpoint, where CI's
     callbacks go as in production. Without it, pass ``--tdmq-to-pulsar`` to have callbacks
@@ -128,13 +129,13 @@ def start_emulator(
         [
             *EMULATOR,
             "--listen",
-            "127.0.0.1:0",
+            f"{host}:0",
             "--pulsar-url",
             pulsar_url,
             "--data-dir",
             str(data_dir),
             *(arg for key in keys for arg in ("--key", key)),
-            *(["--cmq-listen", "127.0.0.1:0"] if cmq else []),
+            *(["--cmq-listen", f"{host}:0"] if cmq else []),
             *extra,
         ],
         stdout=subprocess.PIPE,

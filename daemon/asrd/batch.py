@@ -17,9 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from . import clienttoken
+import structlog
+
+from . import backoff, clienttoken
 from .ci import CiClient
 from .config import CiSettings
+from .ledger import LedgerUnavailable
 from .submit import ADOPTED, FAILED_ROW, SKIPPED, SUBMITTED, JobSpec, SubmitOutcome, Submitter
 
 COLUMNS = (
@@ -222,6 +225,10 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds") if ts else None
 
 
+log = structlog.get_logger("asrd.submit")
+LEDGER_WAIT_MAX_S = 10.0  # the longest wait between tries of a ledger that cannot be written
+
+
 def run_batch(
     planned: list[Planned],
     submitter: Submitter,
@@ -234,6 +241,7 @@ def run_batch(
     row (its failure is in the report and the summary)."""
     summary = Summary(len(planned))
     lock = threading.Lock()
+    ledger_out = threading.Event()  # set while the ledger cannot be written
     todo: Iterator[Planned]
 
     def finish(item: Planned, outcome: SubmitOutcome) -> None:
@@ -251,11 +259,34 @@ def run_batch(
             if stop.is_set():
                 finish(item, SubmitOutcome(FAILED_ROW, item.token, error="interrupted"))
                 continue
+            finish(item, submit_one(item))
+
+    def submit_one(item: Planned) -> SubmitOutcome:
+        # A ledger that cannot be written (its disk full, its server gone) is an outage, not
+        # the row's fault: wait for it, as the daemon does, instead of failing every row left.
+        # Submitting the row again is safe: its client token finds a create already made.
+        waits = 0
+        while True:
             try:
                 outcome = submitter.submit(item.row.spec, item.token)
+            except LedgerUnavailable as exc:
+                waits += 1
+                with lock:
+                    first = not ledger_out.is_set()
+                    ledger_out.set()
+                if first:
+                    log.error("paused: the ledger cannot be written; waiting", error=str(exc))
+                if stop.wait(backoff.delay(waits, 0.5, LEDGER_WAIT_MAX_S)):
+                    return SubmitOutcome(FAILED_ROW, item.token, error=f"interrupted: {exc}")
+                continue
             except Exception as exc:  # noqa: BLE001 - one row's bug must not stop the rest
                 outcome = SubmitOutcome(FAILED_ROW, item.token, error=f"{exc}")
-            finish(item, outcome)
+            with lock:
+                resumed = ledger_out.is_set()
+                ledger_out.clear()
+            if resumed:
+                log.info("resumed: the ledger works again")
+            return outcome
 
     started = time.monotonic()
     todo = iter([p for p in planned if p.duplicate_of is None])

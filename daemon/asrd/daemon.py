@@ -28,10 +28,10 @@ from typing import ClassVar
 import pulsar
 import structlog
 
-from . import __version__, cli_submit, pulsar_check, systemd, tracing, wiring
+from . import __version__, cli_submit, clock, pulsar_check, systemd, tracing, wiring
 from .api import ApiContext, ApiServer, serve
 from .broker import make_client
-from .ci import CiClient
+from .ci import CiClient, service_url
 from .config import ConfigError, PulsarSettings, Settings
 from .console import ConsoleContext
 from .consumer import Consumer
@@ -46,7 +46,7 @@ from .metrics import Metrics, multiprocess_dir
 from .observers import Observers
 from .outage import Outage
 from .periodic import every
-from .pipeline import KEYS, Outcome, Pipeline
+from .pipeline import KEYS, REFUSED, Outcome, Pipeline
 from .preflight import check_writable
 from .reconcile import Report, reconcile
 from .services import Services
@@ -510,7 +510,11 @@ class Daemon:
         # probe's first wait.
         probe: Callable[[], object] = _no_probe
         if source == KEYS:
-            reason += f" (provider {keys.provider}: {keys.hint})"
+            # A clock off by minutes is refused like bad keys: say which it is (only when CI
+            # answered; without keys there is nothing to tell apart).
+            refused = reason.startswith(REFUSED)
+            note = clock.skew_note(service_url(self.settings.ci), "CI") if refused else ""
+            reason += f" ({note})" if note else f" (provider {keys.provider}: {keys.hint})"
             probe = self._ci.probe
         elif source == LedgerUnavailable.SOURCE:
             probe = self._ledger.probe

@@ -34,9 +34,12 @@ KEYS = "credentials"
 CLAIM_LEASE_S = 10.0
 
 
+REFUSED = "CI refused asrd's keys"  # how a verdict's reason begins when CI answered no
+
+
 def _ci_failed(exc: CiError, job_id: str) -> Verdict:
     if exc.auth:
-        what = "no usable keys for CI" if exc.status is None else "CI refused asrd's keys"
+        what = "no usable keys for CI" if exc.status is None else REFUSED
         return Verdict(Outcome.PAUSED, f"{what}: {exc}", job_id, pause=KEYS)
     outcome = Outcome.RETRY if exc.transient else Outcome.DEAD
     return Verdict(outcome, f"CI get job failed: {exc}", job_id)

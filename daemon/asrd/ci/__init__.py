@@ -9,7 +9,16 @@ permanent (dead-letter), and not found. ``errors``: the failures and the retry o
 from __future__ import annotations
 
 from .batcher import GetBatcher, JobsDetail
-from .client import CI_TIME, CI_ZONE, CiClient, answer_dict, ci_time, only_queue, sdk_config
+from .client import (
+    CI_TIME,
+    CI_ZONE,
+    CiClient,
+    answer_dict,
+    ci_time,
+    only_queue,
+    sdk_config,
+    service_url,
+)
 from .errors import AUTH_CODES, Backoff, CiError, ErrorKind, classify, with_retry
 
 __all__ = [
@@ -27,5 +36,6 @@ __all__ = [
     "classify",
     "only_queue",
     "sdk_config",
+    "service_url",
     "with_retry",
 ]

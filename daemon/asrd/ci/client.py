@@ -139,6 +139,11 @@ def sdk_config(settings: CiSettings, keys: Snapshot | None = None) -> CosConfig:
     return CosConfig(Scheme="https", **common)
 
 
+def service_url(settings: CiSettings) -> str:
+    """CI's URL for the bucket: the configured endpoint, else Tencent Cloud's CI host."""
+    return settings.endpoint or f"https://{settings.bucket}.ci.{settings.region}.myqcloud.com"
+
+
 def only_queue(ids: list[str], bucket: str) -> str:
     """The one ASR queue id of a bucket; asrd does not guess among several."""
     if len(ids) == 1:

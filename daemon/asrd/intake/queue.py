@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import structlog
 from pydantic import SecretStr
 
-from .. import backoff
+from .. import backoff, clock
 from ..cmq import CmqClient, CmqError, CmqMessage
 from ..config import CmqIntakeSettings
 from ..credentials import Credentials
@@ -271,6 +271,9 @@ class QueueIntake:
         self._obs.auth_failed("credentials" if exc.code == 0 else "cmq", str(exc))
         keys = self._keys
         where = f" (provider {keys.provider}: {keys.hint})" if keys is not None else ""
+        # A clock off by minutes is refused like bad keys (CMQ checks the Timestamp): say so.
+        note = clock.skew_note(self._settings.endpoint, "CMQ") if exc.code else ""
+        where = f" ({note})" if note else where
         what = "CMQ refused asrd's keys" if exc.code else "no usable keys for CMQ"
         self._outage.pause(self.SOURCE, f"{what}: {exc}{where}")
 

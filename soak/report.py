@@ -1,0 +1,194 @@
+"""The soak's result as Markdown and as a plot: a hand-written SVG (no plotting library needed
+for three line charts) of throughput, latency and RSS over time, with the faults marked."""
+
+from __future__ import annotations
+
+from typing import Any
+from xml.sax.saxutils import escape
+
+PROCS = (("supervisor", "#9467bd"), ("worker0", "#ff7f0e"), ("worker1", "#8c564b"))
+
+
+def _range(r: dict[str, Any]) -> str:
+    return f"{r['min']} / {r['median']} / {r['max']}" if r else "not measured"
+
+
+def markdown(r: dict[str, Any], plot: str = "") -> str:
+    v = r["verdict"]
+    lines = [
+        f"# Soak {r['finished_at']}",
+        "",
+        f"Machine: {r['machine']}; shared with other work while it ran (load average at the "
+        f"start {fmt_load(r.get('load_average_at_start'))}, at the end "
+        f"{fmt_load(r.get('load_average_at_end'))}).",
+        "",
+        "Verdicts: " + ", ".join(f"{k} **{'yes' if ok else 'NO'}**" for k, ok in v.items()),
+        "",
+        f"- load: {r['duration_s']} s at {r['settings']['rate']} jobs/s; "
+        f"jobs submitted {r['jobs_submitted']}, finished by CI (the emulator's journal) "
+        f"{r.get('jobs_finished_by_ci', '?')}; delivered: files {r['delivered']['files']}, "
+        f"webhook {r['delivered']['webhook']}",
+        f"- **lost: {r['lost_count']}**; **double effects**: files "
+        f"{r['double_effects']['files']}, webhook {r['double_effects']['webhook']} (repeat "
+        f"deliveries of an identical record, absorbed by the idempotency key: files "
+        f"{r['repeat_deliveries']['files']}, webhook {r['repeat_deliveries']['webhook']})",
+        f"- dead letters: {r['dead_letters']} ({r['dead_letters_not_planted']} not planted; "
+        f"{r['planted']} hostile messages planted)",
+        f"- owed at the end: {r['owed_at_end']} (creates whose outcome `asrd submit` could not "
+        f"learn: {r['submit_failed']}); daemon starts: {r['daemon_starts']}; exits nobody "
+        f"asked for: {len(r['daemon_unexpected_exits'])}",
+        f"- latency CI end → file sink, outside fault windows: {r['latency_s_outside_faults']}",
+        f"- network degradation: {r['network_degrade']}",
+        f"- warnings/errors logged under the skewed clock: {r['clock_skew_log_events'] or '-'}",
+        "",
+        f"{r['fault_count']} faults of {len(r['fault_kinds'])} kinds. Resumed: both sinks take "
+        "new records after the fault's end; caught up: the backlog is back to normal.",
+        "",
+        "| fault | count | resumed min / median / max (s) | caught up min / median / max (s) |",
+        "|---|---|---|---|",
+    ]
+    for kind, k in r["fault_kinds"].items():
+        lines.append(f"| {kind} | {k['count']} | {_range(k['resumed_s'])} | "
+                     f"{_range(k['caught_up_s'])} |")  # fmt: skip
+    lines += ["", "| measure (mean) | 2nd quarter | last quarter | growth |", "|---|---|---|---|"]
+    for name, g in r["growth"].items():
+        lines.append(f"| {name} | {g['q2']} | {g['q4']} | {g['growth']:+.1%} |")
+    lv = levels_after_faults(r)
+    lines += [
+        "",
+        "Open FDs and broker connections back to their level after each fault (no higher than "
+        "the highest before it, 10 s after it caught up): "
+        f"{lv['faults_compared'] - len(lv['higher_after'])} of {lv['faults_compared']}; "
+        f"higher after: {lv['higher_after'] or 'none'}",
+    ]
+    if plot:
+        lines += ["", f"![throughput, latency and RSS over time]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def _fds(sample: dict[str, Any]) -> int:
+    return sum(p["fds"] for p in sample["procs"].values())
+
+
+def levels_after_faults(r: dict[str, Any]) -> dict[str, Any]:
+    """Open FDs (all asrd processes) and broker connections after each fault (the median of
+    the three samples from 10 s after it caught up) against the highest level seen before it.
+    Pools and producers open lazily, so a level may rise once; a leak makes a new high after
+    fault upon fault, and those faults are listed."""
+    samples = [s for s in r["samples"] if s.get("procs")]
+    higher = []
+    compared = 0
+    for f in r["faults"]:
+        settled = f["ended"] + (f.get("caught_up_s") or 60.0) + 10
+        before = [s for s in samples if s["t"] < f["started"]]
+        after = [s for s in samples if s["t"] > settled][:3]
+        if not before or not after:
+            continue
+        compared += 1
+        fds = (max(_fds(s) for s in before), sorted(_fds(s) for s in after)[len(after) // 2])
+        conns_after = sorted(s.get("broker_connections", 0) for s in after)[len(after) // 2]
+        conns = (max(s.get("broker_connections", 0) for s in before), conns_after)
+        if fds[1] > fds[0] * 1.1 or conns[1] > conns[0]:
+            higher.append(
+                {"kind": f["kind"], "at": round(f["started"]), "fds": fds, "conns": conns}
+            )
+    return {"faults_compared": compared, "higher_after": higher}
+
+
+def fmt_load(load: Any) -> str:
+    return " ".join(f"{x:.2f}" for x in load) if load else "?"
+
+
+def svg(r: dict[str, Any]) -> str:
+    """Three panels sharing the time axis; faults as shaded spans (instants as lines)."""
+    samples = r["samples"]
+    width, panel_h, left, top = 900, 160, 60, 20
+    end = max([s["t"] for s in samples] + [f["ended"] for f in r["faults"]] + [1.0])
+    panels: list[tuple[str, list[tuple[str, str, list[tuple[float, float]]]]]] = [
+        ("delivered jobs/s (file sink)", [("rate", "#1f77b4", _series(samples, "rate"))]),
+        (
+            "latency CI end → file sink (s)",
+            [
+                ("p50", "#2ca02c", _series(samples, "latency_p50")),
+                ("p99", "#d62728", _series(samples, "latency_p99")),
+            ],
+        ),
+        (
+            "RSS (MiB)",
+            [(p, c, [(t, y / 1024) for t, y in _proc(samples, p)]) for p, c in PROCS],
+        ),
+    ]
+    height = top + len(panels) * (panel_h + 40) + 20
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        'font-family="sans-serif" font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+    ]
+    plot_w = width - left - 20
+
+    def x(t: float) -> float:
+        return left + plot_w * t / end
+
+    for i, (title, lines) in enumerate(panels):
+        y0 = top + i * (panel_h + 40) + 15
+        ymax = max([y for _, _, pts in lines for _, y in pts] + [1e-9]) * 1.1
+        out.append(f'<text x="{left}" y="{y0 - 4}" font-weight="bold">{escape(title)}</text>')
+        for f in r["faults"]:
+            a, b = x(f["started"]), x(f["ended"])
+            out.append(
+                f'<rect x="{a:.1f}" y="{y0}" width="{max(1.0, b - a):.1f}" height="{panel_h}" '
+                f'fill="#f4a582" fill-opacity="0.35"><title>{escape(f["kind"])}</title></rect>'
+            )
+            if i == 0:
+                out.append(
+                    f'<text x="{a:.1f}" y="{y0 + 10}" font-size="8" '
+                    f'transform="rotate(90 {a:.1f} {y0 + 10})">{escape(f["kind"])}</text>'
+                )
+        out.append(
+            f'<rect x="{left}" y="{y0}" width="{plot_w}" height="{panel_h}" fill="none" '
+            'stroke="#888"/>'
+        )
+        out.append(f'<text x="{left - 5}" y="{y0 + 8}" text-anchor="end">{ymax:.3g}</text>')
+        out.append(f'<text x="{left - 5}" y="{y0 + panel_h}" text-anchor="end">0</text>')
+        for k, (name, colour, pts) in enumerate(lines):
+            if pts:
+                path = " ".join(
+                    f"{x(t):.1f},{y0 + panel_h - panel_h * y / ymax:.1f}" for t, y in pts
+                )
+                out.append(
+                    f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.2"/>'
+                )
+            out.append(
+                f'<text x="{left + plot_w - 5}" y="{y0 + 12 + 12 * k}" text-anchor="end" '
+                f'fill="{colour}">{escape(name)}</text>'
+            )
+        axis = y0 + panel_h + 14
+        for t in range(0, int(end) + 1, max(60, int(end / 10) // 60 * 60 or 60)):
+            out.append(f'<text x="{x(t):.1f}" y="{axis}" text-anchor="middle">{t}s</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def _series(samples: list[dict[str, Any]], key: str) -> list[tuple[float, float]]:
+    return [(s["t"], float(s[key])) for s in samples if key in s]
+
+
+def _proc(samples: list[dict[str, Any]], name: str) -> list[tuple[float, float]]:
+    return [(s["t"], float(s["procs"][name]["rss_kib"])) for s in samples if name in s["procs"]]
+
+
+def main() -> None:
+    """``python -m soak.report <result.json>``: the .md and .svg again from a result (after
+    the report gained something, or to look at an old run)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    path = Path(sys.argv[1])
+    r = json.loads(path.read_text())
+    path.with_suffix(".md").write_text(markdown(r, path.with_suffix(".svg").name))
+    path.with_suffix(".svg").write_text(svg(r))
+
+
+if __name__ == "__main__":
+    main()
