@@ -337,6 +337,15 @@ def test_job_page_transcript_segments_and_deliveries(site: Site) -> None:
     assert "+0.0 s" in timeline or "+0.1 s" in timeline
 
 
+def test_job_page_shows_the_trace_id_when_the_job_was_traced(site: Site) -> None:
+    job = site.jobs["calm"]
+    assert 'id="trace-id"' not in site.app().get(f"/ui/jobs/{job}").text
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    site.ledger.set_trace_parent(job, f"00-{trace}-00f067aa0ba902b7-01")
+    html = site.app().get(f"/ui/jobs/{job}").text
+    assert f'<dd id="trace-id">{trace}</dd>' in html
+
+
 def test_hostile_transcript_and_user_data_show_as_text(site: Site) -> None:
     listed = site.app().get(f"/ui/jobs?job={site.jobs['evil']}").text
     assert "&lt;script&gt;alert(&#39;userdata&#39;)&lt;/script&gt;" in listed
@@ -352,13 +361,15 @@ def test_job_page_shows_the_intake_and_failed_attempt_steps(site: Site) -> None:
     timeline = TimelineObserver(site.ledger)
     body = f'{{"EventName": "TaskFinish", "JobsDetail": {{"JobId": "{job}"}}}}'.encode()
     timeline.callbacks_moved("persistent://public/default/t", [MovedCallback(body, 1.0, "URL")])
+    timeline.described([job], {job: {"JobId": job, "State": "Success"}}, 0.02)
     retry = Settlement(Action.RETRY, "CI answered <b>503</b>", 8.0)
     timeline.settled(MessageInfo("1:1:1", 1, 0), Verdict(Outcome.RETRY, "", job), retry)
     timeline.drain()
     html = site.app().get(f"/ui/jobs/{job}").text
     steps = html[html.index('id="timeline"') :]
-    for stage in ("callback received", "moved onto Pulsar", "retry scheduled"):
+    for stage in ("callback received", "moved onto Pulsar", "read back", "retry scheduled"):
         assert f"<td>{stage}</td>" in steps
+    assert "CI said Success (0.02 s)" in steps
     assert "attempt 1 failed: CI answered &lt;b&gt;503&lt;/b&gt;; retry in 8 s" in steps
 
 

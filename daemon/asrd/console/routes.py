@@ -35,6 +35,7 @@ from ..ledger import (
     JobQuery,
 )
 from ..result import InvalidResult, ResultRecord, normalise
+from ..tracing import trace_id
 from ..usage import report, to_csv
 from .charts import hourly_bars
 from .security import COOKIE, HEADERS, Guard, Session
@@ -497,6 +498,7 @@ def build_router(ctx: ConsoleContext) -> APIRouter:
             request, session, "job.html", title=f"Job {job_id}", job_id=job_id, entry=entry,
             record=record, problem=problem, sinks=sinks, now=time.time(),
             timeline=_timeline(ctx.ledger.events(job_id)), outcome=outcome,
+            trace_id=trace_id(ctx.ledger.trace_parents([job_id]).get(job_id)),
             can_redeliver=ctx.actions and ctx.redeliver is not None,
         )  # fmt: skip
 
