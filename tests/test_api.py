@@ -77,6 +77,7 @@ def test_api_health_metrics_submit_get_and_sd_notify(tmp_path: Path, broker: Bro
             "created",
             "callback received",
             "moved onto Pulsar",
+            "read back",
             "delivered",
             "failed",
         ]
