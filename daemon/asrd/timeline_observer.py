@@ -23,13 +23,14 @@ import structlog
 
 from .ledger import JobBook
 from .observers import Observer
-from .vocabulary import Action, MessageInfo, MovedCallback, Settlement, Verdict
+from .vocabulary import JOB_ID, Action, MessageInfo, MovedCallback, Settlement, Verdict
 
 log = structlog.get_logger("asrd.timeline")
 
 # The job id in a CI notification (XML ``<JobId>`` or JSON ``"JobId":``): a search, not a parse,
 # so the intake's thread spends microseconds on it; a body without one is not a job's step.
-_JOB_ID = re.compile(rb"JobId[\"'>:\s]*(s[0-9a-f]{32})")
+# The id's own pattern is the one every other check uses (``vocabulary.JOB_ID``).
+_JOB_ID = re.compile(rb"JobId[\"'>:\s]*(" + JOB_ID.pattern.encode("ascii") + rb")")
 Step = tuple[str, float, str, str]  # (job id, time, stage, detail)
 
 
