@@ -34,8 +34,10 @@ def markdown(r: dict[str, Any], plot: str = "") -> str:
         f"{r['repeat_deliveries']['files']}, webhook {r['repeat_deliveries']['webhook']})",
         f"- dead letters: {r['dead_letters']} ({r['dead_letters_not_planted']} not planted; "
         f"{r['planted']} hostile messages planted)",
-        f"- owed at the end: {r['owed_at_end']} (creates whose outcome `asrd submit` could not "
-        f"learn: {r['submit_failed']}); daemon starts: {r['daemon_starts']}; exits nobody "
+        f"- owed at the end: {r['owed_at_end']} jobs CI made; "
+        f"{r.get('unknown_creates_at_end', '-')} creates still pending whose outcome "
+        f"`asrd submit` could not learn (it reported {r['submit_failed']} without a job id); "
+        f"daemon starts: {r['daemon_starts']}; exits nobody "
         f"asked for: {len(r['daemon_unexpected_exits'])}",
         f"- latency CI end → file sink, outside fault windows: {r['latency_s_outside_faults']}",
         f"- network degradation: {r['network_degrade']}",

@@ -399,6 +399,35 @@ def test_ledger_urls_that_cannot_be_used_say_why_without_the_password(
         open_ledger("mysql://x/y")
 
 
+def test_a_job_delivered_before_its_submit_recorded_the_id_is_not_left_owed(
+    ledger: Ledger,
+) -> None:
+    """The create's answer was lost; CI made the job, which finished and was delivered while the
+    submit was still looking it up. The delivery settles the job's row by its client token, and
+    the submit's late record (the look-up found the id) does not reopen it."""
+    now = time.time()
+    for token in ("t1", "t2", "t3"):
+        ledger.record_pending(entry(token, None, now, 3600))
+    ledger.commit(
+        LedgerWrites(
+            settled=[("s1", "Success"), ("s2", "Failed"), ("s3", "Success")],
+            tokens={"s1": "t1", "s2": "t2", "s3": "someone-else's"},
+        )
+    )
+    assert ledger.job("s1").status == SETTLED  # type: ignore[union-attr]
+    assert ledger.job("s2").status == FAILED  # type: ignore[union-attr]
+    assert ledger.job("s3") is None  # a token of no pending job settles nothing
+    ledger.record_job(entry("t1", "s1", now, 3600))
+    ledger.record_job(entry("t2", "s2", now, 3600))
+    ledger.record_job(entry("t3", "s3", now, 3600))
+    assert ledger.job("s1").status == SETTLED  # type: ignore[union-attr]
+    assert ledger.job("s2").status == FAILED  # type: ignore[union-attr]
+    assert ledger.job("s3").status == OWED  # type: ignore[union-attr]
+    assert ledger.job_stats(now).owed == 1
+    stages = [e.stage for e in ledger.events("s1")]
+    assert "settled" in stages and "created" in stages
+
+
 def test_steps_of_known_jobs_only_at_their_own_times(ledger: Ledger) -> None:
     now = time.time()
     ledger.record_job(entry("t1", "s1", now - 5, 3600))

@@ -8,12 +8,15 @@ single message is a batch of one."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from asrd.broker import Inbound
 from asrd.ci import CiError, ErrorKind
+from asrd.clienttoken import compose
 from asrd.config import FileSinkSettings, PulsarSettings, When
+from asrd.ledger import PENDING, SETTLED, JobEntry
 from asrd.observers import Observers
 from asrd.pipeline import Pipeline
 from asrd.result import ResultRecord
@@ -226,3 +229,22 @@ def test_a_batch_of_one_is_judged_as_the_same_message_in_a_batch(tmp_path: Path)
     acked, retried, dead = one_by_one
     assert acked == [bodies[0]] and retried == [bodies[1]]
     assert dead[0].startswith("bad message: ") and dead[1].startswith("CI get job failed: ")
+
+
+def test_a_job_delivered_before_the_submit_knows_its_id_is_settled_by_its_token(
+    tmp_path: Path,
+) -> None:
+    """The create's answer was lost and the submit is still looking the job up when its callback
+    is delivered: the job's pending row is settled through the token in its UserData."""
+    d = Daemon(tmp_path / "out")
+    job = job_id(7)
+    now = time.time()
+    d.ledger.record_pending(JobEntry("tok-7", None, "media/7.mp3", PENDING, now, now + 3600))
+    detail = described(job)
+    detail["Operation"] = {**detail["Operation"], "UserData": compose("tok-7", "mine")}  # type: ignore[dict-item]
+    d.ci.jobs[job] = detail
+    d.receive(message(callback(job)))
+    settled = d.ledger.job_by_token("tok-7")
+    assert settled is not None and (settled.job_id, settled.status) == (job, SETTLED)
+    d.ledger.record_job(JobEntry("tok-7", job, "media/7.mp3", PENDING, now, now + 3600))
+    assert d.ledger.job_stats(time.time()).owed == 0

@@ -267,6 +267,8 @@ class Pipeline:
                 )
             else:
                 writes.settled.append((r.job_id, r.state))
+                if token := r.client_token:
+                    writes.tokens[r.job_id] = token
                 if r.audio_time is not None:
                     writes.usage.append(Usage(r.job_id, r.queue_id, engine_of(r), r.audio_time))
                 out[r.job_id] = Verdict(Outcome.DONE, "", r.job_id, got)

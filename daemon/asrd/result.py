@@ -82,12 +82,17 @@ class ResultRecord:
         return self.state in TERMINAL_STATES
 
     @property
-    def canary(self) -> bool:
-        """A job of `asrd check --canary` (its client token says so): for no sink."""
+    def client_token(self) -> str | None:
+        """The client token ``asrd submit`` put in the job's UserData (None if not asrd's)."""
         operation = self.raw.get("Operation")
         user_data = operation.get("UserData") if isinstance(operation, dict) else None
         token, _ = clienttoken.split(user_data if isinstance(user_data, str) else None)
-        return clienttoken.is_canary(token)
+        return token
+
+    @property
+    def canary(self) -> bool:
+        """A job of `asrd check --canary` (its client token says so): for no sink."""
+        return clienttoken.is_canary(self.client_token)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form. ``raw`` is shared, not copied (``asdict`` would deep-copy it)."""

@@ -168,7 +168,7 @@ class MemoryLedger:
                     self._event(job_id, now, "not selected", sink)
                     self._not_wanted[job_id, sink] = now
             for job_id, ci_state in writes.settled:
-                self._settle(job_id, ci_state, now)
+                self._settle(job_id, ci_state, writes.tokens.get(job_id), now)
             for key in writes.cleared:
                 self._attempts.pop(key, None)
             for job_id in writes.release:
@@ -178,14 +178,19 @@ class MemoryLedger:
                 if u.job_id not in self._usage:
                     self._usage[u.job_id] = _Usage(now, u.queue_id, u.engine, u.audio_seconds)
 
-    def _settle(self, job_id: str, ci_state: str | None, now: float) -> None:
+    def _settle(self, job_id: str, ci_state: str | None, token: str | None, now: float) -> None:
         entry = self._by_id(job_id)
+        if entry is None and token is not None:
+            # The submit has not recorded the id yet (sql.py says when).
+            by_token = self._jobs.get(token)
+            entry = by_token if by_token is not None and by_token.job_id is None else None
         if entry is None or entry.status not in OPEN_STATUSES:
             return
         detail = f"CI state {ci_state}" if ci_state else ""
         self._event(job_id, now, "failed" if _failed(ci_state) else "settled", detail)
         self._jobs[entry.client_token] = replace(
             entry,
+            job_id=job_id,
             status=FAILED if _failed(ci_state) else SETTLED,
             settled_at=now,
             ci_state=entry.ci_state if ci_state is None else ci_state,
@@ -255,7 +260,7 @@ class MemoryLedger:
                     known,
                     job_id=entry.job_id,
                     reason="",
-                    status=OWED if known.status in (PENDING, FAILED) else known.status,
+                    status=OWED if _reopens(known) else known.status,
                     queue_id=entry.queue_id or known.queue_id,
                     user_data=entry.user_data or known.user_data,
                 )
@@ -451,3 +456,9 @@ class MemoryLedger:
 
     def close(self) -> None:
         pass
+
+
+def _reopens(known: JobEntry) -> bool:
+    """Whether recording a created job makes ``known`` owed: a create waiting for its answer, or
+    one CI refused before; not a job a delivery already settled by its client token."""
+    return known.status == PENDING or (known.status == FAILED and known.job_id is None)

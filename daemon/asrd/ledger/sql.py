@@ -95,9 +95,15 @@ _EVENT_ONCE = (
     "INSERT INTO events (job_id, at, stage, detail) SELECT ?, ?, ?, ?"
     " WHERE NOT EXISTS (SELECT 1 FROM events WHERE job_id = ? AND stage = ?)"
 )
+# The open job a settle is for: the row with its id, or the row of its client token while the
+# submit has not recorded the id yet (never one whose id another row already holds).
+_OPEN_JOB = (
+    "status IN (?, ?) AND (job_id = ? OR (job_id IS NULL AND client_token = ?"
+    " AND NOT EXISTS (SELECT 1 FROM jobs AS other WHERE other.job_id = ?)))"
+)
 _EVENT_SETTLED = (
-    "INSERT INTO events (job_id, at, stage, detail) SELECT ?, ?, ?, ?"
-    " WHERE EXISTS (SELECT 1 FROM jobs WHERE job_id = ? AND status IN (?, ?))"
+    f"INSERT INTO events (job_id, at, stage, detail) SELECT ?, ?, ?, ? WHERE EXISTS"  # noqa: S608
+    f" (SELECT 1 FROM jobs WHERE {_OPEN_JOB})"
 )
 _EVENT_FAILED = (
     "INSERT INTO events (job_id, at, stage, detail) SELECT job_id, ?, 'failed', ? FROM jobs"
@@ -119,11 +125,17 @@ def _not_wanted_statements(job_id: str, sink: str, now: float) -> list[tuple[str
     ]
 
 
-def _settled_statements(job_id: str, ci_state: str | None, now: float) -> list[tuple[str, Params]]:
+def _settled_statements(
+    job_id: str, ci_state: str | None, token: str | None, now: float
+) -> list[tuple[str, Params]]:
     stage = "failed" if ci_state in ("Failed", "Cancel") else "settled"
     detail = f"CI state {ci_state}" if ci_state else ""
-    event = (_EVENT_SETTLED, (job_id, now, stage, detail, job_id, *OPEN_STATUSES))
-    return [event, _settle_statement(job_id, ci_state, now)]
+    event = (_EVENT_SETTLED, (job_id, now, stage, detail, *_open_job(job_id, token)))
+    return [event, _settle_statement(job_id, ci_state, token, now)]
+
+
+def _open_job(job_id: str, token: str | None) -> Params:
+    return (*OPEN_STATUSES, job_id, token, job_id)
 
 
 _NOT_WANTED = (
@@ -138,12 +150,14 @@ _BEGIN_ATTEMPT = (
 Rows = list[tuple[Any, ...]]
 
 
-def _settle_statement(job_id: str, ci_state: str | None, now: float) -> tuple[str, Params]:
+def _settle_statement(
+    job_id: str, ci_state: str | None, token: str | None, now: float
+) -> tuple[str, Params]:
     status = FAILED if ci_state in ("Failed", "Cancel") else SETTLED
     return (
-        "UPDATE jobs SET status = ?, settled_at = ?,"
-        " ci_state = COALESCE(?, ci_state) WHERE job_id = ? AND status IN (?, ?)",
-        (status, now, ci_state, job_id, *OPEN_STATUSES),
+        f"UPDATE jobs SET status = ?, settled_at = ?, ci_state = COALESCE(?, ci_state),"  # noqa: S608
+        f" job_id = ? WHERE {_OPEN_JOB}",
+        (status, now, ci_state, job_id, *_open_job(job_id, token)),
     )
 
 
@@ -243,7 +257,9 @@ class SqlLedger:
             st for job_id, sink in w.not_wanted for st in _not_wanted_statements(job_id, sink, now)
         ]
         statements += [
-            st for job_id, state in w.settled for st in _settled_statements(job_id, state, now)
+            st
+            for job_id, state in w.settled
+            for st in _settled_statements(job_id, state, w.tokens.get(job_id), now)
         ]
         statements += [("DELETE FROM attempts WHERE message_key = ?", (k,)) for k in w.cleared]
         statements += [(_RELEASE, (job_id, w.owner)) for job_id in w.release]
@@ -328,8 +344,11 @@ class SqlLedger:
                     "INSERT INTO jobs (client_token, job_id, input, status, submitted_at,"
                     " deadline_at, queue_id, user_data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (client_token) DO UPDATE"
+                    # Owed unless a delivery settled the job by its token before this record
+                    # (a job with an id is not reopened).
                     " SET job_id = excluded.job_id, reason = '', status = CASE"
-                    " WHEN jobs.status IN (?, ?) THEN ? ELSE jobs.status END,"
+                    " WHEN jobs.status = ? OR (jobs.status = ? AND jobs.job_id IS NULL) THEN ?"
+                    " ELSE jobs.status END,"
                     # An adoption that does not know them keeps what the submit recorded.
                     " queue_id = CASE WHEN excluded.queue_id = '' THEN jobs.queue_id"
                     " ELSE excluded.queue_id END,"

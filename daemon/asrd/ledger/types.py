@@ -145,6 +145,10 @@ class LedgerWrites:
     # (job id, CI state or None): every selected sink has the job (failed when CI ended it
     # Failed or Cancel).
     settled: list[tuple[str, str | None]] = field(default_factory=list)
+    # Settled jobs' client tokens (job id -> token): a job's callback can be delivered before
+    # the submit that created it has recorded its id (its create answer was lost and it is
+    # still looking the job up), so a settle also finds the job's row by its token.
+    tokens: dict[str, str] = field(default_factory=dict)
     usage: list[Usage] = field(default_factory=list)  # the settled jobs' audio
     cleared: list[str] = field(default_factory=list)  # message keys settled for good
     release: list[str] = field(default_factory=list)  # job ids whose claims ``owner`` gives up
