@@ -128,4 +128,7 @@ def test_deadline_sweep_delivers_what_the_list_window_misses(
         emu.stop()
     log = (tmp_path / "daemon.log").read_text()
     assert "deadline sweep delivered an overdue job" in log
-    assert "reconciled a job whose callback never came" not in log
+    # The reconciler's window had passed the swept jobs (the API job, whose callback is on its
+    # way, it may deliver first).
+    reconciled = [ln for ln in log.splitlines() if "reconciled a job whose callback" in ln]
+    assert not [ln for ln in reconciled if lost_id in ln or reached_id in ln], reconciled

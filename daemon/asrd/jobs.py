@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from . import clienttoken
-from .ci import CiClient, CiError
+from .ci import CiClient, CiError, JobsDetail
 from .ledger import FAILED, OWED, PENDING, SETTLED, JobBook, JobEntry
 from .observers import Observers
 from .pipeline import Pipeline
@@ -138,6 +138,7 @@ def sweep_overdue(
         if job_id is not None:
             ids.append(job_id)
     details = ci.describe_jobs(ids, batch) if ids else {}
+    finished: dict[str, JobsDetail] = {}
     for job_id in ids:
         report.checked += 1
         detail = details.get(job_id)
@@ -154,7 +155,10 @@ def sweep_overdue(
             ledger.note_check(job_id, state, f"still {state} at CI past its deadline")
             report.still_running[job_id] = state
             continue
-        verdict = pipeline.deliver_details({job_id: detail})[job_id]
+        finished[job_id] = detail
+    # The finished ones in one batch, as callbacks are delivered.
+    for job_id, verdict in (pipeline.deliver_details(finished) if finished else {}).items():
+        state = str(finished[job_id].get("State", ""))
         if verdict.outcome is Outcome.DONE:
             report.delivered.append(job_id)
             log.info("deadline sweep delivered an overdue job", job_id=job_id, state=state)

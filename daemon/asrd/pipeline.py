@@ -290,4 +290,10 @@ class Pipeline:
 
     def complete(self, job_id: str) -> bool:
         """Every configured sink has this job or does not want it (so CI need not be asked)."""
-        return self._router.names <= self._ledger.finished_many([job_id])[job_id]
+        return not self.incomplete([job_id])
+
+    def incomplete(self, job_ids: list[str]) -> list[str]:
+        """Those of ``job_ids`` some configured sink still lacks (one ledger read)."""
+        names = self._router.names
+        finished = self._ledger.finished_many(job_ids)
+        return [j for j in job_ids if not names <= finished[j]]

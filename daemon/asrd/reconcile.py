@@ -8,6 +8,7 @@ alone for ``grace_s``, since their callback is probably on its way.
 
 from __future__ import annotations
 
+import itertools
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -25,6 +26,7 @@ log = structlog.get_logger("asrd.reconcile")
 CI_TIME = "%Y-%m-%dT%H:%M:%S%z"
 # CI's own timestamps are Beijing time; any offset works for the filter.
 _CST = timezone(timedelta(hours=8))
+_PAGE = 100  # CI's list page: the jobs checked and delivered together
 
 
 def reconcile(
@@ -43,19 +45,15 @@ def reconcile(
     end = (now - timedelta(seconds=grace_s)).astimezone(_CST).strftime(CI_TIME)
     report = ReconcileReport()
     jobs = ci.list_jobs(queue_id=queue_id or None, states="Success,Failed", start=start, end=end)
-    for detail in jobs:
-        report.checked += 1
-        job_id = str(detail.get("JobId", ""))
-        if pipeline.complete(job_id):
-            report.already += 1
-            continue
-        verdict = pipeline.deliver_jobs([job_id])[job_id]
-        if verdict.outcome is Outcome.DONE:
-            report.delivered.append(job_id)
-            log.info("reconciled a job whose callback never came", job_id=job_id)
-        else:
-            report.failed[job_id] = verdict.reason
-            log.warning("reconcile could not deliver", job_id=job_id, reason=verdict.reason)
+    # A listed page at a time: one ledger read finds the missing jobs, one batch delivers them
+    # (the pipeline reads each back from CI: the listing is only a hint, like a callback).
+    ids = (str(d.get("JobId", "")) for d in jobs)
+    while page := list(itertools.islice(ids, _PAGE)):
+        report.checked += len(page)
+        missing = pipeline.incomplete(page)
+        report.already += len(page) - len(missing)
+        if missing:
+            _deliver(pipeline, missing, report)
     log.info(
         "reconcile pass",
         checked=report.checked,
@@ -64,3 +62,13 @@ def reconcile(
     )
     (observers or Observers()).reconcile_pass(report, time.monotonic() - started)
     return report
+
+
+def _deliver(pipeline: Pipeline, job_ids: list[str], report: ReconcileReport) -> None:
+    for job_id, verdict in pipeline.deliver_jobs(job_ids).items():
+        if verdict.outcome is Outcome.DONE:
+            report.delivered.append(job_id)
+            log.info("reconciled a job whose callback never came", job_id=job_id)
+        else:
+            report.failed[job_id] = verdict.reason
+            log.warning("reconcile could not deliver", job_id=job_id, reason=verdict.reason)
