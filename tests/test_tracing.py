@@ -7,29 +7,36 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from asrd import config, tracing
+from asrd.api import ApiContext, create_app
 from asrd.broker import Inbound
 from asrd.config import Settings
 from asrd.intake.forward import Outgoing
 from asrd.jobs import show
 from asrd.ledger import SCHEMA_VERSION, SqliteLedger
-from asrd.observers import Observers
+from asrd.metrics import Metrics
+from asrd.observers import MessageInfo, Observers
 from asrd.pipeline import Pipeline
 from asrd.sinks import build_routes
 from asrd.sinks.routing import Router
 from asrd.submit import JobSpec, Submitter, TokenLookup
-from asrd.testing import StubMessage, StubTransport
+from asrd.testing import StubMessage, StubTransport, message
 from asrd.tracing_otel import TracingObserver
+from asrd.vocabulary import Action, Outcome, Settlement, Verdict
 from asrd.worker import Worker
 
 from . import otlp_receiver
@@ -62,6 +69,7 @@ class Ci:
     def __init__(self) -> None:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.running: dict[str, int] = {}
+        self.observers = Observers()  # told of each describe, as the real client tells
 
     def queue_id(self) -> str:
         return "p5275b560c7fd498db9a36e5e202827b6"
@@ -72,6 +80,7 @@ class Ci:
         return {"JobId": job, "QueueId": self.queue_id(), "State": "Submitted"}
 
     def get_jobs(self, job_ids: list[str]) -> dict[str, Any]:
+        self.observers.ci_call("describe", "ok", 0.003)
         out: dict[str, Any] = {}
         for j in job_ids:
             d = self.jobs.get(j)
@@ -95,7 +104,11 @@ class Rig:
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(self.spans))
         self.ledger = SqliteLedger(tmp_path / "ledger.db")
-        self.observers = Observers([TracingObserver(provider.get_tracer("test"), self.ledger)])
+        self.tracer = TracingObserver(provider.get_tracer("test"), self.ledger)
+        # Metrics after tracing: its exemplars must not depend on which observer runs first.
+        self.metrics = Metrics()
+        self.metrics.trace_of = tracing.trace_lookup([self.tracer])
+        self.observers = Observers([self.tracer, self.metrics])
         path = tmp_path / "asrd.toml"
         path.write_text(
             BASE
@@ -106,6 +119,7 @@ class Rig:
         )
         self.settings: Settings = config.load(path, environ={})
         self.ci = Ci()
+        self.ci.observers = self.observers
         ci: Any = self.ci  # the stand-in has the calls the stages make
         self.submitter = Submitter(
             ci,
@@ -267,6 +281,71 @@ def test_a_job_submitted_elsewhere_gets_one_trace_from_the_intake_on(rig: Rig) -
     theirs = rig.of(stranger)
     assert len({s.context.trace_id for s in theirs}) == 1
     assert {s.name for s in theirs} >= {"ci.job", "cmq.move", "pulsar.consume", *BATCH_SPANS}
+
+
+OPENMETRICS_ACCEPT = "application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5"
+
+
+def exemplars(text: str, family: str) -> list[str]:
+    """The trace ids of the exemplars on ``family``'s buckets in an OpenMetrics exposition."""
+    return re.findall(
+        rf'^{family}_bucket\{{.*\}} \S+ # \{{trace_id="([0-9a-f]{{32}})"\}}', text, re.M
+    )
+
+
+def test_the_latency_histograms_exemplars_point_at_the_jobs_traces(rig: Rig) -> None:
+    job = rig.submit()
+    rig.worker.process_batch(rig.intake([job]))
+    assert len(rig.transport.acked) == 1
+    consume = one(rig.of(job), "pulsar.consume")
+    trace = f"{consume.context.trace_id:032x}"
+
+    ci: Any = rig.ci
+    metrics = rig.metrics
+    app = create_app(
+        ApiContext(
+            ci, rig.settings.ci, lambda: True, metrics.exposition, openmetrics=metrics.openmetrics
+        )
+    )
+    scraped = TestClient(app).get("/metrics", headers={"Accept": OPENMETRICS_ACCEPT})
+    assert scraped.status_code == 200
+    assert scraped.headers["content-type"].startswith("application/openmetrics-text")
+    assert exemplars(scraped.text, "asrd_delivery_latency_seconds") == [trace]
+    # The describe's duration points at the trace its ci.describe span is in.
+    assert exemplars(scraped.text, "asrd_ci_request_duration_seconds") == [trace]
+    # A scraper that asks for the Prometheus text gets it, without exemplars.
+    plain = TestClient(app).get("/metrics")
+    assert plain.headers["content-type"].startswith("text/plain")
+    assert "asrd_delivery_latency_seconds_bucket" in plain.text and "trace_id" not in plain.text
+
+
+def settle_one(observers: Observers) -> None:
+    """A message consumed and delivered, as the worker reports it."""
+    m = message(b"body")
+    info = MessageInfo(m.origin_id, 1, int(time.time() * 1000) - 2000)  # 2 s ago
+    observers.consuming([m], [info])
+    observers.message_received(info)
+    observers.settled(
+        info, Verdict(Outcome.DONE, "", "s-1", delivered=("files",)), Settlement(Action.ACK)
+    )
+
+
+def test_no_exemplar_without_tracing_or_sampling(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    off = Metrics()
+    off.trace_of = tracing.trace_lookup(tracing.observers(None))  # as the daemon wires it
+    settle_one(Observers([off]))
+    # A trace not sampled is not pointed at either.
+    unsampled = TracerProvider(sampler=ALWAYS_OFF).get_tracer("test")
+    tracer = TracingObserver(unsampled, None)
+    dropped = Metrics()
+    dropped.trace_of = tracing.trace_lookup([tracer])
+    settle_one(Observers([tracer, dropped]))
+    for metrics in (off, dropped):
+        text = metrics.openmetrics().decode()
+        assert 'asrd_delivery_latency_seconds_bucket{le="5.0"} 1.0' in text
+        assert "trace_id" not in text
 
 
 def test_the_trace_rule() -> None:

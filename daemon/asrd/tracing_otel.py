@@ -151,6 +151,8 @@ class _Batch(threading.local):
         self.consumes: list[Span] = []
         self.by_message: dict[str, Span] = {}
         self.by_job: dict[str, Span] = {}
+        self.traced: dict[str, Span] = {}  # message id -> consume span, until the next batch
+        self.submit: Span | None = None  # the submit under way
 
 
 class TracingObserver(Observer):
@@ -168,6 +170,7 @@ class TracingObserver(Observer):
         span = self._tracer.start_span("asrd.submit", context=Context(), kind=SpanKind.PRODUCER)
         with self._lock:
             self._submits[token] = (span, 0)
+        self._batch.submit = span
 
     def create_answered(self, token: str, attempt: int, seconds: float, error: str) -> None:
         with self._lock:
@@ -193,6 +196,7 @@ class TracingObserver(Observer):
         if found is None:
             return
         span = found[0]
+        self._batch.submit = None
         span.set_attribute("asrd.submit.status", status)
         if job_id:
             span.set_attribute(JOB_ID, job_id)
@@ -264,7 +268,7 @@ class TracingObserver(Observer):
         b = self._batch
         for left in b.by_message.values():  # a batch left unsettled (a crash): close it
             left.end()
-        b.consumes, b.by_message, b.by_job = [], {}, {}
+        b.consumes, b.by_message, b.by_job, b.traced = [], {}, {}, {}
         for m, info in zip(messages, infos, strict=True):
             props = _properties(m)
             parent = _W3C.extract(props, context=Context()) if TRACEPARENT in props else Context()
@@ -282,7 +286,7 @@ class TracingObserver(Observer):
                 },
             )
             b.consumes.append(span)
-            b.by_message[info.message_id] = span
+            b.by_message[info.message_id] = b.traced[info.message_id] = span
 
     def batch_jobs(self, positions: Mapping[str, list[int]]) -> None:
         b = self._batch
@@ -365,6 +369,23 @@ class TracingObserver(Observer):
         if span is not None:
             span.set_status(Status(StatusCode.ERROR, f"could not publish: {error}"[:500]))
             span.end()
+
+    # -- exemplars ---------------------------------------------------------------------------
+    def trace_of(self, message_id: str | None) -> str | None:
+        """The sampled trace id of a message of this thread's latest batch; with None, of the
+        work this thread is doing (a submit, or the open batch's first job, whose trace has the
+        batch's spans). None when there is none or it is not sampled."""
+        b = self._batch
+        if message_id is not None:
+            span = b.traced.get(message_id)
+        elif b.submit is not None:
+            span = b.submit
+        else:
+            span = next(iter(b.by_job.values()), None) if b.by_message else None
+        if span is None:
+            return None
+        context = span.get_span_context()
+        return format(context.trace_id, "032x") if context.trace_flags.sampled else None
 
     def _parents(self, job_ids: Sequence[str]) -> dict[str, Span]:
         """The consume span of each job in this thread's batch; jobs delivered without a
