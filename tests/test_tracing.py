@@ -24,8 +24,9 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from asrd import config, tracing
 from asrd.api import ApiContext, create_app
 from asrd.broker import Inbound
-from asrd.config import Settings
-from asrd.intake.forward import Outgoing
+from asrd.config import Settings, UrlIntakeSettings
+from asrd.intake.forward import Forwarder, Outgoing
+from asrd.intake.url import UrlReceiver
 from asrd.jobs import show
 from asrd.ledger import SCHEMA_VERSION, SqliteLedger
 from asrd.metrics import Metrics
@@ -40,6 +41,8 @@ from asrd.vocabulary import Action, Outcome, Settlement, Verdict
 from asrd.worker import Worker
 
 from . import otlp_receiver
+from .conftest import Broker
+from .support import quiet_client
 from .test_callback_and_result import detail
 from .test_ledger import BACKENDS, Store
 
@@ -150,7 +153,7 @@ class Rig:
         them to the consumer (with the properties the intake wrote)."""
         outgoing = [Outgoing(self.ci.callback(j), {"CMQ_QUEUE": "q"}) for j in jobs]
         self.observers.intake_forwarding("q", TOPIC, outgoing, 0.01)
-        self.observers.intake_moved("q", len(outgoing))
+        self.observers.intake_forwarded("q", [None] * len(outgoing))
         received = []
         for o in outgoing:
             stub = StubMessage(o.body, TOPIC, props=o.properties)
@@ -281,6 +284,59 @@ def test_a_job_submitted_elsewhere_gets_one_trace_from_the_intake_on(rig: Rig) -
     theirs = rig.of(stranger)
     assert len({s.context.trace_id for s in theirs}) == 1
     assert {s.name for s in theirs} >= {"ci.job", "cmq.move", "pulsar.consume", *BATCH_SPANS}
+
+
+def test_the_url_intake_continues_the_jobs_trace_into_the_message(
+    rig: Rig, broker: Broker, topic: str
+) -> None:
+    """A real URL receiver producing to a real Pulsar topic, as CI's Url callbacks reach it."""
+    client = quiet_client(broker.service_url)
+    try:
+        consumer = client.subscribe(topic, "reader")
+        receiver = UrlReceiver(
+            UrlIntakeSettings(token="callback-secret-0123"), Forwarder(client, topic), rig.observers
+        )
+        job = rig.submit()
+        untraced = Submitter(
+            rig.ci,  # type: ignore[arg-type]
+            rig.settings.ci,
+            rig.ledger,
+            3600.0,
+            TokenLookup(rig.ci, "", 60.0),  # type: ignore[arg-type]
+        )
+        elsewhere = untraced.submit(JobSpec(input_object="b.mp3"), uuid.uuid4().hex).job_id
+        assert elsewhere and rig.ledger.trace_parents([elsewhere]) == {}
+        for j in (job, elsewhere):
+            assert receiver.accept("callback-secret-0123", rig.ci.callback(j), {}).status == 200
+        got = [consumer.receive(timeout_millis=30_000) for _ in range(2)]
+        received = []
+        for m in got:
+            props = dict(m.properties())
+            assert props["ASRD_SOURCE"] == "url" and "traceparent" in props
+            stub = StubMessage(m.data(), TOPIC, props=props)
+            received.append(Inbound(stub, m.data(), TOPIC, stub.id, stub.publish_ms))
+        rig.worker.process_batch(received)
+        assert len(rig.transport.acked) == 2
+    finally:
+        client.close()
+
+    spans = rig.of(job)
+    assert len({s.context.trace_id for s in spans}) == 1
+    submit, ci_job, move = one(spans, "asrd.submit"), one(spans, "ci.job"), one(spans, "url.move")
+    consume = one(spans, "pulsar.consume")
+    assert parent_of(ci_job, submit) and parent_of(move, ci_job) and parent_of(consume, move)
+    assert move.attributes["messaging.destination.name"] == topic
+    assert "asrd.cmq.queue" not in move.attributes and not named(spans, "cmq.move")
+    # The message carried the move's context.
+    [parent] = [p["traceparent"] for p in (dict(m.properties()) for m in got)
+                if p["traceparent"].split("-")[1] == f"{submit.context.trace_id:032x}"]  # fmt: skip
+    assert parent.split("-")[2] == f"{move.context.span_id:016x}"
+    # A job submitted without tracing: its trace starts at the URL intake, kept in the ledger.
+    theirs = rig.of(elsewhere)
+    assert [s.name for s in theirs if s.parent is None] == ["ci.job"]
+    assert {s.name for s in theirs} >= {"ci.job", "url.move", "pulsar.consume"}
+    kept = rig.ledger.trace_parents([elsewhere])[elsewhere]
+    assert tracing.trace_id(kept) == f"{theirs[0].context.trace_id:032x}"
 
 
 OPENMETRICS_ACCEPT = "application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5"

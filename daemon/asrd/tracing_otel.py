@@ -2,13 +2,14 @@
 the environment asks for traces; ``tracing.py`` decides).
 
 One trace per CI job. ``asrd.submit`` starts it (``ci.create`` for each create request) and its
-context is kept with the job in the ledger. The intake finds it there by job id (or starts the
-trace when the job was submitted elsewhere), adds ``ci.job`` from CI's own creation and end times
-and ``cmq.move``, and writes the W3C ``traceparent``/``tracestate`` into the Pulsar message's
-properties. The consumer continues from them: ``pulsar.consume`` for each attempt (a retry is a
-new span with its ``asrd.attempt``); then ``ci.describe`` (one multi-id request), each
-``sink.<name>`` (one delivery of a batch) and ``ledger.commit`` (one transaction) once per batch,
-in the first job's trace and linked from the others'.
+context is kept with the job in the ledger. Either intake (the CMQ queue's or the URL one) finds
+it there by job id (or starts the trace when the job was submitted elsewhere), adds ``ci.job``
+from CI's own creation and end times and ``cmq.move`` (``url.move``), and writes the W3C
+``traceparent``/``tracestate`` into the Pulsar message's properties. The consumer continues
+from them: ``pulsar.consume`` for each attempt (a retry is a new span with its
+``asrd.attempt``); then ``ci.describe`` (one multi-id request), each ``sink.<name>`` (one
+delivery of a batch) and ``ledger.commit`` (one transaction) once per batch, in the first job's
+trace and linked from the others'.
 
 Stages do work for several jobs at once; their hooks are called once per batch, and the spans
 of a batch are kept per thread (a batch never leaves the thread that received it).
@@ -212,12 +213,20 @@ class TracingObserver(Observer):
     def intake_forwarding(
         self, queue: str, topic: str, messages: Sequence[Outgoing], received_s: float
     ) -> None:
-        self._end_moves()
+        """Both intakes (``queue`` "" for the URL one) come through here."""
+        self._end_moves([])
         jobs = [_job_of(m.body) for m in messages]
         known: dict[str, str] = {}
         if self._ledger is not None and any(jobs):
             known = self._ledger.trace_parents([j for j in jobs if j])
         started = _ns_ago(received_s)
+        move_attrs: dict[str, Any] = {
+            SYSTEM: "pulsar",
+            DESTINATION: topic,
+            OPERATION: "send",
+            OPERATION_NAME: "send",
+            **({"asrd.cmq.queue": queue} if queue else {}),
+        }
         begun: dict[str, str] = {}  # jobs whose trace starts here: kept for the next ones
         for m, job in zip(messages, jobs, strict=True):
             kept = known.get(job) or begun.get(job)
@@ -233,17 +242,10 @@ class TracingObserver(Observer):
                 parent = trace.set_span_in_context(ci_job)
                 root = ci_job
             move = self._tracer.start_span(
-                "cmq.move",
+                "cmq.move" if queue else "url.move",
                 context=parent,
                 kind=SpanKind.PRODUCER,
-                attributes={
-                    SYSTEM: "pulsar",
-                    DESTINATION: topic,
-                    OPERATION: "send",
-                    OPERATION_NAME: "send",
-                    "asrd.cmq.queue": queue,
-                    **attrs,
-                },
+                attributes={**move_attrs, **attrs},
                 start_time=started,
             )
             _W3C.inject(m.properties, context=trace.set_span_in_context(move))
@@ -255,12 +257,16 @@ class TracingObserver(Observer):
             for job, kept in begun.items():
                 self._ledger.set_trace_parent(job, kept)
 
-    def intake_moved(self, queue: str, count: int) -> None:
-        self._end_moves()
+    def intake_forwarded(self, queue: str, failures: Sequence[str | None]) -> None:
+        self._end_moves(failures)
 
-    def _end_moves(self) -> None:
+    def _end_moves(self, failures: Sequence[str | None]) -> None:
+        """End the moves of this thread's round (``failures``: what the broker answered)."""
         moves, self._batch.moves = self._batch.moves, []
-        for span in moves:
+        for i, span in enumerate(moves):
+            failed = failures[i] if i < len(failures) else None
+            if failed is not None:
+                span.set_status(Status(StatusCode.ERROR, failed[:500]))
             span.end()
 
     # -- consumer --------------------------------------------------------------------------
