@@ -162,14 +162,15 @@ class Rig:
 
     def of(self, job: str) -> list[ReadableSpan]:
         """Every finished span in the traces of the spans that name ``job``, plus the
-        batch spans they link to."""
+        batch spans they link to and those next to them (under the same consume span)."""
         spans = self.spans.get_finished_spans()
         names = [s for s in spans if (s.attributes or {}).get("asrd.job_id") == job]
         traces = {s.context.trace_id for s in names}
         mine = [s for s in spans if s.context.trace_id in traces]
         linked = {link.context.span_id for s in mine for link in s.links}
-        batch = [s for s in spans if s.name in BATCH_SPANS and s not in mine]
-        return mine + [s for s in batch if s.context.span_id in linked]
+        batch = [s for s in spans if s.name in BATCH_SPANS and s not in mine and s.parent]
+        under = {s.parent.span_id for s in batch if s.context.span_id in linked and s.parent}
+        return mine + [s for s in batch if s.parent and s.parent.span_id in under]
 
     def close(self) -> None:
         self.ledger.close()
@@ -223,11 +224,14 @@ def test_a_delivered_job_has_one_trace_from_submit_to_every_sink(rig: Rig) -> No
     assert [s.attributes["asrd.sink"] for s in batch[1:3]] == ["files", "archive"]
     assert batch[1].attributes["asrd.queue_id"] == "p5275b560c7fd498db9a36e5e202827b6"
 
-    # The other job of the batch: its own trace, linked to the batch's spans.
+    # The other job of the batch: its own trace, linked once to the batch's first span (the
+    # others are next to it), where its job id is among the described ones.
     others = rig.of(second)
     theirs = one(others, "pulsar.consume")
     assert theirs.context.trace_id != consume.context.trace_id
-    assert [link.context.span_id for link in theirs.links] == [s.context.span_id for s in batch]
+    assert theirs.attributes["asrd.job_id"] == second
+    assert [link.context.span_id for link in theirs.links] == [batch[0].context.span_id]
+    assert {s.name for s in others} >= set(BATCH_SPANS)
 
     # asrd jobs show prints the trace id.
     view = show(rig.ledger, rig.ci, first, 0.0)  # type: ignore[arg-type]

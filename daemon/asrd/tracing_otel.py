@@ -152,6 +152,9 @@ class _Batch(threading.local):
         self.consumes: list[Span] = []
         self.by_message: dict[str, Span] = {}
         self.by_job: dict[str, Span] = {}
+        self.ids: list[str] = []  # the message ids, as ``consumes``
+        self.job_of: dict[str, str] = {}  # message id -> job id, set on its span when settled
+        self.linked: set[tuple[int, int]] = set()  # (consume span, batch parent) linked once
         self.traced: dict[str, Span] = {}  # message id -> consume span, until the next batch
         self.submit: Span | None = None  # the submit under way
 
@@ -272,9 +275,13 @@ class TracingObserver(Observer):
     # -- consumer --------------------------------------------------------------------------
     def consuming(self, messages: Sequence[Received], infos: Sequence[MessageInfo]) -> None:
         b = self._batch
-        for left in b.by_message.values():  # a batch left unsettled (a crash): close it
+        for message_id, left in b.by_message.items():  # a batch left unsettled: close it
+            job = b.job_of.get(message_id)
+            if job:
+                left.set_attribute(JOB_ID, job)
             left.end()
         b.consumes, b.by_message, b.by_job, b.traced = [], {}, {}, {}
+        b.ids, b.job_of, b.linked = [], {}, set()
         for m, info in zip(messages, infos, strict=True):
             props = _properties(m)
             parent = _W3C.extract(props, context=Context()) if TRACEPARENT in props else Context()
@@ -292,6 +299,7 @@ class TracingObserver(Observer):
                 },
             )
             b.consumes.append(span)
+            b.ids.append(info.message_id)
             b.by_message[info.message_id] = b.traced[info.message_id] = span
 
     def batch_jobs(self, positions: Mapping[str, list[int]]) -> None:
@@ -300,8 +308,8 @@ class TracingObserver(Observer):
             return
         for job, where in positions.items():
             for i in where:
-                if i < len(b.consumes):
-                    b.consumes[i].set_attribute(JOB_ID, job)
+                if i < len(b.ids):
+                    b.job_of[b.ids[i]] = job
             if where and where[0] < len(b.consumes):
                 b.by_job[job] = b.consumes[where[0]]
 
@@ -357,22 +365,37 @@ class TracingObserver(Observer):
             span.set_status(Status(StatusCode.ERROR, f"{failed} of {len(job_ids)} jobs failed"))
         span.end()
         context = span.get_span_context()
-        for p in parents[1:]:  # each other job's trace points at the one span
-            p.add_link(context)
+        # Each other job's consume span links to the first of the batch spans under ``first``
+        # only: the others sit next to it in that trace (a link each would cost more than the
+        # spans themselves).
+        linked, key = self._batch.linked, id(first)
+        for p in parents[1:]:
+            if p.is_recording() and (id(p), key) not in linked:
+                linked.add((id(p), key))
+                p.add_link(context)
 
     def settled(self, info: MessageInfo, verdict: Verdict, settlement: Settlement) -> None:
-        span = self._batch.by_message.pop(info.message_id, None)
+        b = self._batch
+        span = b.by_message.pop(info.message_id, None)
         if span is None:
             return
-        span.set_attribute("asrd.outcome", verdict.outcome.value)
-        span.set_attribute("asrd.settlement", settlement.action.value)
-        if verdict.outcome.value in ("retry", "dead"):
+        outcome = verdict.outcome.value
+        attrs = {"asrd.outcome": outcome, "asrd.settlement": settlement.action.value}
+        job = b.job_of.get(info.message_id)
+        if job:
+            attrs[JOB_ID] = job
+        span.set_attributes(attrs)  # at once: each call takes the span's lock
+        if outcome in ("retry", "dead"):
             span.set_status(Status(StatusCode.ERROR, verdict.reason[:500]))
         span.end()
 
     def publish_failed(self, info: MessageInfo, settlement: Settlement, error: str) -> None:
-        span = self._batch.by_message.pop(info.message_id, None)
+        b = self._batch
+        span = b.by_message.pop(info.message_id, None)
         if span is not None:
+            job = b.job_of.get(info.message_id)
+            if job:
+                span.set_attribute(JOB_ID, job)
             span.set_status(Status(StatusCode.ERROR, f"could not publish: {error}"[:500]))
             span.end()
 
