@@ -145,8 +145,14 @@ def test_metrics_after_an_end_to_end_run(
             "asrd_workers_ready 1",
         )
         response = requests.get(url, timeout=5)
+        # What Prometheus asks for first: OpenMetrics (with tracing off, no exemplars).
+        accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+        om = requests.get(url, headers={"Accept": accept}, timeout=5)
     finally:
         assert stop_daemon(daemon) == 0
+    assert om.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert om.text.endswith("# EOF\n") and "asrd_delivery_latency_seconds_count 5.0" in om.text
+    assert "trace_id" not in om.text
     assert response.headers["Content-Type"].startswith("text/plain")
     text = response.text
     types = {f.name: f.type for f in text_string_to_metric_families(text)}

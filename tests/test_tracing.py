@@ -7,32 +7,42 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from asrd import config, tracing
+from asrd.api import ApiContext, create_app
 from asrd.broker import Inbound
-from asrd.config import Settings
-from asrd.intake.forward import Outgoing
+from asrd.config import Settings, UrlIntakeSettings
+from asrd.intake.forward import Forwarder, Outgoing
+from asrd.intake.url import UrlReceiver
 from asrd.jobs import show
 from asrd.ledger import SCHEMA_VERSION, SqliteLedger
-from asrd.observers import Observers
+from asrd.metrics import Metrics
+from asrd.observers import MessageInfo, Observers
 from asrd.pipeline import Pipeline
 from asrd.sinks import build_routes
 from asrd.sinks.routing import Router
 from asrd.submit import JobSpec, Submitter, TokenLookup
-from asrd.testing import StubMessage, StubTransport
+from asrd.testing import StubMessage, StubTransport, message
 from asrd.tracing_otel import TracingObserver
+from asrd.vocabulary import Action, Outcome, Settlement, Verdict
 from asrd.worker import Worker
 
 from . import otlp_receiver
+from .conftest import Broker
+from .support import quiet_client
 from .test_callback_and_result import detail
 from .test_ledger import BACKENDS, Store
 
@@ -62,6 +72,7 @@ class Ci:
     def __init__(self) -> None:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.running: dict[str, int] = {}
+        self.observers = Observers()  # told of each describe, as the real client tells
 
     def queue_id(self) -> str:
         return "p5275b560c7fd498db9a36e5e202827b6"
@@ -72,6 +83,7 @@ class Ci:
         return {"JobId": job, "QueueId": self.queue_id(), "State": "Submitted"}
 
     def get_jobs(self, job_ids: list[str]) -> dict[str, Any]:
+        self.observers.ci_call("describe", "ok", 0.003)
         out: dict[str, Any] = {}
         for j in job_ids:
             d = self.jobs.get(j)
@@ -95,7 +107,11 @@ class Rig:
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(self.spans))
         self.ledger = SqliteLedger(tmp_path / "ledger.db")
-        self.observers = Observers([TracingObserver(provider.get_tracer("test"), self.ledger)])
+        self.tracer = TracingObserver(provider.get_tracer("test"), self.ledger)
+        # Metrics after tracing: its exemplars must not depend on which observer runs first.
+        self.metrics = Metrics()
+        self.metrics.trace_of = tracing.trace_lookup([self.tracer])
+        self.observers = Observers([self.tracer, self.metrics])
         path = tmp_path / "asrd.toml"
         path.write_text(
             BASE
@@ -106,6 +122,7 @@ class Rig:
         )
         self.settings: Settings = config.load(path, environ={})
         self.ci = Ci()
+        self.ci.observers = self.observers
         ci: Any = self.ci  # the stand-in has the calls the stages make
         self.submitter = Submitter(
             ci,
@@ -136,7 +153,7 @@ class Rig:
         them to the consumer (with the properties the intake wrote)."""
         outgoing = [Outgoing(self.ci.callback(j), {"CMQ_QUEUE": "q"}) for j in jobs]
         self.observers.intake_forwarding("q", TOPIC, outgoing, 0.01)
-        self.observers.intake_moved("q", len(outgoing))
+        self.observers.intake_forwarded("q", [None] * len(outgoing))
         received = []
         for o in outgoing:
             stub = StubMessage(o.body, TOPIC, props=o.properties)
@@ -145,14 +162,15 @@ class Rig:
 
     def of(self, job: str) -> list[ReadableSpan]:
         """Every finished span in the traces of the spans that name ``job``, plus the
-        batch spans they link to."""
+        batch spans they link to and those next to them (under the same consume span)."""
         spans = self.spans.get_finished_spans()
         names = [s for s in spans if (s.attributes or {}).get("asrd.job_id") == job]
         traces = {s.context.trace_id for s in names}
         mine = [s for s in spans if s.context.trace_id in traces]
         linked = {link.context.span_id for s in mine for link in s.links}
-        batch = [s for s in spans if s.name in BATCH_SPANS and s not in mine]
-        return mine + [s for s in batch if s.context.span_id in linked]
+        batch = [s for s in spans if s.name in BATCH_SPANS and s not in mine and s.parent]
+        under = {s.parent.span_id for s in batch if s.context.span_id in linked and s.parent}
+        return mine + [s for s in batch if s.parent and s.parent.span_id in under]
 
     def close(self) -> None:
         self.ledger.close()
@@ -206,11 +224,14 @@ def test_a_delivered_job_has_one_trace_from_submit_to_every_sink(rig: Rig) -> No
     assert [s.attributes["asrd.sink"] for s in batch[1:3]] == ["files", "archive"]
     assert batch[1].attributes["asrd.queue_id"] == "p5275b560c7fd498db9a36e5e202827b6"
 
-    # The other job of the batch: its own trace, linked to the batch's spans.
+    # The other job of the batch: its own trace, linked once to the batch's first span (the
+    # others are next to it), where its job id is among the described ones.
     others = rig.of(second)
     theirs = one(others, "pulsar.consume")
     assert theirs.context.trace_id != consume.context.trace_id
-    assert [link.context.span_id for link in theirs.links] == [s.context.span_id for s in batch]
+    assert theirs.attributes["asrd.job_id"] == second
+    assert [link.context.span_id for link in theirs.links] == [batch[0].context.span_id]
+    assert {s.name for s in others} >= set(BATCH_SPANS)
 
     # asrd jobs show prints the trace id.
     view = show(rig.ledger, rig.ci, first, 0.0)  # type: ignore[arg-type]
@@ -267,6 +288,124 @@ def test_a_job_submitted_elsewhere_gets_one_trace_from_the_intake_on(rig: Rig) -
     theirs = rig.of(stranger)
     assert len({s.context.trace_id for s in theirs}) == 1
     assert {s.name for s in theirs} >= {"ci.job", "cmq.move", "pulsar.consume", *BATCH_SPANS}
+
+
+def test_the_url_intake_continues_the_jobs_trace_into_the_message(
+    rig: Rig, broker: Broker, topic: str
+) -> None:
+    """A real URL receiver producing to a real Pulsar topic, as CI's Url callbacks reach it."""
+    client = quiet_client(broker.service_url)
+    try:
+        consumer = client.subscribe(topic, "reader")
+        receiver = UrlReceiver(
+            UrlIntakeSettings(token="callback-secret-0123"), Forwarder(client, topic), rig.observers
+        )
+        job = rig.submit()
+        untraced = Submitter(
+            rig.ci,  # type: ignore[arg-type]
+            rig.settings.ci,
+            rig.ledger,
+            3600.0,
+            TokenLookup(rig.ci, "", 60.0),  # type: ignore[arg-type]
+        )
+        elsewhere = untraced.submit(JobSpec(input_object="b.mp3"), uuid.uuid4().hex).job_id
+        assert elsewhere and rig.ledger.trace_parents([elsewhere]) == {}
+        for j in (job, elsewhere):
+            assert receiver.accept("callback-secret-0123", rig.ci.callback(j), {}).status == 200
+        got = [consumer.receive(timeout_millis=30_000) for _ in range(2)]
+        received = []
+        for m in got:
+            props = dict(m.properties())
+            assert props["ASRD_SOURCE"] == "url" and "traceparent" in props
+            stub = StubMessage(m.data(), TOPIC, props=props)
+            received.append(Inbound(stub, m.data(), TOPIC, stub.id, stub.publish_ms))
+        rig.worker.process_batch(received)
+        assert len(rig.transport.acked) == 2
+    finally:
+        client.close()
+
+    spans = rig.of(job)
+    assert len({s.context.trace_id for s in spans}) == 1
+    submit, ci_job, move = one(spans, "asrd.submit"), one(spans, "ci.job"), one(spans, "url.move")
+    consume = one(spans, "pulsar.consume")
+    assert parent_of(ci_job, submit) and parent_of(move, ci_job) and parent_of(consume, move)
+    assert move.attributes["messaging.destination.name"] == topic
+    assert "asrd.cmq.queue" not in move.attributes and not named(spans, "cmq.move")
+    # The message carried the move's context.
+    [parent] = [p["traceparent"] for p in (dict(m.properties()) for m in got)
+                if p["traceparent"].split("-")[1] == f"{submit.context.trace_id:032x}"]  # fmt: skip
+    assert parent.split("-")[2] == f"{move.context.span_id:016x}"
+    # A job submitted without tracing: its trace starts at the URL intake, kept in the ledger.
+    theirs = rig.of(elsewhere)
+    assert [s.name for s in theirs if s.parent is None] == ["ci.job"]
+    assert {s.name for s in theirs} >= {"ci.job", "url.move", "pulsar.consume"}
+    kept = rig.ledger.trace_parents([elsewhere])[elsewhere]
+    assert tracing.trace_id(kept) == f"{theirs[0].context.trace_id:032x}"
+
+
+OPENMETRICS_ACCEPT = "application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5"
+
+
+def exemplars(text: str, family: str) -> list[str]:
+    """The trace ids of the exemplars on ``family``'s buckets in an OpenMetrics exposition."""
+    return re.findall(
+        rf'^{family}_bucket\{{.*\}} \S+ # \{{trace_id="([0-9a-f]{{32}})"\}}', text, re.M
+    )
+
+
+def test_the_latency_histograms_exemplars_point_at_the_jobs_traces(rig: Rig) -> None:
+    job = rig.submit()
+    rig.worker.process_batch(rig.intake([job]))
+    assert len(rig.transport.acked) == 1
+    consume = one(rig.of(job), "pulsar.consume")
+    trace = f"{consume.context.trace_id:032x}"
+
+    ci: Any = rig.ci
+    metrics = rig.metrics
+    app = create_app(
+        ApiContext(
+            ci, rig.settings.ci, lambda: True, metrics.exposition, openmetrics=metrics.openmetrics
+        )
+    )
+    scraped = TestClient(app).get("/metrics", headers={"Accept": OPENMETRICS_ACCEPT})
+    assert scraped.status_code == 200
+    assert scraped.headers["content-type"].startswith("application/openmetrics-text")
+    assert exemplars(scraped.text, "asrd_delivery_latency_seconds") == [trace]
+    # The describe's duration points at the trace its ci.describe span is in.
+    assert exemplars(scraped.text, "asrd_ci_request_duration_seconds") == [trace]
+    # A scraper that asks for the Prometheus text gets it, without exemplars.
+    plain = TestClient(app).get("/metrics")
+    assert plain.headers["content-type"].startswith("text/plain")
+    assert "asrd_delivery_latency_seconds_bucket" in plain.text and "trace_id" not in plain.text
+
+
+def settle_one(observers: Observers) -> None:
+    """A message consumed and delivered, as the worker reports it."""
+    m = message(b"body")
+    info = MessageInfo(m.origin_id, 1, int(time.time() * 1000) - 2000)  # 2 s ago
+    observers.consuming([m], [info])
+    observers.message_received(info)
+    observers.settled(
+        info, Verdict(Outcome.DONE, "", "s-1", delivered=("files",)), Settlement(Action.ACK)
+    )
+
+
+def test_no_exemplar_without_tracing_or_sampling(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    off = Metrics()
+    off.trace_of = tracing.trace_lookup(tracing.observers(None))  # as the daemon wires it
+    settle_one(Observers([off]))
+    # A trace not sampled is not pointed at either.
+    unsampled = TracerProvider(sampler=ALWAYS_OFF).get_tracer("test")
+    tracer = TracingObserver(unsampled, None)
+    dropped = Metrics()
+    dropped.trace_of = tracing.trace_lookup([tracer])
+    settle_one(Observers([tracer, dropped]))
+    for metrics in (off, dropped):
+        text = metrics.openmetrics().decode()
+        assert 'asrd_delivery_latency_seconds_bucket{le="5.0"} 1.0' in text
+        assert "trace_id" not in text
 
 
 def test_the_trace_rule() -> None:

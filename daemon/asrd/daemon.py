@@ -290,8 +290,10 @@ class Daemon:
         """Callbacks moved and failed attempts, in the jobs' timelines; and the jobs' traces."""
         self._timeline = TimelineObserver(ledger)
         self.observers.add(self._timeline)
-        for tracer in tracing.observers(ledger):  # none unless OTEL_* asks (docs/tracing.md)
+        tracers = tracing.observers(ledger)  # none unless OTEL_* asks (docs/tracing.md)
+        for tracer in tracers:
             self.observers.add(tracer)
+        self.metrics.trace_of = tracing.trace_lookup(tracers)  # the histograms' exemplars
 
     def _pulsar_preflight(self) -> None:
         """A refused certificate or token stops start-up with one line; warnings are logged."""
@@ -348,6 +350,7 @@ class Daemon:
             ledger=ledger,
             jobs=JobService(submitter, ledger),
             not_ready=self.outage.reason,
+            openmetrics=self.metrics.openmetrics,
             console=ConsoleContext(
                 ledger,
                 ci,

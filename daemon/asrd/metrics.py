@@ -36,6 +36,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.openmetrics import exposition as om_exposition
 from prometheus_client.registry import Collector
 
 from .observers import Observer
@@ -49,7 +50,20 @@ from .vocabulary import (
     Verdict,
 )
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "OPENMETRICS", "Metrics", "TraceOf"]
+
+# What a scraper that sends ``Accept: application/openmetrics-text`` gets: the one format that
+# carries exemplars.
+OPENMETRICS = om_exposition.CONTENT_TYPE_LATEST
+
+# The sampled trace id (32 hex digits) of a message's work, or of the work this thread is doing
+# when given None; None when there is none (tracing off, or the trace not sampled).
+TraceOf = Callable[[str | None], str | None]
+
+
+def _no_trace(message_id: str | None) -> str | None:
+    return None
+
 
 # Seconds from a callback reaching the broker to the last selected sink having the record:
 # sub-second when all is well, minutes while a sink or CI is retried.
@@ -135,6 +149,9 @@ def multiprocess_dir() -> str:
 class Metrics(Observer):
     def __init__(self, ready: Callable[[], bool] = lambda: False) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
+        # Tracing's lookup, set when tracing is on: the latency histograms' exemplars point at
+        # the traces of the observed work (shown in the OpenMetrics exposition only).
+        self.trace_of: TraceOf = _no_trace
         self._shared_dir = multiprocess_dir()
         if not self._shared_dir:
             ProcessCollector(registry=r)
@@ -331,15 +348,27 @@ class Metrics(Observer):
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format (``CONTENT_TYPE_LATEST``); with workers,
         every worker's figures from the shared directory."""
+        return generate_latest(self._served())
+
+    def openmetrics(self) -> bytes:
+        """The same figures in the OpenMetrics text format (``OPENMETRICS``), with exemplars.
+        prometheus-client keeps no exemplars in its multiprocess files: with workers, none."""
+        return om_exposition.generate_latest(self._served())  # type: ignore[no-untyped-call,no-any-return]
+
+    def _served(self) -> CollectorRegistry:
         if not self._shared_dir:
-            return generate_latest(self.registry)
+            return self.registry
         from prometheus_client.multiprocess import MultiProcessCollector
 
         shared = CollectorRegistry()
         MultiProcessCollector(shared, path=self._shared_dir)  # type: ignore[no-untyped-call]
         for collector in self._scraped:
             shared.register(collector)
-        return generate_latest(shared)
+        return shared
+
+    def _exemplar(self, message_id: str | None) -> dict[str, str] | None:
+        trace = self.trace_of(message_id)
+        return {"trace_id": trace} if trace else None
 
     # -- hooks ----------------------------------------------------------------------------
     def message_received(self, info: MessageInfo) -> None:
@@ -354,7 +383,10 @@ class Metrics(Observer):
         else:
             self.messages.labels(verdict.outcome.value).inc()
         if verdict.outcome is Outcome.DONE and verdict.delivered and info.published_ms > 0:
-            self.latency.observe(max(time.time() - info.published_ms / 1000, 0.0))
+            self.latency.observe(
+                max(time.time() - info.published_ms / 1000, 0.0),
+                exemplar=self._exemplar(info.message_id),
+            )
 
     def publish_failed(self, info: MessageInfo, settlement: Settlement, error: str) -> None:
         self.in_flight.dec()
@@ -374,7 +406,7 @@ class Metrics(Observer):
 
     def ci_call(self, operation: str, status: str, seconds: float) -> None:
         self.ci_requests.labels(operation, status).inc()
-        self.ci_duration.labels(operation).observe(seconds)
+        self.ci_duration.labels(operation).observe(seconds, exemplar=self._exemplar(None))
 
     def reconcile_pass(self, report: ReconcileReport, seconds: float) -> None:
         self.reconcile_passes.inc()

@@ -141,7 +141,11 @@ class Observer:
         self, queue: str, topic: str, messages: Sequence[Outgoing], received_s: float
     ) -> None:
         """The intake is about to produce ``messages`` (received ``received_s`` ago) from
-        ``queue`` to ``topic``; the round ends with ``intake_moved``."""
+        ``queue`` ("" for the URL intake) to ``topic``; ``intake_forwarded`` follows."""
+
+    def intake_forwarded(self, queue: str, failures: Sequence[str | None]) -> None:
+        """The produce announced by ``intake_forwarding`` ended: per message, None when the
+        broker persisted it, else why not."""
 
     def consuming(self, messages: Sequence[Received], infos: Sequence[MessageInfo]) -> None:
         """A batch of received messages goes to the pipeline; each is settled with
@@ -277,6 +281,9 @@ class Observers(Observer):
         self, queue: str, topic: str, messages: Sequence[Outgoing], received_s: float
     ) -> None:
         self._each("intake_forwarding", queue, topic, messages, received_s)
+
+    def intake_forwarded(self, queue: str, failures: Sequence[str | None]) -> None:
+        self._each("intake_forwarded", queue, failures)
 
     def consuming(self, messages: Sequence[Received], infos: Sequence[MessageInfo]) -> None:
         self._each("consuming", messages, infos)

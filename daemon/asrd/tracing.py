@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import structlog
@@ -28,7 +28,7 @@ from .config import ConfigError
 from .ledger import JobBook
 from .observers import Observer
 
-__all__ = ["observers", "shutdown", "trace_id", "wanted"]
+__all__ = ["observers", "shutdown", "trace_id", "trace_lookup", "wanted"]
 
 log = structlog.get_logger("asrd.tracing")
 
@@ -84,6 +84,24 @@ def observers(ledger: JobBook | None) -> list[Observer]:
     from .tracing_otel import TracingObserver
 
     return [TracingObserver(cast(Any, tracer), ledger)]
+
+
+def trace_lookup(members: Sequence[Observer]) -> Callable[[str | None], str | None]:
+    """Where the metrics' exemplars come from: the tracing observer among ``members`` (from
+    ``observers``) tells the sampled trace of a message's work, or of this thread's; without one
+    (tracing off), nothing."""
+    if not members:
+        return _no_trace
+    from .tracing_otel import TracingObserver  # members exist: tracing is on and importable
+
+    for member in members:
+        if isinstance(member, TracingObserver):
+            return member.trace_of
+    return _no_trace
+
+
+def _no_trace(message_id: str | None) -> str | None:
+    return None
 
 
 def shutdown() -> None:

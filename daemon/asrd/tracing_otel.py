@@ -2,13 +2,14 @@
 the environment asks for traces; ``tracing.py`` decides).
 
 One trace per CI job. ``asrd.submit`` starts it (``ci.create`` for each create request) and its
-context is kept with the job in the ledger. The intake finds it there by job id (or starts the
-trace when the job was submitted elsewhere), adds ``ci.job`` from CI's own creation and end times
-and ``cmq.move``, and writes the W3C ``traceparent``/``tracestate`` into the Pulsar message's
-properties. The consumer continues from them: ``pulsar.consume`` for each attempt (a retry is a
-new span with its ``asrd.attempt``); then ``ci.describe`` (one multi-id request), each
-``sink.<name>`` (one delivery of a batch) and ``ledger.commit`` (one transaction) once per batch,
-in the first job's trace and linked from the others'.
+context is kept with the job in the ledger. Either intake (the CMQ queue's or the URL one) finds
+it there by job id (or starts the trace when the job was submitted elsewhere), adds ``ci.job``
+from CI's own creation and end times and ``cmq.move`` (``url.move``), and writes the W3C
+``traceparent``/``tracestate`` into the Pulsar message's properties. The consumer continues
+from them: ``pulsar.consume`` for each attempt (a retry is a new span with its
+``asrd.attempt``); then ``ci.describe`` (one multi-id request), each ``sink.<name>`` (one
+delivery of a batch) and ``ledger.commit`` (one transaction) once per batch, in the first job's
+trace and linked from the others'.
 
 Stages do work for several jobs at once; their hooks are called once per batch, and the spans
 of a batch are kept per thread (a batch never leaves the thread that received it).
@@ -151,6 +152,11 @@ class _Batch(threading.local):
         self.consumes: list[Span] = []
         self.by_message: dict[str, Span] = {}
         self.by_job: dict[str, Span] = {}
+        self.ids: list[str] = []  # the message ids, as ``consumes``
+        self.job_of: dict[str, str] = {}  # message id -> job id, set on its span when settled
+        self.linked: set[tuple[int, int]] = set()  # (consume span, batch parent) linked once
+        self.traced: dict[str, Span] = {}  # message id -> consume span, until the next batch
+        self.submit: Span | None = None  # the submit under way
 
 
 class TracingObserver(Observer):
@@ -168,6 +174,7 @@ class TracingObserver(Observer):
         span = self._tracer.start_span("asrd.submit", context=Context(), kind=SpanKind.PRODUCER)
         with self._lock:
             self._submits[token] = (span, 0)
+        self._batch.submit = span
 
     def create_answered(self, token: str, attempt: int, seconds: float, error: str) -> None:
         with self._lock:
@@ -193,6 +200,7 @@ class TracingObserver(Observer):
         if found is None:
             return
         span = found[0]
+        self._batch.submit = None
         span.set_attribute("asrd.submit.status", status)
         if job_id:
             span.set_attribute(JOB_ID, job_id)
@@ -208,12 +216,20 @@ class TracingObserver(Observer):
     def intake_forwarding(
         self, queue: str, topic: str, messages: Sequence[Outgoing], received_s: float
     ) -> None:
-        self._end_moves()
+        """Both intakes (``queue`` "" for the URL one) come through here."""
+        self._end_moves([])
         jobs = [_job_of(m.body) for m in messages]
         known: dict[str, str] = {}
         if self._ledger is not None and any(jobs):
             known = self._ledger.trace_parents([j for j in jobs if j])
         started = _ns_ago(received_s)
+        move_attrs: dict[str, Any] = {
+            SYSTEM: "pulsar",
+            DESTINATION: topic,
+            OPERATION: "send",
+            OPERATION_NAME: "send",
+            **({"asrd.cmq.queue": queue} if queue else {}),
+        }
         begun: dict[str, str] = {}  # jobs whose trace starts here: kept for the next ones
         for m, job in zip(messages, jobs, strict=True):
             kept = known.get(job) or begun.get(job)
@@ -229,17 +245,10 @@ class TracingObserver(Observer):
                 parent = trace.set_span_in_context(ci_job)
                 root = ci_job
             move = self._tracer.start_span(
-                "cmq.move",
+                "cmq.move" if queue else "url.move",
                 context=parent,
                 kind=SpanKind.PRODUCER,
-                attributes={
-                    SYSTEM: "pulsar",
-                    DESTINATION: topic,
-                    OPERATION: "send",
-                    OPERATION_NAME: "send",
-                    "asrd.cmq.queue": queue,
-                    **attrs,
-                },
+                attributes={**move_attrs, **attrs},
                 start_time=started,
             )
             _W3C.inject(m.properties, context=trace.set_span_in_context(move))
@@ -251,20 +260,28 @@ class TracingObserver(Observer):
             for job, kept in begun.items():
                 self._ledger.set_trace_parent(job, kept)
 
-    def intake_moved(self, queue: str, count: int) -> None:
-        self._end_moves()
+    def intake_forwarded(self, queue: str, failures: Sequence[str | None]) -> None:
+        self._end_moves(failures)
 
-    def _end_moves(self) -> None:
+    def _end_moves(self, failures: Sequence[str | None]) -> None:
+        """End the moves of this thread's round (``failures``: what the broker answered)."""
         moves, self._batch.moves = self._batch.moves, []
-        for span in moves:
+        for i, span in enumerate(moves):
+            failed = failures[i] if i < len(failures) else None
+            if failed is not None:
+                span.set_status(Status(StatusCode.ERROR, failed[:500]))
             span.end()
 
     # -- consumer --------------------------------------------------------------------------
     def consuming(self, messages: Sequence[Received], infos: Sequence[MessageInfo]) -> None:
         b = self._batch
-        for left in b.by_message.values():  # a batch left unsettled (a crash): close it
+        for message_id, left in b.by_message.items():  # a batch left unsettled: close it
+            job = b.job_of.get(message_id)
+            if job:
+                left.set_attribute(JOB_ID, job)
             left.end()
-        b.consumes, b.by_message, b.by_job = [], {}, {}
+        b.consumes, b.by_message, b.by_job, b.traced = [], {}, {}, {}
+        b.ids, b.job_of, b.linked = [], {}, set()
         for m, info in zip(messages, infos, strict=True):
             props = _properties(m)
             parent = _W3C.extract(props, context=Context()) if TRACEPARENT in props else Context()
@@ -282,7 +299,8 @@ class TracingObserver(Observer):
                 },
             )
             b.consumes.append(span)
-            b.by_message[info.message_id] = span
+            b.ids.append(info.message_id)
+            b.by_message[info.message_id] = b.traced[info.message_id] = span
 
     def batch_jobs(self, positions: Mapping[str, list[int]]) -> None:
         b = self._batch
@@ -290,8 +308,8 @@ class TracingObserver(Observer):
             return
         for job, where in positions.items():
             for i in where:
-                if i < len(b.consumes):
-                    b.consumes[i].set_attribute(JOB_ID, job)
+                if i < len(b.ids):
+                    b.job_of[b.ids[i]] = job
             if where and where[0] < len(b.consumes):
                 b.by_job[job] = b.consumes[where[0]]
 
@@ -347,24 +365,56 @@ class TracingObserver(Observer):
             span.set_status(Status(StatusCode.ERROR, f"{failed} of {len(job_ids)} jobs failed"))
         span.end()
         context = span.get_span_context()
-        for p in parents[1:]:  # each other job's trace points at the one span
-            p.add_link(context)
+        # Each other job's consume span links to the first of the batch spans under ``first``
+        # only: the others sit next to it in that trace (a link each would cost more than the
+        # spans themselves).
+        linked, key = self._batch.linked, id(first)
+        for p in parents[1:]:
+            if p.is_recording() and (id(p), key) not in linked:
+                linked.add((id(p), key))
+                p.add_link(context)
 
     def settled(self, info: MessageInfo, verdict: Verdict, settlement: Settlement) -> None:
-        span = self._batch.by_message.pop(info.message_id, None)
+        b = self._batch
+        span = b.by_message.pop(info.message_id, None)
         if span is None:
             return
-        span.set_attribute("asrd.outcome", verdict.outcome.value)
-        span.set_attribute("asrd.settlement", settlement.action.value)
-        if verdict.outcome.value in ("retry", "dead"):
+        outcome = verdict.outcome.value
+        attrs = {"asrd.outcome": outcome, "asrd.settlement": settlement.action.value}
+        job = b.job_of.get(info.message_id)
+        if job:
+            attrs[JOB_ID] = job
+        span.set_attributes(attrs)  # at once: each call takes the span's lock
+        if outcome in ("retry", "dead"):
             span.set_status(Status(StatusCode.ERROR, verdict.reason[:500]))
         span.end()
 
     def publish_failed(self, info: MessageInfo, settlement: Settlement, error: str) -> None:
-        span = self._batch.by_message.pop(info.message_id, None)
+        b = self._batch
+        span = b.by_message.pop(info.message_id, None)
         if span is not None:
+            job = b.job_of.get(info.message_id)
+            if job:
+                span.set_attribute(JOB_ID, job)
             span.set_status(Status(StatusCode.ERROR, f"could not publish: {error}"[:500]))
             span.end()
+
+    # -- exemplars ---------------------------------------------------------------------------
+    def trace_of(self, message_id: str | None) -> str | None:
+        """The sampled trace id of a message of this thread's latest batch; with None, of the
+        work this thread is doing (a submit, or the open batch's first job, whose trace has the
+        batch's spans). None when there is none or it is not sampled."""
+        b = self._batch
+        if message_id is not None:
+            span = b.traced.get(message_id)
+        elif b.submit is not None:
+            span = b.submit
+        else:
+            span = next(iter(b.by_job.values()), None) if b.by_message else None
+        if span is None:
+            return None
+        context = span.get_span_context()
+        return format(context.trace_id, "032x") if context.trace_flags.sampled else None
 
     def _parents(self, job_ids: Sequence[str]) -> dict[str, Span]:
         """The consume span of each job in this thread's batch; jobs delivered without a

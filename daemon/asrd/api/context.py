@@ -21,7 +21,7 @@ class ApiContext:
     ci: CiClient
     ci_settings: CiSettings
     ready: Callable[[], bool]
-    metrics: Callable[[], bytes]
+    metrics: Callable[[], bytes]  # Prometheus text
     callbacks: UrlReceiver | None = None
     ledger: JobBook | None = None  # where "delivered to" comes from
     jobs: JobService | None = None  # submission and the ledger's job list
@@ -29,6 +29,7 @@ class ApiContext:
     not_ready: Callable[[], str] = lambda: ""  # why work is paused ("" when it is not)
     max_body_bytes: int = 64 * 1024
     console: ConsoleContext | None = None  # the pages under /ui/
+    openmetrics: Callable[[], bytes] | None = None  # the OpenMetrics text (with exemplars)
 
 
 async def context(request: Request) -> ApiContext:

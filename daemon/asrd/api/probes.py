@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from ..metrics import OPENMETRICS
 from .context import ApiContext, context
 from .models import Health, Readiness
 
@@ -36,7 +37,19 @@ def readyz(ctx: Context) -> JSONResponse:
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    responses={
+        200: {
+            "content": {
+                "text/plain": {"schema": {"type": "string"}},
+                "application/openmetrics-text": {"schema": {"type": "string"}},
+            }
+        }
+    },
 )
-def metrics(ctx: Context) -> Response:
+def metrics(ctx: Context, request: Request) -> Response:
+    # Prometheus asks for OpenMetrics first when it scrapes exemplars; only that format has them.
+    if ctx.openmetrics is not None and "application/openmetrics-text" in request.headers.get(
+        "accept", ""
+    ):
+        return Response(ctx.openmetrics(), media_type=OPENMETRICS)
     return Response(ctx.metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -15,6 +15,8 @@ from typing import Any
 
 import pulsar
 
+from ..observers import Observers
+
 __all__ = ["ForwardError", "Forwarder", "Outgoing"]
 
 
@@ -101,6 +103,30 @@ class Forwarder:
         failed = self.send_all([message], wait_s)[0]
         if failed is not None:
             raise ForwardError(failed)
+
+    def forward(
+        self,
+        messages: Sequence[Outgoing],
+        wait_s: float,
+        observers: Observers,
+        queue: str = "",
+        received_s: float = 0.0,
+    ) -> list[str | None]:
+        """``send_all`` as both intakes put CI's notifications on the topic: ``observers`` hear
+        of the messages first (tracing writes each job's trace context into their properties)
+        and of the outcome after. ``queue``: the CMQ queue they come from ("" for the URL
+        intake); ``received_s``: how long ago they were received. Raises ``ForwardError`` as
+        ``send_all`` does."""
+        observers.intake_forwarding(queue, self._topic, messages, received_s)
+        failures: list[str | None] = ["not sent"] * len(messages)
+        try:
+            failures = self.send_all(messages, wait_s)
+        except ForwardError as exc:
+            failures = [str(exc)] * len(messages)
+            raise
+        finally:
+            observers.intake_forwarded(queue, failures)
+        return failures
 
     def send_all(
         self, messages: Sequence[Outgoing], wait_s: float | None = None

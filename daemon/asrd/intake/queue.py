@@ -129,9 +129,9 @@ class QueueIntake:
             self._obs.intake_lag(s.queue, max(0.0, polled_at - min(enqueued)))
         self._check_visibility(messages)
         outgoing = [self._outgoing(m) for m in messages]
-        topic = self._forwarder.topic
-        self._obs.intake_forwarding(s.queue, topic, outgoing, time.monotonic() - received)
-        failures = self._forwarder.send_all(outgoing, s.produce_timeout_s)
+        failures = self._forwarder.forward(
+            outgoing, s.produce_timeout_s, self._obs, s.queue, time.monotonic() - received
+        )
         persisted = [m for m, failed in zip(messages, failures, strict=True) if failed is None]
         for m, failed in zip(messages, failures, strict=True):
             if failed is not None:

@@ -85,7 +85,7 @@ class UrlReceiver:
             return Answer(413, {"error": f"body larger than {self.max_bytes} bytes"})
         if not body.strip():
             return Answer(400, {"error": "empty body"})
-        received_at = time.time()
+        received_at, received = time.time(), time.monotonic()
         props = {SOURCE: "url"}
         via = "URL callback"
         message_id = headers.get("x-cmq-message-id")
@@ -93,13 +93,18 @@ class UrlReceiver:
             props.update({SOURCE: "cmq-push", "CMQ_MSG_ID": message_id[:128]})
             via = f"CMQ push to the URL (message {message_id[:128]})"
         inner = unwrap_push(body)
+        # The CMQ intake's path too: tracing continues the job's trace into the message.
+        out = [Outgoing(inner, props)]
         try:
-            self._forwarder.send(Outgoing(inner, props), self.answer_within_s)
+            since = time.monotonic() - received
+            failed = self._forwarder.forward(
+                out, self.answer_within_s, self._obs, received_s=since
+            )[0]
         except ForwardError as exc:
+            failed = str(exc)
+        if failed is not None:
             self._obs.url_callback(accepted=False)
-            log.warning(
-                "URL callback not taken by the broker; the sender will retry", error=str(exc)
-            )
+            log.warning("URL callback not taken by the broker; the sender will retry", error=failed)
             return Answer(503, {"error": "broker unavailable, retry later"})
         self._obs.url_callback(accepted=True)
         self._obs.callbacks_moved(self._forwarder.topic, [MovedCallback(inner, received_at, via)])
