@@ -240,7 +240,9 @@ def test_the_broker_wait_is_bounded_and_the_push_receiver_answers_503_within_10s
         answer = receiver.accept(token, b'{"EventName":"TaskFinish"}', {})
         elapsed = time.monotonic() - started
         assert answer.status == 503
-        assert 9 < elapsed < 20, elapsed  # 10 s, well before CMQ's 15 s and the client's 30 s
+        # At most 10 s, well before CMQ's 15 s and the client's 30 s (sooner when the client's
+        # own connection attempt, begun by the first send, gives up first: no lower bound).
+        assert elapsed < 20, elapsed
     finally:
         forwarder.close()
         client.close()
