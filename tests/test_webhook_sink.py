@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -19,7 +20,7 @@ from asrd.ci import CiClient
 from asrd.config import ConfigError, WebhookSinkSettings
 from asrd.result import ResultRecord, normalise
 from asrd.sinks import SinkError, build_routes
-from asrd.sinks.webhook import WebhookSink
+from asrd.sinks.webhook import IdleExpiringQueue, WebhookSink
 
 from .conftest import Broker
 from .receiver import Received, Receiver
@@ -147,6 +148,75 @@ def test_concurrent_deliveries_from_many_threads(receiver: Receiver) -> None:
         assert len(reqs) == 1
         assert reqs[0].json()["job_id"] == job_id
         assert reqs[0].headers["x-asrd-signature"] == expected_signature(SECRET, reqs[0])
+
+
+def open_connections(receiver: Receiver) -> int:
+    with receiver._lock:
+        return len(receiver._connections)
+
+
+def test_connections_a_burst_opened_are_closed_once_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a backlog delivered by many threads at once (the endpoint answering again after
+    timeouts) the pool must not keep every connection of the burst open for good: the soak saw
+    32 more descriptors per worker after each such fault, forever."""
+    burst = 12
+    everyone_in = threading.Barrier(burst)
+
+    def reply(_: Received) -> tuple[int, float]:
+        # Each request of the burst waits for the others: it holds `burst` connections at once.
+        if len(r.received) <= burst:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                everyone_in.wait(timeout=30)
+        return 200, 0.0
+
+    r = Receiver(reply)
+    s = sink(r.url())
+    try:
+        threads = [
+            threading.Thread(target=s.deliver, args=(record(f"s{i:032x}"),)) for i in range(burst)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len({got.client_port for got in r.received}) == burst
+        assert open_connections(r) == burst  # kept alive, as they should be for a while
+        # Time passes: every connection is now idle longer than the limit.
+        monkeypatch.setattr(IdleExpiringQueue, "idle_s", 0.0)
+        s.deliver(record())  # the next use of the pool closes the idle ones
+        wait_for(lambda: open_connections(r) <= 1, 10, "the idle connections to be closed")
+        s.deliver(record())  # and what is left still works
+        assert len(r.received) == burst + 2
+    finally:
+        s.close()
+        r.close()
+
+
+def test_idle_queue_keeps_recent_connections_and_reuses_the_newest() -> None:
+    closed: list[str] = []
+
+    class Conn:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def close(self) -> None:
+            closed.append(self.name)
+
+    q = IdleExpiringQueue(4)
+    q.put(None)
+    q.put(Conn("old"))
+    q.put(Conn("new"))
+    assert q.idle() == 2
+    assert q.get().name == "new"  # newest first, as urllib3's own queue
+    assert closed == []  # nothing is idle for long yet
+    q.idle_s = 0.0
+    q.put(Conn("back"))  # any use of the queue closes what idled past the limit
+    assert closed == ["old"]
+    assert q.qsize() == 3  # the slot stays: urllib3 opens a new connection there when needed
+    assert q.get().name == "back"
+    assert q.get() is None and q.get() is None
 
 
 @pytest.mark.parametrize(
