@@ -27,7 +27,8 @@ connecting, and no message spends an attempt; see docs/guarantees.md). Any other
 including 3xx (redirects are not followed: the signed body is never sent anywhere but
 ``url``), is permanent and the message is dead-lettered. Error texts name the URL without
 userinfo or query and never the secret. ``timeout_s`` bounds connecting and each wait for the
-answer. Proxies and CA bundles come from the usual environment (``HTTPS_PROXY``,
+answer. Connections are kept alive between deliveries and closed after ``IDLE_S`` (5 s) idle.
+Proxies and CA bundles come from the usual environment (``HTTPS_PROXY``,
 ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``).
 """
 
@@ -67,7 +68,9 @@ _MAX_ANSWER_BYTES = 64 * 1024
 # good, and reuses the newest first: after a burst (a backlog delivered by every worker thread
 # at once when the endpoint answers again after timeouts) the others would hold their sockets
 # (up to the pool's size) for the life of the process, in CLOSE_WAIT once the server drops them.
-IDLE_S = 30.0
+# 5 s is httpx's default, and the idle timeout of common servers (Apache, Node.js): past it
+# the server has likely closed the connection anyway.
+IDLE_S = 5.0
 
 
 def safe_url(url: str) -> str:
