@@ -18,9 +18,10 @@ import pytest
 from asrd import config
 from asrd.ci import CiClient
 from asrd.config import ConfigError, WebhookSinkSettings
+from asrd.httppool import IdleExpiringQueue
 from asrd.result import ResultRecord, normalise
 from asrd.sinks import SinkError, build_routes
-from asrd.sinks.webhook import IdleExpiringQueue, WebhookSink
+from asrd.sinks.webhook import WebhookSink
 
 from .conftest import Broker
 from .receiver import Received, Receiver
@@ -192,31 +193,6 @@ def test_connections_a_burst_opened_are_closed_once_idle(
     finally:
         s.close()
         r.close()
-
-
-def test_idle_queue_keeps_recent_connections_and_reuses_the_newest() -> None:
-    closed: list[str] = []
-
-    class Conn:
-        def __init__(self, name: str) -> None:
-            self.name = name
-
-        def close(self) -> None:
-            closed.append(self.name)
-
-    q = IdleExpiringQueue(4)
-    q.put(None)
-    q.put(Conn("old"))
-    q.put(Conn("new"))
-    assert q.idle() == 2
-    assert q.get().name == "new"  # newest first, as urllib3's own queue
-    assert closed == []  # nothing is idle for long yet
-    q.idle_s = 0.0
-    q.put(Conn("back"))  # any use of the queue closes what idled past the limit
-    assert closed == ["old"]
-    assert q.qsize() == 3  # the slot stays: urllib3 opens a new connection there when needed
-    assert q.get().name == "back"
-    assert q.get() is None and q.get() is None
 
 
 @pytest.mark.parametrize(

@@ -27,9 +27,9 @@ connecting, and no message spends an attempt; see docs/guarantees.md). Any other
 including 3xx (redirects are not followed: the signed body is never sent anywhere but
 ``url``), is permanent and the message is dead-lettered. Error texts name the URL without
 userinfo or query and never the secret. ``timeout_s`` bounds connecting and each wait for the
-answer. Connections are kept alive between deliveries and closed after ``IDLE_S`` (5 s) idle.
-Proxies and CA bundles come from the usual environment (``HTTPS_PROXY``,
-``NO_PROXY``, ``REQUESTS_CA_BUNDLE``).
+answer. Connections are kept alive between deliveries and closed after 5 s idle (``httppool``).
+Proxies and CA bundles come from the usual environment (``HTTPS_PROXY``, ``NO_PROXY``,
+``REQUESTS_CA_BUNDLE``).
 """
 
 from __future__ import annotations
@@ -37,20 +37,17 @@ from __future__ import annotations
 import errno
 import hashlib
 import hmac
-import queue
 import re
 import socket
 import time
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
 
 from .. import __version__
 from ..config import ConfigError, Settings, WebhookSinkSettings
 from ..formats import to_json
+from ..httppool import ExpiringAdapter
 from ..result import ResultRecord
 from .base import SinkError
 
@@ -64,13 +61,6 @@ _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # Keep-alive connections for every worker thread (the daemon runs up to 32 by default).
 _POOL_SIZE = 64
 _MAX_ANSWER_BYTES = 64 * 1024
-# A keep-alive connection idle this long is closed. urllib3 keeps every idle connection for
-# good, and reuses the newest first: after a burst (a backlog delivered by every worker thread
-# at once when the endpoint answers again after timeouts) the others would hold their sockets
-# (up to the pool's size) for the life of the process, in CLOSE_WAIT once the server drops them.
-# 5 s is httpx's default, and the idle timeout of common servers (Apache, Node.js): past it
-# the server has likely closed the connection anyway.
-IDLE_S = 5.0
 
 
 def safe_url(url: str) -> str:
@@ -148,58 +138,6 @@ def _cause(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-class IdleExpiringQueue(queue.LifoQueue[Any]):
-    """urllib3's queue of idle connections (newest first, as its own), where a connection left
-    idle longer than ``idle_s`` is closed whenever the pool is next used, leaving the empty slot
-    (``None``) urllib3 fills with a new connection when it needs one. The hooks are the
-    ``queue`` module's, called under its lock."""
-
-    idle_s = IDLE_S
-
-    def _init(self, maxsize: int) -> None:
-        self.queue: list[tuple[Any, float]] = []  # (connection or None, when it was put back)
-
-    def _qsize(self) -> int:
-        return len(self.queue)
-
-    def _put(self, item: Any) -> None:
-        self._expire()
-        self.queue.append((item, time.monotonic()))
-
-    def _get(self) -> Any:
-        item = self.queue.pop()[0]
-        self._expire()
-        return item
-
-    def _expire(self) -> None:
-        cutoff = time.monotonic() - self.idle_s
-        for i, (conn, since) in enumerate(self.queue):
-            if conn is not None and since < cutoff:
-                conn.close()
-                self.queue[i] = (None, since)
-
-    def idle(self) -> int:
-        """How many open connections wait in the queue."""
-        with self.mutex:
-            return sum(conn is not None for conn, _ in self.queue)
-
-
-class _HTTPPool(HTTPConnectionPool):
-    QueueCls = IdleExpiringQueue
-
-
-class _HTTPSPool(HTTPSConnectionPool):
-    QueueCls = IdleExpiringQueue
-
-
-class _Adapter(HTTPAdapter):
-    """requests' adapter whose pools close connections idle longer than ``IDLE_S``."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
-
-
 class WebhookSink:
     def __init__(self, settings: WebhookSinkSettings) -> None:
         self.name = settings.name
@@ -210,7 +148,7 @@ class WebhookSink:
         self._headers = _checked_headers(settings.name, settings.headers)
         self._session = requests.Session()
         self._session.headers["User-Agent"] = f"asrd/{__version__}"
-        adapter = _Adapter(pool_connections=1, pool_maxsize=_POOL_SIZE, max_retries=0)
+        adapter = ExpiringAdapter(pool_connections=1, pool_maxsize=_POOL_SIZE, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
 
