@@ -100,6 +100,28 @@ def plan(
         n += 1
 
 
+def named(duration_s: float, gap_s: float, names: list[str], lead_s: float = 30.0) -> list[Planned]:
+    """The kinds ``names`` (second phases follow their first) over and over, each spaced by
+    ``gap_s``, until the run ends: to study one kind's effect (memory, descriptors) alone."""
+    unknown = [n for n in names if n not in KINDS]
+    if unknown:
+        raise ValueError(
+            f"SOAK_KINDS: unknown fault kind {unknown[0]!r} (kinds: {', '.join(KINDS)})"
+        )
+    budget = duration_s - lead_s - gap_s
+    out: list[Planned] = []
+    used = 0.0
+    while True:
+        for name in names:
+            chain = [name] + ([KINDS[name].then] if KINDS[name].then else [])
+            need = sum(gap_s + cost(k, KINDS[k].hold_s) for k in chain)
+            if used + need > budget:
+                return out
+            for i, k in enumerate(chain):
+                out.append(Planned(k, KINDS[k].hold_s, gap_s if i == 0 else 0.0))
+            used += need
+
+
 def _short(
     budget: float, gap_s: float, every: bool = False, ledger: str = "postgres"
 ) -> list[Planned]:

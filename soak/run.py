@@ -12,7 +12,8 @@ a low rate (only these may be dead-lettered). The schedule of faults is soak/fau
 
 Run as root (network namespace, tmpfs) from the repository: ``make soak`` or
 ``SOAK_S=600 .venv/bin/python -m soak.run``. ``SOAK_KINDS=cheap`` forces the short schedule
-(one fault of each cheap kind), ``SOAK_KINDS=each`` one of every kind.
+(one fault of each cheap kind), ``SOAK_KINDS=each`` one of every kind, ``SOAK_KINDS=none`` no
+fault, and a comma list (``SOAK_KINDS=webhook-500``) those kinds over and over.
 """
 
 from __future__ import annotations
@@ -572,6 +573,9 @@ class Soak:
             budget = self.s.duration_s - 30 - self.s.gap_s
             every = self.s.kinds == "each"
             return schedule._short(budget, self.s.gap_s, every=every, ledger=self.s.ledger)
+        if self.s.kinds != "all":  # a comma list of kinds, repeated for the whole run
+            names = [n.strip() for n in self.s.kinds.split(",") if n.strip()]
+            return schedule.named(self.s.duration_s, self.s.gap_s, names)
         return schedule.plan(self.s.duration_s, self.s.gap_s, ledger=self.s.ledger)
 
     def run_one(self, kind: str, hold_s: float) -> FaultRun:

@@ -44,6 +44,16 @@ def test_short_schedules_fit_and_cover_the_cheap_kinds() -> None:
     assert "ledger-full" in short and not short & faults.NOT_FOR["sqlite"]
 
 
+def test_named_kinds_repeat_for_the_whole_run_with_their_second_phase() -> None:
+    named = faults.named(600, 20, ["webhook-500"])
+    assert [p.kind for p in named[:4]] == ["webhook-500", "webhook-timeout"] * 2
+    assert named[1].gap_before_s == 0  # the second phase follows its first at once
+    assert sum(p.gap_before_s + faults.cost(p.kind, p.hold_s) for p in named) <= 600 - 30 - 20
+    assert len(named) == 6  # 3 rounds of 140 s fit in the 550 s
+    with pytest.raises(ValueError, match="unknown fault kind 'webhook'"):
+        faults.named(600, 20, ["webhook"])
+
+
 @pytest.mark.slow
 def test_soak_under_cheap_faults_loses_nothing(tmp_path: Path) -> None:
     assert os.geteuid() == 0, "the soak needs root (network namespace, tmpfs)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -17,6 +18,7 @@ import pytest
 from asrd import config
 from asrd.ci import CiClient
 from asrd.config import ConfigError, WebhookSinkSettings
+from asrd.httppool import IdleExpiringQueue
 from asrd.result import ResultRecord, normalise
 from asrd.sinks import SinkError, build_routes
 from asrd.sinks.webhook import WebhookSink
@@ -147,6 +149,50 @@ def test_concurrent_deliveries_from_many_threads(receiver: Receiver) -> None:
         assert len(reqs) == 1
         assert reqs[0].json()["job_id"] == job_id
         assert reqs[0].headers["x-asrd-signature"] == expected_signature(SECRET, reqs[0])
+
+
+def open_connections(receiver: Receiver) -> int:
+    with receiver._lock:
+        return len(receiver._connections)
+
+
+def test_connections_a_burst_opened_are_closed_once_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a backlog delivered by many threads at once (the endpoint answering again after
+    timeouts) the pool must not keep every connection of the burst open for good: the soak saw
+    32 more descriptors per worker after each such fault, forever."""
+    burst = 12
+    everyone_in = threading.Barrier(burst)
+
+    def reply(_: Received) -> tuple[int, float]:
+        # Each request of the burst waits for the others: it holds `burst` connections at once.
+        if len(r.received) <= burst:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                everyone_in.wait(timeout=30)
+        return 200, 0.0
+
+    r = Receiver(reply)
+    s = sink(r.url())
+    try:
+        threads = [
+            threading.Thread(target=s.deliver, args=(record(f"s{i:032x}"),)) for i in range(burst)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len({got.client_port for got in r.received}) == burst
+        assert open_connections(r) == burst  # kept alive, as they should be for a while
+        # Time passes: every connection is now idle longer than the limit.
+        monkeypatch.setattr(IdleExpiringQueue, "idle_s", 0.0)
+        s.deliver(record())  # the next use of the pool closes the idle ones
+        wait_for(lambda: open_connections(r) <= 1, 10, "the idle connections to be closed")
+        s.deliver(record())  # and what is left still works
+        assert len(r.received) == burst + 2
+    finally:
+        s.close()
+        r.close()
 
 
 @pytest.mark.parametrize(

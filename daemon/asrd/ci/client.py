@@ -23,10 +23,10 @@ from qcloud_cos import CosConfig, CosS3Client
 from qcloud_cos.cos_auth import CosS3Auth
 from qcloud_cos.cos_comm import format_xml
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
-from requests.adapters import HTTPAdapter
 
 from ..config import CiSettings
 from ..credentials import CredentialError, Credentials, Snapshot, StaticSource, for_ci
+from ..httppool import ExpiringAdapter
 from ..limiter import AdaptiveLimiter
 from ..observers import Observers
 from .batcher import GetBatcher, JobsDetail
@@ -92,7 +92,8 @@ def _children(parent: Element) -> dict[str, Any]:
 
 def _session(pool_size: int) -> requests.Session:
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size)
+    # Connections a burst opened (CI slow, more calls overlapping) close once idle.
+    adapter = ExpiringAdapter(pool_connections=2, pool_maxsize=pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     # requests re-reads the environment on every call (a measurable share of a describe's

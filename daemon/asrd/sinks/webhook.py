@@ -27,8 +27,9 @@ connecting, and no message spends an attempt; see docs/guarantees.md). Any other
 including 3xx (redirects are not followed: the signed body is never sent anywhere but
 ``url``), is permanent and the message is dead-lettered. Error texts name the URL without
 userinfo or query and never the secret. ``timeout_s`` bounds connecting and each wait for the
-answer. Proxies and CA bundles come from the usual environment (``HTTPS_PROXY``,
-``NO_PROXY``, ``REQUESTS_CA_BUNDLE``).
+answer. Connections are kept alive between deliveries and closed after 5 s idle (``httppool``).
+Proxies and CA bundles come from the usual environment (``HTTPS_PROXY``, ``NO_PROXY``,
+``REQUESTS_CA_BUNDLE``).
 """
 
 from __future__ import annotations
@@ -42,11 +43,11 @@ import time
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from .. import __version__
 from ..config import ConfigError, Settings, WebhookSinkSettings
 from ..formats import to_json
+from ..httppool import ExpiringAdapter
 from ..result import ResultRecord
 from .base import SinkError
 
@@ -147,7 +148,7 @@ class WebhookSink:
         self._headers = _checked_headers(settings.name, settings.headers)
         self._session = requests.Session()
         self._session.headers["User-Agent"] = f"asrd/{__version__}"
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=_POOL_SIZE, max_retries=0)
+        adapter = ExpiringAdapter(pool_connections=1, pool_maxsize=_POOL_SIZE, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
 
