@@ -94,6 +94,11 @@ class Receiver:
         )
         self._thread.start()
 
+    def open_connections(self) -> int:
+        """Connections the receiver holds open now (what a client's pool keeps)."""
+        with self._lock:
+            return len(self._connections)
+
     def url(self, path: str = "/asr") -> str:
         return f"http://{self.host}:{self.port}{path}"
 

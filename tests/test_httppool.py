@@ -42,11 +42,6 @@ def test_idle_queue_keeps_recent_connections_and_reuses_the_newest() -> None:
     assert q.get() is None and q.get() is None
 
 
-def open_connections(receiver: Receiver) -> int:
-    with receiver._lock:
-        return len(receiver._connections)
-
-
 def test_ci_connections_a_burst_opened_are_closed_once_idle(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -85,9 +80,9 @@ def test_ci_connections_a_burst_opened_are_closed_once_idle(
         for t in threads:
             t.join(30)
         assert len({got.client_port for got in r.received}) == burst
-        assert open_connections(r) == burst
+        assert r.open_connections() == burst
         monkeypatch.setattr(IdleExpiringQueue, "idle_s", 0.0)  # all of them idle too long now
         call()
-        wait_for(lambda: open_connections(r) <= 1, 10, "the idle connections to be closed")
+        wait_for(lambda: r.open_connections() <= 1, 10, "the idle connections to be closed")
     finally:
         r.close()

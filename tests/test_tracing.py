@@ -143,6 +143,16 @@ class Rig:
             self.observers,
         )
 
+    def untraced(self) -> Submitter:
+        """A submitter where tracing is off: the ledger keeps no trace context for its jobs."""
+        return Submitter(
+            self.ci,  # type: ignore[arg-type]
+            self.settings.ci,
+            self.ledger,
+            3600.0,
+            TokenLookup(self.ci, "", 60.0),  # type: ignore[arg-type]
+        )
+
     def submit(self) -> str:
         out = self.submitter.submit(JobSpec(input_object="a.mp3"), uuid.uuid4().hex)
         assert out.job_id
@@ -260,13 +270,7 @@ def test_a_retried_delivery_shows_both_attempts(rig: Rig) -> None:
 
 def test_a_job_submitted_elsewhere_gets_one_trace_from_the_intake_on(rig: Rig) -> None:
     # Submitted where tracing was off: the ledger knows the job but keeps no trace context.
-    untraced = Submitter(
-        rig.ci,  # type: ignore[arg-type]
-        rig.settings.ci,
-        rig.ledger,
-        3600.0,
-        TokenLookup(rig.ci, "", 60.0),  # type: ignore[arg-type]
-    )
+    untraced = rig.untraced()
     job = untraced.submit(JobSpec(input_object="b.mp3"), uuid.uuid4().hex).job_id
     assert job and rig.ledger.trace_parents([job]) == {}
     rig.worker.process_batch(rig.intake([job]))
@@ -301,13 +305,7 @@ def test_the_url_intake_continues_the_jobs_trace_into_the_message(
             UrlIntakeSettings(token="callback-secret-0123"), Forwarder(client, topic), rig.observers
         )
         job = rig.submit()
-        untraced = Submitter(
-            rig.ci,  # type: ignore[arg-type]
-            rig.settings.ci,
-            rig.ledger,
-            3600.0,
-            TokenLookup(rig.ci, "", 60.0),  # type: ignore[arg-type]
-        )
+        untraced = rig.untraced()
         elsewhere = untraced.submit(JobSpec(input_object="b.mp3"), uuid.uuid4().hex).job_id
         assert elsewhere and rig.ledger.trace_parents([elsewhere]) == {}
         for j in (job, elsewhere):

@@ -151,11 +151,6 @@ def test_concurrent_deliveries_from_many_threads(receiver: Receiver) -> None:
         assert reqs[0].headers["x-asrd-signature"] == expected_signature(SECRET, reqs[0])
 
 
-def open_connections(receiver: Receiver) -> int:
-    with receiver._lock:
-        return len(receiver._connections)
-
-
 def test_connections_a_burst_opened_are_closed_once_idle(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -183,11 +178,11 @@ def test_connections_a_burst_opened_are_closed_once_idle(
         for t in threads:
             t.join(30)
         assert len({got.client_port for got in r.received}) == burst
-        assert open_connections(r) == burst  # kept alive, as they should be for a while
+        assert r.open_connections() == burst  # kept alive, as they should be for a while
         # Time passes: every connection is now idle longer than the limit.
         monkeypatch.setattr(IdleExpiringQueue, "idle_s", 0.0)
         s.deliver(record())  # the next use of the pool closes the idle ones
-        wait_for(lambda: open_connections(r) <= 1, 10, "the idle connections to be closed")
+        wait_for(lambda: r.open_connections() <= 1, 10, "the idle connections to be closed")
         s.deliver(record())  # and what is left still works
         assert len(r.received) == burst + 2
     finally:
