@@ -27,7 +27,7 @@ from asrd.intake.forward import Forwarder as IntakeForwarder
 from asrd.intake.forward import ForwardError, Outgoing
 from asrd.intake.queue import QueueIntake, cmq_clients
 from asrd.intake.url import UrlReceiver
-from asrd.observers import Observers
+from asrd.observers import Observer, Observers
 
 from .conftest import Broker
 from .support import SECRET_ID, SECRET_KEY, Emulator, official_cmq_queue, quiet_client
@@ -247,3 +247,58 @@ def test_the_broker_wait_is_bounded_and_the_push_receiver_answers_503_within_10s
         forwarder.close()
         client.close()
         silent.close()
+
+
+class _Moves(Observer):
+    """Each move's size and time, in order, and an event per move."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.times: list[float] = []
+        self.moved = threading.Semaphore(0)
+
+    def intake_moved(self, queue: str, count: int) -> None:
+        if count:
+            self.sizes.append(count)
+            self.times.append(time.monotonic())
+            self.moved.release()
+
+
+def test_after_a_partial_batch_the_loop_lingers_so_the_next_receive_carries_many(
+    emulator: Emulator, broker: Broker, topic: str
+) -> None:
+    """One loop: the first message moves alone; the ten sent while the loop lingers all come in
+    one receive, no sooner than the linger after the first. (Without a linger the loop is back
+    in its long poll at once, and CMQ answers it as soon as the first of the ten arrives.)"""
+    _queue_with_one_message(emulator, "linger")
+    linger_s = 5.0
+    settings = CmqIntakeSettings(
+        endpoint=emulator.cmq_endpoint,
+        queue="linger",
+        secret_id=SecretStr(SECRET_ID),
+        secret_key=SecretStr(SECRET_KEY),
+        loops=1,
+        polling_wait_s=10,
+        linger_s=linger_s,
+    )
+    moves = _Moves()
+    client = quiet_client(broker.service_url)
+    forwarder = IntakeForwarder(client, topic)
+    intake = QueueIntake(settings, cmq_clients(settings), forwarder, Observers([moves]))
+    stop = threading.Event()
+    loop = threading.Thread(target=intake.run, args=(stop,), daemon=True)
+    loop.start()
+    try:
+        assert moves.moved.acquire(timeout=60)
+        queue = official_cmq_queue(emulator.cmq_endpoint, "linger")
+        for i in range(10):
+            queue.send_message(_message(f"m{i}"))
+        while sum(moves.sizes) < 11:
+            assert moves.moved.acquire(timeout=60), moves.sizes
+    finally:
+        stop.set()
+        forwarder.close()
+        intake.close()
+        client.close()
+    assert moves.sizes == [1, 10]
+    assert moves.times[1] - moves.times[0] >= linger_s

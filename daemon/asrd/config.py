@@ -435,6 +435,10 @@ class CmqIntakeSettings(_Section):
     batch_size: int = Field(default=16, ge=1, le=16)
     # Receive loops in parallel: one waits for Pulsar to persist while the others poll.
     loops: int = Field(default=4, ge=1, le=64)
+    # After a receive that brought a partial batch, a loop waits this long before its next one,
+    # so that at a steady rate one receive and one delete carry several messages, not one each
+    # (fewer requests, bigger batches on the topic); a notification waits at most this long more.
+    linger_s: float = Field(default=0.2, ge=0, le=5)
     secret_id: SecretStr | None = None
     secret_id_file: Path | None = None
     secret_key: SecretStr | None = None

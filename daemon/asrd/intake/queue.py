@@ -229,10 +229,14 @@ class QueueIntake:
 
     def _loop(self, client: CmqClient, stop: threading.Event) -> None:
         """CMQ or broker trouble backs off with jitter, never ends the loop: a refused key or a
-        missing queue can be fixed in the console without a restart."""
+        missing queue can be fixed in the console without a restart. After a partial batch the
+        loop lingers (``linger_s``): a long poll is answered by the first message to arrive, so
+        at a steady rate a loop that polled again at once would move one message per receive
+        and per delete."""
         failures = 0
         while not stop.is_set():
             self.health.last_tick = time.monotonic()
+            report = MoveReport()
             try:
                 report = self.move_once(client=client)
                 trouble = "" if report.moved or not report.kept else "nothing persisted on Pulsar"
@@ -250,6 +254,8 @@ class QueueIntake:
             self.health.last_error = trouble
             if not trouble:
                 failures = 0
+                if 0 < report.received < self._settings.batch_size:
+                    stop.wait(self._settings.linger_s)
                 continue
             failures += 1
             pause = backoff.delay(failures, 1.0, 30.0)
