@@ -49,6 +49,7 @@ bench: venv
 		|| { echo "bench: install wrk (Debian package) for benchmarks/emulator_get.py"; exit 1; }
 	$(BIN)/python benchmarks/emulator_get.py
 	$(BIN)/python benchmarks/intake_move.py
+	$(BIN)/python benchmarks/intake_memory.py
 	$(BIN)/python benchmarks/tracing.py
 	$(BIN)/python benchmarks/console_pages.py
 

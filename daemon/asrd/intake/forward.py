@@ -2,11 +2,18 @@
 
 A send counts only when the broker acknowledged it (persisted): only then may the intake delete
 the message from CMQ or answer 2xx to an HTTP callback.
+
+Every send is started from one thread of the forwarder's own, whichever thread asks: the native
+Pulsar client keeps memory for each thread that calls ``send_async`` (about 2.5 MB each once it
+has sent some thousands of messages, measured with pulsar-client 3.13), so the CMQ intake's
+receive loops and the URL intake's request threads calling it directly made the process grow
+with the number of callers (docs/soak.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 import time
 from collections.abc import Sequence
@@ -30,6 +37,39 @@ class Outgoing:
     properties: dict[str, str]  # observers may add theirs (tracing's trace context)
 
 
+class _Batch:
+    """One ``send_all``: its messages, a result per message, and one release per message (when
+    the broker answers, or at once when the send could not start)."""
+
+    def __init__(self, producer: Any, messages: Sequence[Outgoing], unconfirmed: str) -> None:
+        self.producer = producer
+        self.messages = messages
+        self.results: list[str | None] = [unconfirmed] * len(messages)
+        self.pending = threading.Semaphore(0)
+
+    def _callback(self, index: int) -> Any:
+        def callback(res: Any, _msg_id: Any) -> None:
+            self.results[index] = None if res == pulsar.Result.Ok else f"broker answered {res}"
+            self.pending.release()
+
+        return callback
+
+    def fail(self, reason: str) -> None:
+        for i in range(len(self.messages)):
+            self.results[i] = reason
+            self.pending.release()
+
+    def start(self) -> None:
+        for i, msg in enumerate(self.messages):
+            try:
+                self.producer.send_async(
+                    msg.body, self._callback(i), properties=dict(msg.properties)
+                )
+            except Exception as exc:  # noqa: BLE001 - the sending thread must outlive any message
+                self.results[i] = f"send failed: {exc}"
+                self.pending.release()
+
+
 class Forwarder:
     """One producer on ``topic``, made on first use (and again after it failed to be made).
 
@@ -48,6 +88,9 @@ class Forwarder:
         self._opening: threading.Thread | None = None
         self._open_error = ""
         self._closed = False
+        # Batches for the sending thread; None tells it to end (close()).
+        self._batches: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        self._sender: threading.Thread | None = None
 
     @property
     def topic(self) -> str:
@@ -136,35 +179,37 @@ class Forwarder:
         budget = self.default_wait_s if wait_s is None else wait_s
         deadline = time.monotonic() + budget
         producer = self._get_producer(budget)
-        unconfirmed = f"the broker did not confirm within {budget:g}s"
-        results: list[str | None] = [unconfirmed] * len(messages)
-        pending = threading.Semaphore(0)
-
-        def sent(index: int) -> Any:
-            def callback(res: Any, _msg_id: Any) -> None:
-                results[index] = None if res == pulsar.Result.Ok else f"broker answered {res}"
-                pending.release()
-
-            return callback
-
-        started = 0
-        for i, msg in enumerate(messages):
-            try:
-                producer.send_async(msg.body, sent(i), properties=dict(msg.properties))
-            except pulsar.PulsarException as exc:
-                results[i] = f"send failed: {exc}"
-                continue
-            started += 1
-        for _ in range(started):
-            if not pending.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        batch = _Batch(producer, messages, f"the broker did not confirm within {budget:g}s")
+        self._submit(batch)
+        for _ in messages:
+            if not batch.pending.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 break
         # A callback may still come after we stop waiting; what we return is a snapshot.
-        return list(results)
+        return list(batch.results)
+
+    def _submit(self, batch: _Batch) -> None:
+        with self._lock:
+            if not self._closed:
+                if self._sender is None or not self._sender.is_alive():
+                    self._sender = threading.Thread(
+                        target=self._send_batches, name="asrd-forward", daemon=True
+                    )
+                    self._sender.start()
+                self._batches.put(batch)
+                return
+        batch.fail(f"the producer on {self._topic} is closed")
+
+    def _send_batches(self) -> None:
+        # send_async does not wait for the broker, so one thread starts every caller's sends
+        # promptly (it blocks only while the producer's queue is full, as the callers would).
+        while (batch := self._batches.get()) is not None:
+            batch.start()
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
             producer, self._producer = self._producer, None
+            self._batches.put(None)
         if producer is not None:
             # Closing anyway; unsent messages were not confirmed to anyone.
             with contextlib.suppress(pulsar.PulsarException):
