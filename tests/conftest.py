@@ -23,6 +23,7 @@ import requests
 from .support import Emulator, start_emulator
 
 ROOT = Path(__file__).resolve().parent.parent
+_BROKER_WAS_RUNNING = pytest.StashKey[bool]()
 
 # Servers a test waits for: one that uses them, directly or through another fixture (the
 # emulator wired to the broker), is `slow`, and so is everything under tests/deploy (systemd,
@@ -130,8 +131,31 @@ def broker() -> Iterator[Broker]:
     try:
         yield Broker(started.stdout.strip(), admin.stdout.strip(), script)
     finally:
-        if not was_running:
+        # Under pytest-xdist a worker that finishes first must not stop the broker the others
+        # still use: the controller stops it once they are all done (pytest_sessionfinish).
+        if not was_running and "PYTEST_XDIST_WORKER" not in os.environ:
             subprocess.run([str(script), "stop"], check=False)
+
+
+def _runs_xdist_workers(config: pytest.Config) -> bool:
+    return not hasattr(config, "workerinput") and bool(getattr(config.option, "numprocesses", 0))
+
+
+def _scripted_broker_running() -> bool:
+    script = ROOT / "scripts" / "pulsar"
+    return subprocess.run([str(script), "status"], capture_output=True).returncode == 0
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if _runs_xdist_workers(session.config) and not os.environ.get("PULSAR_SERVICE_URL"):
+        session.config.stash[_BROKER_WAS_RUNNING] = _scripted_broker_running()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The controller of an xdist run stops the broker a worker started, after every worker."""
+    was_running = session.config.stash.get(_BROKER_WAS_RUNNING, True)
+    if not was_running and _scripted_broker_running():
+        subprocess.run([str(ROOT / "scripts" / "pulsar"), "stop"], check=False)
 
 
 @pytest.fixture
