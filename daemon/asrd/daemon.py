@@ -28,7 +28,7 @@ from typing import ClassVar
 import pulsar
 import structlog
 
-from . import __version__, cli_submit, clock, pulsar_check, systemd, tracing, wiring
+from . import __version__, cli_submit, clock, observability, pulsar_check, systemd, tracing, wiring
 from .api import ApiContext, ApiServer, serve
 from .broker import make_client
 from .ci import CiClient, service_url
@@ -221,7 +221,7 @@ class Daemon:
 
     def start(self) -> None:
         if self.role.index is not None:
-            structlog.contextvars.bind_contextvars(worker=self.role.index)
+            observability.bind_process(worker=self.role.index)
         self._build()
         self._launch()
 
@@ -464,7 +464,7 @@ class Daemon:
         self._release()
         what = "asrd stopped" if self.role.consumes else "asrd intake stopped"
         log.info(what, counters=self._logs.counters.snapshot())
-        structlog.contextvars.unbind_contextvars("worker")
+        observability.unbind_process("worker")
 
     def _stop_serving(self) -> None:
         """The API, the intake and the chores, before what they use is closed."""

@@ -41,9 +41,31 @@ def _named_writer(*args: Any) -> _NamedWriteLogger:
     return _NamedWriteLogger(str(args[0]) if args else "asrd")
 
 
+# Fields every line of this process carries, from any thread (a worker's number): a thread
+# does not inherit the context variables of the one that started it.
+_PROCESS_FIELDS: dict[str, Any] = {}
+
+
+def bind_process(**fields: Any) -> None:
+    """Name this process on every log line from now on, whichever thread writes it."""
+    _PROCESS_FIELDS.update(fields)
+
+
+def unbind_process(*keys: str) -> None:
+    for key in keys:
+        _PROCESS_FIELDS.pop(key, None)
+
+
+def _process_fields(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
+    for key, value in _PROCESS_FIELDS.items():
+        event.setdefault(key, value)
+    return event
+
+
 def configure(level: str = "info", fmt: str = "json") -> None:
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _process_fields,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
