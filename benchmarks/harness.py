@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import platform
 import subprocess
 import threading
 import time
@@ -26,6 +27,17 @@ PULSAR_SCRIPT = ROOT / "scripts" / "pulsar"
 EXTERNAL_BROKER = bool(os.environ.get("PULSAR_SERVICE_URL"))
 DaemonSetup = DaemonConfig  # one daemon's files: config (.path), ledger, results, log
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def provenance() -> dict[str, str]:
+    """What every result file names: the machine it ran on and the commit it measured."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    return {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "commit": commit,
+    }
 
 
 def run_id() -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support import quiet_client  # noqa: E402
 
+from benchmarks.harness import provenance  # noqa: E402
 from benchmarks.intake_move import body, broker_urls  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "intake_memory.json"
@@ -190,11 +190,8 @@ def main() -> int:
         "bound": RATIO_BOUND,
         "allowed_growth_kib": round(allowed),
         "verdict": "pass" if grew_fwd <= allowed else "miss",
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "load_average": os.getloadavg(),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-        ).stdout.strip(),
+        **provenance(),
     }
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

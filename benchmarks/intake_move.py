@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,8 @@ from tests.support import (  # noqa: E402 - the one harness shared by tests and 
     wait_for,
     write_config,
 )
+
+from benchmarks.harness import provenance  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "intake_move.json"
 TARGET = 3.0
@@ -166,10 +167,7 @@ def main() -> int:
         "ratio": round(ratio, 3),
         "bound": TARGET,
         "verdict": "pass" if ratio >= TARGET else "miss",
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-        ).stdout.strip(),
+        **provenance(),
     }
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import load, scenarios  # noqa: E402
-from benchmarks.harness import Broker, run_id, start_emulator  # noqa: E402
+from benchmarks.harness import Broker, provenance, run_id, start_emulator  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "tracing.json"
 TARGETS = {"extra_off": 0.02, "on": 0.15}
@@ -203,10 +201,7 @@ def main() -> int:
         "exporter": "OTLP/HTTP to a local receiver that reads and drops each request",
         "sampling": "always_on (100 %)",
         "runs": runs,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-        ).stdout.strip(),
+        **provenance(),
     }
     ok = True
     for name, bound in TARGETS.items():

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -111,6 +112,16 @@ def _queue_with_one_message(emulator: Emulator, name: str) -> None:
     official_cmq_queue(emulator.cmq_endpoint, name).send_message(_message("hello"))
 
 
+def _intake_settings(emulator: Emulator, queue: str, **options: Any) -> CmqIntakeSettings:
+    return CmqIntakeSettings(
+        endpoint=emulator.cmq_endpoint,
+        queue=queue,
+        secret_id=SecretStr(SECRET_ID),
+        secret_key=SecretStr(SECRET_KEY),
+        **options,
+    )
+
+
 def _message(body: str) -> object:
     from cmq.queue import Message
 
@@ -198,13 +209,7 @@ def test_the_intake_warns_when_the_visibility_timeout_is_shorter_than_its_produc
 ) -> None:
     _queue_with_one_message(emulator, "short-visibility")
     emulator.declare_queue("short-visibility", visibility=5)
-    settings = CmqIntakeSettings(
-        endpoint=emulator.cmq_endpoint,
-        queue="short-visibility",
-        secret_id=SecretStr(SECRET_ID),
-        secret_key=SecretStr(SECRET_KEY),
-        produce_timeout_s=20,
-    )
+    settings = _intake_settings(emulator, "short-visibility", produce_timeout_s=20)
     client = quiet_client(broker.service_url)
     forwarder = IntakeForwarder(client, topic)
     intake = QueueIntake(settings, cmq_clients(settings), forwarder, Observers())
@@ -272,15 +277,7 @@ def test_after_a_partial_batch_the_loop_lingers_so_the_next_receive_carries_many
     in its long poll at once, and CMQ answers it as soon as the first of the ten arrives.)"""
     _queue_with_one_message(emulator, "linger")
     linger_s = 5.0
-    settings = CmqIntakeSettings(
-        endpoint=emulator.cmq_endpoint,
-        queue="linger",
-        secret_id=SecretStr(SECRET_ID),
-        secret_key=SecretStr(SECRET_KEY),
-        loops=1,
-        polling_wait_s=10,
-        linger_s=linger_s,
-    )
+    settings = _intake_settings(emulator, "linger", loops=1, polling_wait_s=10, linger_s=linger_s)
     moves = _Moves()
     client = quiet_client(broker.service_url)
     forwarder = IntakeForwarder(client, topic)
