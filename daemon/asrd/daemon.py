@@ -17,7 +17,6 @@ life of a service process: SIGTERM/SIGINT stop it (``shutdown``).
 
 from __future__ import annotations
 
-import contextvars
 import gc
 import sys
 import threading
@@ -444,11 +443,9 @@ class Daemon:
         _settle_heap()
         worker = self._worker
         assert worker is not None
-        # The loop's thread carries this one's log context (the worker's number).
-        context = contextvars.copy_context()
         self._loop = threading.Thread(
-            target=context.run,
-            args=(consumer.run, self._stop, worker.process_batch),
+            target=consumer.run,
+            args=(self._stop, worker.process_batch),
             name="asrd-consumer",
             daemon=True,  # one stuck past the deadline must not hold the exit
         )
