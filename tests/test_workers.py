@@ -247,12 +247,18 @@ def test_killing_single_workers_and_the_supervisor_loses_and_duplicates_nothing(
     assert dead_letters(broker.service_url, cfg) == []
 
 
-def subscription_consumers(broker: Broker, cfg: DaemonConfig) -> int:
-    """How many consumers the broker has on the run's subscription of its topic."""
+def subscription_consumers(broker: Broker, cfg: DaemonConfig) -> list[str]:
+    """The names of the consumers the broker has on the run's subscription of its topic."""
     name = cfg.topic.removeprefix("persistent://")
     stats = requests.get(f"{broker.admin_url}/admin/v2/persistent/{name}/stats", timeout=10)
     stats.raise_for_status()
-    return len(stats.json()["subscriptions"][cfg.subscription]["consumers"])
+    consumers = stats.json()["subscriptions"][cfg.subscription]["consumers"]
+    return sorted(c.get("consumerName", "") for c in consumers)
+
+
+def worker_consumers(daemon: subprocess.Popen[bytes]) -> list[str]:
+    """The consumer names the broker should list for the daemon's workers: host and pid."""
+    return sorted(f"asrd-{socket.gethostname()}-{pid}" for pid in children(daemon.pid))
 
 
 def test_broker_restart_with_workers(
@@ -272,7 +278,9 @@ def test_broker_restart_with_workers(
     daemon = start_daemon(cfg, log, ready_event=ALL_READY)
     try:
         wait_for(lambda: readyz(port) == 200, 10, "/readyz to say ready")
-        assert subscription_consumers(broker, cfg) == 3
+        # The broker names each worker's consumer by host and pid, so a consumer it lists can
+        # be traced to its process.
+        assert subscription_consumers(broker, cfg) == worker_consumers(daemon)
         wait_for(lambda: len(result_ids(cfg)) >= 50, 60, "the first results")
         broker.stop()
         assert len(result_ids(cfg)) < len(jobs), "the broker went down too late to test anything"
@@ -283,7 +291,11 @@ def test_broker_restart_with_workers(
         # Every worker comes back on the subscription, not just worker 0. The broker's stats
         # after its restart can trail the clients' own view of their connection by a moment
         # (seen: 0 consumers listed right after /readyz turned 200), so this waits for them.
-        wait_for(lambda: subscription_consumers(broker, cfg) == 3, 30, "3 consumers on the broker")
+        wait_for(
+            lambda: subscription_consumers(broker, cfg) == worker_consumers(daemon),
+            30,
+            "every worker's consumer on the broker",
+        )
         set_faults(emulator.endpoint, latency_ms=0, latency_max_ms=0)
         wait_for(lambda: result_ids(cfg) >= set(jobs), 120, "all 600 results after the restart")
     finally:

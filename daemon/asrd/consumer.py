@@ -8,6 +8,8 @@ slows consumption instead of growing memory.
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +43,12 @@ class Health:
     @property
     def ready(self) -> bool:
         return self.subscribed and self.connected
+
+
+def consumer_name() -> str:
+    """How the broker's statistics name this process's consumer (host and pid), so that a
+    consumer that receives nothing can be traced to its process and worker."""
+    return f"asrd-{socket.gethostname()}-{os.getpid()}"
 
 
 def _release(slots: threading.Semaphore, n: int, _: object = None) -> None:
@@ -84,6 +92,7 @@ class Consumer:
                     initial_position=pulsar.InitialPosition.Earliest,
                     receiver_queue_size=s.receiver_queue_size,
                     negative_ack_redelivery_delay_ms=s.nack_delay_ms,
+                    consumer_name=consumer_name(),
                 )
                 # Batching off: delayed delivery needs it, and one send is one message.
                 self._dlq, self._retry = (
