@@ -3,6 +3,7 @@ for three line charts) of throughput, latency and RSS over time, with the faults
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from typing import Any
 from xml.sax.saxutils import escape
@@ -32,6 +33,69 @@ def after_overlaps(faults: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         kind: {"min": min(v), "median": statistics.median(v), "max": max(v)}
         for kind, v in by_kind.items()
     }
+
+
+def starved_workers(samples: list[dict[str, Any]], min_s: float = 60.0) -> list[dict[str, Any]]:
+    """Spans of at least ``min_s`` in which the broker sent one worker nothing while it sent
+    another worker messages, from the samples' per-consumer counters (a counter that restarts,
+    with the broker or the worker, ends a span). With each: the worker's permits and
+    unacknowledged messages at its end, per topic, and the CPU it used, which tell a worker
+    that was full (no permits) from one the broker left out."""
+    found: list[dict[str, Any]] = []
+    runs: dict[str, dict[str, Any]] = {}
+    for prev, cur in itertools.pairwise(samples):
+        deltas = _out_deltas(prev, cur)
+        for name, delta in deltas.items():
+            others = sum(d for n, d in deltas.items() if n != name)
+            run = runs.get(name)
+            if delta == 0 and others > 0:
+                if run is None:
+                    run = runs[name] = {"from": prev["t"], "others": 0, "cpu0": _cpu(prev, name)}
+                run["others"] += others
+                run["to"], run["end"] = cur["t"], cur
+                continue
+            runs.pop(name, None)
+            if run is not None:
+                found += _span(name, run, min_s)
+        for name in set(runs) - set(deltas):
+            found += _span(name, runs.pop(name), min_s)
+    for name, run in runs.items():
+        found += _span(name, run, min_s)
+    return sorted(found, key=lambda f: f["from"])
+
+
+def _out_deltas(prev: dict[str, Any], cur: dict[str, Any]) -> dict[str, int]:
+    """Messages the broker sent each worker between two samples, for the workers that were the
+    same process with a counter that went on in both."""
+    got: dict[str, int] = {}
+    for name, c in cur.get("consumers", {}).items():
+        p = prev.get("consumers", {}).get(name)
+        same = prev.get("procs", {}).get(name, {}).get("pid") == cur["procs"][name]["pid"]
+        if p is not None and same and c["out"] >= p["out"]:
+            got[name] = c["out"] - p["out"]
+    return got
+
+
+def _cpu(sample: dict[str, Any], name: str) -> float:
+    return float(sample.get("procs", {}).get(name, {}).get("cpu_s", 0.0))
+
+
+def _span(name: str, run: dict[str, Any], min_s: float) -> list[dict[str, Any]]:
+    if run["to"] - run["from"] < min_s:
+        return []
+    end = run["end"]
+    c = end["consumers"][name]
+    return [
+        {
+            "worker": name,
+            "from": run["from"],
+            "to": run["to"],
+            "others_took": run["others"],
+            "permits": c["permits"],
+            "unacked": c["unacked"],
+            "cpu_s": round(_cpu(end, name) - run["cpu0"], 2),
+        }
+    ]
 
 
 def markdown(r: dict[str, Any], plot: str = "") -> str:
@@ -87,6 +151,20 @@ def markdown(r: dict[str, Any], plot: str = "") -> str:
         "the highest before it, 10 s after it caught up): "
         f"{lv['faults_compared'] - len(lv['higher_after'])} of {lv['faults_compared']}; "
         f"higher after: {lv['higher_after'] or 'none'}",
+    ]
+    starved = starved_workers(r.get("samples", []))
+    lines += [
+        "",
+        "Workers the broker sent nothing for 60 s or more while it sent another worker messages "
+        "(permits and unacknowledged messages per topic at the end; CPU used): "
+        + (
+            "; ".join(
+                f"{w['worker']} {w['from']}-{w['to']} s (the others took {w['others_took']}; "
+                f"permits {w['permits']}, unacked {w['unacked']}, CPU {w['cpu_s']} s)"
+                for w in starved
+            )
+            or "none"
+        ),
     ]
     if plot:
         lines += ["", f"![throughput, latency and RSS over time]({plot})"]

@@ -37,6 +37,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import requests
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -195,12 +197,44 @@ def children(pid: int) -> list[int]:
         return []
 
 
-def proc_sample(pid: int) -> dict[str, int]:
+def proc_sample(pid: int) -> dict[str, Any]:
     rss = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             rss = int(line.split()[1])
-    return {"rss_kib": rss, "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+    # utime and stime, the 14th and 15th fields (after the parenthesised command name).
+    ticks = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13]
+    cpu_s = round(sum(int(t) for t in ticks) / os.sysconf("SC_CLK_TCK"), 2)
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    return {"pid": pid, "rss_kib": rss, "fds": fds, "cpu_s": cpu_s}
+
+
+def proc_name(pid: int, supervisor: int) -> str:
+    """``supervisor``, or ``worker<N>`` from the worker's own ``--worker N`` (the order of a
+    supervisor's children changes when a worker is restarted)."""
+    if pid == supervisor:
+        return "supervisor"
+    args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    return f"worker{args[args.index('--worker') + 1]}" if "--worker" in args else f"pid{pid}"
+
+
+def broker_consumers(admin_url: str, topics: list[str], subscription: str) -> dict[int, Any]:
+    """What the broker says of each consumer on the subscription, by the consumer's pid (its
+    name ends with it): messages sent to it so far (over the topics), and its permits and
+    unacknowledged messages on each topic."""
+    out: dict[int, Any] = {}
+    for topic in topics:
+        url = f"{admin_url}/admin/v2/persistent/{topic.removeprefix('persistent://')}/stats"
+        got = requests.get(url, timeout=3).json()
+        for c in got.get("subscriptions", {}).get(subscription, {}).get("consumers", []):
+            pid = str(c.get("consumerName", "")).rsplit("-", 1)[-1]
+            if not pid.isdigit():
+                continue
+            entry = out.setdefault(int(pid), {"out": 0, "permits": [], "unacked": []})
+            entry["out"] += int(c.get("msgOutCounter", 0))
+            entry["permits"].append(int(c.get("availablePermits", 0)))
+            entry["unacked"].append(int(c.get("unackedMessages", 0)))
+    return out
 
 
 def broker_connections(pid: int, port: int) -> int:
@@ -368,6 +402,20 @@ class Soak:
         self.broker("stop")
         self.net.down()
 
+    def admin_url(self) -> str:
+        ports = dict(
+            line.split("=", 1)
+            for line in (self.work / "pulsar" / "ports").read_text().split()
+            if "=" in line
+        )
+        return f"http://127.0.0.1:{ports.get('web', '8080')}"
+
+    def topics(self) -> list[str]:
+        from asrd import config
+
+        pulsar = config.load(self.cfg.path).pulsar
+        return [pulsar.topic, pulsar.retry_letter_topic]
+
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
 
@@ -456,11 +504,16 @@ class Soak:
             procs: dict[str, Any] = {}
             daemon = self.daemon
             if daemon is not None and daemon.poll() is None:
-                for i, pid in enumerate([daemon.pid, *children(daemon.pid)]):
-                    with contextlib.suppress(OSError):
-                        procs["supervisor" if i == 0 else f"worker{i - 1}"] = proc_sample(pid)
+                for pid in [daemon.pid, *children(daemon.pid)]:
+                    with contextlib.suppress(OSError, ValueError, IndexError):
+                        procs[proc_name(pid, daemon.pid)] = proc_sample(pid)
                 row["broker_connections"] = broker_connections(daemon.pid, self.broker_port)
             row["procs"] = procs
+            with contextlib.suppress(Exception):  # the broker may be restarting
+                by_pid = broker_consumers(self.admin_url(), self.topics(), self.cfg.subscription)
+                row["consumers"] = {
+                    name: by_pid[p["pid"]] for name, p in procs.items() if p["pid"] in by_pid
+                }
             if self.s.ledger == "sqlite":
                 row["ledger_bytes"] = sum(
                     f.stat().st_size for f in self.ledger_fs.where.glob("ledger.db*")

@@ -1,8 +1,11 @@
-"""The soak report's catch-up counted from the end of the last overlapping fault."""
+"""The soak report: the catch-up counted from the end of the last overlapping fault, and the
+workers the broker sent nothing while it sent another messages."""
 
 from __future__ import annotations
 
-from soak.report import after_overlaps
+from typing import Any
+
+from soak.report import after_overlaps, starved_workers
 
 
 def test_a_short_fault_inside_a_long_one_is_counted_from_the_long_ones_end() -> None:
@@ -18,3 +21,44 @@ def test_a_short_fault_inside_a_long_one_is_counted_from_the_long_ones_end() -> 
     # The long fault overlapped the kill, which ended before it: its own end counts.
     assert got["webhook-timeout"] == {"min": 20.0, "median": 20.0, "max": 20.0}
     assert "broker-restart" not in got
+
+
+def _sample(t: float, outs: dict[str, int], pids: dict[str, int] | None = None) -> dict[str, Any]:
+    pids = pids or {"worker0": 10, "worker1": 11}
+    return {
+        "t": t,
+        "procs": {n: {"pid": pids[n], "cpu_s": t / 10} for n in outs},
+        "consumers": {
+            n: {"out": o, "permits": [500, 500], "unacked": [0, 0]} for n, o in outs.items()
+        },
+    }
+
+
+def test_a_worker_the_broker_sends_nothing_while_the_other_takes_messages_is_named() -> None:
+    samples = [_sample(0, {"worker0": 0, "worker1": 0})]
+    samples += [_sample(t, {"worker0": 10 * t, "worker1": 50}) for t in range(10, 100, 10)]
+    samples += [_sample(t, {"worker0": 10 * t, "worker1": 50 + t}) for t in range(100, 130, 10)]
+    got = starved_workers(samples)
+    # worker1 took its share until t=10, then nothing from 10 to 90 s while worker0 took 800.
+    assert got == [
+        {
+            "worker": "worker1",
+            "from": 10,
+            "to": 90,
+            "others_took": 800,
+            "permits": [500, 500],
+            "unacked": [0, 0],
+            "cpu_s": 8.0,
+        }
+    ]
+
+
+def test_idle_together_restarted_or_short_is_not_starved() -> None:
+    # Both idle (nothing to send); then 50 s in which worker1 took nothing; then it is
+    # restarted (a new pid, its counter starts again: a new span) and takes nothing for 40 s.
+    samples = [_sample(t, {"worker0": 0, "worker1": 0}) for t in range(0, 100, 10)]
+    samples += [_sample(t, {"worker0": t, "worker1": 5}) for t in range(100, 160, 10)]
+    restarted = {"worker0": 10, "worker1": 12}
+    samples += [_sample(t, {"worker0": t, "worker1": 0}, restarted) for t in range(160, 210, 10)]
+    samples += [_sample(t, {"worker0": t, "worker1": t}, restarted) for t in range(210, 260, 10)]
+    assert starved_workers(samples) == []
