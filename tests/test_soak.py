@@ -93,4 +93,10 @@ def test_soak_under_cheap_faults_loses_nothing(tmp_path: Path) -> None:
     assert {k: v["count"] for k, v in result["fault_kinds"].items()} == dict.fromkeys(cheap, 1)
     assert all(f["resumed_s"] is not None and not f["note"] for f in result["faults"])
     assert all(result["verdict"].values())
+    # The samples have the broker's view of each worker's consumer, found by its pid, and each
+    # process's CPU time: what tells a worker the broker left out.
+    seen = [s for s in result["samples"] if set(s.get("consumers", {})) == {"worker0", "worker1"}]
+    assert seen, "no sample has the broker's view of both workers' consumers"
+    assert seen[-1]["consumers"]["worker0"]["out"] > 0
+    assert all(p["cpu_s"] > 0 for p in seen[-1]["procs"].values())
     assert done.returncode == 0, done.stdout[-2000:]
