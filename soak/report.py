@@ -144,6 +144,18 @@ def markdown(r: dict[str, Any], plot: str = "") -> str:
     lines += ["", "| measure (mean) | 2nd quarter | last quarter | growth |", "|---|---|---|---|"]
     for name, g in r["growth"].items():
         lines.append(f"| {name} | {g['q2']} | {g['q4']} | {g['growth']:+.1%} |")
+    lives = longest_lives(r.get("samples", []))
+    if lives:
+        lines += [
+            "",
+            "RSS within each process's longest life (one pid; the run's quarters above mix "
+            "processes the faults restarted): "
+            + "; ".join(
+                f"{name} {v['from']:.0f}-{v['to']:.0f} s: {v['q2']} → {v['q4']} KiB "
+                f"({v['growth']:+.1%})"
+                for name, v in sorted(lives.items())
+            ),
+        ]
     lv = levels_after_faults(r)
     lines += [
         "",
@@ -163,12 +175,45 @@ def markdown(r: dict[str, Any], plot: str = "") -> str:
                 f"permits {w['permits']}, unacked {w['unacked']}, CPU {w['cpu_s']} s)"
                 for w in starved
             )
-            or "none"
+            or ("none" if any("consumers" in s for s in r.get("samples", [])) else "not sampled")
         ),
     ]
     if plot:
         lines += ["", f"![throughput, latency and RSS over time]({plot})"]
     return "\n".join(lines) + "\n"
+
+
+def longest_lives(samples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per process name, its longest life (one pid, in consecutive samples) and its RSS growth
+    within that life, second quarter against last as for the run: the run's quarters mix
+    processes of different ages when faults restart them."""
+    lives: dict[str, list[tuple[int, list[dict[str, Any]]]]] = {}
+    for s in samples:
+        for name, p in s.get("procs", {}).items():
+            if "pid" not in p:  # a result from before samples named the pid
+                continue
+            runs = lives.setdefault(name, [])
+            if runs and runs[-1][0] == p["pid"]:
+                runs[-1][1].append({"t": s["t"], "rss_kib": p["rss_kib"]})
+            else:
+                runs.append((p["pid"], [{"t": s["t"], "rss_kib": p["rss_kib"]}]))
+    out: dict[str, dict[str, Any]] = {}
+    for name, runs in lives.items():
+        pid, life = max(runs, key=lambda r: r[1][-1]["t"] - r[1][0]["t"])
+        n = len(life)
+        if n < 8:
+            continue
+        q2 = statistics.mean(x["rss_kib"] for x in life[n // 4 : n // 2])
+        q4 = statistics.mean(x["rss_kib"] for x in life[3 * n // 4 :])
+        out[name] = {
+            "pid": pid,
+            "from": life[0]["t"],
+            "to": life[-1]["t"],
+            "q2": round(q2, 1),
+            "q4": round(q4, 1),
+            "growth": round(q4 / q2 - 1, 3),
+        }
+    return out
 
 
 def _fds(sample: dict[str, Any]) -> int:

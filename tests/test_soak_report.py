@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from soak.report import after_overlaps, starved_workers
+from soak.report import after_overlaps, longest_lives, starved_workers
 
 
 def test_a_short_fault_inside_a_long_one_is_counted_from_the_long_ones_end() -> None:
@@ -62,3 +62,15 @@ def test_idle_together_restarted_or_short_is_not_starved() -> None:
     samples += [_sample(t, {"worker0": t, "worker1": 0}, restarted) for t in range(160, 210, 10)]
     samples += [_sample(t, {"worker0": t, "worker1": t}, restarted) for t in range(210, 260, 10)]
     assert starved_workers(samples) == []
+
+
+def test_rss_growth_is_measured_within_each_process_s_longest_life() -> None:
+    samples = []
+    for t in range(0, 300, 10):
+        # worker0 restarted at 100 s (pid 20): its second life is the longer one and grows 10 %
+        # from its second quarter to its last; its first life was far larger and is left out.
+        pid, rss = (10, 900) if t < 100 else (20, 100 + (10 if t >= 250 else 0))
+        samples.append({"t": t, "procs": {"worker0": {"pid": pid, "rss_kib": rss}}})
+    got = longest_lives(samples)["worker0"]
+    assert (got["pid"], got["from"], got["to"]) == (20, 100, 290)
+    assert (got["q2"], got["q4"], got["growth"]) == (100, 110, 0.1)
