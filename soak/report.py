@@ -203,17 +203,20 @@ def longest_lives(samples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         n = len(life)
         if n < 8:
             continue
-        q2 = statistics.mean(x["rss_kib"] for x in life[n // 4 : n // 2])
-        q4 = statistics.mean(x["rss_kib"] for x in life[3 * n // 4 :])
-        out[name] = {
-            "pid": pid,
-            "from": life[0]["t"],
-            "to": life[-1]["t"],
-            "q2": round(q2, 1),
-            "q4": round(q4, 1),
-            "growth": round(q4 / q2 - 1, 3),
-        }
+        rss = [x["rss_kib"] for x in life]
+        growth = growth_between(rss[n // 4 : n // 2], rss[3 * n // 4 :])
+        if growth is not None:
+            out[name] = {"pid": pid, "from": life[0]["t"], "to": life[-1]["t"], **growth}
     return out
+
+
+def growth_between(q2: list[float], q4: list[float]) -> dict[str, float] | None:
+    """The mean of ``q2`` (a second quarter) against the mean of ``q4`` (the last); None when
+    either is empty or the first is 0."""
+    if not q2 or not q4 or not statistics.mean(q2):
+        return None
+    a, b = statistics.mean(q2), statistics.mean(q4)
+    return {"q2": round(a, 1), "q4": round(b, 1), "growth": round(b / a - 1, 3)}
 
 
 def _fds(sample: dict[str, Any]) -> int:

@@ -19,6 +19,7 @@ fault, and a comma list (``SOAK_KINDS=webhook-500``) those kinds over and over.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -59,7 +60,7 @@ from tests.support import (  # noqa: E402
 
 from soak import faults as schedule  # noqa: E402
 from soak.net import Netns  # noqa: E402
-from soak.report import markdown, svg  # noqa: E402
+from soak.report import growth_between, markdown, svg  # noqa: E402
 
 PLANTED = "asrd-soak-planted"  # property of every hostile message the soak publishes
 RESULTS = ROOT / "soak" / "results"
@@ -410,7 +411,9 @@ class Soak:
         )
         return f"http://127.0.0.1:{ports.get('web', '8080')}"
 
+    @functools.cached_property
     def topics(self) -> list[str]:
+        """The subscription's topic and its retry-letter topic, which the consumers read."""
         from asrd import config
 
         pulsar = config.load(self.cfg.path).pulsar
@@ -510,7 +513,7 @@ class Soak:
                 row["broker_connections"] = broker_connections(daemon.pid, self.broker_port)
             row["procs"] = procs
             with contextlib.suppress(Exception):  # the broker may be restarting
-                by_pid = broker_consumers(self.admin_url(), self.topics(), self.cfg.subscription)
+                by_pid = broker_consumers(self.admin_url(), self.topics, self.cfg.subscription)
                 row["consumers"] = {
                     name: by_pid[p["pid"]] for name, p in procs.items() if p["pid"] in by_pid
                 }
@@ -830,10 +833,9 @@ class Soak:
         out: dict[str, Any] = {}
 
         def compare(name: str, a: list[float], b: list[float]) -> None:
-            if a and b and statistics.mean(a):
-                ma, mb = statistics.mean(a), statistics.mean(b)
-                growth = round(mb / ma - 1, 3)
-                out[name] = {"q2": round(ma, 1), "q4": round(mb, 1), "growth": growth}
+            growth = growth_between(a, b)
+            if growth is not None:
+                out[name] = growth
 
         for proc in ("supervisor", "worker0", "worker1"):
             for metric in ("rss_kib", "fds"):
