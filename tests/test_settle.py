@@ -7,7 +7,15 @@ import pytest
 from asrd.config import PulsarSettings
 from asrd.ledger import Attempt
 from asrd.pipeline import Outcome, Verdict
-from asrd.settle import DIED_ON_IT, Action, Settlement, before_processing, out_of_attempts, settle
+from asrd.settle import (
+    DIED_ON_IT,
+    HELD,
+    Action,
+    Settlement,
+    before_processing,
+    out_of_attempts,
+    settle,
+)
 
 NOW = 1_000_000.0
 SETTINGS = PulsarSettings(
@@ -66,6 +74,33 @@ def test_the_last_attempt_dead_letters_instead_of_retrying() -> None:
 def test_the_time_window_ends_retries_too() -> None:
     got = decide(Outcome.RETRY, 2, age_s=601)
     assert got.action is Action.DEAD_LETTER and got.reason.startswith("gave up after 2 attempts")
+
+
+def sink_failed(count: int, age_s: float, worked_ago_s: float) -> Settlement:
+    """A message the sinks failed transiently, ``age_s`` after its first try; the latest of
+    those sinks last delivered something ``worked_ago_s`` ago."""
+    verdict = Verdict(Outcome.RETRY, "sink app: HTTP 500", sinks_worked_at=NOW - worked_ago_s)
+    return settle(verdict, attempt(count, age_s), SETTINGS, NOW, top)
+
+
+def test_a_sink_that_delivered_nothing_since_the_first_try_holds_the_message() -> None:
+    # The budget is spent, but the sink has taken nothing since: it may be down as a whole.
+    held = sink_failed(3, age_s=12, worked_ago_s=13)
+    assert held == Settlement(Action.RELEASE, f"{HELD}: sink app: HTTP 500")
+    # Within the budget it is an ordinary retry, whatever the sink did.
+    assert sink_failed(2, age_s=12, worked_ago_s=13).action is Action.RETRY
+
+
+def test_a_sink_that_delivered_others_since_blames_the_record() -> None:
+    got = sink_failed(3, age_s=12, worked_ago_s=11)
+    assert got == Settlement(
+        Action.DEAD_LETTER, "gave up after 3 attempts in 12s: sink app: HTTP 500"
+    )
+
+
+def test_a_held_message_is_dead_lettered_when_its_window_ends() -> None:
+    got = sink_failed(3, age_s=601, worked_ago_s=700)
+    assert got.action is Action.DEAD_LETTER and got.reason.startswith("gave up after 3 attempts")
 
 
 def test_out_of_attempts_is_one_rule() -> None:

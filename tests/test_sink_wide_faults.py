@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import sqlite3
 import subprocess
 import threading
@@ -50,6 +51,7 @@ class Hook:
         self.failing: set[str] = set()  # job ids answered 500
         self.fail_all = False
         self.acked: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()  # deliveries answered 500
         self._lock = threading.Lock()
         self.receiver = Receiver(self._reply, port=port)
 
@@ -57,6 +59,7 @@ class Hook:
         key = got.headers.get("idempotency-key", "")
         with self._lock:
             if self.fail_all or key in self.failing:
+                self.refused[key] += 1
                 return 500, 0.0
             self.acked[key] += 1
             return 200, 0.0
@@ -211,6 +214,33 @@ def _released(port: int) -> float:
     )
 
 
+def test_a_lone_job_the_webhook_fails_from_the_start_is_held_not_dead_lettered(
+    tmp_path: Path, broker: Broker, emulator: Emulator
+) -> None:
+    """Fewer jobs than the breaker needs, the webhook answering 500 from the first try: the job
+    runs through its three quick attempts, yet nothing shows the record is at fault, so it is
+    put back without spending more and arrives once the webhook answers again."""
+    hook = Hook()
+    hook.fail_all = True
+    cfg = config(tmp_path, emulator, broker, hook.receiver.url())
+    http = with_http(cfg)
+    daemon = start_daemon(cfg, cfg.log)
+    try:
+        [job] = create_jobs(cfg, 1)
+        # Retried twice (counted), then put back twice past its budget.
+        wait_for(lambda: _released(http) >= 2, 60, "the job to be held past its attempts")
+        assert hook.refused[job] >= 4 and dead_letters(broker.service_url, cfg) == []
+        assert not logged_pause(cfg, "app"), "one job must not pause the sink"
+        hook.fail_all = False
+        wait_for(lambda: hook.got() == {job}, 60, "the job at the webhook")
+    finally:
+        assert stop_daemon(daemon) == 0
+        hook.receiver.close()
+    assert dead_letters(broker.service_url, cfg) == []
+    assert_once_each(cfg, [job], hook)
+    assert "held without spending an attempt" in cfg.log.read_text()
+
+
 def test_one_record_the_webhook_refuses_is_still_dead_lettered(
     tmp_path: Path, broker: Broker, emulator: Emulator
 ) -> None:
@@ -222,6 +252,11 @@ def test_one_record_the_webhook_refuses_is_still_dead_lettered(
     daemon = start_daemon(cfg, cfg.log)
     try:
         wait_for(lambda: hook.got() == set(jobs) - {bad}, 120, "the other jobs at the webhook")
+        wait_for(lambda: hook.refused[bad] > 0, 60, "the bad job's first try")
+        # The webhook takes other records after the bad one's first try: the failure is the
+        # record's own (had it taken nothing since, the job would be held, not dead-lettered).
+        jobs += create_jobs(cfg, 5)
+        wait_for(lambda: hook.got() == set(jobs) - {bad}, 120, "the later jobs at the webhook")
         wait_for(lambda: dead_letters(broker.service_url, cfg), 120, "the bad job's dead letter")
     finally:
         assert stop_daemon(daemon) == 0
@@ -248,6 +283,19 @@ def test_breaker_opens_on_different_jobs_in_a_row_only() -> None:
     assert not b.record("other", 0, ["j5"]), "each sink has its own count"
     assert not b.record("app", 2, [])
     assert not b.record("app", 0, ["j2", "j3"])
+
+
+def test_breaker_remembers_when_a_sink_last_worked() -> None:
+    b = Breaker(threshold=3)
+    assert b.worked_at("app") == 0.0  # never yet
+    b.record("app", 1, [], began=100.0)
+    b.record("app", 0, ["j1"], began=150.0)  # a failed call proves nothing
+    b.record("app", 2, ["j2"], began=90.0)  # an older call finishing late moves nothing back
+    assert b.worked_at("app") == 100.0 and b.worked_at("other") == 0.0
+    b.record("app", 1, ["j3"], began=200.0)
+    assert b.worked_at("app") == 200.0
+    # Off: every failure is the record's own, so nothing is ever held for the sink.
+    assert Breaker(threshold=0).worked_at("app") == math.inf
 
 
 def test_ledger_disk_full_stops_acknowledging_and_loses_nothing(

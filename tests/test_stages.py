@@ -55,15 +55,19 @@ def described(job: str, state: str = "Success") -> dict[str, object]:
 
 @dataclass
 class Hook:
-    """A sink that can be down as a whole (a webhook's server refusing connections)."""
+    """A sink that can be down as a whole (a webhook's server refusing connections), or answer
+    500 for some jobs (``failing``)."""
 
     name: str = "hook"
     down: bool = False
+    failing: set[str] = field(default_factory=set)
     got: list[str] = field(default_factory=list)
 
     def deliver(self, record: ResultRecord) -> None:
         if self.down:
             raise SinkError("connection refused", outage=self.name)
+        if record.job_id in self.failing:
+            raise SinkError("HTTP 500")
         self.got.append(record.job_id)
 
     def close(self) -> None:
@@ -168,6 +172,44 @@ def test_a_sink_outage_pauses_work_and_spends_no_attempt(tmp_path: Path) -> None
     assert d.transport.acked == [m]
     assert d.hook.got == [job]  # type: ignore[union-attr]
     assert d.ledger.finished_many([job]) == {job: {"files", "hook"}}
+
+
+def test_a_sink_failing_since_the_first_try_holds_the_message_past_its_budget(
+    tmp_path: Path,
+) -> None:
+    """One job, and the hook answers 500 to it from its first try: too few jobs for the
+    breaker to call the hook down, yet nothing shows the record is at fault. It is put back
+    without spending attempts (work is not paused) and arrives once the hook works."""
+    job = job_id(10)
+    d = Daemon(tmp_path / "out", hook=Hook(failing={job}))
+    d.ci.jobs[job] = described(job)
+    tries = SETTINGS.max_attempts + 4  # more than it has attempts
+    d.receive(message(callback(job)))
+    for _ in range(tries - 1):
+        [copy] = d.transport.redeliver()
+        d.receive(copy)
+    assert not d.transport.dead_lettered and not d.paused
+    assert len(d.transport.retried) == SETTINGS.max_attempts - 1
+    assert len(d.transport.released) == tries - (SETTINGS.max_attempts - 1)
+    assert d.attempts(copy) == SETTINGS.max_attempts - 1  # each hold took its attempt back
+    d.hook.failing.clear()  # type: ignore[union-attr]
+    [copy] = d.transport.redeliver()
+    d.receive(copy)
+    assert d.transport.acked == [copy] and d.hook.got == [job]  # type: ignore[union-attr]
+
+
+def test_a_record_the_sink_refuses_while_taking_others_is_dead_lettered(tmp_path: Path) -> None:
+    bad, good = job_id(11), job_id(12)
+    d = Daemon(tmp_path / "out", hook=Hook(failing={bad}))
+    d.ci.jobs |= {bad: described(bad), good: described(good)}
+    d.receive(message(callback(bad)))
+    d.receive(message(callback(good)))  # the hook takes another record after the first try
+    for _ in range(SETTINGS.max_attempts - 1):
+        [copy] = d.transport.redeliver()
+        d.receive(copy)
+    [dead] = d.transport.dead_lettered
+    assert dead.attempts == 3 and dead.reason.startswith("gave up after 3 attempts")
+    assert dead.reason.endswith("sink hook: HTTP 500") and not d.transport.released
 
 
 def test_a_refused_key_pauses_work_too(tmp_path: Path) -> None:

@@ -50,9 +50,15 @@ class LogObserver(Observer):
             self._log.debug("message done", **fields)
             self._count_done()
         elif settlement.action is Action.RELEASE:
-            # The outage itself is logged once when it starts; not once per message.
             self.counters.inc("messages.paused")
-            self._log.debug("message put back during an outage", reason=settlement.reason, **fields)
+            if verdict.outcome is Outcome.RETRY:
+                # Held for a sink not yet known to be down: said for each such message (a few
+                # at most; the sink's breaker opens after a few different jobs).
+                self._log.warning("message put back", reason=settlement.reason, **fields)
+            else:  # the outage itself is logged once when it starts; not once per message
+                self._log.debug(
+                    "message put back during an outage", reason=settlement.reason, **fields
+                )
         else:
             reason = verdict.reason or None
             self._log.info(f"message {verdict.outcome.value}", reason=reason, **fields)

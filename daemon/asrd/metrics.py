@@ -69,6 +69,10 @@ def _no_trace(message_id: str | None) -> str | None:
 # sub-second when all is well, minutes while a sink or CI is retried.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 OUTCOMES = ("done", "ignored", "retried", "dead_lettered", "kept", "paused")
+# The outcome a settlement counts as; an acknowledgement counts as the verdict's (done, ignored).
+# Put back without an attempt is "paused", whether for an outage or held for a sink not yet
+# known to be down.
+_SETTLED = {Action.RETRY: "retried", Action.DEAD_LETTER: "dead_lettered", Action.RELEASE: "paused"}
 CI_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -376,12 +380,7 @@ class Metrics(Observer):
 
     def settled(self, info: MessageInfo, verdict: Verdict, settlement: Settlement) -> None:
         self.in_flight.dec()
-        if settlement.action is Action.RETRY:
-            self.messages.labels("retried").inc()
-        elif settlement.action is Action.DEAD_LETTER:
-            self.messages.labels("dead_lettered").inc()
-        else:
-            self.messages.labels(verdict.outcome.value).inc()
+        self.messages.labels(_SETTLED.get(settlement.action, verdict.outcome.value)).inc()
         if verdict.outcome is Outcome.DONE and verdict.delivered and info.published_ms > 0:
             self.latency.observe(
                 max(time.time() - info.published_ms / 1000, 0.0),

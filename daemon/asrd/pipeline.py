@@ -223,6 +223,7 @@ class Pipeline:
         outage: dict[str, str] = {}  # job id -> what is out
         waiting: dict[str, str] = {}  # job id -> a paused sink it waits for
         delivered: dict[str, list[str]] = {r.job_id: [] for r in records}
+        failed_at: dict[str, list[str]] = {r.job_id: [] for r in records}  # sinks, transiently
         for r in records:
             unwanted = self._router.names - wanted[r.job_id] - done[r.job_id]
             writes.not_wanted += [(r.job_id, name) for name in unwanted]
@@ -238,8 +239,8 @@ class Pipeline:
                     failures[r.job_id].append(f"sink {name}: paused by an outage")
                     waiting[r.job_id] = name
                 continue
-            started = time.monotonic()
-            errors = self._sink_wide(name, len(batch), deliver_all(route.sink, batch))
+            started, began = time.monotonic(), time.time()
+            errors = self._sink_wide(name, len(batch), deliver_all(route.sink, batch), began)
             seconds = time.monotonic() - started
             self._obs.sink_called(name, batch, errors, seconds)
             for job_id, exc in errors.items():
@@ -248,6 +249,8 @@ class Pipeline:
                     outage[job_id] = exc.outage
                 elif exc.permanent:
                     permanent.add(job_id)
+                else:
+                    failed_at[job_id].append(name)
                 self._obs.sink_failed(name, job_id, str(exc), exc.permanent)
             for job_id in (r.job_id for r in batch if r.job_id not in errors):
                 delivered[job_id].append(name)
@@ -262,8 +265,15 @@ class Pipeline:
                 if pause:
                     outcome = Outcome.PAUSED
                 reason = "; ".join(failures[r.job_id])
+                worked = [self._breaker.worked_at(name) for name in failed_at[r.job_id]]
                 out[r.job_id] = Verdict(
-                    outcome, reason, r.job_id, got, pause=pause, waiting=r.job_id not in outage
+                    outcome,
+                    reason,
+                    r.job_id,
+                    got,
+                    pause=pause,
+                    waiting=r.job_id not in outage,
+                    sinks_worked_at=max(worked, default=None),
                 )
             else:
                 writes.settled.append((r.job_id, r.state))
@@ -275,12 +285,12 @@ class Pipeline:
         return out
 
     def _sink_wide(
-        self, name: str, sent: int, errors: dict[str, SinkError]
+        self, name: str, sent: int, errors: dict[str, SinkError], began: float
     ) -> dict[str, SinkError]:
         """``errors`` with the transient ones made an outage of the sink when the breaker finds
         it failing across different jobs (the sink is down, not these records)."""
         transient = [j for j, e in errors.items() if not e.permanent and not e.outage]
-        if not self._breaker.record(name, sent - len(errors), transient):
+        if not self._breaker.record(name, sent - len(errors), transient, began):
             return errors
         why = "transient failures across different jobs in a row, the last: "
         return {

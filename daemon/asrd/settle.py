@@ -17,6 +17,7 @@ from .vocabulary import Outcome, Verdict
 from .vocabulary import Settlement as Settlement
 
 DIED_ON_IT = "processing never finished (the daemon died on it)"
+HELD = "held without spending an attempt: its sink has delivered nothing since its first try"
 
 
 def out_of_attempts(made: int, attempt: Attempt, settings: PulsarSettings, now: float) -> str:
@@ -40,6 +41,18 @@ def before_processing(attempt: Attempt, settings: PulsarSettings, now: float) ->
     return Settlement(Action.DEAD_LETTER, f"{exhausted}: {attempt.last_reason or DIED_ON_IT}")
 
 
+def _unproven(verdict: Verdict, attempt: Attempt, settings: PulsarSettings, now: float) -> bool:
+    """Whether the sinks that failed the message have delivered nothing since it was first
+    tried, within its retry window. They may be down as a whole before their breaker has seen
+    enough different jobs to open (one early job retried quickly), so the message is put back
+    without spending an attempt until one of them delivers something (then a failure is the
+    record's own) or the window ends."""
+    worked_at = verdict.sinks_worked_at
+    if worked_at is None or now - attempt.first_at > settings.retry_window_s:
+        return False
+    return worked_at < attempt.first_at
+
+
 def settle(
     verdict: Verdict,
     attempt: Attempt,
@@ -58,6 +71,8 @@ def settle(
     if verdict.outcome is Outcome.PAUSED:
         return Settlement(Action.RELEASE, verdict.reason)
     exhausted = out_of_attempts(attempt.count, attempt, settings, now)
+    if exhausted and _unproven(verdict, attempt, settings, now):
+        return Settlement(Action.RELEASE, f"{HELD}: {verdict.reason}")
     if exhausted:
         return Settlement(Action.DEAD_LETTER, f"{exhausted}: {verdict.reason}")
     wait_s = backoff.delay(attempt.count, settings.retry_base_s, settings.retry_max_s, uniform)

@@ -49,6 +49,11 @@ class Verdict:
     pause: str = ""  # PAUSED: what is out (the keys, the ledger, or a sink's name)
     # PAUSED only because a sink already paused was not called: nothing new to pause.
     waiting: bool = False
+    # RETRY because sinks failed the record transiently: when the latest call that delivered
+    # anything to one of those sinks began (wall clock; 0.0: never). A sink that has delivered
+    # nothing since the message was first tried may be down as a whole, so the message is not
+    # blamed for it. ``None``: not a sink failure.
+    sinks_worked_at: float | None = None
 
 
 class Action(Enum):

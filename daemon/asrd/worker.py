@@ -131,8 +131,9 @@ class Worker:
         if settlement.action is Action.RELEASE:
             # An outage is not the message's fault: its attempt is taken back, it is put back
             # unacknowledged, and work pauses (the consumer stops receiving until it is over).
+            # A message held for a sink not yet known to be down pauses nothing.
             self._bookkeeping(lambda: self._ledger.undo_attempts([m.key]))
-            if not verdict.waiting:  # waiting for a sink already paused: nothing new is out
+            if verdict.outcome is Outcome.PAUSED and not verdict.waiting:
                 self._on_pause(verdict.pause, settlement.reason)
             self._transport.release(m)
             self._obs.settled(info, verdict, settlement)
