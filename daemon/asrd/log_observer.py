@@ -52,8 +52,8 @@ class LogObserver(Observer):
         elif settlement.action is Action.RELEASE:
             self.counters.inc("messages.paused")
             if verdict.outcome is Outcome.RETRY:
-                # Held for a sink not yet known to be down: said for each such message (a few
-                # at most; the sink's breaker opens after a few different jobs).
+                # Held for a sink not yet known to be down: no outage line covers it, so each
+                # hold is said (a few when a sink goes down: its breaker opens after a few jobs).
                 self._log.warning("message put back", reason=settlement.reason, **fields)
             else:  # the outage itself is logged once when it starts; not once per message
                 self._log.debug(
