@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import requests
 
@@ -142,6 +142,16 @@ class Tmpfs:
 
     def close(self) -> None:
         subprocess.run(["umount", "-l", str(self.where)], check=False)
+
+
+def complete_lines(fh: BinaryIO) -> list[bytes]:
+    """The lines written completely since the last call; an unfinished last line is left to
+    be read whole next time (binary mode, so the offset sought back to is exact)."""
+    start = fh.tell()
+    data = fh.read()
+    end = data.rfind(b"\n") + 1
+    fh.seek(start + end)
+    return data[:end].splitlines()
 
 
 class Collector:
@@ -273,6 +283,7 @@ class Soak:
         self.submitted_n = 0
         self.submitted_ids: list[str] = []
         self.submit_failed = 0
+        self.report_unreadable = 0  # lines of the submit's report that were not JSON
         self.skew_events: Counter[str] = Counter()
         broker_port = int(os.environ.get("PULSAR_BROKER_PORT", "6650"))
         self.net = Netns(broker_port)
@@ -464,12 +475,13 @@ class Soak:
             client.close()
 
     # -- observation ----------------------------------------------------------------------
-    def read_report(self, fh: Any) -> None:
-        for line in fh.readlines():
-            if not line.endswith("\n"):
-                fh.seek(fh.tell() - len(line.encode()))
-                return
-            job = json.loads(line).get("job_id")
+    def read_report(self, fh: BinaryIO) -> None:
+        for line in complete_lines(fh):
+            try:
+                job = json.loads(line).get("job_id")
+            except ValueError:
+                self.report_unreadable += 1  # never seen written so; counted, not fatal
+                continue
             if job:
                 self.submitted_ids.append(str(job))
             else:
@@ -478,7 +490,7 @@ class Soak:
 
     def count(self) -> None:
         """Once a second: records off the tmpfs, submissions so far."""
-        with self.report.open() as fh:
+        with self.report.open("rb") as fh:
             while not self.stop.wait(1):
                 with contextlib.suppress(Exception):
                     self.collector.sweep()
@@ -785,6 +797,7 @@ class Soak:
             # Creates whose outcome stayed unknown (CI down when asked): the ledger keeps them
             # owed until a re-run of ``asrd submit`` settles them, as it should.
             "submit_failed": self.submit_failed,
+            "submit_report_unreadable_lines": self.report_unreadable,
             "daemon_starts": self.daemon_starts,
             "daemon_unexpected_exits": self.unexpected_exits,
             "clock_skew_log_events": dict(self.skew_events.most_common(10)),

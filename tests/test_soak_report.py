@@ -3,9 +3,11 @@ workers the broker sent nothing while it sent another messages."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from soak.report import after_overlaps, longest_lives, starved_workers
+from soak.run import complete_lines
 
 
 def test_a_short_fault_inside_a_long_one_is_counted_from_the_long_ones_end() -> None:
@@ -74,3 +76,17 @@ def test_rss_growth_is_measured_within_each_process_s_longest_life() -> None:
     got = longest_lives(samples)["worker0"]
     assert (got["pid"], got["from"], got["to"]) == (20, 100, 290)
     assert (got["q2"], got["q4"], got["growth"]) == (100, 110, 0.1)
+
+
+def test_the_submit_report_is_read_by_whole_lines(tmp_path: Path) -> None:
+    """A line the submit is still writing is read whole on the next call, never half; the
+    harness reads the report while ``asrd submit`` appends to it."""
+    report = tmp_path / "submitted.jsonl"
+    report.write_bytes(b'{"job_id": "s1"}\n{"job_id": "s')
+    with report.open("rb") as fh:
+        assert complete_lines(fh) == [b'{"job_id": "s1"}']
+        assert complete_lines(fh) == []  # still unfinished
+        with report.open("ab") as out:
+            out.write(b'2"}\n')
+        assert complete_lines(fh) == [b'{"job_id": "s2"}']
+        assert complete_lines(fh) == []
