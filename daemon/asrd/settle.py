@@ -23,10 +23,13 @@ HELD = "held without spending an attempt: its sink has delivered nothing since i
 def out_of_attempts(made: int, attempt: Attempt, settings: PulsarSettings, now: float) -> str:
     """Why a message that failed ``made`` times since ``attempt.first_at`` gets no more tries,
     or ``""`` while it still has budget (attempts and time window)."""
-    age = now - attempt.first_at
-    if made >= settings.max_attempts or age > settings.retry_window_s:
-        return f"gave up after {made} attempts in {age:.0f}s"
+    if made >= settings.max_attempts or _window_ended(attempt, settings, now):
+        return f"gave up after {made} attempts in {now - attempt.first_at:.0f}s"
     return ""
+
+
+def _window_ended(attempt: Attempt, settings: PulsarSettings, now: float) -> bool:
+    return now - attempt.first_at > settings.retry_window_s
 
 
 def before_processing(attempt: Attempt, settings: PulsarSettings, now: float) -> Settlement | None:
@@ -48,7 +51,7 @@ def _unproven(verdict: Verdict, attempt: Attempt, settings: PulsarSettings, now:
     without spending an attempt until one of them delivers something (then a failure is the
     record's own) or the window ends."""
     worked_at = verdict.sinks_worked_at
-    if worked_at is None or now - attempt.first_at > settings.retry_window_s:
+    if worked_at is None or _window_ended(attempt, settings, now):
         return False
     return worked_at < attempt.first_at
 
